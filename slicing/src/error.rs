@@ -1,0 +1,91 @@
+//! The one error type of the slicing crate: every variant names the bad value and what would be valid.
+
+use thiserror::Error;
+
+/// Everything that can go wrong while describing a model or slicing a sequence.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SlicingError {
+    /// A length, count or size that must be positive was zero (or negative where text was parsed).
+    #[error("{what} must be at least 1, got {value}")]
+    NotPositive {
+        /// Which quantity.
+        what: &'static str,
+        /// The value given, as written.
+        value: String,
+    },
+    /// More slices were asked for than the sequence has tokens.
+    #[error("cannot cut a sequence of {tokens} tokens into {slices} slices: slices must be between 1 and {tokens}")]
+    TooManySlices {
+        /// Slices asked for.
+        slices: usize,
+        /// Tokens in the sequence.
+        tokens: u64,
+    },
+    /// Rounding slice lengths to a multiple left a slice with no tokens.
+    #[error("rounding to a multiple of {multiple} leaves slice {slice} empty (its unrounded length was {unrounded:.1} tokens); use a multiple of at most {largest_valid} or fewer slices")]
+    EmptySliceAfterRounding {
+        /// The rounding multiple.
+        multiple: u64,
+        /// Index of the slice that became empty (0 = first).
+        slice: usize,
+        /// Length before rounding.
+        unrounded: f64,
+        /// The largest multiple that leaves every slice non-empty for this request (0 if none).
+        largest_valid: u64,
+    },
+    /// Padding would leave whole slices without a real token.
+    #[error("padding {tokens} tokens to {slices} slices of {slice_len} tokens (multiple {multiple}) leaves the last slices with only padding; use a multiple of at most {largest_valid} or fewer slices")]
+    PaddingOnlySlice {
+        /// Real tokens.
+        tokens: u64,
+        /// Slices asked for.
+        slices: usize,
+        /// The padded slice length.
+        slice_len: u64,
+        /// The rounding multiple.
+        multiple: u64,
+        /// The largest multiple that works (0 if none).
+        largest_valid: u64,
+    },
+    /// A cost coefficient was NaN, infinite or negative.
+    #[error("cost coefficient `{name}` must be finite and non-negative, got {value}")]
+    BadCostCoefficient {
+        /// Coefficient name.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A cost model that gives every token range zero cost cannot balance anything.
+    #[error("cost model has zero per-token and per-pair cost: nothing to balance (give alpha1 or alpha2 > 0)")]
+    ZeroCost,
+    /// A model shape field is inconsistent.
+    #[error("invalid model shape: {field} = {value}: {reason}")]
+    BadShape {
+        /// Field name.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// What would be valid.
+        reason: String,
+    },
+    /// No preset of that name.
+    #[error("unknown model preset `{name}`; known presets: {known}")]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated list of presets.
+        known: String,
+    },
+    /// A Hugging Face `config.json` could not be understood.
+    #[error("config.json: {0}")]
+    HfConfig(String),
+    /// A token count written as text (`65536`, `64k`, `2M`) did not parse.
+    #[error("cannot read token count `{text}`: expected a positive whole number with an optional k/K (×1024) or m/M (×1048576) suffix, e.g. 65536, 64k, 2M")]
+    BadTokenCount {
+        /// The text given.
+        text: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, SlicingError>;

@@ -1,0 +1,120 @@
+//! Named model shapes from the papers: Seq1F1B's GPT shapes and the Llama family.
+//!
+//! Seq1F1B's GPT models use vocabulary 50304 and a plain FFN of `4H`. Where the paper does not
+//! print a shape (the 1.3B and 30B heads and depth), we adopt the usual Megatron/GPT-3 shape of that
+//! size and say so in the description.
+
+use crate::error::{Result, SlicingError};
+use crate::shape::{FfnKind, ModelShape};
+
+/// A named shape with a one-line description.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// Where the shape comes from.
+    pub description: &'static str,
+    /// The shape.
+    pub shape: ModelShape,
+}
+
+const GPT_VOCAB: u64 = 50304;
+const LLAMA_VOCAB: u64 = 32000;
+
+const fn gpt(layers: u64, hidden: u64, heads: u64) -> ModelShape {
+    ModelShape {
+        layers,
+        hidden,
+        ffn_hidden: 4 * hidden,
+        heads,
+        kv_heads: heads,
+        head_dim: hidden / heads,
+        vocab: GPT_VOCAB,
+        ffn: FfnKind::Plain,
+    }
+}
+
+const fn llama(
+    layers: u64,
+    hidden: u64,
+    ffn_hidden: u64,
+    heads: u64,
+    kv_heads: u64,
+    vocab: u64,
+) -> ModelShape {
+    ModelShape {
+        layers,
+        hidden,
+        ffn_hidden,
+        heads,
+        kv_heads,
+        head_dim: hidden / heads,
+        vocab,
+        ffn: FfnKind::Gated,
+    }
+}
+
+/// Every preset, in the order `--list-models` prints them.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "gpt-1.3b",
+        description: "Seq1F1B GPT 1.3B (adopted Megatron shape: 24 layers, 16 heads)",
+        shape: gpt(24, 2048, 16),
+    },
+    Preset {
+        name: "gpt-2.7b",
+        description: "Seq1F1B GPT 2.7B",
+        shape: gpt(32, 2560, 32),
+    },
+    Preset {
+        name: "gpt-7b",
+        description: "Seq1F1B GPT 7B",
+        shape: gpt(32, 4096, 32),
+    },
+    Preset {
+        name: "gpt-13b",
+        description: "Seq1F1B GPT 13B",
+        shape: gpt(40, 5120, 40),
+    },
+    Preset {
+        name: "gpt-30b",
+        description: "Seq1F1B GPT 30B (adopted shape: 48 layers, 7168 hidden, 56 heads)",
+        shape: gpt(48, 7168, 56),
+    },
+    Preset {
+        name: "llama-7b",
+        description: "Llama(-2) 7B",
+        shape: llama(32, 4096, 11008, 32, 32, LLAMA_VOCAB),
+    },
+    Preset {
+        name: "llama-13b",
+        description: "Llama(-2) 13B",
+        shape: llama(40, 5120, 13824, 40, 40, LLAMA_VOCAB),
+    },
+    Preset {
+        name: "llama-70b",
+        description: "Llama-2 70B, GQA with 8 KV heads",
+        shape: llama(80, 8192, 28672, 64, 8, LLAMA_VOCAB),
+    },
+    Preset {
+        name: "llama3-8b",
+        description: "Llama-3 8B, GQA with 8 KV heads",
+        shape: llama(32, 4096, 14336, 32, 8, 128256),
+    },
+];
+
+/// Looks a preset up by name (case-insensitive).
+pub fn preset(name: &str) -> Result<ModelShape> {
+    PRESETS
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+        .map(|p| p.shape)
+        .ok_or_else(|| SlicingError::UnknownPreset {
+            name: name.to_string(),
+            known: PRESETS
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}

@@ -1,0 +1,4 @@
+//! One module per subcommand; each parses nothing itself and only calls the library crates.
+
+pub mod model;
+pub mod slice;
