@@ -1,4 +1,59 @@
-//! Transformer ops with explicit forward and backward (skeleton).
+//! Transformer ops with explicit forward and backward over candle tensors.
 //!
-//! Will hold RMSNorm, RoPE, SwiGLU, sliced attention, blockwise cross-entropy and split linear
-//! layers over candle tensors (issue #5). Nothing is implemented yet.
+//! The engine does not use candle's autograd: several fused candle ops silently drop gradients,
+//! and offload, recomputation and the zero-bubble B/W split need control over what is saved. Each
+//! op here is a pair of plain functions, forward → (output, saved) and backward(saved, d_out) →
+//! gradients:
+//!
+//! - [`linear_forward`], [`linear_backward_input`], [`linear_backward_weight`] (B/W split);
+//! - [`rms_norm_forward`] / [`rms_norm_backward`];
+//! - [`Rope`] with an absolute position offset;
+//! - [`swiglu_forward`] / [`swiglu_backward`];
+//! - [`attention_forward`] / [`attention_backward`]: a query slice against a KV prefix, causal
+//!   bottom-right, GQA, blockwise with online softmax; [`merge_attention`] by log-sum-exp; and
+//!   [`SliceKvCache`], the KV-prefix cache and prefix-gradient accumulator of SPEC §4;
+//! - [`cross_entropy_forward`] / [`cross_entropy_backward`] fused with the LM head, in vocabulary
+//!   blocks.
+//!
+//! Layouts: activations `[b, s, H]` (any leading dims for row-wise ops), attention tensors
+//! `[b, heads, s, d]`. Dtypes: f32 and bf16 (computed in f32), f64 (the test oracle). Bad shapes
+//! and dtypes are a [`KernelError`] naming them, never a panic.
+//!
+//! Architecture invariant: every op has a CPU path and the default build needs no nvcc; the
+//! `cuda` feature only switches candle's CUDA backend on. The crate knows tensors, not schedules,
+//! models or ranks.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use seqpipe_kernels::{attention_forward, AttentionOptions};
+//! let q = Tensor::ones((1, 4, 3, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let kv = Tensor::ones((1, 2, 5, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let (out, lse) = attention_forward(&q, &kv, &kv, &AttentionOptions::causal(8)).unwrap();
+//! assert_eq!((out.dims(), lse.dims()), (&[1, 4, 3, 8][..], &[1, 4, 3][..]));
+//! ```
+
+pub mod attention;
+pub mod attention_backward;
+mod check;
+pub mod cross_entropy;
+pub mod error;
+pub mod linear;
+pub mod merge;
+pub mod rms_norm;
+pub mod rope;
+pub mod slice_cache;
+pub mod swiglu;
+
+pub use attention::{attention_forward, AttentionOptions, Mask};
+pub use attention_backward::attention_backward;
+pub use cross_entropy::{
+    cross_entropy_backward, cross_entropy_backward_input, cross_entropy_backward_weight,
+    cross_entropy_forward, CrossEntropySaved,
+};
+pub use error::{KernelError, Result};
+pub use linear::{linear_backward_input, linear_backward_weight, linear_forward};
+pub use merge::merge_attention;
+pub use rms_norm::{rms_norm_backward, rms_norm_forward};
+pub use rope::Rope;
+pub use slice_cache::SliceKvCache;
+pub use swiglu::{swiglu_backward, swiglu_forward};

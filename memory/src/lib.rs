@@ -1,6 +1,54 @@
-//! Per-stage memory model (skeleton).
+//! Per-stage memory of sequence-sliced pipeline parallelism: model, ledger and planners.
 //!
-//! Will hold the activation and model-state model, the ledger over a simulated schedule and the
-//! offload and recomputation planners (issue #4). Nothing is implemented yet.
+//! - [`activation`]: saved bytes of a unit of work as a sum of named tensors (SPEC §5).
+//! - [`states`]: weights, gradients and optimizer states per stage.
+//! - [`pipeline`] and [`peak`]: closed-form units in flight and the static per-stage peak.
+//! - [`gpu`]: GPU presets and PipeOffload's `k` criterion.
+//! - [`offload`]: PipeOffload's planner over a simulated timeline; [`timeline`] adapts the
+//!   `schedule` crate's simulation.
+//! - [`recompute`]: InfiniPipe's recomputation planner, an exact MILP with a brute-force oracle.
+//! - [`search`]: the planner's search over parallel layouts, schedules, offload and recomputation.
+//! - [`ledger`], [`lives`], [`export`]: the exact per-stage curve of a simulated schedule, as
+//!   CSV, JSON or SVG.
 //!
-//! Architecture invariant: pure planning; no tensors, devices or IO.
+//! Architecture invariant: pure planning; no tensors, devices or IO. It predicts bytes, it never
+//! measures them; renderers return strings.
+//!
+//! ```
+//! use seqpipe_memory::*;
+//! use seqpipe_slicing::preset;
+//! let act = ActivationModel::new(preset("llama-70b").unwrap(), Parallelism::new(8, 1, 1).unwrap()).unwrap();
+//! assert_eq!(act.bytes_per_token_layer(), 34304.0);
+//! ```
+
+pub mod activation;
+pub mod error;
+pub mod export;
+pub mod gpu;
+pub mod ledger;
+pub mod lives;
+pub mod offload;
+pub mod peak;
+pub mod pipeline;
+pub mod recompute;
+pub mod search;
+pub mod states;
+pub mod timeline;
+
+pub use activation::{
+    ActivationModel, AttentionKind, Dtype, LogitsPlacement, Parallelism, RecomputePolicy,
+    TensorTerm, UnitFootprint,
+};
+pub use error::{MemoryError, Result};
+pub use gpu::{gpu_preset, GpuPreset, GPU_PRESETS};
+pub use ledger::{run_ledger, CurvePoint, LedgerReport, MemEvent, MemOp, StageMemory};
+pub use lives::{
+    events_from_lives, lives_from_spans, ComputeSpan, Phase, UnitKey, UnitLife, UnitSizer,
+};
+pub use offload::{plan_offload, with_offload_actions, OffloadKnob, OffloadPlan, Transfer};
+pub use peak::{StagePeak, StaticConfig, GIB, OFFLOAD_BUFFER_UNITS};
+pub use pipeline::{PipelineKind, StageLayout};
+pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
+pub use search::{candidates, evaluate, search, Candidate, Evaluation, SearchSpace};
+pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};
+pub use timeline::{ledger_of_simulation, pipeline_kind, spans_from_simulation};

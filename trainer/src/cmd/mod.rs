@@ -1,4 +1,8 @@
 //! One module per subcommand; each parses nothing itself and only calls the library crates.
 
 pub mod model;
+pub mod plan;
+pub mod schedule;
+pub mod simulate;
 pub mod slice;
+pub mod train;

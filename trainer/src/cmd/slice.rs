@@ -33,7 +33,11 @@ pub struct SliceArgs {
     model: Option<String>,
     /// Sequence length, e.g. 65536 or 64k.
     // Hyphen values reach our parser, which names a negative length instead of clap's "-6 found".
-    #[arg(long, required_unless_present = "list_models", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        required_unless_present = "list_models",
+        allow_hyphen_values = true
+    )]
     seq: Option<String>,
     /// Number of slices.
     #[arg(long, default_value_t = 4)]

@@ -1,0 +1,173 @@
+//! The slice walk of SPEC §4: a KV-prefix cache for the forwards of one sequence's slices and a
+//! dK/dV accumulator for their backwards, in reverse slice order.
+//!
+//! One [`SliceKvCache`] per (layer, micro-batch). Forward of slice `j`: its `K_j`, `V_j` join the
+//! cache and `Q_j` attends to `[K_0..K_j]` causally. Backward of slice `j` (after every later slice):
+//! dK, dV over the whole prefix `0..end_j`, plus the prefix gradient that later slices left for
+//! `0..end_j`; the part `offset_j..end_j` is the slice's own, returned; the part `0..offset_j` stays
+//! as the accumulator for slice `j − 1`. The accumulator is kept in the compute dtype (f32 for bf16)
+//! so that summing over many slices does not round at every step.
+
+use candle_core::Tensor;
+
+use crate::attention::{attention_forward, AttentionOptions};
+use crate::attention_backward::backward_compute;
+use crate::error::{KernelError, Result};
+
+/// KV-prefix cache and prefix-gradient accumulator of one sequence in one attention layer.
+#[derive(Debug, Clone, Default)]
+pub struct SliceKvCache {
+    /// Post-RoPE keys of the slices run forward and not yet backward, `[b, hkv, len, d]` each.
+    k: Vec<Tensor>,
+    /// Values, same layout.
+    v: Vec<Tensor>,
+    /// `(dk, dv)` for tokens `0..accumulated` left by the backwards of later slices.
+    grad: Option<(Tensor, Tensor)>,
+}
+
+impl SliceKvCache {
+    /// An empty cache, before the forward of slice 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Slices whose K/V are cached (forwarded, not yet backwarded).
+    pub fn slices(&self) -> usize {
+        self.k.len()
+    }
+
+    /// Tokens of K/V cached: the offset the next forward slice starts at.
+    pub fn cached_tokens(&self) -> usize {
+        self.k.iter().map(|k| k.dims()[2]).sum()
+    }
+
+    /// Tokens covered by the pending prefix gradient (0 when none).
+    pub fn pending_grad_tokens(&self) -> usize {
+        self.grad.as_ref().map_or(0, |(dk, _)| dk.dims()[2])
+    }
+
+    /// Forward of the next slice: `q [b, h, s, d]`, its own `k`, `v [b, hkv, s, d]` (after RoPE at
+    /// positions `cached_tokens()..+s`). Returns `(out, lse)` of attention against the whole prefix.
+    /// The cache is unchanged if an error is returned.
+    pub fn forward(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Tensor)> {
+        if self.grad.is_some() {
+            return Err(walk(
+                "forward called while a backward walk is in progress".to_string(),
+            ));
+        }
+        if q.dims().get(2) != k.dims().get(2) {
+            return Err(walk(format!(
+                "forward: a slice's q {:?} and its own k {:?} must have the same token count (dim 2)",
+                q.dims(),
+                k.dims()
+            )));
+        }
+        if let Some(first) = self.k.first() {
+            let (fd, kd) = (first.dims(), k.dims());
+            if kd.len() != 4
+                || fd[0] != kd[0]
+                || fd[1] != kd[1]
+                || fd[3] != kd[3]
+                || first.dtype() != k.dtype()
+            {
+                return Err(walk(format!(
+                    "forward: k {kd:?} ({:?}) does not fit the cached slices {fd:?} ({:?}): batch, \
+                     kv heads, head dim and dtype must match",
+                    k.dtype(),
+                    first.dtype()
+                )));
+            }
+        }
+        let (k_all, v_all) = self.prefix_with(k, v)?;
+        let result = attention_forward(q, &k_all, &v_all, opts)?;
+        self.k.push(k.clone());
+        self.v.push(v.clone());
+        Ok(result)
+    }
+
+    /// Backward of the last cached slice: `q`, `out`, `lse`, `d_out` of that slice. Returns `(dq,
+    /// dk, dv)` where `dk`, `dv [b, hkv, s, d]` are the slice's own (prefix gradients of later
+    /// slices included). The slice leaves the cache.
+    pub fn backward(
+        &mut self,
+        q: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (Some(k_last), Some(v_last)) = (self.k.pop(), self.v.pop()) else {
+            return Err(walk("backward called with no cached slice".to_string()));
+        };
+        let result = self.backward_last(q, out, lse, d_out, opts, &k_last, &v_last);
+        if result.is_err() {
+            // Leave the cache as it was, so the caller can report and retry.
+            self.k.push(k_last);
+            self.v.push(v_last);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_last(
+        &mut self,
+        q: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+        k_last: &Tensor,
+        v_last: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let own = k_last.dims()[2];
+        if q.dims().get(2) != Some(&own) {
+            return Err(walk(format!(
+                "backward: q {:?} is not the last cached slice ({own} tokens); backwards must run \
+                 in reverse slice order",
+                q.dims()
+            )));
+        }
+        let (k_all, v_all) = self.prefix_with(k_last, v_last)?;
+        let (geo, dq, mut dk, mut dv) = backward_compute(q, &k_all, &v_all, out, lse, d_out, opts)?;
+        if let Some((gk, gv)) = &self.grad {
+            // The accumulator covers exactly 0..end of this slice: the offset of the next slice.
+            dk = (dk + gk)?;
+            dv = (dv + gv)?;
+        }
+        let offset = geo.sk - own;
+        self.grad = if offset == 0 {
+            None
+        } else {
+            Some((
+                dk.narrow(2, 0, offset)?.contiguous()?,
+                dv.narrow(2, 0, offset)?.contiguous()?,
+            ))
+        };
+        let t = geo.dtype;
+        Ok((
+            dq.to_dtype(t)?,
+            dk.narrow(2, offset, own)?.to_dtype(t)?.contiguous()?,
+            dv.narrow(2, offset, own)?.to_dtype(t)?.contiguous()?,
+        ))
+    }
+
+    /// The cached prefix followed by `k`, `v`.
+    fn prefix_with(&self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.k.is_empty() {
+            return Ok((k.clone(), v.clone()));
+        }
+        let ks: Vec<&Tensor> = self.k.iter().chain(std::iter::once(k)).collect();
+        let vs: Vec<&Tensor> = self.v.iter().chain(std::iter::once(v)).collect();
+        Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?))
+    }
+}
+
+fn walk(detail: String) -> KernelError {
+    KernelError::SliceWalk { detail }
+}

@@ -1,0 +1,254 @@
+//! The planner's search: every (PP, TP×CP, schedule kind, slices, chunks, offload fraction,
+//! recomputation) that divides the model and the cluster, scored by the static peak per stage and a
+//! predicted MFU.
+//!
+//! Predicted step time = model compute per GPU × (1 + recompute overhead) ÷ (efficiency × peak
+//! FLOP/s) ÷ (1 − bubble) + exposed offload time. Full recomputation repeats the layers' forward
+//! (+⅓ of their fwd+bwd); selective recomputation repeats only elementwise ops and norms, charged
+//! no model FLOPs. An offload of fraction `f` is hidden while `f·k ≤ 1` (SPEC §5.1) and otherwise
+//! exposes `(f·k − 1)` of the compute time. TP and CP enter only as divisors of activations and
+//! weights: their communication is not modelled, so ties go to the smaller `t·c`. MFU =
+//! `3·T(s)·sequences ÷ (step time × GPUs × peak FLOP/s)`.
+
+use seqpipe_slicing::{CostModel, ModelShape};
+use serde::{Deserialize, Serialize};
+
+use crate::activation::{ActivationModel, LogitsPlacement, Parallelism, RecomputePolicy};
+use crate::error::{positive, Result};
+use crate::gpu::GpuPreset;
+use crate::peak::StaticConfig;
+use crate::pipeline::PipelineKind;
+use crate::states::StateOptions;
+
+/// What to search over.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SearchSpace {
+    /// Model shape.
+    pub shape: ModelShape,
+    /// Tokens per sequence (one sequence per micro-batch).
+    pub seq_len: u64,
+    /// GPUs in all.
+    pub gpus: u64,
+    /// Sequences per iteration over all data-parallel replicas.
+    pub global_batch: u64,
+    /// The device.
+    pub gpu: GpuPreset,
+    /// Memory per GPU the plan may use, bytes.
+    pub budget_bytes: f64,
+    /// Assumed fraction of peak FLOP/s each kernel reaches.
+    pub efficiency: f64,
+    /// Largest TP size (one node's GPUs).
+    pub max_tp: u64,
+}
+
+/// One configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// Schedule kind with its `n` and `v`.
+    pub kind: PipelineKind,
+    /// Pipeline stages.
+    pub stages: u64,
+    /// TP, CP and DP sizes.
+    pub parallel: Parallelism,
+    /// Micro-batches per pipeline per iteration.
+    pub microbatches: u64,
+    /// Recomputation policy.
+    pub recompute: RecomputePolicy,
+    /// Fraction of offloadable units kept on host.
+    pub offload_fraction: f64,
+}
+
+/// A scored configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The configuration.
+    pub candidate: Candidate,
+    /// Stage with the highest peak.
+    pub worst_stage: usize,
+    /// Its peak, bytes.
+    pub peak_bytes: f64,
+    /// Model states of that stage, bytes.
+    pub states_bytes: f64,
+    /// Bubble ratio (closed form).
+    pub bubble: f64,
+    /// Predicted step time, seconds.
+    pub step_time: f64,
+    /// Predicted MFU.
+    pub mfu: f64,
+    /// Bytes over the budget (≤ 0 when it fits).
+    pub over_bytes: f64,
+}
+
+impl Evaluation {
+    /// Whether every stage fits the budget.
+    pub fn fits(&self) -> bool {
+        self.over_bytes <= 0.0
+    }
+}
+
+fn divisors(x: u64) -> Vec<u64> {
+    (1..=x).filter(|d| x % d == 0).collect()
+}
+
+/// Schedule kinds for `p` stages with `L/p` layers per stage.
+fn kinds(p: u64, layers_per_stage: u64) -> Vec<PipelineKind> {
+    let mut out = vec![PipelineKind::OneF1B];
+    let chunk_options: Vec<u64> = divisors(layers_per_stage)
+        .into_iter()
+        .filter(|&v| v > 1)
+        .collect();
+    for &v in &chunk_options {
+        out.push(PipelineKind::Interleaved { chunks: v });
+    }
+    for n in [2u64, 4, 8, 16, 32, 64] {
+        out.push(PipelineKind::Seq1F1B { slices: n });
+    }
+    for n in [8u64, 16, 32, 64, 128] {
+        if n < p {
+            continue;
+        }
+        out.push(PipelineKind::SlimPipe {
+            slices: n,
+            chunks: 1,
+        });
+        for &v in &chunk_options {
+            out.push(PipelineKind::SlimPipe {
+                slices: n,
+                chunks: v,
+            });
+        }
+    }
+    out
+}
+
+/// Every candidate the cluster and model allow.
+pub fn candidates(space: &SearchSpace) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let l = space.shape.layers;
+    for p in divisors(l).into_iter().filter(|&p| p <= space.gpus) {
+        for t in (0..6).map(|i| 1u64 << i).filter(|&t| t <= space.max_tp) {
+            for c in (0..8).map(|i| 1u64 << i) {
+                let per_replica = p * t * c;
+                if space.gpus % per_replica != 0 || space.shape.heads % t != 0 {
+                    continue;
+                }
+                let dp = space.gpus / per_replica;
+                if space.global_batch % dp != 0 {
+                    continue;
+                }
+                let m = space.global_batch / dp;
+                let Ok(parallel) = Parallelism::new(t, c, dp) else {
+                    continue;
+                };
+                for kind in kinds(p, l / p) {
+                    for recompute in [
+                        RecomputePolicy::None,
+                        RecomputePolicy::Selective,
+                        RecomputePolicy::Full,
+                    ] {
+                        for offload_fraction in [0.0, 0.25, 0.5, 0.75, 1.0] {
+                            out.push(Candidate {
+                                kind,
+                                stages: p,
+                                parallel,
+                                microbatches: m,
+                                recompute,
+                                offload_fraction,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Scores one candidate.
+pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
+    let sharded = matches!(c.kind, PipelineKind::SlimPipe { .. });
+    let logits = if sharded {
+        LogitsPlacement::VocabSharded
+    } else {
+        LogitsPlacement::LastStage
+    };
+    let mut activation = ActivationModel::new(space.shape, c.parallel)?.with_recompute(c.recompute);
+    activation.logits = logits;
+    let config = StaticConfig {
+        activation,
+        states: StateOptions {
+            vocab: logits,
+            ..StateOptions::default()
+        },
+        kind: c.kind,
+        stages: c.stages,
+        microbatches: c.microbatches,
+        seq_len: space.seq_len,
+        offload_fraction: c.offload_fraction,
+    };
+    let peaks = config.peaks()?;
+    let worst = peaks
+        .iter()
+        .max_by(|a, b| a.total().total_cmp(&b.total()))
+        .copied()
+        .ok_or(crate::error::MemoryError::NotPositive {
+            what: "stages",
+            value: 0,
+        })?;
+    let bubble = c.kind.bubble_ratio(c.stages, c.microbatches)?;
+    let cost = CostModel::flops(&space.shape)?;
+    let model_flops = 3.0 * cost.sequence(space.seq_len) * space.global_batch as f64;
+    let per_gpu = model_flops / space.gpus as f64;
+    // Layers' share of the FLOPs (embedding and head are not recomputed).
+    let vocab = 3.0 * space.shape.vocab_flops_per_token() * space.seq_len as f64;
+    let layer_share = 1.0 - vocab * space.global_batch as f64 / model_flops;
+    let recompute = match c.recompute {
+        RecomputePolicy::Full => layer_share / 3.0,
+        _ => 0.0,
+    };
+    let compute = per_gpu * (1.0 + recompute) / (space.efficiency * space.gpu.peak_flops);
+    let k = space.gpu.offload_k(&space.shape, space.seq_len)?;
+    let exposed = (c.offload_fraction * k - 1.0).max(0.0) * compute;
+    let step_time = compute / (1.0 - bubble) + exposed;
+    let mfu = model_flops / (step_time * space.gpus as f64 * space.gpu.peak_flops);
+    Ok(Evaluation {
+        candidate: *c,
+        worst_stage: worst.stage,
+        peak_bytes: worst.total(),
+        states_bytes: worst.states.total(),
+        bubble,
+        step_time,
+        mfu,
+        over_bytes: worst.total() - space.budget_bytes,
+    })
+}
+
+/// Every evaluated candidate: fitting ones by descending MFU (ties: lower peak), then the rest.
+pub fn search(space: &SearchSpace) -> Result<Vec<Evaluation>> {
+    positive("GPUs", space.gpus)?;
+    positive("global batch", space.global_batch)?;
+    positive("sequence length", space.seq_len)?;
+    if !(space.efficiency > 0.0 && space.efficiency <= 1.0) {
+        return Err(crate::error::MemoryError::OutOfRange {
+            what: "kernel efficiency",
+            value: space.efficiency,
+            range: "(0, 1]",
+        });
+    }
+    let mut evals: Vec<Evaluation> = candidates(space)
+        .iter()
+        // A candidate the closed forms refuse (e.g. more slices than tokens) is not a plan.
+        .filter_map(|c| evaluate(space, c).ok())
+        .collect();
+    evals.sort_by(|a, b| {
+        b.fits()
+            .cmp(&a.fits())
+            .then(b.mfu.total_cmp(&a.mfu))
+            .then(a.peak_bytes.total_cmp(&b.peak_bytes))
+            .then(
+                (a.candidate.parallel.tp * a.candidate.parallel.cp)
+                    .cmp(&(b.candidate.parallel.tp * b.candidate.parallel.cp)),
+            )
+    });
+    Ok(evals)
+}

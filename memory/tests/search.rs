@@ -1,0 +1,69 @@
+//! The planner's search on the acceptance case: Llama-70B, 512K tokens, 256 H100s.
+
+use seqpipe_memory::*;
+use seqpipe_slicing::preset;
+
+fn space() -> SearchSpace {
+    let gpu = gpu_preset("h100").unwrap();
+    SearchSpace {
+        shape: preset("llama-70b").unwrap(),
+        seq_len: 512 * 1024,
+        gpus: 256,
+        global_batch: 64,
+        gpu,
+        budget_bytes: gpu.memory_bytes,
+        efficiency: 0.5,
+        max_tp: 8,
+    }
+}
+
+#[test]
+fn llama70b_512k_best_plan_is_slimpipe_and_1f1b_does_not_fit() {
+    let evals = search(&space()).unwrap();
+    let best = evals[0];
+    assert!(best.fits(), "{best:?}");
+    assert!(best.peak_bytes <= 80e9);
+    assert!(
+        matches!(best.candidate.kind, PipelineKind::SlimPipe { .. }),
+        "best is {}",
+        best.candidate.kind
+    );
+    // 1F1B without recomputation or offload fits nowhere.
+    let plain_1f1b: Vec<_> = evals
+        .iter()
+        .filter(|e| {
+            e.candidate.kind == PipelineKind::OneF1B
+                && e.candidate.recompute == RecomputePolicy::None
+                && e.candidate.offload_fraction == 0.0
+        })
+        .collect();
+    assert!(!plain_1f1b.is_empty());
+    assert!(plain_1f1b.iter().all(|e| !e.fits()));
+    // Fitting plans come first, ordered by MFU.
+    let fit = evals.iter().take_while(|e| e.fits()).count();
+    assert!(evals[fit..].iter().all(|e| !e.fits()));
+    assert!(evals[..fit].windows(2).all(|w| w[0].mfu >= w[1].mfu));
+}
+
+#[test]
+fn evaluation_is_consistent_with_the_static_peak() {
+    let s = space();
+    let c = Candidate {
+        kind: PipelineKind::OneF1B,
+        stages: 8,
+        parallel: Parallelism::new(8, 4, 1).unwrap(),
+        microbatches: 64,
+        recompute: RecomputePolicy::Full,
+        offload_fraction: 0.0,
+    };
+    let e = evaluate(&s, &c).unwrap();
+    // Activations: 1F1B full recompute keeps L layers × s tokens × 2H/(t·c) on stage 0.
+    let acts = 80.0 * 524288.0 * 2.0 * 8192.0 / 32.0;
+    assert!(e.peak_bytes > acts && e.peak_bytes > e.states_bytes);
+    assert_eq!(e.bubble, 7.0 / 71.0);
+    // MFU = efficiency × (1 − bubble) / (1 + recompute share) < efficiency.
+    assert!(e.mfu < 0.5 * (1.0 - e.bubble) && e.mfu > 0.3);
+    let mut bad = s;
+    bad.efficiency = 0.0;
+    assert!(search(&bad).is_err());
+}

@@ -1,0 +1,338 @@
+//! The action IR: a closed [`Op`] enum, the [`Unit`] of work it applies to, and the compact text
+//! form shared with PyTorch's pipelining schedules.
+//!
+//! Text form: `{virtual stage}{OP}{micro-batch}` (`2F0`, `1B3`, `0W1`, `3I2`, `0SEND_F1`,
+//! `1RECV_B0`), exactly PyTorch's `_Action` syntax, plus `.{slice}` when the schedule slices its
+//! sequences (`2F0.1` = virtual stage 2, forward, micro-batch 0, slice 1). PyTorch does not know
+//! slices or memory ops; a sliced schedule is only meaningful to seqpipe. The stage in the text is
+//! the *virtual* stage, so turning text into an [`Action`] needs `p` ([`Compact::resolve`]).
+//!
+//! Send/receive semantics (also PyTorch's): `kSEND_F` sends the output of virtual stage `k` to
+//! `k+1`; `kRECV_F` receives the input of `k` from `k−1`; `kSEND_B` sends the input gradient of
+//! `k` to `k−1`; `kRECV_B` receives the output gradient of `k` from `k+1`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ScheduleError};
+use crate::ids::{placement, virtual_stage, Chunk, MicroBatch, Slice, Stage, VirtualStage};
+
+/// What an action does. Closed: the one executor matches on every variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Forward of one unit (`F`).
+    Forward,
+    /// Full backward: input and weight gradients together (`B`).
+    Backward,
+    /// Input-gradient half of a split backward, zero-bubble's "B" (`I`).
+    BackwardInput,
+    /// Weight-gradient half of a split backward, zero-bubble's "W" (`W`).
+    BackwardWeight,
+    /// Send this virtual stage's output activation to the next virtual stage (`SEND_F`).
+    SendAct,
+    /// Receive this virtual stage's input activation from the previous one (`RECV_F`).
+    RecvAct,
+    /// Send this virtual stage's input gradient to the previous virtual stage (`SEND_B`).
+    SendGrad,
+    /// Receive this virtual stage's output gradient from the next one (`RECV_B`).
+    RecvGrad,
+    /// Move the unit's saved activations to host memory (`OFFLOAD`).
+    Offload,
+    /// Bring the unit's saved activations back from host memory (`RELOAD`).
+    Reload,
+    /// Recompute the unit's dropped activations before its backward (`RECOMPUTE`).
+    Recompute,
+}
+
+impl Op {
+    /// Every op, in declaration order.
+    pub const ALL: [Op; 11] = [
+        Op::Forward,
+        Op::Backward,
+        Op::BackwardInput,
+        Op::BackwardWeight,
+        Op::SendAct,
+        Op::RecvAct,
+        Op::SendGrad,
+        Op::RecvGrad,
+        Op::Offload,
+        Op::Reload,
+        Op::Recompute,
+    ];
+
+    /// The op's code in the text form (`F`, `SEND_F`, …).
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Forward => "F",
+            Op::Backward => "B",
+            Op::BackwardInput => "I",
+            Op::BackwardWeight => "W",
+            Op::SendAct => "SEND_F",
+            Op::RecvAct => "RECV_F",
+            Op::SendGrad => "SEND_B",
+            Op::RecvGrad => "RECV_B",
+            Op::Offload => "OFFLOAD",
+            Op::Reload => "RELOAD",
+            Op::Recompute => "RECOMPUTE",
+        }
+    }
+
+    /// Parses an op code; `None` if unknown.
+    pub fn from_code(code: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.code() == code)
+    }
+
+    /// Model compute: forward or any backward.
+    pub fn is_compute(self) -> bool {
+        matches!(
+            self,
+            Op::Forward | Op::Backward | Op::BackwardInput | Op::BackwardWeight
+        )
+    }
+
+    /// Any backward piece (full, input or weight).
+    pub fn is_backward(self) -> bool {
+        matches!(self, Op::Backward | Op::BackwardInput | Op::BackwardWeight)
+    }
+
+    /// The backward piece that produces the input gradient (full backward or `I`).
+    pub fn makes_input_grad(self) -> bool {
+        matches!(self, Op::Backward | Op::BackwardInput)
+    }
+
+    /// The backward piece after which the unit's saved activations are no longer needed
+    /// (full backward or `W`).
+    pub fn ends_unit(self) -> bool {
+        matches!(self, Op::Backward | Op::BackwardWeight)
+    }
+
+    /// Point-to-point communication.
+    pub fn is_comm(self) -> bool {
+        matches!(
+            self,
+            Op::SendAct | Op::RecvAct | Op::SendGrad | Op::RecvGrad
+        )
+    }
+
+    /// A send (never blocks in the execution model).
+    pub fn is_send(self) -> bool {
+        matches!(self, Op::SendAct | Op::SendGrad)
+    }
+
+    /// A receive (blocks until the matching send's data has arrived).
+    pub fn is_recv(self) -> bool {
+        matches!(self, Op::RecvAct | Op::RecvGrad)
+    }
+
+    /// Memory management inserted by planners (offload, reload, recompute).
+    pub fn is_memory(self) -> bool {
+        matches!(self, Op::Offload | Op::Reload | Op::Recompute)
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A unit of work on one stage: one slice of one micro-batch through one model chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Unit {
+    /// Micro-batch.
+    pub mb: MicroBatch,
+    /// Slice of the micro-batch's sequence (0 when unsliced).
+    pub slice: Slice,
+    /// Model chunk on the stage (0 when not interleaved).
+    pub chunk: Chunk,
+}
+
+impl Unit {
+    /// A unit from raw indices.
+    pub fn new(mb: u32, slice: u32, chunk: u32) -> Self {
+        Unit {
+            mb: MicroBatch(mb),
+            slice: Slice(slice),
+            chunk: Chunk(chunk),
+        }
+    }
+}
+
+/// One step of one stage's program: `op` applied to a unit on `stage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Action {
+    /// Physical stage that runs the action.
+    pub stage: Stage,
+    /// Model chunk on that stage (virtual stage `chunk·p + stage`).
+    pub chunk: Chunk,
+    /// Micro-batch.
+    pub mb: MicroBatch,
+    /// Slice of the micro-batch.
+    pub slice: Slice,
+    /// What to do.
+    pub op: Op,
+}
+
+impl Action {
+    /// `op` on `unit` at `stage`.
+    pub fn new(stage: Stage, unit: Unit, op: Op) -> Self {
+        Action {
+            stage,
+            chunk: unit.chunk,
+            mb: unit.mb,
+            slice: unit.slice,
+            op,
+        }
+    }
+
+    /// The unit the action applies to.
+    pub fn unit(&self) -> Unit {
+        Unit {
+            mb: self.mb,
+            slice: self.slice,
+            chunk: self.chunk,
+        }
+    }
+
+    /// The same unit and stage with another op.
+    pub fn with_op(&self, op: Op) -> Self {
+        Action { op, ..*self }
+    }
+
+    /// Virtual stage `chunk·p + stage`.
+    pub fn virtual_stage(&self, p: u32) -> VirtualStage {
+        virtual_stage(self.stage, self.chunk, p)
+    }
+
+    /// For a send or receive, the virtual stage at the other end (`k+1` for `SEND_F`/`RECV_B`,
+    /// `k−1` for `RECV_F`/`SEND_B`); `None` for other ops or below virtual stage 0. The caller
+    /// checks the upper end against `p·v` ([`crate::Schedule::peer`] does).
+    pub fn peer_virtual_stage(&self, p: u32) -> Option<VirtualStage> {
+        let k = self.virtual_stage(p).0;
+        match self.op {
+            Op::SendAct | Op::RecvGrad => Some(VirtualStage(k + 1)),
+            Op::RecvAct | Op::SendGrad => k.checked_sub(1).map(VirtualStage),
+            _ => None,
+        }
+    }
+
+    /// The compact text form (see the module docs); `sliced` adds the `.slice` suffix.
+    pub fn compact(&self, p: u32, sliced: bool) -> Compact {
+        Compact {
+            vstage: self.virtual_stage(p),
+            op: self.op,
+            mb: self.mb,
+            slice: sliced.then_some(self.slice),
+        }
+    }
+
+    /// The compact text as a string.
+    pub fn text(&self, p: u32, sliced: bool) -> String {
+        self.compact(p, sliced).to_string()
+    }
+}
+
+/// The compact text form of an action, as written in CSV cells and grids: virtual stage, op,
+/// micro-batch and optional slice. `Display` and `FromStr` round-trip exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Compact {
+    /// Virtual stage.
+    pub vstage: VirtualStage,
+    /// What to do.
+    pub op: Op,
+    /// Micro-batch.
+    pub mb: MicroBatch,
+    /// Slice, present only in sliced schedules.
+    pub slice: Option<Slice>,
+}
+
+impl Compact {
+    /// The action this text names, placed on a pipeline of `p` stages (Megatron placement).
+    pub fn resolve(&self, p: u32) -> Action {
+        let (stage, chunk) = placement(self.vstage, p);
+        Action {
+            stage,
+            chunk,
+            mb: self.mb,
+            slice: self.slice.unwrap_or_default(),
+            op: self.op,
+        }
+    }
+}
+
+impl fmt::Display for Compact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}{}", self.vstage, self.op.code(), self.mb)?;
+        if let Some(s) = self.slice {
+            write!(f, ".{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits off a leading run of ASCII digits.
+fn leading_digits(s: &str) -> (&str, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s.split_at(end)
+}
+
+fn parse_number(text: &str, digits: &str, what: &str) -> Result<u32> {
+    digits.parse().map_err(|_| ScheduleError::BadActionText {
+        text: text.to_string(),
+        reason: format!(
+            "{what} `{digits}` is not a number between 0 and {}",
+            u32::MAX
+        ),
+    })
+}
+
+impl FromStr for Compact {
+    type Err = ScheduleError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |reason: String| ScheduleError::BadActionText {
+            text: text.to_string(),
+            reason,
+        };
+        let s = text.trim();
+        let (stage, rest) = leading_digits(s);
+        if stage.is_empty() {
+            return Err(bad("expected a virtual stage number first".into()));
+        }
+        let code_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (code, rest) = rest.split_at(code_end);
+        let op = Op::from_code(code).ok_or_else(|| {
+            let known: Vec<&str> = Op::ALL.iter().map(|o| o.code()).collect();
+            bad(format!(
+                "unknown op `{code}`; known ops: {}",
+                known.join(", ")
+            ))
+        })?;
+        let (mb, rest) = leading_digits(rest);
+        if mb.is_empty() {
+            return Err(bad("expected a micro-batch number after the op".into()));
+        }
+        let slice = match rest.strip_prefix('.') {
+            None if rest.is_empty() => None,
+            Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(Slice(parse_number(text, digits, "slice")?))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unexpected `{rest}` after the micro-batch; a slice is written `.N`"
+                )))
+            }
+        };
+        Ok(Compact {
+            vstage: VirtualStage(parse_number(text, stage, "virtual stage")?),
+            op,
+            mb: MicroBatch(parse_number(text, mb, "micro-batch")?),
+            slice,
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! GPipe: every forward, then every backward (LIFO over slices within a micro-batch).
+//!
+//! Peak `m·n` units in flight on every stage; bubble `(p−1)/(m·n+p−1)` with equal units.
+
+use crate::action::Unit;
+use crate::error::Result;
+use crate::gen::core::{
+    build_in_flight, check_size, lifo_order, require_one, sequence_order, BackwardStyle,
+};
+use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
+
+/// GPipe over `p` stages, `m` micro-batches and `n` slices per sequence.
+pub fn gpipe(stages: u32, microbatches: u32, slices: u32) -> Result<Schedule> {
+    let config = ScheduleConfig::new(ScheduleKind::GPipe, stages, microbatches).with_slices(slices);
+    config.check_positive()?;
+    check_size(&config)?;
+    let units = |order: Vec<(u32, u32)>| -> Vec<Unit> {
+        order
+            .into_iter()
+            .map(|(mb, s)| Unit::new(mb, s, 0))
+            .collect()
+    };
+    let forwards = units(sequence_order(microbatches, slices));
+    let backwards = units(lifo_order(microbatches, slices));
+    let all = forwards.len();
+    build_in_flight(config, &forwards, &backwards, |_| all, BackwardStyle::Full)
+}
+
+/// Checks the parameters GPipe does not take.
+pub(crate) fn check_kind_params(config: &ScheduleConfig) -> Result<()> {
+    require_one(
+        "gpipe",
+        "chunks per stage (v)",
+        config.chunks,
+        "GPipe runs one chunk per stage",
+    )
+}

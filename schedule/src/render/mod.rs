@@ -1,0 +1,42 @@
+//! Renderers: the stage × step text grid of a schedule, a time-aligned text timeline, Chrome trace
+//! JSON (Perfetto / `chrome://tracing`, one track per stage) and an SVG timeline.
+//!
+//! Strings are returned for convenience; the `write_*` forms write to a caller's `Write`, so this
+//! crate never opens a file.
+
+pub mod chrome;
+pub mod svg;
+pub mod text;
+
+pub use chrome::{chrome_trace, write_chrome_trace};
+pub use svg::{svg, write_svg};
+pub use text::{grid, timeline};
+
+use crate::action::{Action, Op};
+use crate::schedule::ScheduleConfig;
+
+/// Short label of an action in a timeline: the compact text (virtual stage, op, micro-batch and
+/// slice suffix when sliced).
+pub(crate) fn label(config: &ScheduleConfig, a: &Action) -> String {
+    a.text(config.stages, config.sliced())
+}
+
+/// Whether a timeline draws the action as a block (compute and memory ops; communication is
+/// drawn only as the wait it causes).
+pub(crate) fn drawn(op: Op) -> bool {
+    op.is_compute() || op.is_memory()
+}
+
+/// Fill colour per op (Tableau 10), shared by the SVG and documented in the trace's args.
+pub(crate) fn colour(op: Op) -> &'static str {
+    match op {
+        Op::Forward => "#4e79a7",
+        Op::Backward => "#59a14f",
+        Op::BackwardInput => "#76b7b2",
+        Op::BackwardWeight => "#edc948",
+        Op::Offload => "#b07aa1",
+        Op::Reload => "#ff9da7",
+        Op::Recompute => "#f28e2b",
+        Op::SendAct | Op::RecvAct | Op::SendGrad | Op::RecvGrad => "#bab0ac",
+    }
+}

@@ -1,0 +1,365 @@
+//! `validate()`: every rule a schedule must satisfy, as structured violations naming the stage,
+//! the step (position in the stage's list) and the action, plus a text grid marking the cells.
+//!
+//! Rules, per stage: each unit has exactly one forward and one backward (a full `B`, or `I` then
+//! `W`); the forward of slice `j` comes after the forwards of slices `< j`; the backward of slice
+//! `j` after its own forward and after the backwards of slices `> j` of the same micro-batch; `W`
+//! after `I`; memory ops between the unit's forward and backward. In a lowered schedule: every
+//! cross-stage input arrives by a receive placed before its compute, every send follows the compute
+//! that produced it, and sends and receives pair up one to one. Finally a dry run under the
+//! execution model (unit durations) must finish: a deadlock is reported at each waiting stage.
+
+mod comm;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::{Action, Op, Unit};
+use crate::error::ScheduleError;
+use crate::ids::{Chunk, Slice};
+use crate::lower::insert_comm_mapped;
+use crate::render::text::grid_with_marks;
+use crate::schedule::{Schedule, UnitIndex};
+use crate::simulate::{simulate, P2p};
+
+/// Which rule a violation breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "rule")]
+pub enum Rule {
+    /// The action names a stage, chunk, micro-batch or slice outside the configuration.
+    OutOfRange {
+        /// The problem, with the valid range.
+        detail: String,
+    },
+    /// A second forward of the same unit.
+    DuplicateForward,
+    /// A unit of the configuration never runs its forward on this stage.
+    MissingForward,
+    /// A second backward (or `I`, or `W`) of the same unit.
+    DuplicateBackward,
+    /// A unit never runs its backward (`B`, or `I`) on this stage.
+    MissingBackward,
+    /// A unit has `I` but no `W`.
+    MissingWeight,
+    /// A unit mixes a full backward with split `I`/`W`.
+    MixedBackward,
+    /// Forward of slice `j` before the forward of slice `missing` (< j).
+    ForwardBeforeEarlierSlice {
+        /// The earlier slice whose forward has not run yet.
+        missing: Slice,
+    },
+    /// Backward of slice `j` before the backward of slice `missing` (> j).
+    BackwardBeforeLaterSlice {
+        /// The later slice whose backward has not run yet.
+        missing: Slice,
+    },
+    /// Forward on chunk `c` before the same slice's forward on chunk `c−1` of the same device
+    /// (`p = 1`, where neighbouring virtual stages share a device).
+    ForwardBeforeUpstream,
+    /// Backward on chunk `c` before the same slice's backward on chunk `c+1` of the same device.
+    BackwardBeforeDownstream,
+    /// Backward (or `I`) before the unit's forward.
+    BackwardBeforeForward,
+    /// `W` before the unit's `I`.
+    WeightBeforeInput,
+    /// Offload / reload / recompute outside the unit's forward..backward window (or a reload
+    /// without an offload).
+    MemoryOpOutOfPlace,
+    /// A compute whose input comes from another stage has no receive before it.
+    ComputeBeforeRecv,
+    /// A send before the compute that produces its data.
+    SendBeforeCompute,
+    /// A send or receive towards a virtual stage that does not exist.
+    CommOutsidePipeline,
+    /// A send with no matching receive, or a receive with no matching send.
+    Unmatched,
+    /// The same data sent (or received) twice.
+    DuplicateComm,
+    /// Sends/receives in a schedule not marked lowered, or within one device (`p = 1`).
+    UnexpectedComm,
+    /// The stage waits forever at this step.
+    Deadlock {
+        /// The receive it waits in, as text.
+        waiting_in: String,
+        /// The stage it waits for.
+        waits_for: Option<u32>,
+    },
+}
+
+/// One broken rule at one place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Stage whose list holds the offending action.
+    pub stage: u32,
+    /// Position in that list (`None` for a missing action: the end of the list is marked).
+    pub position: Option<usize>,
+    /// The offending (or missing) action as text.
+    pub action: String,
+    /// The rule.
+    pub rule: Rule,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some(p) => write!(
+                f,
+                "stage {} step {p}: {}: {:?}",
+                self.stage, self.action, self.rule
+            ),
+            None => write!(
+                f,
+                "stage {} (end): {}: {:?}",
+                self.stage, self.action, self.rule
+            ),
+        }
+    }
+}
+
+/// Checks every rule (see the module docs); an empty list means the schedule is valid.
+pub fn validate(schedule: &Schedule) -> Vec<Violation> {
+    let mut out = Vec::new();
+    range_violations(schedule, &mut out);
+    if !out.is_empty() {
+        return out; // indices are unsafe beyond this point
+    }
+    for r in 0..schedule.actions.len() {
+        stage_violations(schedule, r, &mut out);
+    }
+    if schedule.lowered {
+        comm::comm_violations(schedule, &mut out);
+    } else {
+        unexpected_comm(schedule, &mut out);
+    }
+    if out.is_empty() {
+        deadlock_violations(schedule, &mut out);
+    }
+    out.sort_by_key(|v| (v.stage, v.position.unwrap_or(usize::MAX)));
+    out
+}
+
+/// The stage × step grid of `schedule` with every violation's cell marked, followed by the list.
+pub fn render_violations(schedule: &Schedule, violations: &[Violation]) -> String {
+    let marks: Vec<(usize, Option<usize>)> = violations
+        .iter()
+        .map(|v| (v.stage as usize, v.position))
+        .collect();
+    let mut text = grid_with_marks(schedule, &marks);
+    for v in violations {
+        text.push_str(&v.to_string());
+        text.push('\n');
+    }
+    text
+}
+
+pub(crate) fn push(
+    out: &mut Vec<Violation>,
+    s: &Schedule,
+    a: &Action,
+    position: Option<usize>,
+    rule: Rule,
+) {
+    out.push(Violation {
+        stage: a.stage.0,
+        position,
+        action: s.text(a),
+        rule,
+    });
+}
+
+fn range_violations(s: &Schedule, out: &mut Vec<Violation>) {
+    if let Err(ScheduleError::OutOfRange {
+        stage,
+        position,
+        action,
+        what,
+        value,
+        limit,
+    }) = s.check_ranges()
+    {
+        out.push(Violation {
+            stage,
+            position: Some(position),
+            action,
+            rule: Rule::OutOfRange {
+                detail: format!("{what} {value} outside 0..{limit}"),
+            },
+        });
+    }
+    if s.actions.len() != s.config.stages as usize {
+        out.push(Violation {
+            stage: s.actions.len() as u32,
+            position: None,
+            action: String::new(),
+            rule: Rule::OutOfRange {
+                detail: format!(
+                    "{} stage lists for p = {}",
+                    s.actions.len(),
+                    s.config.stages
+                ),
+            },
+        });
+    }
+}
+
+/// Per-unit progress on one stage.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    forward: bool,
+    backward: bool,
+    input: bool,
+    weight: bool,
+    offloaded: bool,
+}
+
+impl Seen {
+    fn grad_done(&self) -> bool {
+        self.backward || self.input
+    }
+}
+
+fn stage_violations(s: &Schedule, r: usize, out: &mut Vec<Violation>) {
+    let index = UnitIndex::new(&s.config);
+    let mut seen = vec![Seen::default(); index.len()];
+    let n_of = |u: &Unit| s.config.slices_of(u.mb);
+    // Neighbouring virtual stages share the device only when p = 1; otherwise data moves by
+    // send/receive and ordering across devices is the dry run's business.
+    let local = s.config.stages == 1;
+    for (i, a) in s.actions[r].iter().enumerate() {
+        let u = a.unit();
+        let at = Some(i);
+        let neighbour = |slice: u32| {
+            index.of(&Unit {
+                slice: Slice(slice),
+                ..u
+            })
+        };
+        let chunk_of = |chunk: u32| {
+            index.of(&Unit {
+                chunk: Chunk(chunk),
+                ..u
+            })
+        };
+        let me = seen[index.of(&u)];
+        let rule = match a.op {
+            Op::Forward if me.forward => Some(Rule::DuplicateForward),
+            Op::Forward if u.slice.0 > 0 && !seen[neighbour(u.slice.0 - 1)].forward => {
+                Some(Rule::ForwardBeforeEarlierSlice {
+                    missing: Slice(u.slice.0 - 1),
+                })
+            }
+            Op::Backward | Op::BackwardInput if me.grad_done() => Some(Rule::DuplicateBackward),
+            Op::Backward | Op::BackwardInput if !me.forward => Some(Rule::BackwardBeforeForward),
+            Op::Backward | Op::BackwardInput
+                if u.slice.0 + 1 < n_of(&u) && !seen[neighbour(u.slice.0 + 1)].grad_done() =>
+            {
+                Some(Rule::BackwardBeforeLaterSlice {
+                    missing: Slice(u.slice.0 + 1),
+                })
+            }
+            Op::Forward if local && u.chunk.0 > 0 && !seen[chunk_of(u.chunk.0 - 1)].forward => {
+                Some(Rule::ForwardBeforeUpstream)
+            }
+            Op::Backward | Op::BackwardInput
+                if local
+                    && u.chunk.0 + 1 < s.config.chunks
+                    && !seen[chunk_of(u.chunk.0 + 1)].grad_done() =>
+            {
+                Some(Rule::BackwardBeforeDownstream)
+            }
+            Op::Backward if me.weight => Some(Rule::MixedBackward),
+            Op::BackwardInput if me.weight => Some(Rule::WeightBeforeInput),
+            Op::BackwardWeight if me.weight => Some(Rule::DuplicateBackward),
+            Op::BackwardWeight if me.backward => Some(Rule::MixedBackward),
+            Op::BackwardWeight if !me.input => Some(Rule::WeightBeforeInput),
+            Op::Offload | Op::Recompute if !me.forward || me.grad_done() => {
+                Some(Rule::MemoryOpOutOfPlace)
+            }
+            Op::Reload if !me.offloaded || me.grad_done() => Some(Rule::MemoryOpOutOfPlace),
+            _ => None,
+        };
+        if let Some(rule) = rule {
+            push(out, s, a, at, rule);
+        }
+        let me = &mut seen[index.of(&u)];
+        match a.op {
+            Op::Forward => me.forward = true,
+            Op::Backward => me.backward = true,
+            Op::BackwardInput => me.input = true,
+            Op::BackwardWeight => me.weight = true,
+            Op::Offload => me.offloaded = true,
+            _ => {}
+        }
+    }
+    missing_violations(s, r, &index, &seen, out);
+}
+
+fn missing_violations(
+    s: &Schedule,
+    r: usize,
+    index: &UnitIndex,
+    seen: &[Seen],
+    out: &mut Vec<Violation>,
+) {
+    let stage = crate::ids::Stage(r as u32);
+    for u in s.units() {
+        let me = seen[index.of(&u)];
+        let missing = if !me.forward {
+            Some((Op::Forward, Rule::MissingForward))
+        } else if !me.grad_done() {
+            Some((Op::Backward, Rule::MissingBackward))
+        } else if me.input && !me.weight {
+            Some((Op::BackwardWeight, Rule::MissingWeight))
+        } else {
+            None
+        };
+        if let Some((op, rule)) = missing {
+            push(out, s, &Action::new(stage, u, op), None, rule);
+        }
+    }
+}
+
+fn unexpected_comm(s: &Schedule, out: &mut Vec<Violation>) {
+    for list in &s.actions {
+        for (i, a) in list.iter().enumerate().filter(|(_, a)| a.op.is_comm()) {
+            push(out, s, a, Some(i), Rule::UnexpectedComm);
+        }
+    }
+}
+
+/// Dry run with unit durations; a deadlock becomes one violation per waiting stage, at the
+/// waiting step of the schedule as given (for an unlowered schedule: the compute the missing
+/// receive serves).
+fn deadlock_violations(s: &Schedule, out: &mut Vec<Violation>) {
+    let (lowered, origins) = if s.lowered {
+        (
+            s.clone(),
+            s.actions.iter().map(|l| (0..l.len()).collect()).collect(),
+        )
+    } else {
+        match insert_comm_mapped(s) {
+            Ok(x) => x,
+            Err(_) => return, // ranges were checked; nothing else can fail
+        }
+    };
+    let unit = |a: &Action| {
+        if a.op.is_compute() || a.op.is_memory() {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    if let Err(ScheduleError::Deadlock { blocked }) = simulate(&lowered, unit, &P2p::free()) {
+        for b in blocked {
+            let r = b.stage as usize;
+            let pos = origins[r][b.position];
+            let a = s.actions[r][pos];
+            let rule = Rule::Deadlock {
+                waiting_in: b.action.clone(),
+                waits_for: b.waits_for,
+            };
+            push(out, s, &a, Some(pos), rule);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `seqpipe plan`: search parallel layouts, schedules, offload and recomputation for one model,
+//! sequence length and cluster, and print the best plans and why the others were rejected.
+
+use clap::{Args, ValueEnum};
+use seqpipe_memory::{gpu_preset, search, Evaluation, RecomputePolicy, SearchSpace, GIB};
+use seqpipe_slicing::parse_token_count;
+
+use super::model::{describe, resolve_model};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    /// Human-readable tables.
+    Text,
+    /// Every evaluated configuration as JSON.
+    Json,
+}
+
+/// Arguments of `seqpipe plan`.
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// Model preset name or path to a Hugging Face config.json.
+    #[arg(long)]
+    model: String,
+    /// Sequence length, e.g. 524288 or 512k.
+    #[arg(long, allow_hyphen_values = true)]
+    seq: String,
+    /// GPUs in all.
+    #[arg(long)]
+    gpus: u64,
+    /// GPU preset: a100, h100, h200.
+    #[arg(long, default_value = "h100")]
+    gpu: String,
+    /// Memory budget per GPU in GiB (default: the preset's nominal capacity).
+    #[arg(long)]
+    budget_gib: Option<f64>,
+    /// Sequences per iteration across all data-parallel replicas.
+    #[arg(long, default_value_t = 64)]
+    global_batch: u64,
+    /// Assumed fraction of peak FLOP/s every kernel reaches (the MFU model's one free parameter).
+    #[arg(long, default_value_t = 0.5)]
+    efficiency: f64,
+    /// Largest tensor-parallel size.
+    #[arg(long, default_value_t = 8)]
+    max_tp: u64,
+    /// Override the preset's achieved TFLOP/s used by the offload criterion.
+    #[arg(long)]
+    achieved_tflops: Option<f64>,
+    /// Override the preset's host-link bandwidth, GB/s.
+    #[arg(long)]
+    host_gbps: Option<f64>,
+    /// How many plans to print.
+    #[arg(long, default_value_t = 8)]
+    top: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// Runs `seqpipe plan`.
+pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
+    let shape = resolve_model(&args.model)?;
+    let seq_len = parse_token_count(&args.seq)?;
+    let mut gpu = gpu_preset(&args.gpu)?;
+    if let Some(t) = args.achieved_tflops {
+        gpu.achieved_flops = t * 1e12;
+    }
+    if let Some(b) = args.host_gbps {
+        gpu.host_link_bytes_per_s = b * 1e9;
+    }
+    let budget_bytes = match args.budget_gib {
+        Some(g) if g.is_finite() && g > 0.0 => g * GIB,
+        Some(g) => anyhow::bail!("--budget-gib must be a positive number of GiB, got {g}"),
+        None => gpu.memory_bytes,
+    };
+    let space = SearchSpace {
+        shape,
+        seq_len,
+        gpus: args.gpus,
+        global_batch: args.global_batch,
+        gpu,
+        budget_bytes,
+        efficiency: args.efficiency,
+        max_tp: args.max_tp,
+    };
+    let evals = search(&space)?;
+    if let Format::Json = args.format {
+        println!("{}", serde_json::to_string_pretty(&evals)?);
+        return Ok(());
+    }
+    println!("model {}: {}", args.model, describe(&shape));
+    println!(
+        "sequence {seq_len} tokens, {} × {} ({:.0} TFLOP/s peak, offload k = {:.3}), budget {:.2} GiB/GPU, kernel efficiency {:.0}%, global batch {}",
+        args.gpus,
+        gpu.name,
+        gpu.peak_flops / 1e12,
+        gpu.offload_k(&shape, seq_len)?,
+        budget_bytes / GIB,
+        100.0 * args.efficiency,
+        args.global_batch
+    );
+    let fitting = evals.iter().filter(|e| e.fits()).count();
+    println!("searched {} configurations, {fitting} fit", evals.len());
+    if fitting == 0 {
+        println!("no configuration fits the budget");
+    } else {
+        println!("\nbest plans:");
+        print_table(evals.iter().filter(|e| e.fits()).take(args.top));
+    }
+    print_rejections(&evals);
+    Ok(())
+}
+
+fn header() {
+    println!(
+        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>7} {:>13} {:>8} {:>7} {:>6}",
+        "schedule",
+        "pp",
+        "tp",
+        "cp",
+        "dp",
+        "mb",
+        "recompute",
+        "offload",
+        "peak GiB@stg",
+        "states",
+        "bubble",
+        "MFU"
+    );
+}
+
+fn row(e: &Evaluation) -> String {
+    let c = &e.candidate;
+    let recompute = match c.recompute {
+        RecomputePolicy::None => "none",
+        RecomputePolicy::Selective => "selective",
+        RecomputePolicy::Full => "full",
+    };
+    format!(
+        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>6.0}% {:>9.2}@{:<3} {:>8.2} {:>6.2}% {:>5.1}%",
+        c.kind.to_string(),
+        c.stages,
+        c.parallel.tp,
+        c.parallel.cp,
+        c.parallel.dp,
+        c.microbatches,
+        recompute,
+        100.0 * c.offload_fraction,
+        e.peak_bytes / GIB,
+        e.worst_stage,
+        e.states_bytes / GIB,
+        100.0 * e.bubble,
+        100.0 * e.mfu
+    )
+}
+
+fn print_table<'a>(evals: impl Iterator<Item = &'a Evaluation>) {
+    header();
+    for e in evals {
+        println!("{}", row(e));
+    }
+}
+
+/// Per schedule kind without recomputation or offload: the configuration closest to fitting,
+/// with the stage that runs out and by how much (or the best fitting one).
+fn print_rejections(evals: &[Evaluation]) {
+    println!("\nwithout recomputation or offload, per schedule kind (closest to fitting):");
+    let mut names: Vec<&str> = evals.iter().map(|e| e.candidate.kind.name()).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let plain = evals.iter().filter(|e| {
+            let c = &e.candidate;
+            c.kind.name() == name
+                && c.recompute == RecomputePolicy::None
+                && c.offload_fraction == 0.0
+        });
+        let Some(best) = plain.min_by(|a, b| a.over_bytes.total_cmp(&b.over_bytes)) else {
+            continue;
+        };
+        let verdict = if best.fits() {
+            format!("fits ({:.2} GiB to spare)", -best.over_bytes / GIB)
+        } else {
+            format!(
+                "does not fit: stage {} needs {:.2} GiB, {:.2} GiB over the budget",
+                best.worst_stage,
+                best.peak_bytes / GIB,
+                best.over_bytes / GIB
+            )
+        };
+        println!("  {name:<12} {verdict}");
+        println!("    {}", row(best));
+    }
+}

@@ -1,0 +1,140 @@
+//! `seqpipe train`'s configuration: a TOML file, every field with a default, so that no file at
+//! all means "train the tiny model on generated data with 4 SlimPipe stages".
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelConfig;
+use crate::optim::OptimConfig;
+
+/// Element type of parameters and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats.
+    F32,
+    /// 64-bit floats (the oracle tests' precision).
+    F64,
+    /// bfloat16 storage, f32 accumulation inside the kernels.
+    Bf16,
+}
+
+impl Precision {
+    /// The candle dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::F64 => candle_core::DType::F64,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
+/// How each sequence is cut into slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SlicingMethod {
+    /// Equal lengths (SlimPipe).
+    Uniform,
+    /// Equal FLOPs (Seq1F1B).
+    Balanced,
+}
+
+/// Pipeline layout and schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelConfig {
+    /// Pipeline stages (threads).
+    pub stages: u32,
+    /// Schedule kind, as `seqpipe schedule --kind` names it.
+    pub schedule: String,
+    /// Micro-batches per iteration.
+    pub microbatches: u32,
+    /// Slices per sequence (1 = unsliced).
+    pub slices: u32,
+    /// Model chunks per stage (interleaved schedules).
+    pub chunks: u32,
+    /// Group size of the GIS schedule.
+    pub group: Option<u32>,
+    /// Slicing method.
+    pub slicing: SlicingMethod,
+    /// Layers per virtual stage (default: even split).
+    pub layers: Option<Vec<usize>>,
+    /// Seconds a stage waits for a peer before failing.
+    pub timeout_secs: u64,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig {
+            stages: 4,
+            schedule: "slimpipe".into(),
+            microbatches: 4,
+            slices: 4,
+            chunks: 2,
+            group: None,
+            slicing: SlicingMethod::Uniform,
+            layers: None,
+            timeout_secs: 60,
+        }
+    }
+}
+
+/// Data settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            batch: 2,
+            seq_len: 256,
+        }
+    }
+}
+
+/// Everything `seqpipe train` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seed of the weights and the data.
+    pub seed: u64,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Parameter and activation precision.
+    pub precision: Precision,
+    /// The model.
+    pub model: ModelConfig,
+    /// The data.
+    pub data: DataConfig,
+    /// The pipeline.
+    pub parallel: ParallelConfig,
+    /// The optimizer.
+    pub optim: OptimConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 1,
+            steps: 80,
+            precision: Precision::F32,
+            model: ModelConfig::tiny(),
+            data: DataConfig::default(),
+            parallel: ParallelConfig::default(),
+            optim: OptimConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Parses a TOML file's text; unknown keys are errors naming them.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+}

@@ -1,0 +1,12 @@
+//! The seqpipe trainer: a Llama-style model with explicit forward/backward, one executor that runs
+//! any lowered pipeline schedule over the `comm` transport, and the training loop around it.
+//!
+//! Architecture invariant: the executor has no per-schedule code. It interprets the action lists
+//! of `seqpipe-schedule` op by op; a new schedule kind needs no change here.
+
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod optim;
+pub mod runtime;
+pub mod train;

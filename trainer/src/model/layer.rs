@@ -1,0 +1,243 @@
+//! One Llama decoder layer with an explicit forward and a backward split into input and weight
+//! halves (the zero-bubble B/W split).
+//!
+//! The forward of a slice returns its output and a [`LayerSaved`] holding exactly what the backward
+//! needs; the K/V of the slice live in the caller's [`SliceKvCache`] (shared by all slices of a
+//! micro-batch). The input-gradient half returns the input gradient, the norm-weight gradients
+//! (small: computed at once) and a [`WeightGradInputs`] record from which the weight half computes
+//! the seven matrix gradients later.
+
+use candle_core::{Result, Tensor};
+use seqpipe_kernels::{
+    linear_backward_input, linear_backward_weight, linear_forward, rms_norm_backward,
+    rms_norm_forward, swiglu_backward, swiglu_forward, AttentionOptions, Rope, SliceKvCache,
+};
+
+use super::config::ModelConfig;
+use super::names::{layer_param, LAYER_PARTS};
+use super::params::TensorMap;
+
+fn k(e: seqpipe_kernels::KernelError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// The weights of one layer (cheap clones of the stage's parameter tensors).
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// Global layer index.
+    pub index: usize,
+    /// `[attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down]`.
+    pub w: [Tensor; 9],
+}
+
+impl LayerWeights {
+    /// Looks layer `index`'s weights up in a parameter map.
+    pub fn from_params(params: &TensorMap, index: usize) -> Result<Self> {
+        let get = |part: &str| {
+            let name = layer_param(index, part);
+            params
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing parameter {name}")))
+        };
+        let w = [
+            get(LAYER_PARTS[0])?,
+            get(LAYER_PARTS[1])?,
+            get(LAYER_PARTS[2])?,
+            get(LAYER_PARTS[3])?,
+            get(LAYER_PARTS[4])?,
+            get(LAYER_PARTS[5])?,
+            get(LAYER_PARTS[6])?,
+            get(LAYER_PARTS[7])?,
+            get(LAYER_PARTS[8])?,
+        ];
+        Ok(LayerWeights { index, w })
+    }
+}
+
+/// Everything one slice's forward keeps for its backward (K and V are in the [`SliceKvCache`]).
+#[derive(Debug, Clone)]
+pub struct LayerSaved {
+    /// Layer input `[b, s, H]`.
+    pub x: Tensor,
+    /// Inverse RMS of the attention norm.
+    pub inv1: Tensor,
+    /// Attention norm output.
+    pub h1: Tensor,
+    /// Queries after RoPE `[b, h, s, d]`.
+    pub q: Tensor,
+    /// Attention output `[b, h, s, d]`.
+    pub o: Tensor,
+    /// Attention log-sum-exp `[b, h, s]`.
+    pub lse: Tensor,
+    /// Residual after attention.
+    pub x2: Tensor,
+    /// Inverse RMS of the MLP norm.
+    pub inv2: Tensor,
+    /// MLP norm output.
+    pub h2: Tensor,
+    /// Gate projection.
+    pub gate: Tensor,
+    /// Up projection.
+    pub up: Tensor,
+    /// SiLU(gate)·up.
+    pub act: Tensor,
+    /// First token position of the slice.
+    pub offset: usize,
+}
+
+fn bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+impl LayerSaved {
+    /// Bytes held, tensor by tensor (the measured counterpart of the memory model's terms).
+    pub fn bytes(&self) -> usize {
+        [
+            &self.x, &self.inv1, &self.h1, &self.q, &self.o, &self.lse, &self.x2, &self.inv2,
+            &self.h2, &self.gate, &self.up, &self.act,
+        ]
+        .into_iter()
+        .map(bytes)
+        .sum()
+    }
+}
+
+/// What the weight half of the backward needs: each matrix's input and output gradient.
+#[derive(Debug, Clone)]
+pub struct WeightGradInputs {
+    /// `(input, d_output)` for wq, wk, wv, wo, w_gate, w_up, w_down (weights 1–4 and 6–8).
+    pub pairs: [(Tensor, Tensor); 7],
+}
+
+impl WeightGradInputs {
+    /// Bytes held until the weight half runs.
+    pub fn bytes(&self) -> usize {
+        self.pairs.iter().map(|(a, b)| bytes(a) + bytes(b)).sum()
+    }
+}
+
+/// Positions of the seven matrices in [`LayerWeights::w`], in [`WeightGradInputs::pairs`] order.
+pub const MATRIX_SLOTS: [usize; 7] = [1, 2, 3, 4, 6, 7, 8];
+
+/// Shared, read-only context of a layer computation.
+pub struct LayerCtx<'a> {
+    /// Model sizes.
+    pub cfg: &'a ModelConfig,
+    /// RoPE tables.
+    pub rope: &'a Rope,
+    /// Attention options (scale, causal mask, block size).
+    pub attention: AttentionOptions,
+}
+
+/// `[b, s, heads·d]` → `[b, heads, s, d]`.
+fn split_heads(t: &Tensor, heads: usize, d: usize) -> Result<Tensor> {
+    let (b, s, _) = t.dims3()?;
+    t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
+}
+
+/// `[b, heads, s, d]` → `[b, s, heads·d]`.
+fn merge_heads(t: &Tensor) -> Result<Tensor> {
+    let (b, heads, s, d) = t.dims4()?;
+    t.transpose(1, 2)?.contiguous()?.reshape((b, s, heads * d))
+}
+
+/// Forward of one slice `x [b, s, H]` starting at token `offset`; its K/V join `cache`.
+pub fn forward(
+    ctx: &LayerCtx,
+    w: &LayerWeights,
+    cache: &mut SliceKvCache,
+    x: &Tensor,
+    offset: usize,
+) -> Result<(Tensor, LayerSaved)> {
+    let (cfg, d) = (ctx.cfg, ctx.cfg.head_dim());
+    let [attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down] = &w.w;
+    let (h1, inv1) = rms_norm_forward(x, attn_norm, cfg.norm_eps).map_err(k)?;
+    let q = split_heads(&linear_forward(&h1, wq).map_err(k)?, cfg.heads, d)?;
+    let kk = split_heads(&linear_forward(&h1, wk).map_err(k)?, cfg.kv_heads, d)?;
+    let v = split_heads(&linear_forward(&h1, wv).map_err(k)?, cfg.kv_heads, d)?;
+    let q = ctx.rope.forward(&q, offset).map_err(k)?;
+    let kk = ctx.rope.forward(&kk, offset).map_err(k)?;
+    let (o, lse) = cache.forward(&q, &kk, &v, &ctx.attention).map_err(k)?;
+    let x2 = (x + linear_forward(&merge_heads(&o)?, wo).map_err(k)?)?;
+    let (h2, inv2) = rms_norm_forward(&x2, mlp_norm, cfg.norm_eps).map_err(k)?;
+    let gate = linear_forward(&h2, w_gate).map_err(k)?;
+    let up = linear_forward(&h2, w_up).map_err(k)?;
+    let act = swiglu_forward(&gate, &up).map_err(k)?;
+    let y = (&x2 + linear_forward(&act, w_down).map_err(k)?)?;
+    let saved = LayerSaved {
+        x: x.clone(),
+        inv1,
+        h1,
+        q,
+        o,
+        lse,
+        x2,
+        inv2,
+        h2,
+        gate,
+        up,
+        act,
+        offset,
+    };
+    Ok((y, saved))
+}
+
+/// Input half of the backward of the slice `saved` came from (the last slice in `cache`).
+/// Returns `dx`, the two norm-weight gradients and the weight half's inputs.
+pub fn backward_input(
+    ctx: &LayerCtx,
+    w: &LayerWeights,
+    cache: &mut SliceKvCache,
+    saved: &LayerSaved,
+    dy: &Tensor,
+) -> Result<(Tensor, [Tensor; 2], WeightGradInputs)> {
+    let [attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down] = &w.w;
+    // MLP: y = x2 + down(swiglu(gate(h2), up(h2))).
+    let d_act = linear_backward_input(dy, w_down).map_err(k)?;
+    let (d_gate, d_up) = swiglu_backward(&saved.gate, &saved.up, &d_act).map_err(k)?;
+    let dh2 = (linear_backward_input(&d_gate, w_gate).map_err(k)?
+        + linear_backward_input(&d_up, w_up).map_err(k)?)?;
+    let (dx2_norm, d_mlp_norm) =
+        rms_norm_backward(&saved.x2, mlp_norm, &saved.inv2, &dh2).map_err(k)?;
+    let dx2 = (dy + dx2_norm)?;
+    // Attention: x2 = x + o_proj(attention(rope(q), rope(k), v)).
+    let o_flat = merge_heads(&saved.o)?;
+    let d_o = split_heads(
+        &linear_backward_input(&dx2, wo).map_err(k)?,
+        ctx.cfg.heads,
+        ctx.cfg.head_dim(),
+    )?;
+    let (dq, dk, dv) = cache
+        .backward(&saved.q, &saved.o, &saved.lse, &d_o, &ctx.attention)
+        .map_err(k)?;
+    let dq = merge_heads(&ctx.rope.backward(&dq, saved.offset).map_err(k)?)?;
+    let dk = merge_heads(&ctx.rope.backward(&dk, saved.offset).map_err(k)?)?;
+    let dv = merge_heads(&dv)?;
+    let dh1 = ((linear_backward_input(&dq, wq).map_err(k)?
+        + linear_backward_input(&dk, wk).map_err(k)?)?
+        + linear_backward_input(&dv, wv).map_err(k)?)?;
+    let (dx_norm, d_attn_norm) =
+        rms_norm_backward(&saved.x, attn_norm, &saved.inv1, &dh1).map_err(k)?;
+    let dx = (&dx2 + dx_norm)?;
+    let pairs = [
+        (saved.h1.clone(), dq),
+        (saved.h1.clone(), dk),
+        (saved.h1.clone(), dv),
+        (o_flat, dx2.clone()),
+        (saved.h2.clone(), d_gate),
+        (saved.h2.clone(), d_up),
+        (saved.act.clone(), dy.clone()),
+    ];
+    Ok((dx, [d_attn_norm, d_mlp_norm], WeightGradInputs { pairs }))
+}
+
+/// Weight half: the seven matrix gradients, in [`MATRIX_SLOTS`] order.
+pub fn backward_weight(inputs: &WeightGradInputs) -> Result<[Tensor; 7]> {
+    let grads: Vec<Tensor> = inputs
+        .pairs
+        .iter()
+        .map(|(x, dy)| linear_backward_weight(x, dy).map_err(k))
+        .collect::<Result<_>>()?;
+    Ok(grads.try_into().expect("seven pairs give seven gradients"))
+}

@@ -1,0 +1,11 @@
+//! The Llama-style model with explicit forward and backward: config, parameter names and
+//! initialisation, one decoder layer, and the embedding and head ends.
+
+pub mod config;
+pub mod ends;
+pub mod layer;
+pub mod names;
+pub mod params;
+
+pub use config::ModelConfig;
+pub use params::{Holding, TensorMap};

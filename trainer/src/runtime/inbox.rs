@@ -1,0 +1,63 @@
+//! Receiving in each peer's send order.
+//!
+//! A transport link is FIFO and checks tags, but a stage's program may want a peer's messages in
+//! another order than the peer sent them (in interleaved schedules one link carries activations
+//! and gradients of different chunks). Each stage knows, from the lowered schedule, the exact
+//! order in which every peer sends to it; the inbox receives in that order and keeps messages that
+//! arrive before they are wanted. This never deadlocks where the schedule does not: everything a
+//! peer sent before the wanted message has been sent already.
+
+use std::collections::{HashMap, VecDeque};
+
+use seqpipe_comm::{Message, Tag, Transport};
+
+/// Per-peer expected send order plus messages received early.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    expected: HashMap<usize, VecDeque<Tag>>,
+    early: HashMap<(usize, Tag), Message>,
+}
+
+impl Inbox {
+    /// An inbox expecting `order[i] = (peer, tag)` in the order each peer sends them.
+    pub fn new(order: impl IntoIterator<Item = (usize, Tag)>) -> Self {
+        let mut expected: HashMap<usize, VecDeque<Tag>> = HashMap::new();
+        for (peer, tag) in order {
+            expected.entry(peer).or_default().push_back(tag);
+        }
+        Inbox {
+            expected,
+            early: HashMap::new(),
+        }
+    }
+
+    /// The message `tag` from `peer`, receiving and keeping earlier ones from that peer.
+    pub fn recv(
+        &mut self,
+        transport: &mut dyn Transport,
+        peer: usize,
+        tag: Tag,
+    ) -> anyhow::Result<Message> {
+        if let Some(msg) = self.early.remove(&(peer, tag)) {
+            return Ok(msg);
+        }
+        loop {
+            let Some(next) = self.expected.get_mut(&peer).and_then(VecDeque::pop_front) else {
+                anyhow::bail!(
+                    "stage {} waits for {tag} from stage {peer}, which the schedule never sends",
+                    transport.rank()
+                );
+            };
+            let msg = transport.recv(peer, next)?;
+            if next == tag {
+                return Ok(msg);
+            }
+            self.early.insert((peer, next), msg);
+        }
+    }
+
+    /// Bytes of messages received early and not yet used.
+    pub fn held_bytes(&self) -> usize {
+        self.early.values().map(Message::size_in_bytes).sum()
+    }
+}

@@ -1,0 +1,13 @@
+//! The pipeline runtime: one executor that runs any lowered schedule, stage by stage.
+
+pub mod inbox;
+pub mod partition;
+pub mod pipeline;
+pub mod record;
+pub mod tensor_msg;
+pub mod worker;
+
+pub use partition::Partition;
+pub use pipeline::{Pipeline, StepReport};
+pub use record::StageReport;
+pub use worker::IterationInput;

@@ -1,0 +1,122 @@
+//! What a stage records while it runs: the start and end of every action (a Chrome trace of the
+//! real run, comparable with the simulator's) and the activation bytes it holds after each one.
+
+use seqpipe_schedule::Op;
+use serde::Serialize;
+
+/// One executed action.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Compact text (`2F0.1`).
+    pub text: String,
+    /// The op.
+    #[serde(skip)]
+    pub op: Op,
+    /// Seconds since the iteration started.
+    pub start: f64,
+    /// Seconds since the iteration started.
+    pub end: f64,
+    /// Activation bytes held after the action.
+    pub held_bytes: usize,
+}
+
+/// Everything a stage reports about one iteration.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    /// Stage rank.
+    pub stage: usize,
+    /// Sum of this stage's slice losses (non-zero only on the stage running the head).
+    pub loss: f64,
+    /// Executed actions in order.
+    pub events: Vec<Event>,
+    /// Largest `held_bytes` over the iteration.
+    pub peak_bytes: usize,
+}
+
+impl StageReport {
+    /// Seconds spent in compute actions.
+    pub fn compute_seconds(&self) -> f64 {
+        self.events
+            .iter()
+            .filter(|e| e.op.is_compute())
+            .map(|e| e.end - e.start)
+            .sum()
+    }
+
+    /// End of the last action.
+    pub fn finish_time(&self) -> f64 {
+        self.events.last().map_or(0.0, |e| e.end)
+    }
+}
+
+/// Collects a stage's events.
+#[derive(Debug)]
+pub struct Recorder {
+    stage: usize,
+    events: Vec<Event>,
+}
+
+impl Recorder {
+    /// An empty record for `stage`.
+    pub fn new(stage: usize) -> Self {
+        Recorder {
+            stage,
+            events: Vec::new(),
+        }
+    }
+
+    /// Records one finished action.
+    pub fn action(&mut self, text: String, op: Op, start: f64, end: f64, held_bytes: usize) {
+        self.events.push(Event {
+            text,
+            op,
+            start,
+            end,
+            held_bytes,
+        });
+    }
+
+    /// The report, with the stage's loss share.
+    pub fn finish(self, loss: f64) -> StageReport {
+        let peak_bytes = self.events.iter().map(|e| e.held_bytes).max().unwrap_or(0);
+        StageReport {
+            stage: self.stage,
+            loss,
+            events: self.events,
+            peak_bytes,
+        }
+    }
+}
+
+/// Measured bubble ratio: idle share of the makespan, over all stages (makespan = last end).
+pub fn measured_bubble(reports: &[StageReport]) -> f64 {
+    let makespan = reports
+        .iter()
+        .map(StageReport::finish_time)
+        .fold(0.0, f64::max);
+    if makespan <= 0.0 || reports.is_empty() {
+        return 0.0;
+    }
+    let busy: f64 = reports.iter().map(StageReport::compute_seconds).sum();
+    1.0 - busy / (makespan * reports.len() as f64)
+}
+
+/// Chrome trace JSON (one track per stage) of an iteration's reports.
+pub fn chrome_trace(reports: &[StageReport]) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = reports
+        .iter()
+        .flat_map(|r| {
+            r.events
+                .iter()
+                .filter(|e| e.op.is_compute() || e.op.is_comm())
+                .map(move |e| {
+                    serde_json::json!({
+                        "name": e.text, "cat": e.op.code(), "ph": "X", "pid": 0, "tid": r.stage,
+                        "ts": e.start * 1e6, "dur": (e.end - e.start) * 1e6,
+                        "args": {"held_bytes": e.held_bytes},
+                    })
+                })
+        })
+        .collect();
+    serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
+}

@@ -1,0 +1,47 @@
+//! Tensors to transport messages and back: the only place the runtime crosses the `comm` seam,
+//! which knows buffers and shapes but not candle.
+
+use candle_core::{DType, Device, Tensor};
+use seqpipe_comm::Message;
+
+/// Packs a tensor (f32, f64 or bf16) into a message with its shape.
+pub fn to_message(t: &Tensor) -> anyhow::Result<Message> {
+    let shape = t.dims().to_vec();
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => Message::from_f32(shape, flat.to_vec1::<f32>()?)?,
+        DType::F64 => Message::from_f64(shape, flat.to_vec1::<f64>()?)?,
+        DType::BF16 => {
+            let bits = flat
+                .to_vec1::<half::bf16>()?
+                .into_iter()
+                .map(|x| x.to_bits())
+                .collect();
+            Message::from_bf16_bits(shape, bits)?
+        }
+        other => anyhow::bail!(
+            "cannot send a {other:?} tensor between stages: activations are f32, f64 or bf16"
+        ),
+    })
+}
+
+/// Unpacks a message into a tensor on `device`.
+pub fn from_message(msg: Message, device: &Device) -> anyhow::Result<Tensor> {
+    let shape = msg.shape().to_vec();
+    let tensor = match msg.dtype() {
+        seqpipe_comm::DType::F32 => Tensor::from_vec(msg.into_f32()?, shape, device)?,
+        seqpipe_comm::DType::F64 => Tensor::from_vec(msg.into_f64()?, shape, device)?,
+        seqpipe_comm::DType::BF16 => {
+            let values: Vec<half::bf16> = msg
+                .into_bf16_bits()?
+                .into_iter()
+                .map(half::bf16::from_bits)
+                .collect();
+            Tensor::from_vec(values, shape, device)?
+        }
+        other => anyhow::bail!(
+            "received a {other:?} message where an f32, f64 or bf16 activation was expected"
+        ),
+    };
+    Ok(tensor)
+}

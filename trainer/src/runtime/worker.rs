@@ -1,0 +1,543 @@
+//! One pipeline stage: its parameters and gradients, and the interpreter of its lowered action
+//! list. There is one interpreter for every schedule kind: it only knows how to run each [`Op`]
+//! on a unit, never which schedule produced the list.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use candle_core::{DType, Device, Tensor};
+use seqpipe_comm::{Tag, TagKind, Transport};
+use seqpipe_kernels::{AttentionOptions, Rope, SliceKvCache};
+use seqpipe_schedule::{Action, Op, Schedule, Unit};
+
+use super::inbox::Inbox;
+use super::record::{Recorder, StageReport};
+use super::tensor_msg::{from_message, to_message};
+use crate::model::ends::{
+    embed_backward, embed_forward, head_backward_input, head_backward_weight, head_forward,
+    HeadCtx, HeadSaved,
+};
+use crate::model::layer::{
+    self, LayerCtx, LayerSaved, LayerWeights, WeightGradInputs, MATRIX_SLOTS,
+};
+use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_PARTS, LM_HEAD};
+use crate::model::params::{zeros_like, TensorMap};
+use crate::model::ModelConfig;
+
+/// The data of one iteration, shared by every stage.
+#[derive(Debug, Clone)]
+pub struct IterationInput {
+    /// Per micro-batch, tokens `[b, S + 1]` (u32): inputs `..S`, targets `1..`.
+    pub tokens: Vec<Tensor>,
+    /// Token ranges of the slices, the same for every micro-batch.
+    pub slices: Vec<Range<usize>>,
+    /// Tokens of the whole iteration: every slice's loss is divided by it, so the sum over all
+    /// slices and micro-batches is the mean loss of the batch.
+    pub normaliser: f64,
+}
+
+/// Static description of a stage.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// This stage's rank.
+    pub stage: usize,
+    /// Pipeline stages `p`.
+    pub stages: usize,
+    /// Layer ranges of this stage's chunks (chunk `c` = virtual stage `c·p + stage`).
+    pub chunk_layers: Vec<Range<usize>>,
+    /// Total virtual stages `p·v`.
+    pub virtual_stages: usize,
+}
+
+/// What the backward of a unit left for its weight half.
+#[derive(Debug, Default)]
+struct PendingWeight {
+    layers: Vec<(usize, WeightGradInputs)>,
+    head: Option<HeadSaved>,
+    embed: Option<(Tensor, Tensor)>,
+}
+
+/// What the forward of a unit keeps until its backward.
+#[derive(Debug)]
+struct UnitSaved {
+    layers: Vec<LayerSaved>,
+    head: Option<HeadSaved>,
+    tokens: Option<Tensor>,
+}
+
+/// Per-iteration state of a stage.
+#[derive(Default)]
+struct IterState {
+    caches: HashMap<(u32, u32), Vec<SliceKvCache>>,
+    saved: HashMap<Unit, UnitSaved>,
+    pending: HashMap<Unit, PendingWeight>,
+    act_in: HashMap<Unit, Tensor>,
+    act_out: HashMap<Unit, Tensor>,
+    grad_in: HashMap<Unit, Tensor>,
+    grad_out: HashMap<Unit, Tensor>,
+    loss: f64,
+    /// Elements of one token's K (or V) over the micro-batch: `b · kv_heads · head_dim`.
+    kv_row_elems: usize,
+    kv_elem_bytes: usize,
+    grad_elem_bytes: usize,
+}
+
+/// A stage's model piece and gradient accumulators.
+pub struct StageWorker {
+    /// Static description.
+    pub spec: StageSpec,
+    /// Model sizes.
+    pub model: ModelConfig,
+    /// Parameters held by this stage.
+    pub params: TensorMap,
+    /// Gradients accumulated over the current iteration.
+    pub grads: TensorMap,
+    weights: Vec<Vec<LayerWeights>>,
+    rope: Rope,
+    attention: AttentionOptions,
+    head: HeadCtx,
+    device: Device,
+}
+
+fn unit(a: &Action) -> Unit {
+    Unit {
+        mb: a.mb,
+        slice: a.slice,
+        chunk: a.chunk,
+    }
+}
+
+fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> anyhow::Result<()> {
+    let acc = map
+        .get_mut(name)
+        .ok_or_else(|| anyhow!("no gradient slot for {name}"))?;
+    *acc = (&*acc + g.to_dtype(acc.dtype())?)?;
+    Ok(())
+}
+
+impl StageWorker {
+    /// A stage holding `params` (already initialised or loaded).
+    pub fn new(
+        spec: StageSpec,
+        model: ModelConfig,
+        params: TensorMap,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let dtype = params
+            .values()
+            .next()
+            .map(Tensor::dtype)
+            .unwrap_or(DType::F32);
+        let grad_dtype = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let rope = Rope::new(
+            model.head_dim(),
+            model.max_positions,
+            model.rope_theta,
+            dtype,
+            &device,
+        )?;
+        let attention = AttentionOptions::causal(model.head_dim());
+        let head = HeadCtx {
+            eps: model.norm_eps,
+            vocab_block: 4096,
+        };
+        let grads = zeros_like(&params, grad_dtype)?;
+        let mut worker = StageWorker {
+            spec,
+            model,
+            params,
+            grads,
+            weights: Vec::new(),
+            rope,
+            attention,
+            head,
+            device,
+        };
+        worker.refresh_weights()?;
+        Ok(worker)
+    }
+
+    /// Rebuilds the per-layer weight views after the parameters changed.
+    pub fn refresh_weights(&mut self) -> anyhow::Result<()> {
+        self.weights = self
+            .spec
+            .chunk_layers
+            .iter()
+            .map(|r| {
+                r.clone()
+                    .map(|l| LayerWeights::from_params(&self.params, l))
+                    .collect::<candle_core::Result<Vec<_>>>()
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(())
+    }
+
+    /// Zeroes the gradient accumulators.
+    pub fn zero_grads(&mut self) -> anyhow::Result<()> {
+        for g in self.grads.values_mut() {
+            *g = g.zeros_like()?;
+        }
+        Ok(())
+    }
+
+    fn vstage(&self, a: &Action) -> usize {
+        a.chunk.index() * self.spec.stages + self.spec.stage
+    }
+
+    /// With one stage, neighbouring virtual stages are this stage's neighbouring chunks and data
+    /// passes between them in memory (lowering emits no send/receive): the unit of chunk ± 1.
+    fn local_neighbour(&self, u: &Unit, step: i64) -> Option<Unit> {
+        let chunk = i64::from(u.chunk.0) + step;
+        (self.spec.stages == 1 && chunk >= 0).then(|| Unit {
+            chunk: seqpipe_schedule::Chunk(chunk as u32),
+            ..*u
+        })
+    }
+
+    fn ctx(&self) -> LayerCtx<'_> {
+        LayerCtx {
+            cfg: &self.model,
+            rope: &self.rope,
+            attention: self.attention,
+        }
+    }
+
+    fn lm_head(&self) -> anyhow::Result<&Tensor> {
+        let name = if self.model.tie_embeddings {
+            EMBED
+        } else {
+            LM_HEAD
+        };
+        self.params.get(name).ok_or_else(|| {
+            anyhow!(
+                "stage {} runs the head but holds no {name}",
+                self.spec.stage
+            )
+        })
+    }
+
+    /// Runs this stage's lowered program for one iteration; returns its loss share and records.
+    pub fn run(
+        &mut self,
+        schedule: &Schedule,
+        input: &IterationInput,
+        transport: &mut dyn Transport,
+        clock: Instant,
+    ) -> anyhow::Result<StageReport> {
+        let program = &schedule.actions[self.spec.stage];
+        let mut inbox = Inbox::new(incoming_order(schedule, self.spec.stage)?);
+        let dtype = self.params.values().next().map(Tensor::dtype).unwrap_or(DType::F32);
+        let batch = input.tokens.first().map_or(Ok(0), |t| t.dim(0))?;
+        let mut st = IterState {
+            kv_row_elems: batch * self.model.kv_heads * self.model.head_dim(),
+            kv_elem_bytes: dtype.size_in_bytes(),
+            grad_elem_bytes: if dtype == DType::F64 { 8 } else { 4 },
+            ..IterState::default()
+        };
+        let mut rec = Recorder::new(self.spec.stage);
+        for (step, a) in program.iter().enumerate() {
+            let text = schedule.text(a);
+            let start = clock.elapsed().as_secs_f64();
+            self.exec(schedule, input, transport, &mut inbox, &mut st, a)
+                .with_context(|| format!("stage {} step {step} ({text})", self.spec.stage))?;
+            let end = clock.elapsed().as_secs_f64();
+            rec.action(text, a.op, start, end, held_bytes(&st));
+        }
+        if !st.saved.is_empty() || !st.pending.is_empty() {
+            bail!(
+                "stage {}: the program ended with units still holding activations",
+                self.spec.stage
+            );
+        }
+        Ok(rec.finish(st.loss))
+    }
+
+    fn tag(kind: TagKind, a: &Action, vstage: usize) -> anyhow::Result<Tag> {
+        Ok(Tag::new(kind, a.mb.0, a.slice.0, vstage as u32)?)
+    }
+
+    fn exec(
+        &mut self,
+        schedule: &Schedule,
+        input: &IterationInput,
+        transport: &mut dyn Transport,
+        inbox: &mut Inbox,
+        st: &mut IterState,
+        a: &Action,
+    ) -> anyhow::Result<()> {
+        let u = unit(a);
+        let k = self.vstage(a);
+        let peer = || {
+            schedule
+                .peer(a)
+                .map(|s| s.index())
+                .ok_or_else(|| anyhow!("no peer stage"))
+        };
+        match a.op {
+            Op::Forward => self.forward(input, st, a, k),
+            Op::Backward | Op::BackwardInput => self.backward_input(st, a, k, a.op == Op::Backward),
+            Op::BackwardWeight => {
+                let pending = st.pending.remove(&u).ok_or_else(|| anyhow!("weight backward before input backward"))?;
+                self.backward_weight(pending)
+            }
+            Op::SendAct => {
+                let t = st.act_out.remove(&u).ok_or_else(|| anyhow!("nothing to send: forward has not run"))?;
+                transport.send(peer()?, Self::tag(TagKind::Act, a, k + 1)?, to_message(&t)?)?;
+                Ok(())
+            }
+            Op::SendGrad => {
+                let t = st.grad_out.remove(&u).ok_or_else(|| anyhow!("nothing to send: backward has not run"))?;
+                transport.send(peer()?, Self::tag(TagKind::Grad, a, k - 1)?, to_message(&t)?)?;
+                Ok(())
+            }
+            Op::RecvAct => {
+                let msg = inbox.recv(transport, peer()?, Self::tag(TagKind::Act, a, k)?)?;
+                st.act_in.insert(u, from_message(msg, &self.device)?);
+                Ok(())
+            }
+            Op::RecvGrad => {
+                let msg = inbox.recv(transport, peer()?, Self::tag(TagKind::Grad, a, k)?)?;
+                st.grad_in.insert(u, from_message(msg, &self.device)?);
+                Ok(())
+            }
+            // The CPU runtime keeps activations in host memory already: offload and reload only
+            // move the bytes between the device and host ledgers, which the memory model predicts.
+            Op::Offload | Op::Reload => Ok(()),
+            Op::Recompute => bail!("RECOMPUTE actions are not supported by this executor yet; plan without recomputation"),
+        }
+    }
+
+    fn forward(
+        &mut self,
+        input: &IterationInput,
+        st: &mut IterState,
+        a: &Action,
+        k: usize,
+    ) -> anyhow::Result<()> {
+        let u = unit(a);
+        let range = input
+            .slices
+            .get(a.slice.index())
+            .ok_or_else(|| anyhow!("slice {} is not in the plan", a.slice.0))?;
+        let tokens = input
+            .tokens
+            .get(a.mb.index())
+            .ok_or_else(|| anyhow!("micro-batch {} has no data", a.mb.0))?;
+        let (offset, len) = (range.start, range.len());
+        let (mut x, ids) = if k == 0 {
+            let ids = tokens.narrow(1, offset, len)?.contiguous()?;
+            (embed_forward(&self.params[EMBED], &ids)?, Some(ids))
+        } else {
+            let received = st
+                .act_in
+                .remove(&u)
+                .or_else(|| st.act_out.remove(&self.local_neighbour(&u, -1)?));
+            (
+                received.ok_or_else(|| anyhow!("input activation was not received"))?,
+                None,
+            )
+        };
+        let chunk = a.chunk.index();
+        let layers = self.weights[chunk].len();
+        let caches = st
+            .caches
+            .entry((a.mb.0, a.chunk.0))
+            .or_insert_with(|| vec![SliceKvCache::new(); layers]);
+        let mut saved_layers = Vec::with_capacity(layers);
+        let ctx = LayerCtx {
+            cfg: &self.model,
+            rope: &self.rope,
+            attention: self.attention,
+        };
+        for (w, cache) in self.weights[chunk].iter().zip(caches.iter_mut()) {
+            let (y, saved) = layer::forward(&ctx, w, cache, &x, offset)?;
+            saved_layers.push(saved);
+            x = y;
+        }
+        let mut head = None;
+        if k + 1 == self.spec.virtual_stages {
+            let targets = tokens.narrow(1, offset + 1, len)?.contiguous()?;
+            let (loss, saved) = head_forward(
+                self.head,
+                &self.params[FINAL_NORM],
+                self.lm_head()?,
+                &x,
+                &targets,
+                input.normaliser,
+            )?;
+            st.loss += loss;
+            head = Some(saved);
+        } else {
+            st.act_out.insert(u, x);
+        }
+        st.saved.insert(
+            u,
+            UnitSaved {
+                layers: saved_layers,
+                head,
+                tokens: ids,
+            },
+        );
+        Ok(())
+    }
+
+    fn backward_input(
+        &mut self,
+        st: &mut IterState,
+        a: &Action,
+        k: usize,
+        with_weights: bool,
+    ) -> anyhow::Result<()> {
+        let u = unit(a);
+        let saved = st
+            .saved
+            .remove(&u)
+            .ok_or_else(|| anyhow!("backward before forward"))?;
+        let mut pending = PendingWeight::default();
+        let mut dy = match &saved.head {
+            Some(h) => {
+                let (dx, d_norm) =
+                    head_backward_input(self.head, &self.params[FINAL_NORM], self.lm_head()?, h)?;
+                add_into(&mut self.grads, FINAL_NORM, &d_norm)?;
+                pending.head = Some(h.clone());
+                dx
+            }
+            None => {
+                let received = st
+                    .grad_in
+                    .remove(&u)
+                    .or_else(|| st.grad_out.remove(&self.local_neighbour(&u, 1)?));
+                received.ok_or_else(|| anyhow!("output gradient was not received"))?
+            }
+        };
+        let chunk = a.chunk.index();
+        let caches = st
+            .caches
+            .get_mut(&(a.mb.0, a.chunk.0))
+            .ok_or_else(|| anyhow!("no KV cache for this micro-batch"))?;
+        let ctx = self.ctx();
+        let mut norm_grads = Vec::new();
+        for ((w, cache), s) in self.weights[chunk]
+            .iter()
+            .zip(caches.iter_mut())
+            .zip(&saved.layers)
+            .rev()
+        {
+            let (dx, norms, wgi) = layer::backward_input(&ctx, w, cache, s, &dy)?;
+            norm_grads.push((w.index, norms));
+            pending.layers.push((w.index, wgi));
+            dy = dx;
+        }
+        for (index, [d_attn, d_mlp]) in norm_grads {
+            add_into(
+                &mut self.grads,
+                &layer_param(index, LAYER_PARTS[0]),
+                &d_attn,
+            )?;
+            add_into(&mut self.grads, &layer_param(index, LAYER_PARTS[5]), &d_mlp)?;
+        }
+        if caches.iter().all(|c| c.slices() == 0) {
+            st.caches.remove(&(a.mb.0, a.chunk.0));
+        }
+        match saved.tokens {
+            Some(ids) => pending.embed = Some((ids, dy)),
+            None if k > 0 => {
+                st.grad_out.insert(u, dy);
+            }
+            None => bail!("virtual stage 0 ran a forward without token ids"),
+        }
+        if with_weights {
+            self.backward_weight(pending)
+        } else {
+            st.pending.insert(u, pending);
+            Ok(())
+        }
+    }
+
+    fn backward_weight(&mut self, pending: PendingWeight) -> anyhow::Result<()> {
+        for (index, wgi) in &pending.layers {
+            let grads = layer::backward_weight(wgi)?;
+            for (slot, g) in MATRIX_SLOTS.iter().zip(&grads) {
+                add_into(&mut self.grads, &layer_param(*index, LAYER_PARTS[*slot]), g)?;
+            }
+        }
+        if let Some(h) = &pending.head {
+            let g = head_backward_weight(self.head, self.lm_head()?, h)?;
+            add_into(
+                &mut self.grads,
+                if self.model.tie_embeddings {
+                    EMBED
+                } else {
+                    LM_HEAD
+                },
+                &g,
+            )?;
+        }
+        if let Some((ids, dx)) = &pending.embed {
+            let g = embed_backward(&self.params[EMBED], ids, dx)?;
+            add_into(&mut self.grads, EMBED, &g)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of activations a stage holds: saved records, KV caches (and dK/dV accumulators),
+/// weight-gradient inputs awaiting W, and activation/gradient buffers.
+fn held_bytes(st: &IterState) -> usize {
+    let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
+    let saved: usize = st
+        .saved
+        .values()
+        .map(|s| {
+            s.layers.iter().map(LayerSaved::bytes).sum::<usize>()
+                + s.head.as_ref().map_or(0, HeadSaved::bytes)
+        })
+        .sum();
+    let pending: usize = st
+        .pending
+        .values()
+        .map(|p| p.layers.iter().map(|(_, w)| w.bytes()).sum::<usize>())
+        .sum();
+    // K and V of every cached token, and the dK/dV accumulators (compute precision) of the slices
+    // whose backward has begun: [b, kv_heads, tokens, head_dim] each.
+    let row = st.kv_row_elems;
+    let caches: usize = st
+        .caches
+        .values()
+        .flatten()
+        .map(|c| 2 * row * (c.cached_tokens() * st.kv_elem_bytes + c.pending_grad_tokens() * st.grad_elem_bytes))
+        .sum();
+    let buffers: usize = [&st.act_in, &st.act_out, &st.grad_in, &st.grad_out]
+        .iter()
+        .flat_map(|m| m.values())
+        .map(t)
+        .sum();
+    saved + pending + caches + buffers
+}
+
+/// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order.
+fn incoming_order(schedule: &Schedule, stage: usize) -> anyhow::Result<Vec<(usize, Tag)>> {
+    let p = schedule.config.stages;
+    let mut order = Vec::new();
+    for (sender, program) in schedule.actions.iter().enumerate() {
+        for a in program.iter().filter(|a| a.op.is_send()) {
+            if schedule.peer(a).map(|s| s.index()) != Some(stage) {
+                continue;
+            }
+            let k = a.virtual_stage(p).index();
+            let (kind, to) = if a.op == Op::SendAct {
+                (TagKind::Act, k + 1)
+            } else {
+                (TagKind::Grad, k - 1)
+            };
+            order.push((sender, StageWorker::tag(kind, a, to)?));
+        }
+    }
+    Ok(order)
+}

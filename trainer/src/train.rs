@@ -1,0 +1,280 @@
+//! The training loop behind `seqpipe train`: checks the whole configuration before any work,
+//! builds the pipeline, runs the steps, and summarises throughput, MFU, bubble and memory against
+//! the planners' predictions.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use candle_core::{Device, Tensor};
+use seqpipe_schedule::{generate, simulate, Action, Op, P2p, ScheduleConfig, ScheduleKind};
+use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
+
+use crate::config::{SlicingMethod, TrainConfig};
+use crate::data::{entropy, MarkovSource};
+use crate::runtime::record::measured_bubble;
+use crate::runtime::{IterationInput, Partition, Pipeline, StageReport};
+
+/// What the loop reports after every step.
+#[derive(Debug, Clone)]
+pub struct StepEvent {
+    /// 0-based step.
+    pub step: u64,
+    /// Mean loss of the step's batch.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens per second of this step.
+    pub tokens_per_sec: f64,
+}
+
+/// End-of-run figures.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Steps run.
+    pub steps: u64,
+    /// Loss of the first step.
+    pub first_loss: f64,
+    /// Mean loss of the last five steps.
+    pub final_loss: f64,
+    /// The data's entropy: the best achievable loss.
+    pub loss_floor: f64,
+    /// Tokens per second over all steps after the first.
+    pub tokens_per_sec: f64,
+    /// Model FLOP/s achieved (3 × forward FLOPs of the cost model).
+    pub achieved_flops: f64,
+    /// Measured dense matmul FLOP/s of this machine (candle, f32).
+    pub peak_flops: f64,
+    /// Measured bubble ratio of the last step.
+    pub measured_bubble: f64,
+    /// Simulated bubble ratio of the same schedule with FLOP-proportional costs.
+    pub simulated_bubble: f64,
+    /// Measured peak activation bytes per stage (last step).
+    pub peak_bytes: Vec<usize>,
+    /// The last step's per-stage records (for a Chrome trace).
+    pub last_step: Vec<StageReport>,
+}
+
+/// The schedule configuration the train config asks for.
+pub fn schedule_config(cfg: &TrainConfig) -> anyhow::Result<ScheduleConfig> {
+    let par = &cfg.parallel;
+    let kind = ScheduleKind::ALL
+        .into_iter()
+        .find(|k| k.name() == par.schedule)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ScheduleKind::ALL.iter().map(|k| k.name()).collect();
+            anyhow!(
+                "unknown schedule `{}`; known: {}",
+                par.schedule,
+                names.join(", ")
+            )
+        })?;
+    let mut c = ScheduleConfig::new(kind, par.stages, par.microbatches)
+        .with_slices(par.slices)
+        .with_chunks(par.chunks);
+    if let Some(g) = par.group {
+        c = c.with_group(g);
+    }
+    Ok(c)
+}
+
+/// Token ranges of the slices.
+pub fn slice_ranges(cfg: &TrainConfig) -> anyhow::Result<Vec<Range<usize>>> {
+    let cost = CostModel::flops(&cfg.model.shape())?;
+    let (seq, n) = (cfg.data.seq_len as u64, cfg.parallel.slices as usize);
+    let plan = match cfg.parallel.slicing {
+        SlicingMethod::Uniform => uniform(seq, n, 1, Padding::None, &cost)?,
+        SlicingMethod::Balanced => balanced(seq, n, 1, &cost)?,
+    };
+    Ok(plan
+        .slices
+        .iter()
+        .map(|s| s.start as usize..s.end as usize)
+        .collect())
+}
+
+/// Every problem with the configuration, found before any work starts.
+pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
+    let mut problems = cfg.model.problems();
+    problems.extend(cfg.optim.problems());
+    if cfg.steps == 0 {
+        problems.push("steps = 0: must be at least 1".into());
+    }
+    if cfg.data.batch == 0 || cfg.data.seq_len == 0 {
+        problems.push(format!(
+            "data.batch = {} and data.seq_len = {} must both be at least 1",
+            cfg.data.batch, cfg.data.seq_len
+        ));
+    }
+    if cfg.data.seq_len + 1 > cfg.model.max_positions {
+        problems.push(format!(
+            "data.seq_len = {} needs RoPE positions up to {}, but model.max_positions = {}",
+            cfg.data.seq_len,
+            cfg.data.seq_len + 1,
+            cfg.model.max_positions
+        ));
+    }
+    if cfg.parallel.slices as usize > cfg.data.seq_len {
+        problems.push(format!(
+            "parallel.slices = {} is more than the {} tokens of a sequence: use 1..={}",
+            cfg.parallel.slices, cfg.data.seq_len, cfg.data.seq_len
+        ));
+    }
+    match schedule_config(cfg).and_then(|c| Ok((c, generate(&c)?))) {
+        Ok((c, _)) => {
+            let vstages = (c.stages * c.chunks) as usize;
+            let partition = match &cfg.parallel.layers {
+                Some(counts) if counts.len() != vstages => Err(format!(
+                    "parallel.layers has {} counts for {vstages} virtual stages",
+                    counts.len()
+                )),
+                Some(counts) => Partition::from_counts(cfg.model.layers, counts),
+                None => Partition::even(cfg.model.layers, vstages),
+            };
+            if let Err(e) = partition {
+                problems.push(e);
+            }
+        }
+        Err(e) => problems.push(format!("schedule: {e:#}")),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+    }
+}
+
+/// Simulated bubble of the configuration with costs proportional to each action's FLOPs.
+pub fn simulated_bubble(
+    cfg: &TrainConfig,
+    pipeline: &Pipeline,
+    slices: &[Range<usize>],
+) -> anyhow::Result<f64> {
+    let shape = cfg.model.shape();
+    let layer = CostModel {
+        per_pair: shape.layer_attention_flops_per_pair(),
+        per_token: shape.layer_linear_flops_per_token(),
+        per_slice: 0.0,
+        backward_factor: 2.0,
+        unit: seqpipe_slicing::CostUnit::Flops,
+    };
+    let p = cfg.parallel.stages;
+    let last = pipeline.partition.ranges.len() - 1;
+    let head_per_token = 2.0 * (shape.hidden * shape.vocab) as f64;
+    let forward = |a: &Action| {
+        let r = &slices[a.slice.index()];
+        let k = a.virtual_stage(p).index();
+        let layers = pipeline.partition.ranges[k].len() as f64;
+        let head = if k == last {
+            head_per_token * r.len() as f64
+        } else {
+            0.0
+        };
+        layers * layer.forward(r.start as u64, r.end as u64) + head
+    };
+    let cost = |a: &Action| match a.op {
+        Op::Forward => forward(a),
+        Op::Backward => 2.0 * forward(a),
+        Op::BackwardInput | Op::BackwardWeight => forward(a),
+        _ => 0.0,
+    };
+    Ok(simulate(&pipeline.schedule, cost, &P2p::free())?.bubble_ratio)
+}
+
+/// Dense f32 matmul FLOP/s of this machine through candle: the MFU ceiling on CPU.
+pub fn measure_matmul_peak() -> anyhow::Result<f64> {
+    let n = 512;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    a.matmul(&b)?; // warm up the thread pool and caches
+    let (start, mut runs) = (Instant::now(), 0u32);
+    while start.elapsed() < Duration::from_millis(400) {
+        a.matmul(&b)?;
+        runs += 1;
+    }
+    Ok(2.0 * (n * n * n) as f64 * runs as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs the configured training; `on_step` sees every step as it finishes.
+pub fn train(
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(&StepEvent),
+) -> anyhow::Result<TrainSummary> {
+    check(cfg)?;
+    let slices = slice_ranges(cfg)?;
+    let timeout = Duration::from_secs(cfg.parallel.timeout_secs);
+    let dtype = cfg.precision.dtype();
+    let mut pipeline = Pipeline::new(
+        &cfg.model,
+        schedule_config(cfg)?,
+        cfg.parallel.layers.as_deref(),
+        &cfg.optim,
+        cfg.seed,
+        dtype,
+        timeout,
+    )?;
+    let simulated_bubble = simulated_bubble(cfg, &pipeline, &slices)?;
+    let peak_flops = measure_matmul_peak()?;
+    let (m, b, s) = (
+        cfg.parallel.microbatches as usize,
+        cfg.data.batch,
+        cfg.data.seq_len,
+    );
+    let tokens = (m * b * s) as f64;
+    let flops_per_step =
+        3.0 * CostModel::flops(&cfg.model.shape())?.sequence(s as u64) * (m * b) as f64;
+    let mut source = MarkovSource::new(cfg.model.vocab, cfg.seed);
+    let (mut losses, mut timed_seconds, mut last_step) = (Vec::new(), 0.0, Vec::new());
+    for step in 0..cfg.steps {
+        let input = IterationInput {
+            tokens: source.batch(m, b, s, &Device::Cpu)?,
+            slices: slices.clone(),
+            normaliser: tokens,
+        };
+        let lr = cfg.optim.lr_at(step, cfg.steps);
+        let started = Instant::now();
+        let report = pipeline.step(&input, lr)?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !report.loss.is_finite() {
+            bail!(
+                "step {step}: loss is {} — lower optim.lr (now {})",
+                report.loss,
+                cfg.optim.lr
+            );
+        }
+        if step > 0 {
+            timed_seconds += seconds;
+        }
+        losses.push(report.loss);
+        on_step(&StepEvent {
+            step,
+            loss: report.loss,
+            lr,
+            grad_norm: report.grad_norm,
+            tokens_per_sec: tokens / seconds,
+        });
+        last_step = report.stages;
+    }
+    let timed_steps = (cfg.steps - 1).max(1) as f64;
+    let tokens_per_sec = if cfg.steps > 1 {
+        tokens * timed_steps / timed_seconds
+    } else {
+        0.0
+    };
+    let tail = &losses[losses.len().saturating_sub(5)..];
+    Ok(TrainSummary {
+        steps: cfg.steps,
+        first_loss: losses[0],
+        final_loss: tail.iter().sum::<f64>() / tail.len() as f64,
+        loss_floor: entropy(),
+        tokens_per_sec,
+        achieved_flops: flops_per_step * tokens_per_sec / tokens,
+        peak_flops,
+        measured_bubble: measured_bubble(&last_step),
+        simulated_bubble,
+        peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
+        last_step,
+    })
+}

@@ -1,0 +1,113 @@
+//! Shared helpers of the trainer's integration tests.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
+use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
+use seqpipe_trainer::data::MarkovSource;
+use seqpipe_trainer::model::params::{init_params, param_specs, Holding};
+use seqpipe_trainer::model::ModelConfig;
+
+/// The oracle tests' model: 8 layers so that 4 stages × 2 chunks each get one.
+pub fn tiny_model() -> ModelConfig {
+    ModelConfig {
+        vocab: 32,
+        hidden: 16,
+        ffn_hidden: 24,
+        heads: 4,
+        kv_heads: 2,
+        layers: 8,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        max_positions: 64,
+        tie_embeddings: false,
+    }
+}
+
+/// How a sequence is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slicing {
+    /// One slice.
+    None,
+    /// Equal lengths.
+    Uniform,
+    /// Equal FLOPs.
+    Balanced,
+}
+
+/// Token ranges for `n` slices of `seq` tokens.
+pub fn slice_ranges(
+    model: &ModelConfig,
+    slicing: Slicing,
+    seq: usize,
+    n: usize,
+) -> Vec<Range<usize>> {
+    let cost = CostModel::flops(&model.shape()).unwrap();
+    let plan = match slicing {
+        Slicing::None => return vec![0..seq],
+        Slicing::Uniform => uniform(seq as u64, n, 1, Padding::None, &cost).unwrap(),
+        Slicing::Balanced => balanced(seq as u64, n, 1, &cost).unwrap(),
+    };
+    plan.slices
+        .iter()
+        .map(|s| s.start as usize..s.end as usize)
+        .collect()
+}
+
+/// Every parameter of the whole model, initialised from `seed`.
+pub fn full_params(model: &ModelConfig, seed: u64, dtype: DType) -> BTreeMap<String, Tensor> {
+    let holding = Holding {
+        layers: vec![0..model.layers],
+        embedding: true,
+        head: true,
+    };
+    init_params(&param_specs(model, &holding), seed, dtype, &Device::Cpu).unwrap()
+}
+
+/// `m` micro-batches of `[b, seq + 1]` tokens.
+pub fn data(model: &ModelConfig, m: usize, b: usize, seq: usize, seed: u64) -> Vec<Tensor> {
+    MarkovSource::new(model.vocab, seed)
+        .batch(m, b, seq, &Device::Cpu)
+        .unwrap()
+}
+
+/// `‖a − b‖∞ / ‖b‖∞`.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    diff / scale.max(f64::MIN_POSITIVE)
+}
+
+/// The worst relative error over two maps with the same names (panics on a missing name).
+pub fn worst_rel_err(
+    got: &BTreeMap<String, Tensor>,
+    want: &BTreeMap<String, Tensor>,
+) -> (f64, String) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "parameter sets differ"
+    );
+    want.iter()
+        .map(|(n, w)| (rel_err(&got[n], w), n.clone()))
+        .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a })
+}

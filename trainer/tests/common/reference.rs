@@ -1,0 +1,152 @@
+//! A single-device, unsliced Llama forward written independently of the trainer with candle's
+//! composite ops, differentiated by candle's autograd: the oracle the pipelined runs must equal.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor, Var, D};
+use seqpipe_trainer::model::ModelConfig;
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?.broadcast_mul(w)
+}
+
+/// Llama RoPE (HF `rotate_half` convention) at positions `0..s` of `x [b, h, s, d]`.
+fn rope(x: &Tensor, theta: f64) -> candle_core::Result<Tensor> {
+    let (_, _, s, d) = x.dims4()?;
+    let half = d / 2;
+    let mut cos = Vec::with_capacity(s * d);
+    let mut sin = Vec::with_capacity(s * d);
+    for pos in 0..s {
+        for j in 0..d {
+            let angle = pos as f64 * theta.powf(-2.0 * (j % half) as f64 / d as f64);
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (s, d), x.device())?.to_dtype(x.dtype())?;
+    let sin = Tensor::from_vec(sin, (s, d), x.device())?.to_dtype(x.dtype())?;
+    let rotated = Tensor::cat(
+        &[&x.narrow(3, half, half)?.neg()?, &x.narrow(3, 0, half)?],
+        3,
+    )?;
+    x.broadcast_mul(&cos)?.add(&rotated.broadcast_mul(&sin)?)
+}
+
+/// `[b, hkv, s, d]` → `[b, h, s, d]`: KV head `j` serves query heads `j·g .. (j+1)·g`.
+fn repeat_kv(x: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
+    let (b, hkv, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, hkv, groups, s, d))?
+        .reshape((b, hkv * groups, s, d))
+}
+
+fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_matmul(&w.t()?)
+}
+
+/// Mean next-token loss over all micro-batches, as a scalar tensor in the autograd graph.
+pub fn loss(
+    cfg: &ModelConfig,
+    p: &BTreeMap<String, Var>,
+    batches: &[Tensor],
+) -> candle_core::Result<Tensor> {
+    let get = |name: &str| p[name].as_tensor().clone();
+    let (h, hkv, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim());
+    let mut total: Option<Tensor> = None;
+    let mut count = 0usize;
+    for tokens in batches {
+        let (b, s1) = tokens.dims2()?;
+        let s = s1 - 1;
+        let ids = tokens.narrow(1, 0, s)?.flatten_all()?;
+        let targets = tokens.narrow(1, 1, s)?.flatten_all()?;
+        let mut x = get("model.embed_tokens.weight")
+            .index_select(&ids, 0)?
+            .reshape((b, s, cfg.hidden))?;
+        // Additive causal mask: far below any score, so exp() underflows to exactly 0.
+        let mask: Vec<f64> = (0..s * s)
+            .map(|i| if i % s > i / s { -1e30 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (s, s), x.device())?.to_dtype(x.dtype())?;
+        for l in 0..cfg.layers {
+            let w = |part: &str| get(&format!("model.layers.{l}.{part}"));
+            let hn = rms_norm(&x, &w("input_layernorm.weight"), cfg.norm_eps)?;
+            let heads =
+                |t: Tensor, n: usize| t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous();
+            let q = rope(
+                &heads(linear(&hn, &w("self_attn.q_proj.weight"))?, h)?,
+                cfg.rope_theta,
+            )?;
+            let k = rope(
+                &heads(linear(&hn, &w("self_attn.k_proj.weight"))?, hkv)?,
+                cfg.rope_theta,
+            )?;
+            let v = heads(linear(&hn, &w("self_attn.v_proj.weight"))?, hkv)?;
+            let (k, v) = (repeat_kv(&k, h / hkv)?, repeat_kv(&v, h / hkv)?);
+            let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(&mask)?;
+            let e = scores.exp()?;
+            let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+            let o = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, s, h * d))?;
+            x = (x + linear(&o, &w("self_attn.o_proj.weight"))?)?;
+            let hn = rms_norm(&x, &w("post_attention_layernorm.weight"), cfg.norm_eps)?;
+            let g = linear(&hn, &w("mlp.gate_proj.weight"))?;
+            let u = linear(&hn, &w("mlp.up_proj.weight"))?;
+            let silu = (&g * (g.neg()?.exp()? + 1.0)?.recip()?)?;
+            x = (x + linear(&(silu * u)?, &w("mlp.down_proj.weight"))?)?;
+        }
+        let hn =
+            rms_norm(&x, &get("model.norm.weight"), cfg.norm_eps)?.reshape((b * s, cfg.hidden))?;
+        let head = if cfg.tie_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let logits = linear(&hn, &get(head))?;
+        let e = logits.exp()?;
+        let log_probs = logits.broadcast_sub(&e.sum_keepdim(D::Minus1)?.log()?)?;
+        let nll = log_probs
+            .gather(&targets.unsqueeze(1)?, 1)?
+            .neg()?
+            .sum_all()?;
+        total = Some(match total {
+            Some(t) => (t + nll)?,
+            None => nll,
+        });
+        count += b * s;
+    }
+    total.expect("at least one micro-batch") / count as f64
+}
+
+/// Loss and gradient of every parameter by candle autograd.
+pub fn loss_and_grads(
+    cfg: &ModelConfig,
+    params: &BTreeMap<String, Tensor>,
+    batches: &[Tensor],
+) -> (f64, BTreeMap<String, Tensor>) {
+    let vars: BTreeMap<String, Var> = params
+        .iter()
+        .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+        .collect();
+    let l = loss(cfg, &vars, batches).unwrap();
+    let store = l.backward().unwrap();
+    let grads = vars
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                store
+                    .get(v.as_tensor())
+                    .expect("every parameter gets a gradient")
+                    .clone(),
+            )
+        })
+        .collect();
+    (
+        l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(),
+        grads,
+    )
+}

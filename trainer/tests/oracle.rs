@@ -1,0 +1,219 @@
+//! The runtime's correctness oracle: for every schedule kind × slicing × stage count × micro-batch
+//! count, one pipelined iteration's loss and every parameter gradient equal single-device,
+//! unsliced training (candle autograd over composite ops) on the same weights and data; and
+//! several optimizer steps give the same parameters.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use candle_core::DType;
+use common::{data, full_params, reference, slice_ranges, tiny_model, worst_rel_err, Slicing};
+use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
+use seqpipe_trainer::optim::{clip_scale, sum_of_squares, AdamW, OptimConfig};
+use seqpipe_trainer::runtime::{IterationInput, Pipeline};
+
+const SEQ: usize = 16;
+const BATCH: usize = 2;
+const SEED: u64 = 11;
+
+fn config(kind: ScheduleKind, p: u32, m: u32, n: u32) -> ScheduleConfig {
+    let interleaved = matches!(
+        kind,
+        ScheduleKind::Interleaved
+            | ScheduleKind::Seq1F1BInterleaved
+            | ScheduleKind::SlimPipe
+            | ScheduleKind::Gis
+    );
+    let mut c = ScheduleConfig::new(kind, p, m)
+        .with_slices(n)
+        .with_chunks(if interleaved { 2 } else { 1 });
+    if kind == ScheduleKind::Gis {
+        c = c.with_group(2);
+    }
+    c
+}
+
+fn input(
+    model: &seqpipe_trainer::model::ModelConfig,
+    m: usize,
+    slicing: Slicing,
+    n: usize,
+    dtype: DType,
+) -> IterationInput {
+    let tokens = data(model, m, BATCH, SEQ, SEED);
+    let _ = dtype;
+    IterationInput {
+        tokens,
+        slices: slice_ranges(model, slicing, SEQ, n),
+        normaliser: (m * BATCH * SEQ) as f64,
+    }
+}
+
+#[test]
+fn every_schedule_and_slicing_matches_single_device_f64() {
+    let model = tiny_model();
+    let params = full_params(&model, SEED, DType::F64);
+    let mut references = BTreeMap::new();
+    let mut ran: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for kind in ScheduleKind::ALL {
+        for p in [1u32, 2, 4] {
+            for m in [4u32, 8] {
+                for (slicing, n) in [
+                    (Slicing::None, 1u32),
+                    (Slicing::Uniform, 4),
+                    (Slicing::Balanced, 4),
+                    (Slicing::Uniform, 2),
+                ] {
+                    let cfg = config(kind, p, m, n);
+                    let pipeline = Pipeline::new(
+                        &model,
+                        cfg,
+                        None,
+                        &OptimConfig::default(),
+                        SEED,
+                        DType::F64,
+                        Duration::from_secs(30),
+                    );
+                    let mut pipeline = match pipeline {
+                        Ok(pl) => pl,
+                        Err(e) => {
+                            skipped.push(format!("{kind:?} p={p} m={m} n={n}: {e}"));
+                            continue;
+                        }
+                    };
+                    let inp = input(&model, m as usize, slicing, n as usize, DType::F64);
+                    let (reports, _) = pipeline.run_iteration(&inp).unwrap_or_else(|e| {
+                        panic!("{kind:?} p={p} m={m} {slicing:?} n={n}: {e:#}")
+                    });
+                    let loss: f64 = reports.iter().map(|r| r.loss).sum();
+                    let (ref_loss, ref_grads) = references
+                        .entry(m)
+                        .or_insert_with(|| reference::loss_and_grads(&model, &params, &inp.tokens))
+                        .clone();
+                    let what = format!("{kind:?} p={p} m={m} {slicing:?} n={n}");
+                    assert!(
+                        (loss - ref_loss).abs() <= 1e-10 * ref_loss.abs(),
+                        "{what}: loss {loss} vs reference {ref_loss}"
+                    );
+                    let (err, name) = worst_rel_err(&pipeline.gradients(), &ref_grads);
+                    assert!(
+                        err <= 1e-10,
+                        "{what}: gradient of {name} differs by {err:e} (relative)"
+                    );
+                    *ran.entry(kind.name()).or_default() += 1;
+                }
+            }
+        }
+    }
+    eprintln!("configurations run per kind: {ran:?}\nskipped ({}):\n{}", skipped.len(), skipped.join("\n"));
+    // Every kind must have run on several pipeline depths, sliced where it slices.
+    for kind in ScheduleKind::ALL {
+        let count = ran.get(kind.name()).copied().unwrap_or(0);
+        assert!(
+            count >= 3,
+            "{} ran only {count} configurations; skipped:\n{}",
+            kind.name(),
+            skipped.join("\n")
+        );
+    }
+    for kind in [
+        ScheduleKind::Seq1F1B,
+        ScheduleKind::SlimPipe,
+        ScheduleKind::Seq1F1BInterleaved,
+    ] {
+        assert!(
+            ran[kind.name()] >= 6,
+            "{} must run sliced configurations; skipped:\n{}",
+            kind.name(),
+            skipped.join("\n")
+        );
+    }
+}
+
+#[test]
+fn f32_pipelines_match_single_device_f32() {
+    let model = tiny_model();
+    let params = full_params(&model, SEED, DType::F32);
+    let inp = input(&model, 4, Slicing::Balanced, 4, DType::F32);
+    let (ref_loss, ref_grads) = reference::loss_and_grads(&model, &params, &inp.tokens);
+    for kind in [
+        ScheduleKind::Seq1F1B,
+        ScheduleKind::SlimPipe,
+        ScheduleKind::ZbH1,
+    ] {
+        let n = if kind == ScheduleKind::ZbH1 { 1 } else { 4 };
+        let inp = input(
+            &model,
+            4,
+            if n == 1 {
+                Slicing::None
+            } else {
+                Slicing::Balanced
+            },
+            n,
+            DType::F32,
+        );
+        let mut pl = Pipeline::new(
+            &model,
+            config(kind, 2, 4, n as u32),
+            None,
+            &OptimConfig::default(),
+            SEED,
+            DType::F32,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let (reports, _) = pl.run_iteration(&inp).unwrap();
+        let loss: f64 = reports.iter().map(|r| r.loss).sum();
+        assert!(
+            (loss - ref_loss).abs() <= 1e-5 * ref_loss,
+            "{kind:?}: {loss} vs {ref_loss}"
+        );
+        let (err, name) = worst_rel_err(&pl.gradients(), &ref_grads);
+        assert!(err <= 1e-5, "{kind:?}: {name} differs by {err:e}");
+    }
+}
+
+#[test]
+fn several_optimizer_steps_give_the_same_parameters() {
+    let model = tiny_model();
+    let optim = OptimConfig {
+        lr: 1e-2,
+        warmup_steps: 1,
+        clip_norm: Some(0.5),
+        ..OptimConfig::default()
+    };
+    let mut reference_params = full_params(&model, SEED, DType::F64);
+    let mut reference_opt = AdamW::new(optim.clone(), &reference_params).unwrap();
+    let cfg = config(ScheduleKind::SlimPipe, 2, 4, 4);
+    let mut pl = Pipeline::new(
+        &model,
+        cfg,
+        None,
+        &optim,
+        SEED,
+        DType::F64,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    for step in 0..3u64 {
+        let mut inp = input(&model, 4, Slicing::Uniform, 4, DType::F64);
+        inp.tokens = data(&model, 4, BATCH, SEQ, SEED + step);
+        let lr = optim.lr_at(step, 3);
+        let report = pl.step(&inp, lr).unwrap();
+        let (ref_loss, grads) = reference::loss_and_grads(&model, &reference_params, &inp.tokens);
+        assert!(
+            (report.loss - ref_loss).abs() <= 1e-10 * ref_loss,
+            "step {step}"
+        );
+        let scale = clip_scale(sum_of_squares(&grads).unwrap(), optim.clip_norm);
+        reference_opt
+            .step(&mut reference_params, &grads, lr, scale)
+            .unwrap();
+    }
+    let (err, name) = worst_rel_err(&pl.parameters(), &reference_params);
+    assert!(err <= 1e-10, "after 3 steps {name} differs by {err:e}");
+}
