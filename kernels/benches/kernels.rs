@@ -58,6 +58,35 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// The tile edge trades matmul efficiency against wasted work on diagonal tiles and cache reuse.
+fn attention_blocks(c: &mut Criterion) {
+    let mut g = short(
+        c,
+        "attention fwd+bwd f32 block sweep (h=8, hkv=2, d=64, sq=sk=1024)",
+    );
+    let (b, h, hkv, d, s) = (1, 8, 2, 64, 1024);
+    let q = randn(&[b, h, s, d]);
+    let k = randn(&[b, hkv, s, d]);
+    let v = randn(&[b, hkv, s, d]);
+    let d_out = randn(&[b, h, s, d]);
+    g.throughput(Throughput::Elements(
+        12 * d as u64 * causal_pairs(s, s) * (b * h) as u64,
+    ));
+    for block in [64, 128, 256, 512] {
+        let opts = AttentionOptions {
+            block_size: block,
+            ..AttentionOptions::causal(d)
+        };
+        g.bench_function(format!("block={block}"), |bench| {
+            bench.iter(|| {
+                let (out, lse) = attention_forward(&q, &k, &v, &opts).unwrap();
+                black_box(attention_backward(&q, &k, &v, &out, &lse, &d_out, &opts).unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
 fn cross_entropy(c: &mut Criterion) {
     let mut g = short(c, "cross-entropy fwd+bwd f32 (H=512, vocab block 4096)");
     for (n, vocab) in [(256, 8192), (1024, 8192), (512, 32000)] {
@@ -90,5 +119,11 @@ fn matmul_ceiling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, attention, cross_entropy, matmul_ceiling);
+criterion_group!(
+    benches,
+    attention,
+    attention_blocks,
+    cross_entropy,
+    matmul_ceiling
+);
 criterion_main!(benches);

@@ -16,6 +16,8 @@ fn planner(c: &mut Criterion) {
         budget_bytes: gpu.memory_bytes,
         efficiency: 0.5,
         max_tp: 8,
+        max_cp: 8,
+        min_stages: 2,
     };
     let mut group = c.benchmark_group("plan");
     group.sample_size(10);

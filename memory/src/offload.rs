@@ -95,7 +95,7 @@ pub fn plan_offload(
     knob: OffloadKnob,
     bandwidth: f64,
 ) -> Result<OffloadPlan> {
-    if !(bandwidth > 0.0) {
+    if bandwidth.is_nan() || bandwidth <= 0.0 {
         return Err(MemoryError::OutOfRange {
             what: "host-link bandwidth",
             value: bandwidth,

@@ -8,7 +8,8 @@
 //! no model FLOPs. An offload of fraction `f` is hidden while `f·k ≤ 1` (SPEC §5.1) and otherwise
 //! exposes `(f·k − 1)` of the compute time. TP and CP enter only as divisors of activations and
 //! weights: their communication is not modelled, so ties go to the smaller `t·c`. MFU =
-//! `3·T(s)·sequences ÷ (step time × GPUs × peak FLOP/s)`.
+//! `3·T(s)·sequences ÷ (step time × GPUs × peak FLOP/s)`. Because TP/CP cost nothing here, the
+//! search bounds them (`max_tp`, `max_cp`) and plans at least `min_stages` pipeline stages.
 
 use seqpipe_slicing::{CostModel, ModelShape};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub struct SearchSpace {
     pub efficiency: f64,
     /// Largest TP size (one node's GPUs).
     pub max_tp: u64,
+    /// Largest CP size.
+    pub max_cp: u64,
+    /// Fewest pipeline stages (2: plan a pipeline, not pure TP×CP).
+    pub min_stages: u64,
 }
 
 /// One configuration.
@@ -125,9 +130,12 @@ fn kinds(p: u64, layers_per_stage: u64) -> Vec<PipelineKind> {
 pub fn candidates(space: &SearchSpace) -> Vec<Candidate> {
     let mut out = Vec::new();
     let l = space.shape.layers;
-    for p in divisors(l).into_iter().filter(|&p| p <= space.gpus) {
-        for t in (0..6).map(|i| 1u64 << i).filter(|&t| t <= space.max_tp) {
-            for c in (0..8).map(|i| 1u64 << i) {
+    let stages = divisors(l)
+        .into_iter()
+        .filter(|&p| p <= space.gpus && p >= space.min_stages);
+    for p in stages {
+        for t in (0..7).map(|i| 1u64 << i).filter(|&t| t <= space.max_tp) {
+            for c in (0..9).map(|i| 1u64 << i).filter(|&c| c <= space.max_cp) {
                 let per_replica = p * t * c;
                 if space.gpus % per_replica != 0 || space.shape.heads % t != 0 {
                     continue;
@@ -223,9 +231,13 @@ pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
     })
 }
 
-/// Every evaluated candidate: fitting ones by descending MFU (ties: lower peak), then the rest.
+/// Every evaluated candidate: fitting ones by descending MFU (in 0.1 % steps), then the rest.
+/// Ties go to less offload, lighter recomputation, smaller `t·c` and lower peak, in that order: a plan should
+/// not use a feature that buys nothing in the model.
 pub fn search(space: &SearchSpace) -> Result<Vec<Evaluation>> {
     positive("GPUs", space.gpus)?;
+    positive("largest TP size", space.max_tp)?;
+    positive("largest CP size", space.max_cp)?;
     positive("global batch", space.global_batch)?;
     positive("sequence length", space.seq_len)?;
     if !(space.efficiency > 0.0 && space.efficiency <= 1.0) {
@@ -240,15 +252,23 @@ pub fn search(space: &SearchSpace) -> Result<Vec<Evaluation>> {
         // A candidate the closed forms refuse (e.g. more slices than tokens) is not a plan.
         .filter_map(|c| evaluate(space, c).ok())
         .collect();
+    let rank = |r: RecomputePolicy| match r {
+        RecomputePolicy::None => 0,
+        RecomputePolicy::Selective => 1,
+        RecomputePolicy::Full => 2,
+    };
+    let tc = |e: &Evaluation| e.candidate.parallel.tp * e.candidate.parallel.cp;
+    // MFU in steps of 0.1 %: finer differences are below the model's accuracy.
+    let mfu = |e: &Evaluation| (e.mfu * 1000.0).round() as i64;
     evals.sort_by(|a, b| {
+        let (ca, cb) = (&a.candidate, &b.candidate);
         b.fits()
             .cmp(&a.fits())
-            .then(b.mfu.total_cmp(&a.mfu))
+            .then(mfu(b).cmp(&mfu(a)))
+            .then(ca.offload_fraction.total_cmp(&cb.offload_fraction))
+            .then(rank(ca.recompute).cmp(&rank(cb.recompute)))
+            .then(tc(a).cmp(&tc(b)))
             .then(a.peak_bytes.total_cmp(&b.peak_bytes))
-            .then(
-                (a.candidate.parallel.tp * a.candidate.parallel.cp)
-                    .cmp(&(b.candidate.parallel.tp * b.candidate.parallel.cp)),
-            )
     });
     Ok(evals)
 }

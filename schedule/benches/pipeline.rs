@@ -14,7 +14,9 @@ fn slimpipe(c: &mut Criterion) {
     c.bench_function("slimpipe p16 v5 n64 m8: generate+lower+simulate", |b| {
         b.iter(|| {
             let s = lower(&generate(black_box(&config)).unwrap()).unwrap();
-            simulate(&s, |a| costs.cost(a), &P2p::free()).unwrap().makespan
+            simulate(&s, |a| costs.cost(a), &P2p::free())
+                .unwrap()
+                .makespan
         })
     });
     let generated = generate(&config).unwrap();
@@ -22,9 +24,15 @@ fn slimpipe(c: &mut Criterion) {
     c.bench_function("slimpipe p16 v5 n64 m8: generate", |b| {
         b.iter(|| generate(black_box(&config)).unwrap())
     });
-    c.bench_function("slimpipe p16 v5 n64 m8: lower", |b| b.iter(|| lower(black_box(&generated)).unwrap()));
+    c.bench_function("slimpipe p16 v5 n64 m8: lower", |b| {
+        b.iter(|| lower(black_box(&generated)).unwrap())
+    });
     c.bench_function("slimpipe p16 v5 n64 m8: simulate", |b| {
-        b.iter(|| simulate(black_box(&lowered), |a| costs.cost(a), &P2p::free()).unwrap().makespan)
+        b.iter(|| {
+            simulate(black_box(&lowered), |a| costs.cost(a), &P2p::free())
+                .unwrap()
+                .makespan
+        })
     });
 }
 

@@ -66,7 +66,8 @@ impl<'a> P2p<'a> {
                 value: self.latency,
             });
         }
-        if !(self.bandwidth > 0.0) {
+        // NaN fails this test too.
+        if self.bandwidth.is_nan() || self.bandwidth <= 0.0 {
             return Err(ScheduleError::BadP2p {
                 what: "bandwidth",
                 valid: "> 0 (infinity allowed)",

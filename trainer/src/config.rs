@@ -122,7 +122,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             seed: 1,
-            steps: 80,
+            steps: 100,
             precision: Precision::F32,
             model: ModelConfig::tiny(),
             data: DataConfig::default(),

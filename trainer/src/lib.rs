@@ -8,5 +8,6 @@ pub mod config;
 pub mod data;
 pub mod model;
 pub mod optim;
+pub mod predict;
 pub mod runtime;
 pub mod train;

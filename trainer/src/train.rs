@@ -12,6 +12,7 @@ use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::config::{SlicingMethod, TrainConfig};
 use crate::data::{entropy, MarkovSource};
+use crate::predict::{predicted_peaks, PredictInput};
 use crate::runtime::record::measured_bubble;
 use crate::runtime::{IterationInput, Partition, Pipeline, StageReport};
 
@@ -51,8 +52,12 @@ pub struct TrainSummary {
     pub measured_bubble: f64,
     /// Simulated bubble ratio of the same schedule with FLOP-proportional costs.
     pub simulated_bubble: f64,
-    /// Measured peak activation bytes per stage (last step).
+    /// Measured peak activation bytes per stage, saved plus transient buffers (last step).
     pub peak_bytes: Vec<usize>,
+    /// Measured peak saved-activation bytes per stage (last step).
+    pub peak_saved_bytes: Vec<usize>,
+    /// The `memory` crate's prediction of `peak_saved_bytes` (none for uneven partitions or f64).
+    pub predicted_saved_bytes: Option<Vec<f64>>,
     /// The last step's per-stage records (for a Chrome trace).
     pub last_step: Vec<StageReport>,
 }
@@ -122,22 +127,20 @@ pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
             cfg.parallel.slices, cfg.data.seq_len, cfg.data.seq_len
         ));
     }
-    match schedule_config(cfg).and_then(|c| Ok((c, generate(&c)?))) {
-        Ok((c, _)) => {
-            let vstages = (c.stages * c.chunks) as usize;
-            let partition = match &cfg.parallel.layers {
-                Some(counts) if counts.len() != vstages => Err(format!(
-                    "parallel.layers has {} counts for {vstages} virtual stages",
-                    counts.len()
-                )),
-                Some(counts) => Partition::from_counts(cfg.model.layers, counts),
-                None => Partition::even(cfg.model.layers, vstages),
-            };
-            if let Err(e) = partition {
-                problems.push(e);
-            }
-        }
-        Err(e) => problems.push(format!("schedule: {e:#}")),
+    if let Err(e) = schedule_config(cfg).and_then(|c| Ok(generate(&c)?)) {
+        problems.push(format!("schedule: {e:#}"));
+    }
+    let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
+    let partition = match &cfg.parallel.layers {
+        Some(counts) if counts.len() != vstages => Err(format!(
+            "parallel.layers has {} counts for {vstages} virtual stages (stages × chunks)",
+            counts.len()
+        )),
+        Some(counts) => Partition::from_counts(cfg.model.layers, counts),
+        None => Partition::even(cfg.model.layers, vstages),
+    };
+    if let Err(e) = partition {
+        problems.push(e);
     }
     if problems.is_empty() {
         Ok(())
@@ -216,6 +219,14 @@ pub fn train(
         timeout,
     )?;
     let simulated_bubble = simulated_bubble(cfg, &pipeline, &slices)?;
+    let predicted_saved_bytes = predicted_peaks(&PredictInput {
+        model: &cfg.model,
+        dtype,
+        batch: cfg.data.batch,
+        slices: &slices,
+        schedule: &pipeline.schedule,
+        partition: &pipeline.partition,
+    })?;
     let peak_flops = measure_matmul_peak()?;
     let (m, b, s) = (
         cfg.parallel.microbatches as usize,
@@ -275,6 +286,8 @@ pub fn train(
         measured_bubble: measured_bubble(&last_step),
         simulated_bubble,
         peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
+        peak_saved_bytes: last_step.iter().map(|r| r.peak_saved_bytes).collect(),
+        predicted_saved_bytes,
         last_step,
     })
 }

@@ -22,16 +22,31 @@ fn seqpipe(args: &[&str]) -> (bool, String, String) {
 fn llama70b_512k_on_256_h100() {
     let start = Instant::now();
     let (ok, out, err) = seqpipe(&[
-        "plan", "--model", "llama-70b", "--seq", "512k", "--gpus", "256", "--gpu", "h100",
+        "plan",
+        "--model",
+        "llama-70b",
+        "--seq",
+        "512k",
+        "--gpus",
+        "256",
+        "--gpu",
+        "h100",
     ]);
     assert!(ok, "{err}");
-    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
     let best = out
         .lines()
         .skip_while(|l| !l.starts_with("best plans:"))
         .nth(2)
         .unwrap_or_else(|| panic!("no plan table in\n{out}"));
-    assert!(best.starts_with("slimpipe"), "best plan is not SlimPipe: {best}\n{out}");
+    assert!(
+        best.starts_with("slimpipe"),
+        "best plan is not SlimPipe: {best}\n{out}"
+    );
     // Peak column "GiB@stage": within 80 GB = 74.5 GiB.
     let peak: f64 = best
         .split_whitespace()
@@ -45,7 +60,10 @@ fn llama70b_512k_on_256_h100() {
         .lines()
         .find(|l| l.trim_start().starts_with("1f1b "))
         .unwrap_or_else(|| panic!("no 1f1b verdict in\n{out}"));
-    assert!(one_f1b.contains("does not fit") && one_f1b.contains("GiB over the budget"), "{one_f1b}");
+    assert!(
+        one_f1b.contains("does not fit") && one_f1b.contains("GiB over the budget"),
+        "{one_f1b}"
+    );
 }
 
 #[test]
@@ -56,10 +74,23 @@ fn json_output_and_errors() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v.as_array().is_some_and(|a| !a.is_empty()));
-    let (ok, _, err) = seqpipe(&["plan", "--model", "llama-7b", "--seq", "32k", "--gpus", "8", "--gpu", "tpu"]);
-    assert!(!ok && err.contains("unknown GPU preset `tpu`") && err.contains("h100"), "{err}");
     let (ok, _, err) = seqpipe(&[
-        "plan", "--model", "llama-7b", "--seq", "32k", "--gpus", "8", "--budget-gib", "-3",
+        "plan", "--model", "llama-7b", "--seq", "32k", "--gpus", "8", "--gpu", "tpu",
+    ]);
+    assert!(
+        !ok && err.contains("unknown GPU preset `tpu`") && err.contains("h100"),
+        "{err}"
+    );
+    let (ok, _, err) = seqpipe(&[
+        "plan",
+        "--model",
+        "llama-7b",
+        "--seq",
+        "32k",
+        "--gpus",
+        "8",
+        "--budget-gib",
+        "-3",
     ]);
     assert!(!ok && err.contains("-3"), "{err}");
 }

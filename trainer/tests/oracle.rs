@@ -108,7 +108,11 @@ fn every_schedule_and_slicing_matches_single_device_f64() {
             }
         }
     }
-    eprintln!("configurations run per kind: {ran:?}\nskipped ({}):\n{}", skipped.len(), skipped.join("\n"));
+    eprintln!(
+        "configurations run per kind: {ran:?}\nskipped ({}):\n{}",
+        skipped.len(),
+        skipped.join("\n")
+    );
     // Every kind must have run on several pipeline depths, sliced where it slices.
     for kind in ScheduleKind::ALL {
         let count = ran.get(kind.name()).copied().unwrap_or(0);

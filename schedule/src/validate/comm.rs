@@ -19,10 +19,17 @@ struct Seen {
 /// Which message a send or receive carries: (is gradient, destination virtual stage, mb, slice).
 type Key = (bool, u32, u32, u32);
 
+/// Where the sends and the receives of one message sit: `(stage, position)` each.
+#[derive(Default)]
+struct Ends {
+    sends: Vec<(usize, usize)>,
+    recvs: Vec<(usize, usize)>,
+}
+
 pub(crate) fn comm_violations(s: &Schedule, out: &mut Vec<Violation>) {
     let (p, last) = (s.config.stages, s.config.virtual_stages() - 1);
     let index = UnitIndex::new(&s.config);
-    let mut ends: HashMap<Key, (Vec<(usize, usize)>, Vec<(usize, usize)>)> = HashMap::new();
+    let mut ends: HashMap<Key, Ends> = HashMap::new();
     for (r, list) in s.actions.iter().enumerate() {
         let mut seen = vec![Seen::default(); index.len()];
         for (i, a) in list.iter().enumerate() {
@@ -44,7 +51,12 @@ pub(crate) fn comm_violations(s: &Schedule, out: &mut Vec<Violation>) {
                 push(out, s, a, Some(i), rule);
             } else if let Some(key) = key_of(a, k) {
                 let e = ends.entry(key).or_default();
-                if a.op.is_send() { &mut e.0 } else { &mut e.1 }.push((r, i));
+                if a.op.is_send() {
+                    &mut e.sends
+                } else {
+                    &mut e.recvs
+                }
+                .push((r, i));
             }
             let me = &mut seen[index.of(&a.unit())];
             match a.op {
@@ -86,12 +98,8 @@ fn key_of(a: &Action, k: u32) -> Option<Key> {
     Some((grad, dest, a.mb.0, a.slice.0))
 }
 
-fn pairing_violations(
-    s: &Schedule,
-    ends: HashMap<Key, (Vec<(usize, usize)>, Vec<(usize, usize)>)>,
-    out: &mut Vec<Violation>,
-) {
-    for (sends, recvs) in ends.values() {
+fn pairing_violations(s: &Schedule, ends: HashMap<Key, Ends>, out: &mut Vec<Violation>) {
+    for Ends { sends, recvs } in ends.values() {
         for &(r, i) in sends.iter().skip(1).chain(recvs.iter().skip(1)) {
             push(out, s, &s.actions[r][i], Some(i), Rule::DuplicateComm);
         }

@@ -43,6 +43,12 @@ pub struct PlanArgs {
     /// Largest tensor-parallel size.
     #[arg(long, default_value_t = 8)]
     max_tp: u64,
+    /// Largest context-parallel size (TP/CP communication is not modelled, so they are bounded).
+    #[arg(long, default_value_t = 8)]
+    max_cp: u64,
+    /// Fewest pipeline stages.
+    #[arg(long, default_value_t = 2)]
+    min_pp: u64,
     /// Override the preset's achieved TFLOP/s used by the offload criterion.
     #[arg(long)]
     achieved_tflops: Option<f64>,
@@ -82,6 +88,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         budget_bytes,
         efficiency: args.efficiency,
         max_tp: args.max_tp,
+        max_cp: args.max_cp,
+        min_stages: args.min_pp,
     };
     let evals = search(&space)?;
     if let Format::Json = args.format {
@@ -100,7 +108,13 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         args.global_batch
     );
     let fitting = evals.iter().filter(|e| e.fits()).count();
-    println!("searched {} configurations, {fitting} fit", evals.len());
+    println!(
+        "searched {} configurations (pp ≥ {}, tp ≤ {}, cp ≤ {}; TP/CP communication not modelled), {fitting} fit",
+        evals.len(),
+        args.min_pp,
+        args.max_tp,
+        args.max_cp
+    );
     if fitting == 0 {
         println!("no configuration fits the budget");
     } else {

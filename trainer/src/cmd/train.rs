@@ -153,7 +153,14 @@ fn print_summary(s: &TrainSummary) {
         100.0 * s.measured_bubble,
         100.0 * s.simulated_bubble
     );
-    for (stage, bytes) in s.peak_bytes.iter().enumerate() {
-        println!("| stage {stage} peak activation bytes (measured) | {bytes} |");
+    for (stage, saved) in s.peak_saved_bytes.iter().enumerate() {
+        let predicted = match &s.predicted_saved_bytes {
+            Some(p) => format!("{:.0}", p[stage]),
+            None => "n/a".to_string(),
+        };
+        println!(
+            "| stage {stage} peak saved activations measured / predicted (+ transient buffers) | {saved} / {predicted} (+{}) |",
+            s.peak_bytes[stage] - saved
+        );
     }
 }

@@ -47,12 +47,9 @@ pub struct HeadSaved {
 }
 
 impl HeadSaved {
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
+    /// The tensors held.
+    pub fn tensors(&self) -> [&Tensor; 4] {
         [&self.x, &self.inv, &self.h, &self.ce.lse]
-            .iter()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
     }
 }
 

@@ -86,20 +86,23 @@ pub struct LayerSaved {
     pub offset: usize,
 }
 
-fn bytes(t: &Tensor) -> usize {
+/// Bytes of a tensor's elements.
+pub fn bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
 }
 
 impl LayerSaved {
-    /// Bytes held, tensor by tensor (the measured counterpart of the memory model's terms).
-    pub fn bytes(&self) -> usize {
+    /// The tensors held (the measured counterpart of the memory model's named terms).
+    pub fn tensors(&self) -> [&Tensor; 12] {
         [
             &self.x, &self.inv1, &self.h1, &self.q, &self.o, &self.lse, &self.x2, &self.inv2,
             &self.h2, &self.gate, &self.up, &self.act,
         ]
-        .into_iter()
-        .map(bytes)
-        .sum()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.tensors().into_iter().map(bytes).sum()
     }
 }
 
@@ -111,9 +114,9 @@ pub struct WeightGradInputs {
 }
 
 impl WeightGradInputs {
-    /// Bytes held until the weight half runs.
-    pub fn bytes(&self) -> usize {
-        self.pairs.iter().map(|(a, b)| bytes(a) + bytes(b)).sum()
+    /// The tensors held until the weight half runs (inputs are shared between matrices).
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.pairs.iter().flat_map(|(a, b)| [a, b])
     }
 }
 

@@ -4,6 +4,8 @@
 use seqpipe_schedule::Op;
 use serde::Serialize;
 
+use super::worker::Held;
+
 /// One executed action.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -17,7 +19,7 @@ pub struct Event {
     /// Seconds since the iteration started.
     pub end: f64,
     /// Activation bytes held after the action.
-    pub held_bytes: usize,
+    pub held: Held,
 }
 
 /// Everything a stage reports about one iteration.
@@ -29,7 +31,9 @@ pub struct StageReport {
     pub loss: f64,
     /// Executed actions in order.
     pub events: Vec<Event>,
-    /// Largest `held_bytes` over the iteration.
+    /// Largest saved-activation bytes (saved records, KV caches, dK/dV accumulators).
+    pub peak_saved_bytes: usize,
+    /// Largest total activation bytes (saved plus transient buffers).
     pub peak_bytes: usize,
 }
 
@@ -66,23 +70,30 @@ impl Recorder {
     }
 
     /// Records one finished action.
-    pub fn action(&mut self, text: String, op: Op, start: f64, end: f64, held_bytes: usize) {
+    pub fn action(&mut self, text: String, op: Op, start: f64, end: f64, held: Held) {
         self.events.push(Event {
             text,
             op,
             start,
             end,
-            held_bytes,
+            held,
         });
     }
 
     /// The report, with the stage's loss share.
     pub fn finish(self, loss: f64) -> StageReport {
-        let peak_bytes = self.events.iter().map(|e| e.held_bytes).max().unwrap_or(0);
+        let peak_saved_bytes = self.events.iter().map(|e| e.held.saved).max().unwrap_or(0);
+        let peak_bytes = self
+            .events
+            .iter()
+            .map(|e| e.held.saved + e.held.transient)
+            .max()
+            .unwrap_or(0);
         StageReport {
             stage: self.stage,
             loss,
             events: self.events,
+            peak_saved_bytes,
             peak_bytes,
         }
     }
@@ -113,7 +124,7 @@ pub fn chrome_trace(reports: &[StageReport]) -> serde_json::Value {
                     serde_json::json!({
                         "name": e.text, "cat": e.op.code(), "ph": "X", "pid": 0, "tid": r.stage,
                         "ts": e.start * 1e6, "dur": (e.end - e.start) * 1e6,
-                        "args": {"held_bytes": e.held_bytes},
+                        "args": {"saved_bytes": e.held.saved, "transient_bytes": e.held.transient},
                     })
                 })
         })

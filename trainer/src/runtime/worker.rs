@@ -2,7 +2,7 @@
 //! list. There is one interpreter for every schedule kind: it only knows how to run each [`Op`]
 //! on a unit, never which schedule produced the list.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -232,7 +232,12 @@ impl StageWorker {
     ) -> anyhow::Result<StageReport> {
         let program = &schedule.actions[self.spec.stage];
         let mut inbox = Inbox::new(incoming_order(schedule, self.spec.stage)?);
-        let dtype = self.params.values().next().map(Tensor::dtype).unwrap_or(DType::F32);
+        let dtype = self
+            .params
+            .values()
+            .next()
+            .map(Tensor::dtype)
+            .unwrap_or(DType::F32);
         let batch = input.tokens.first().map_or(Ok(0), |t| t.dim(0))?;
         let mut st = IterState {
             kv_row_elems: batch * self.model.kv_heads * self.model.head_dim(),
@@ -487,23 +492,42 @@ impl StageWorker {
     }
 }
 
-/// Bytes of activations a stage holds: saved records, KV caches (and dK/dV accumulators),
-/// weight-gradient inputs awaiting W, and activation/gradient buffers.
-fn held_bytes(st: &IterState) -> usize {
-    let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
-    let saved: usize = st
-        .saved
-        .values()
-        .map(|s| {
-            s.layers.iter().map(LayerSaved::bytes).sum::<usize>()
-                + s.head.as_ref().map_or(0, HeadSaved::bytes)
-        })
-        .sum();
-    let pending: usize = st
-        .pending
-        .values()
-        .map(|p| p.layers.iter().map(|(_, w)| w.bytes()).sum::<usize>())
-        .sum();
+/// Activation bytes a stage holds, by kind; each tensor counted once however many records
+/// share it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    /// Saved records of forwards awaiting their backward, the KV caches and the dK/dV
+    /// accumulators: what the memory model predicts.
+    pub saved: usize,
+    /// Inputs of pending weight-gradient halves (zero-bubble schedules) and activation/gradient
+    /// buffers between a compute and its send or after a receive.
+    pub transient: usize,
+}
+
+fn held_bytes(st: &IterState) -> Held {
+    let mut seen = HashSet::new();
+    let mut sum = |tensors: &mut dyn Iterator<Item = &Tensor>| {
+        tensors
+            .filter(|t| seen.insert(t.id()))
+            .map(layer::bytes)
+            .sum::<usize>()
+    };
+    let saved = sum(&mut st.saved.values().flat_map(|s| {
+        s.layers
+            .iter()
+            .flat_map(LayerSaved::tensors)
+            .chain(s.head.iter().flat_map(HeadSaved::tensors))
+    }));
+    let pending = sum(&mut st.pending.values().flat_map(|p| {
+        let layers = p.layers.iter().flat_map(|(_, w)| w.tensors());
+        let head = p.head.iter().flat_map(HeadSaved::tensors);
+        layers
+            .chain(head)
+            .chain(p.embed.iter().flat_map(|(ids, dx)| [ids, dx]))
+    }));
+    let buffers = sum(&mut [&st.act_in, &st.act_out, &st.grad_in, &st.grad_out]
+        .into_iter()
+        .flat_map(|m| m.values()));
     // K and V of every cached token, and the dK/dV accumulators (compute precision) of the slices
     // whose backward has begun: [b, kv_heads, tokens, head_dim] each.
     let row = st.kv_row_elems;
@@ -511,14 +535,16 @@ fn held_bytes(st: &IterState) -> usize {
         .caches
         .values()
         .flatten()
-        .map(|c| 2 * row * (c.cached_tokens() * st.kv_elem_bytes + c.pending_grad_tokens() * st.grad_elem_bytes))
+        .map(|c| {
+            2 * row
+                * (c.cached_tokens() * st.kv_elem_bytes
+                    + c.pending_grad_tokens() * st.grad_elem_bytes)
+        })
         .sum();
-    let buffers: usize = [&st.act_in, &st.act_out, &st.grad_in, &st.grad_out]
-        .iter()
-        .flat_map(|m| m.values())
-        .map(t)
-        .sum();
-    saved + pending + caches + buffers
+    Held {
+        saved: saved + caches,
+        transient: pending + buffers,
+    }
 }
 
 /// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order.
