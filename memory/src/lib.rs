@@ -7,6 +7,8 @@
 //! - [`offload`]: PipeOffload's planner over a simulated timeline; [`timeline`] adapts the
 //!   `schedule` crate's simulation.
 //! - [`recompute`]: InfiniPipe's recomputation planner, an exact MILP with a brute-force oracle.
+//! - [`window`], [`elastic_plan`], [`elastic_compare`]: InfiniPipe's window model and per-pipeline
+//!   recomputation, elastic planning end to end, and its comparison with fixed-slicing baselines.
 //! - [`search`]: the planner's search over parallel layouts, schedules, offload and recomputation.
 //! - [`ledger`], [`lives`], [`export`]: the exact per-stage curve of a simulated schedule, as
 //!   CSV, JSON or SVG.
@@ -22,6 +24,8 @@
 //! ```
 
 pub mod activation;
+pub mod elastic_compare;
+pub mod elastic_plan;
 pub mod error;
 pub mod export;
 pub mod gpu;
@@ -34,10 +38,15 @@ pub mod recompute;
 pub mod search;
 pub mod states;
 pub mod timeline;
+pub mod window;
 
 pub use activation::{
     ActivationModel, AttentionKind, Dtype, LogitsPlacement, Parallelism, RecomputePolicy,
     TensorTerm, UnitFootprint,
+};
+pub use elastic_compare::{compare, default_cases, default_setup, render, CompareCase, CompareRow};
+pub use elastic_plan::{
+    elastic_with_slices, pack, plan_elastic, plan_packed, MethodResult, PipelineRun, PlanSetup,
 };
 pub use error::{MemoryError, Result};
 pub use gpu::{gpu_preset, GpuPreset, GPU_PRESETS};
@@ -52,3 +61,4 @@ pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
 pub use search::{candidates, evaluate, search, Candidate, Evaluation, SearchSpace};
 pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};
 pub use timeline::{ledger_of_simulation, pipeline_kind, spans_from_simulation};
+pub use window::{alive_after_forwards, uniform_checkpoints, window, window_problem, WindowInputs};

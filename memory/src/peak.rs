@@ -134,10 +134,12 @@ impl StaticConfig {
         let offloadable = in_flight.saturating_sub(OFFLOAD_BUFFER_UNITS);
         let offloaded = (self.offload_fraction * offloadable as f64).floor() as u64;
         let on_device = (in_flight - offloaded) as f64;
-        // The largest unit of each named term over the slice positions.
-        let units: Vec<_> = (0..n)
-            .map(|j| act.unit(x, j * x, j + 1 < n, layers))
-            .collect();
+        // The largest unit of each named term over the slice positions: the score matrix grows
+        // with the prefix (last slice), kept K/V exist for every slice but the last (first slice).
+        let units = [
+            act.unit(x, (n - 1) * x, false, layers),
+            act.unit(x, 0, n > 1, layers),
+        ];
         let max = |f: fn(&crate::activation::UnitFootprint) -> f64| {
             units.iter().map(f).fold(0.0, f64::max)
         };

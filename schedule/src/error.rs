@@ -149,6 +149,12 @@ pub enum ScheduleError {
         /// The unit, as text.
         unit: String,
     },
+    /// No split of the sequences into pipelines is feasible (some sequence fits no pipeline).
+    #[error("elastic grouping: sequence {item} fits in no pipeline of the given cost (every group containing it is infeasible); raise the memory budget or use more slices")]
+    NoFeasibleGrouping {
+        /// Index (in longest-first order) of the first sequence no group can take.
+        item: usize,
+    },
 }
 
 /// A stage that cannot make progress, as reported by [`ScheduleError::Deadlock`].

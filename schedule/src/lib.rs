@@ -40,7 +40,8 @@ pub use action::{Action, Compact, Op, Unit};
 pub use cost::{CostTable, UnitCosts};
 pub use error::{Blocked, Result, ScheduleError};
 pub use gen::{
-    generate, gis, gpipe, interleaved, one_f_one_b, seq1f1b, seq1f1b_interleaved, slimpipe, zb_h1,
+    elastic, generate, gis, gpipe, group_pipelines, interleaved, longest_first, one_f_one_b,
+    seq1f1b, seq1f1b_interleaved, slimpipe, zb_h1, ElasticSchedule, Grouping,
 };
 pub use ids::{
     next_virtual_stage, placement, previous_virtual_stage, virtual_stage, Chunk, MicroBatch, Slice,
@@ -49,4 +50,4 @@ pub use ids::{
 pub use lower::{insert_comm, lower, strip_comm};
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};
 pub use simulate::{simulate, MessageBytes, P2p, Simulation, StageStats, Timed};
-pub use validate::{validate, Rule, Violation};
+pub use validate::{validate, validate_ragged, Rule, Violation};

@@ -155,6 +155,13 @@ impl ScheduleConfig {
         self.slices
     }
 
+    /// Slices of every micro-batch, [`ScheduleConfig::slices_of`] in micro-batch order.
+    pub fn slice_counts(&self) -> Vec<u32> {
+        (0..self.microbatches)
+            .map(|mb| self.slices_of(MicroBatch(mb)))
+            .collect()
+    }
+
     /// Checks that `p`, `m`, `n`, `v` (and `g` if given) are at least 1.
     pub fn check_positive(&self) -> Result<()> {
         positive("pipeline stages (p)", self.stages)?;
@@ -215,10 +222,17 @@ impl Schedule {
 
     /// Every unit the configuration defines on one stage, micro-batch-major.
     pub fn units(&self) -> Vec<Unit> {
+        self.units_with(&self.config.slice_counts())
+    }
+
+    /// Every unit on one stage when micro-batch `mb` has `counts[mb]` slices (heterogeneous
+    /// micro-batches, see [`crate::gen::elastic`]), micro-batch-major.
+    pub fn units_with(&self, counts: &[u32]) -> Vec<Unit> {
         let c = &self.config;
         let mut units = Vec::new();
-        for mb in 0..c.microbatches {
-            for slice in 0..c.slices_of(MicroBatch(mb)) {
+        for (mb, &n) in counts.iter().enumerate() {
+            let mb = mb as u32;
+            for slice in 0..n {
                 for chunk in 0..c.chunks {
                     units.push(Unit::new(mb, slice, chunk));
                 }
@@ -250,6 +264,12 @@ impl Schedule {
     /// Checks that every action sits in its own stage's list and names a chunk, micro-batch and
     /// slice inside the configuration.
     pub fn check_ranges(&self) -> Result<()> {
+        self.check_ranges_with(&self.config.slice_counts())
+    }
+
+    /// [`Schedule::check_ranges`] with `counts[mb]` slices in micro-batch `mb` (a micro-batch
+    /// beyond `counts` is out of range).
+    pub fn check_ranges_with(&self, counts: &[u32]) -> Result<()> {
         let c = &self.config;
         for (r, list) in self.actions.iter().enumerate() {
             for (i, a) in list.iter().enumerate() {
@@ -267,10 +287,11 @@ impl Schedule {
                 if a.chunk.0 >= c.chunks {
                     return Err(out("chunk", a.chunk.0, c.chunks));
                 }
-                if a.mb.0 >= c.microbatches {
-                    return Err(out("micro-batch", a.mb.0, c.microbatches));
+                let m = c.microbatches.min(counts.len() as u32);
+                if a.mb.0 >= m {
+                    return Err(out("micro-batch", a.mb.0, m));
                 }
-                let n = c.slices_of(a.mb);
+                let n = counts[a.mb.index()];
                 if a.slice.0 >= n {
                     return Err(out("slice", a.slice.0, n));
                 }
@@ -376,16 +397,21 @@ pub(crate) struct UnitIndex {
 
 impl UnitIndex {
     pub(crate) fn new(config: &ScheduleConfig) -> Self {
-        let mut offsets = Vec::with_capacity(config.microbatches as usize + 1);
+        Self::from_counts(&config.slice_counts(), config.chunks)
+    }
+
+    /// Numbering for `counts[mb]` slices per micro-batch and `chunks` chunks.
+    pub(crate) fn from_counts(counts: &[u32], chunks: u32) -> Self {
+        let mut offsets = Vec::with_capacity(counts.len() + 1);
         let mut total = 0usize;
-        for mb in 0..config.microbatches {
+        for &n in counts {
             offsets.push(total);
-            total += config.slices_of(MicroBatch(mb)) as usize;
+            total += n as usize;
         }
         offsets.push(total);
         UnitIndex {
             offsets,
-            chunks: config.chunks as usize,
+            chunks: chunks as usize,
         }
     }
 

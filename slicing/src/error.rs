@@ -85,6 +85,36 @@ pub enum SlicingError {
         /// The text given.
         text: String,
     },
+    /// A length-distribution description or its parameters are invalid.
+    #[error("length distribution `{text}`: {reason}")]
+    BadDistribution {
+        /// The description given.
+        text: String,
+        /// What is wrong and what would be valid.
+        reason: String,
+    },
+    /// A line of a lengths file did not hold a length.
+    #[error("lengths line {line}: cannot read `{text}`: {reason}")]
+    BadLengthLine {
+        /// 1-based line number.
+        line: usize,
+        /// The offending text (shortened).
+        text: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// The chunker's token budget cannot hold one slice of the longest sequence.
+    #[error("token budget {budget} is below the {needed} tokens of the first of {slices} balanced slices of the longest sequence ({longest} tokens); raise the budget to at least {needed} or use more slices")]
+    TokenBudgetTooSmall {
+        /// Token budget `T_m` given.
+        budget: u64,
+        /// Tokens of the largest slice.
+        needed: u64,
+        /// Slices `K` asked for.
+        slices: usize,
+        /// Tokens of the longest sequence.
+        longest: u64,
+    },
 }
 
 /// Result alias of this crate.

@@ -5,6 +5,9 @@
 //! of the same length; this crate describes the model ([`ModelShape`], [`preset`],
 //! [`shape_from_hf_config`]), prices token ranges ([`CostModel`]) and cuts sequences into
 //! [`SlicePlan`]s: [`uniform()`] (equal lengths) or [`balanced()`] (equal cost, SPEC §2.2).
+//! For variable-length batches, [`chunk()`] splits long sequences and packs short ones into
+//! time-balanced chunks (InfiniPipe, SPEC §2.3); [`LengthDist`] and [`parse_lengths`] supply
+//! the batches.
 //!
 //! Architecture invariant: this crate is pure planning. It sees no tensor, no device and no file;
 //! `config.json` arrives as text.
@@ -17,9 +20,11 @@
 //! ```
 
 pub mod balanced;
+pub mod chunk;
 pub mod cost;
 pub mod error;
 pub mod hf_config;
+pub mod lengths;
 pub mod plan;
 pub mod presets;
 pub mod shape;
@@ -27,9 +32,11 @@ pub mod tokens;
 pub mod uniform;
 
 pub use balanced::balanced;
+pub use chunk::{chunk, Chunk, ChunkKind, Chunking, Piece};
 pub use cost::{CostModel, CostUnit};
 pub use error::{Result, SlicingError};
 pub use hf_config::shape_from_hf_config;
+pub use lengths::{parse_lengths, LengthDist};
 pub use plan::{Slice, SliceMethod, SlicePlan};
 pub use presets::{preset, Preset, PRESETS};
 pub use shape::{FfnKind, ModelShape};

@@ -98,6 +98,18 @@ impl Default for DataConfig {
     }
 }
 
+/// Checkpoints and metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Directory of the latest checkpoint (none: no checkpoints).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Write a checkpoint every this many steps (and after the last step).
+    pub checkpoint_every: Option<u64>,
+    /// Append one JSON line of metrics per step to this file.
+    pub metrics: Option<std::path::PathBuf>,
+}
+
 /// Everything `seqpipe train` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +128,8 @@ pub struct TrainConfig {
     pub parallel: ParallelConfig,
     /// The optimizer.
     pub optim: OptimConfig,
+    /// Checkpoints and metrics.
+    pub output: OutputConfig,
 }
 
 impl Default for TrainConfig {
@@ -128,6 +142,7 @@ impl Default for TrainConfig {
             data: DataConfig::default(),
             parallel: ParallelConfig::default(),
             optim: OptimConfig::default(),
+            output: OutputConfig::default(),
         }
     }
 }

@@ -52,6 +52,17 @@ impl MarkovSource {
         options[3]
     }
 
+    /// Position in the token stream (ChaCha word position): saved in checkpoints so a resumed run
+    /// draws exactly the batches an uninterrupted one would.
+    pub fn position(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    /// Moves the stream to a position from [`MarkovSource::position`].
+    pub fn seek(&mut self, position: u128) {
+        self.rng.set_word_pos(position);
+    }
+
     /// One sequence of `len` tokens.
     pub fn sequence(&mut self, len: usize) -> Vec<u32> {
         let mut seq = Vec::with_capacity(len);

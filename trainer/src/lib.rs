@@ -4,10 +4,12 @@
 //! Architecture invariant: the executor has no per-schedule code. It interprets the action lists
 //! of `seqpipe-schedule` op by op; a new schedule kind needs no change here.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod model;
 pub mod optim;
 pub mod predict;
+pub mod progress_io;
 pub mod runtime;
 pub mod train;

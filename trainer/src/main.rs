@@ -27,6 +27,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    seqpipe_trainer::train::one_thread_per_op();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Slice(args) => cmd::slice::run(&args),

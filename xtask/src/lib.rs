@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub mod bench;
 pub mod tidy;
 
 /// The workspace root (the parent of this crate's directory).

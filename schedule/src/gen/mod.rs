@@ -6,6 +6,7 @@
 //! the bad parameter and its valid range.
 
 pub(crate) mod core;
+pub mod elastic;
 pub mod gis;
 pub mod gpipe;
 pub mod interleaved;
@@ -16,6 +17,7 @@ pub mod slimpipe;
 pub mod zb_h1;
 
 pub use self::core::MAX_ACTIONS;
+pub use elastic::{elastic, group_pipelines, longest_first, ElasticSchedule, Grouping};
 pub use gis::gis;
 pub use gpipe::gpipe;
 pub use interleaved::interleaved;

@@ -119,13 +119,23 @@ impl fmt::Display for Violation {
 
 /// Checks every rule (see the module docs); an empty list means the schedule is valid.
 pub fn validate(schedule: &Schedule) -> Vec<Violation> {
+    validate_ragged(schedule, &schedule.config.slice_counts())
+}
+
+/// [`validate`] for heterogeneous micro-batches: micro-batch `mb` has `counts[mb]` slices
+/// (elastic pipelines, [`crate::gen::elastic`]). `counts` must have one entry per micro-batch,
+/// each in `1..=n` of the configuration; otherwise that is the one violation reported.
+pub fn validate_ragged(schedule: &Schedule, counts: &[u32]) -> Vec<Violation> {
     let mut out = Vec::new();
-    range_violations(schedule, &mut out);
+    count_violations(schedule, counts, &mut out);
+    if out.is_empty() {
+        range_violations(schedule, counts, &mut out);
+    }
     if !out.is_empty() {
         return out; // indices are unsafe beyond this point
     }
     for r in 0..schedule.actions.len() {
-        stage_violations(schedule, r, &mut out);
+        stage_violations(schedule, counts, r, &mut out);
     }
     if schedule.lowered {
         comm::comm_violations(schedule, &mut out);
@@ -168,7 +178,33 @@ pub(crate) fn push(
     });
 }
 
-fn range_violations(s: &Schedule, out: &mut Vec<Violation>) {
+/// Slice counts that do not fit the configuration (one violation, at stage 0's end).
+fn count_violations(s: &Schedule, counts: &[u32], out: &mut Vec<Violation>) {
+    let (m, n) = (s.config.microbatches, s.config.slices);
+    let detail = if counts.len() != m as usize {
+        Some(format!(
+            "{} slice counts for m = {m} micro-batches",
+            counts.len()
+        ))
+    } else {
+        counts.iter().position(|&c| c == 0 || c > n).map(|mb| {
+            format!(
+                "micro-batch {mb} has {} slices, outside 1..={n}",
+                counts[mb]
+            )
+        })
+    };
+    if let Some(detail) = detail {
+        out.push(Violation {
+            stage: 0,
+            position: None,
+            action: String::new(),
+            rule: Rule::OutOfRange { detail },
+        });
+    }
+}
+
+fn range_violations(s: &Schedule, counts: &[u32], out: &mut Vec<Violation>) {
     if let Err(ScheduleError::OutOfRange {
         stage,
         position,
@@ -176,7 +212,7 @@ fn range_violations(s: &Schedule, out: &mut Vec<Violation>) {
         what,
         value,
         limit,
-    }) = s.check_ranges()
+    }) = s.check_ranges_with(counts)
     {
         out.push(Violation {
             stage,
@@ -219,10 +255,10 @@ impl Seen {
     }
 }
 
-fn stage_violations(s: &Schedule, r: usize, out: &mut Vec<Violation>) {
-    let index = UnitIndex::new(&s.config);
+fn stage_violations(s: &Schedule, counts: &[u32], r: usize, out: &mut Vec<Violation>) {
+    let index = UnitIndex::from_counts(counts, s.config.chunks);
     let mut seen = vec![Seen::default(); index.len()];
-    let n_of = |u: &Unit| s.config.slices_of(u.mb);
+    let n_of = |u: &Unit| counts[u.mb.index()];
     // Neighbouring virtual stages share the device only when p = 1; otherwise data moves by
     // send/receive and ordering across devices is the dry run's business.
     let local = s.config.stages == 1;
@@ -292,18 +328,19 @@ fn stage_violations(s: &Schedule, r: usize, out: &mut Vec<Violation>) {
             _ => {}
         }
     }
-    missing_violations(s, r, &index, &seen, out);
+    missing_violations(s, counts, r, &index, &seen, out);
 }
 
 fn missing_violations(
     s: &Schedule,
+    counts: &[u32],
     r: usize,
     index: &UnitIndex,
     seen: &[Seen],
     out: &mut Vec<Violation>,
 ) {
     let stage = crate::ids::Stage(r as u32);
-    for u in s.units() {
+    for u in s.units_with(counts) {
         let me = seen[index.of(&u)];
         let missing = if !me.forward {
             Some((Op::Forward, Rule::MissingForward))

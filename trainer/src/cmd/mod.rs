@@ -2,6 +2,7 @@
 
 pub mod model;
 pub mod plan;
+pub mod plan_elastic;
 pub mod schedule;
 pub mod simulate;
 pub mod slice;

@@ -1,11 +1,13 @@
 //! `seqpipe plan`: search parallel layouts, schedules, offload and recomputation for one model,
 //! sequence length and cluster, and print the best plans and why the others were rejected.
+//! With `--lengths`, plan one variable-length batch elastically instead ([`super::plan_elastic`]).
 
 use clap::{Args, ValueEnum};
 use seqpipe_memory::{gpu_preset, search, Evaluation, RecomputePolicy, SearchSpace, GIB};
 use seqpipe_slicing::parse_token_count;
 
 use super::model::{describe, resolve_model};
+use super::plan_elastic::ElasticArgs;
 
 /// Output format.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -23,11 +25,39 @@ pub struct PlanArgs {
     #[arg(long)]
     model: String,
     /// Sequence length, e.g. 524288 or 512k.
-    #[arg(long, allow_hyphen_values = true)]
-    seq: String,
+    #[arg(long, allow_hyphen_values = true, required_unless_present = "lengths")]
+    seq: Option<String>,
     /// GPUs in all.
+    #[arg(long, required_unless_present = "lengths")]
+    gpus: Option<u64>,
+    /// Elastic mode: a batch of sequence lengths, `dist:lognormal:mu=8.5,sigma=1.4`,
+    /// `dist:powerlaw:alpha=0.9,min=1024`, or a file (one length per line, or JSONL).
+    #[arg(long, requires = "context")]
+    lengths: Option<String>,
+    /// Elastic mode: JSONL field holding the length (default `length` for .jsonl files).
     #[arg(long)]
-    gpus: u64,
+    lengths_field: Option<String>,
+    /// Elastic mode: context length, e.g. 96k.
+    #[arg(long)]
+    context: Option<String>,
+    /// Elastic mode: pipeline stages.
+    #[arg(long, default_value_t = 4)]
+    pp: usize,
+    /// Elastic mode: tensor-parallel size.
+    #[arg(long, default_value_t = 4)]
+    tp: u64,
+    /// Elastic mode: sequences drawn from a `dist:` batch.
+    #[arg(long, default_value_t = 64)]
+    sequences: usize,
+    /// Elastic mode: sampling seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Elastic mode: fixed time per chunk per stage (launches, p2p latency), milliseconds.
+    #[arg(long, default_value_t = 0.3)]
+    per_chunk_ms: f64,
+    /// Elastic mode: chunks to list.
+    #[arg(long, default_value_t = 40)]
+    show_chunks: usize,
     /// GPU preset: a100, h100, h200.
     #[arg(long, default_value = "h100")]
     gpu: String,
@@ -66,7 +96,6 @@ pub struct PlanArgs {
 /// Runs `seqpipe plan`.
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let shape = resolve_model(&args.model)?;
-    let seq_len = parse_token_count(&args.seq)?;
     let mut gpu = gpu_preset(&args.gpu)?;
     if let Some(t) = args.achieved_tflops {
         gpu.achieved_flops = t * 1e12;
@@ -79,10 +108,29 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         Some(g) => anyhow::bail!("--budget-gib must be a positive number of GiB, got {g}"),
         None => gpu.memory_bytes,
     };
+    if let Some(lengths) = &args.lengths {
+        let elastic = ElasticArgs {
+            lengths,
+            field: args.lengths_field.as_deref(),
+            context: args.context.as_deref().unwrap_or_default(),
+            stages: args.pp,
+            tp: args.tp,
+            sequences: args.sequences,
+            seed: args.seed,
+            per_chunk_ms: args.per_chunk_ms,
+            show_chunks: args.show_chunks,
+        };
+        return super::plan_elastic::run(&elastic, shape, budget_bytes, gpu.achieved_flops);
+    }
+    // clap requires both unless --lengths is given.
+    let (Some(seq), Some(gpus)) = (args.seq.as_deref(), args.gpus) else {
+        anyhow::bail!("--seq and --gpus are required (or --lengths for elastic planning)");
+    };
+    let seq_len = parse_token_count(seq)?;
     let space = SearchSpace {
         shape,
         seq_len,
-        gpus: args.gpus,
+        gpus,
         global_batch: args.global_batch,
         gpu,
         budget_bytes,
@@ -99,7 +147,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     println!("model {}: {}", args.model, describe(&shape));
     println!(
         "sequence {seq_len} tokens, {} × {} ({:.0} TFLOP/s peak, offload k = {:.3}), budget {:.2} GiB/GPU, kernel efficiency {:.0}%, global batch {}",
-        args.gpus,
+        gpus,
         gpu.name,
         gpu.peak_flops / 1e12,
         gpu.offload_k(&shape, seq_len)?,

@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use seqpipe_trainer::config::{Precision, SlicingMethod, TrainConfig};
 use seqpipe_trainer::runtime::record::chrome_trace;
-use seqpipe_trainer::train::{train, TrainSummary};
+use seqpipe_trainer::train::{train_with, RunOptions, TrainSummary};
 
 /// Arguments of `seqpipe train`; each flag overrides the config file.
 #[derive(Args, Debug)]
@@ -46,6 +46,21 @@ pub struct TrainArgs {
     /// Write the Chrome trace (Perfetto) of the last step here.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Write resumable checkpoints to this directory (the latest one; replaced atomically).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Checkpoint every N steps (and after the last).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Continue from a checkpoint directory written with the same configuration.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Append per-step metrics as JSON lines to this file.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Abort the process right after this step and its checkpoint (crash testing).
+    #[arg(long, hide = true)]
+    abort_after_step: Option<u64>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -88,6 +103,15 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = args.precision {
         cfg.precision = v;
     }
+    if let Some(v) = &args.checkpoint_dir {
+        cfg.output.checkpoint_dir = Some(v.clone());
+    }
+    if let Some(v) = args.checkpoint_every {
+        cfg.output.checkpoint_every = Some(v);
+    }
+    if let Some(v) = &args.metrics {
+        cfg.output.metrics = Some(v.clone());
+    }
     Ok(cfg)
 }
 
@@ -114,7 +138,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
     )?);
-    let summary = train(&cfg, |e| {
+    let opts = RunOptions {
+        resume: args.resume.clone(),
+        abort_after_step: args.abort_after_step,
+    };
+    let summary = train_with(&cfg, &opts, |e| {
         bar.set_message(format!(
             "loss {:.4}  lr {:.2e}  {:.0} tok/s",
             e.loss, e.lr, e.tokens_per_sec
@@ -148,6 +176,13 @@ fn print_summary(s: &TrainSummary) {
         s.achieved_flops / 1e9,
         s.peak_flops / 1e9
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if s.peak_bytes.len() > cores {
+        println!(
+            "| note | {} stage threads share {cores} cores: measured idle time includes waiting for a core |",
+            s.peak_bytes.len()
+        );
+    }
     println!(
         "| bubble ratio measured / simulated | {:.2}% / {:.2}% |",
         100.0 * s.measured_bubble,

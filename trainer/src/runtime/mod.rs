@@ -8,6 +8,6 @@ pub mod tensor_msg;
 pub mod worker;
 
 pub use partition::Partition;
-pub use pipeline::{Pipeline, StepReport};
+pub use pipeline::{Pipeline, StepReport, Weights};
 pub use record::StageReport;
 pub use worker::IterationInput;

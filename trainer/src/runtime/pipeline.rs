@@ -29,6 +29,15 @@ pub struct StepReport {
     pub iteration_seconds: f64,
 }
 
+/// Where a pipeline's initial weights come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'a> {
+    /// Deterministic initialisation from a seed (by parameter name).
+    Seed(u64),
+    /// A whole-model parameter map, e.g. a loaded Hugging Face checkpoint.
+    Loaded(&'a TensorMap),
+}
+
 /// Stages, their transports and optimizers, and the lowered schedule they run.
 pub struct Pipeline {
     /// The lowered schedule.
@@ -66,6 +75,28 @@ impl Pipeline {
         dtype: DType,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        Self::with_weights(
+            model,
+            config,
+            partition,
+            optim,
+            Weights::Seed(seed),
+            dtype,
+            timeout,
+        )
+    }
+
+    /// As [`Pipeline::new`], with the weights given explicitly: initialised from a seed, or taken
+    /// from a loaded whole-model parameter map (converted to `dtype`).
+    pub fn with_weights(
+        model: &ModelConfig,
+        config: ScheduleConfig,
+        partition: Option<&[usize]>,
+        optim: &OptimConfig,
+        weights: Weights,
+        dtype: DType,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let problems = model.problems();
         if !problems.is_empty() {
             bail!("invalid model: {}", problems.join("; "));
@@ -89,7 +120,19 @@ impl Pipeline {
         let mut optimizers = Vec::with_capacity(p);
         for stage in 0..p {
             let hold = holding(&partition, stage, p, v);
-            let params = init_params(&param_specs(model, &hold), seed, dtype, &device)?;
+            let specs = param_specs(model, &hold);
+            let params = match weights {
+                Weights::Seed(seed) => init_params(&specs, seed, dtype, &device)?,
+                Weights::Loaded(all) => specs
+                    .iter()
+                    .map(|spec| {
+                        let t = all
+                            .get(&spec.name)
+                            .ok_or_else(|| anyhow!("loaded weights lack {}", spec.name))?;
+                        Ok((spec.name.clone(), t.to_dtype(dtype)?))
+                    })
+                    .collect::<anyhow::Result<TensorMap>>()?,
+            };
             optimizers.push(AdamW::new(optim.clone(), &params)?);
             let spec = StageSpec {
                 stage,
@@ -215,6 +258,45 @@ impl Pipeline {
         }
         for &i in &holders {
             self.workers[i].grads.insert(EMBED.to_string(), sum.clone());
+        }
+        Ok(())
+    }
+
+    /// Optimizer steps taken and the AdamW moments of every stage, as one map with `m.`/`v.`
+    /// prefixes (a tied embedding's moments appear once: both copies are identical).
+    pub fn optimizer_state(&self) -> (u64, TensorMap) {
+        let mut state = TensorMap::new();
+        for opt in &self.optimizers {
+            state.extend(opt.m.iter().map(|(n, t)| (format!("m.{n}"), t.clone())));
+            state.extend(opt.v.iter().map(|(n, t)| (format!("v.{n}"), t.clone())));
+        }
+        (self.optimizers[0].steps, state)
+    }
+
+    /// Restores what [`Pipeline::optimizer_state`] returned, and the parameters (whole model).
+    pub fn restore(
+        &mut self,
+        params: &TensorMap,
+        steps: u64,
+        state: &TensorMap,
+    ) -> anyhow::Result<()> {
+        for (w, opt) in self.workers.iter_mut().zip(&mut self.optimizers) {
+            for (name, p) in w.params.iter_mut() {
+                let get = |key: String| {
+                    state
+                        .get(&key)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("checkpoint lacks optimizer state {key}"))
+                };
+                let saved = params
+                    .get(name)
+                    .ok_or_else(|| anyhow!("checkpoint lacks parameter {name}"))?;
+                *p = saved.to_dtype(p.dtype())?;
+                opt.m.insert(name.clone(), get(format!("m.{name}"))?);
+                opt.v.insert(name.clone(), get(format!("v.{name}"))?);
+            }
+            opt.steps = steps;
+            w.refresh_weights()?;
         }
         Ok(())
     }

@@ -194,7 +194,7 @@ impl StageWorker {
     /// passes between them in memory (lowering emits no send/receive): the unit of chunk ± 1.
     fn local_neighbour(&self, u: &Unit, step: i64) -> Option<Unit> {
         let chunk = i64::from(u.chunk.0) + step;
-        (self.spec.stages == 1 && chunk >= 0).then(|| Unit {
+        (self.spec.stages == 1 && chunk >= 0).then_some(Unit {
             chunk: seqpipe_schedule::Chunk(chunk as u32),
             ..*u
         })

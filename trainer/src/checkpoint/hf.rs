@@ -1,0 +1,198 @@
+//! Hugging Face Llama checkpoints: `config.json` plus `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Tensor names and the RoPE convention (`rotate_half`) are
+//! Hugging Face's own, so a checkpoint from `transformers` loads as is and one we save loads there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+use super::atomic::{commit_file, temp_path, write_atomic};
+use crate::model::params::{param_specs, Holding, TensorMap};
+use crate::model::ModelConfig;
+
+/// Architectures whose checkpoints this trainer runs (Llama-style decoders).
+pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
+
+fn field(cfg: &Value, name: &str) -> anyhow::Result<usize> {
+    cfg.get(name)
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| anyhow!("config.json: missing or non-integer field `{name}`"))
+}
+
+/// Parses a Hugging Face Llama `config.json`.
+pub fn config_from_json(text: &str) -> anyhow::Result<ModelConfig> {
+    let cfg: Value = serde_json::from_str(text).context("config.json is not valid JSON")?;
+    let archs: Vec<&str> = cfg
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !archs.iter().any(|a| SUPPORTED.contains(a)) {
+        bail!(
+            "config.json: unsupported architecture {archs:?}; this trainer runs {}",
+            SUPPORTED.join(", ")
+        );
+    }
+    if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str) {
+        if act != "silu" {
+            bail!("config.json: hidden_act = {act:?}; only \"silu\" (SwiGLU) is supported");
+        }
+    }
+    let heads = field(&cfg, "num_attention_heads")?;
+    let model = ModelConfig {
+        vocab: field(&cfg, "vocab_size")?,
+        hidden: field(&cfg, "hidden_size")?,
+        ffn_hidden: field(&cfg, "intermediate_size")?,
+        heads,
+        kv_heads: cfg
+            .get("num_key_value_heads")
+            .and_then(Value::as_u64)
+            .map_or(heads, |v| v as usize),
+        layers: field(&cfg, "num_hidden_layers")?,
+        rope_theta: cfg
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0),
+        norm_eps: cfg
+            .get("rms_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-5),
+        max_positions: cfg
+            .get("max_position_embeddings")
+            .and_then(Value::as_u64)
+            .map_or(4096, |v| v as usize),
+        tie_embeddings: cfg
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    };
+    let problems = model.problems();
+    if !problems.is_empty() {
+        bail!("config.json: {}", problems.join("; "));
+    }
+    Ok(model)
+}
+
+/// The `config.json` text of a model.
+pub fn config_to_json(model: &ModelConfig, dtype: DType) -> String {
+    let torch_dtype = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "float32",
+    };
+    let cfg = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": model.vocab,
+        "hidden_size": model.hidden,
+        "intermediate_size": model.ffn_hidden,
+        "num_attention_heads": model.heads,
+        "num_key_value_heads": model.kv_heads,
+        "num_hidden_layers": model.layers,
+        "max_position_embeddings": model.max_positions,
+        "rms_norm_eps": model.norm_eps,
+        "rope_theta": model.rope_theta,
+        "tie_word_embeddings": model.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "torch_dtype": torch_dtype,
+    });
+    serde_json::to_string_pretty(&cfg).expect("a JSON value serialises")
+}
+
+/// Saves `params` (the whole model) as `dir/config.json` and `dir/model.safetensors`, each
+/// written atomically.
+pub fn save(dir: &Path, model: &ModelConfig, params: &TensorMap) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dtype = params.values().next().map_or(DType::F32, Tensor::dtype);
+    let tensors: HashMap<String, Tensor> =
+        params.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+    let weights = dir.join("model.safetensors");
+    let tmp = temp_path(&weights);
+    candle_core::safetensors::save(&tensors, &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    commit_file(&tmp, &weights)?;
+    write_atomic(
+        &dir.join("config.json"),
+        config_to_json(model, dtype).as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The safetensors files of a checkpoint directory: the index's shards, or the single file.
+fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("reading {}", index.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| anyhow!("{}: no `weight_map` object", index.display()))?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if !single.exists() {
+        bail!(
+            "{} has neither model.safetensors nor model.safetensors.index.json",
+            dir.display()
+        );
+    }
+    Ok(vec![single])
+}
+
+/// Loads a checkpoint directory: its config and every parameter the model needs, converted to
+/// `dtype`. Missing or mis-shaped tensors are errors naming them; extra tensors (e.g. rotary
+/// `inv_freq` buffers) are ignored.
+pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<(ModelConfig, TensorMap)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let model = config_from_json(&text).with_context(|| format!("in {}", config_path.display()))?;
+    let mut found: BTreeMap<String, Tensor> = BTreeMap::new();
+    for file in weight_files(dir)? {
+        let tensors = candle_core::safetensors::load(&file, &Device::Cpu).with_context(|| {
+            format!(
+                "{} is not a readable safetensors file (truncated or corrupt?)",
+                file.display()
+            )
+        })?;
+        found.extend(tensors);
+    }
+    let whole = Holding {
+        layers: vec![0..model.layers],
+        embedding: true,
+        head: true,
+    };
+    let mut params = TensorMap::new();
+    for spec in param_specs(&model, &whole) {
+        let t = found
+            .remove(&spec.name)
+            .ok_or_else(|| anyhow!("checkpoint {} lacks tensor {}", dir.display(), spec.name))?;
+        if t.dims() != spec.shape.as_slice() {
+            bail!(
+                "tensor {} has shape {:?}; the config implies {:?}",
+                spec.name,
+                t.dims(),
+                spec.shape
+            );
+        }
+        params.insert(spec.name, t.to_dtype(dtype)?);
+    }
+    Ok((model, params))
+}

@@ -1,0 +1,237 @@
+//! `bench cpu`: real training runs of a small model on this machine's CPU, one per (sequence
+//! length, schedule), measured beside the planners' predictions for the same configuration.
+//!
+//! Predicted tokens/s: the run at the first length with the first schedule calibrates one kernel
+//! efficiency `e = achieved ÷ measured matmul peak`; every run is predicted as
+//! `e · peak · u ÷ u_calibration ÷ FLOPs per token` with the utilisation
+//! `u = min(1, (1 − simulated bubble) · stages ÷ cores)`: stage threads share the machine's cores,
+//! so a bubble only costs throughput when fewer stages are busy than there are cores. The
+//! calibration row's error is zero by construction and is marked so. Peak memory: the `memory`
+//! crate's predicted saved-activation bytes per stage against the executor's measured ones.
+
+use anyhow::Result;
+use seqpipe_slicing::CostModel;
+use seqpipe_trainer::config::{SlicingMethod, TrainConfig};
+use seqpipe_trainer::train::{measure_matmul_peak, train};
+
+use super::table::{pct, rel_err, Table};
+
+/// Schedules compared at each length: (name, slices, chunks, slicing).
+pub const SCHEDULES: &[(&str, u32, u32, SlicingMethod)] = &[
+    ("1f1b", 1, 1, SlicingMethod::Uniform),
+    ("seq1f1b", 4, 1, SlicingMethod::Balanced),
+    ("slimpipe", 4, 2, SlicingMethod::Uniform),
+];
+
+/// Sequence lengths run.
+pub const LENGTHS: &[usize] = &[256, 1024];
+
+/// Optimizer steps per run; the first is a warm-up and is not timed.
+pub const STEPS: u64 = 5;
+
+/// One measured run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CpuRun {
+    /// Schedule name.
+    pub schedule: String,
+    /// Slices per sequence.
+    pub slices: u32,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Measured tokens/s (steps after the first).
+    pub tokens_per_sec: f64,
+    /// Predicted tokens/s (see the module header).
+    pub predicted_tokens_per_sec: f64,
+    /// Achieved model FLOP/s ÷ measured matmul peak.
+    pub mfu: f64,
+    /// Measured f32 matmul FLOP/s of this machine (once, before the runs).
+    pub peak_flops: f64,
+    /// Measured bubble of the last step.
+    pub measured_bubble: f64,
+    /// Simulated bubble of the same schedule.
+    pub simulated_bubble: f64,
+    /// Predicted utilisation of the cores (see the module header).
+    pub utilisation: f64,
+    /// Largest measured activation bytes over stages, saved plus transient buffers.
+    pub measured_total_bytes: f64,
+    /// Largest measured saved-activation bytes over stages.
+    pub measured_peak_bytes: f64,
+    /// Largest predicted saved-activation bytes over stages (none when the predictor declines).
+    pub predicted_peak_bytes: Option<f64>,
+    /// Largest per-stage relative error of the prediction.
+    pub worst_stage_mem_err: Option<f64>,
+    /// Whether this run calibrated the efficiency.
+    pub calibration: bool,
+}
+
+/// The configuration of one run: a small Llama-style model, 4 stages, 4 micro-batches.
+pub fn config(
+    schedule: &str,
+    slices: u32,
+    chunks: u32,
+    slicing: SlicingMethod,
+    seq_len: usize,
+) -> TrainConfig {
+    let mut cfg = TrainConfig::default();
+    cfg.steps = STEPS;
+    cfg.model.hidden = 128;
+    cfg.model.ffn_hidden = 344;
+    cfg.data.batch = 1;
+    cfg.data.seq_len = seq_len;
+    cfg.parallel.stages = 4;
+    cfg.parallel.microbatches = 4;
+    cfg.parallel.schedule = schedule.into();
+    cfg.parallel.slices = slices;
+    cfg.parallel.chunks = chunks;
+    cfg.parallel.slicing = slicing;
+    cfg
+}
+
+/// Runs every configuration and returns the measurements. The matmul peak is measured once
+/// before the runs, so every MFU and prediction shares one denominator (each run's own
+/// measurement moves with the machine's load).
+pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<CpuRun>> {
+    let peak = measure_matmul_peak()?;
+    let mut runs: Vec<CpuRun> = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut reference: Option<(f64, f64)> = None; // (efficiency, utilisation) of the calibration run
+    for &seq_len in LENGTHS {
+        for &(schedule, slices, chunks, slicing) in SCHEDULES {
+            progress(&format!(
+                "cpu: {schedule} n={slices} v={chunks} s={seq_len}"
+            ));
+            let cfg = config(schedule, slices, chunks, slicing, seq_len);
+            let s = train(&cfg, |_| {})?;
+            let flops_per_token = 3.0
+                * CostModel::flops(&cfg.model.shape())?.sequence(seq_len as u64)
+                / seq_len as f64;
+            let efficiency = s.achieved_flops / peak;
+            let calibration = reference.is_none();
+            let stages = f64::from(cfg.parallel.stages);
+            let utilisation = ((1.0 - s.simulated_bubble) * stages / cores).min(1.0);
+            let (e, u_ref) = *reference.get_or_insert((efficiency, utilisation));
+            let predicted = e * peak * utilisation / u_ref / flops_per_token;
+            let measured: Vec<f64> = s.peak_saved_bytes.iter().map(|&b| b as f64).collect();
+            let worst = s.predicted_saved_bytes.as_ref().map(|p| {
+                p.iter()
+                    .zip(&measured)
+                    .map(|(p, m)| (p / m - 1.0).abs())
+                    .fold(0.0, f64::max)
+            });
+            runs.push(CpuRun {
+                schedule: schedule.into(),
+                slices,
+                seq_len,
+                tokens_per_sec: s.tokens_per_sec,
+                predicted_tokens_per_sec: predicted,
+                mfu: efficiency,
+                peak_flops: peak,
+                measured_bubble: s.measured_bubble,
+                simulated_bubble: s.simulated_bubble,
+                utilisation,
+                measured_total_bytes: s.peak_bytes.iter().map(|&b| b as f64).fold(0.0, f64::max),
+                measured_peak_bytes: measured.iter().copied().fold(0.0, f64::max),
+                predicted_peak_bytes: s
+                    .predicted_saved_bytes
+                    .map(|p| p.iter().copied().fold(0.0, f64::max)),
+                worst_stage_mem_err: worst,
+                calibration,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+fn kib(b: f64) -> String {
+    format!("{:.0}", b / 1024.0)
+}
+
+/// The runs as a table.
+pub fn table(runs: &[CpuRun]) -> Result<Table> {
+    let mut t = Table::new(&[
+        "schedule",
+        "seq",
+        "tokens/s (measured)",
+        "tokens/s (predicted)",
+        "error",
+        "MFU vs matmul peak",
+        "bubble measured",
+        "bubble simulated",
+        "predicted core use",
+        "peak saved KiB measured",
+        "predicted",
+        "worst-stage mem error",
+        "peak saved+transient KiB measured",
+    ]);
+    for r in runs {
+        let err = if r.calibration {
+            "0 (calibration)".into()
+        } else {
+            rel_err(r.predicted_tokens_per_sec, r.tokens_per_sec)
+        };
+        t.push(vec![
+            format!("{} n={}", r.schedule, r.slices),
+            r.seq_len.to_string(),
+            format!("{:.0}", r.tokens_per_sec),
+            format!("{:.0}", r.predicted_tokens_per_sec),
+            err,
+            pct(r.mfu),
+            pct(r.measured_bubble),
+            pct(r.simulated_bubble),
+            pct(r.utilisation),
+            kib(r.measured_peak_bytes),
+            r.predicted_peak_bytes.map_or("none".into(), kib),
+            r.worst_stage_mem_err
+                .map_or("n/a".into(), |e| format!("{:.1} %", e * 100.0)),
+            kib(r.measured_total_bytes),
+        ])?;
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(calibration: bool, predicted: f64, mem: Option<f64>) -> CpuRun {
+        CpuRun {
+            schedule: "seq1f1b".into(),
+            slices: 4,
+            seq_len: 256,
+            tokens_per_sec: 1000.0,
+            predicted_tokens_per_sec: predicted,
+            mfu: 0.25,
+            peak_flops: 1e10,
+            measured_bubble: 0.2,
+            simulated_bubble: 0.1,
+            utilisation: 1.0,
+            measured_total_bytes: 4096.0,
+            measured_peak_bytes: 2048.0,
+            predicted_peak_bytes: mem,
+            worst_stage_mem_err: mem.map(|_| 0.05),
+            calibration,
+        }
+    }
+
+    #[test]
+    fn table_reports_errors_and_marks_calibration() {
+        let t = table(&[run(true, 1000.0, Some(2048.0)), run(false, 1250.0, None)]).unwrap();
+        assert_eq!(t.rows.len(), 2);
+        let col = |name: &str| t.headers.iter().position(|h| h == name).unwrap();
+        assert_eq!(t.rows[0][col("error")], "0 (calibration)");
+        assert_eq!(t.rows[1][col("error")], "+25.0 %");
+        assert_eq!(t.rows[0][col("worst-stage mem error")], "5.0 %");
+        assert_eq!(t.rows[1][col("predicted")], "none");
+        assert_eq!(t.rows[1][col("peak saved KiB measured")], "2");
+    }
+
+    #[test]
+    fn configs_pass_the_trainers_checks() {
+        for &len in LENGTHS {
+            for &(name, n, v, slicing) in SCHEDULES {
+                let cfg = config(name, n, v, slicing, len);
+                seqpipe_trainer::train::check(&cfg).unwrap();
+            }
+        }
+    }
+}

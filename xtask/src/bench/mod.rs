@@ -1,0 +1,190 @@
+//! `cargo xtask bench`: simulated sweeps and paper reproductions (`sim`), real CPU training runs
+//! (`cpu`), and the GPU entry point (`gpu`). Tables go to stdout as Markdown and to `--out` as
+//! CSV/JSON with SVG plots. Simulated figures are labelled simulated; measured figures name the
+//! machine they came from.
+
+pub mod cpu;
+pub mod detail;
+pub mod plot;
+pub mod repro;
+pub mod sim;
+pub mod table;
+
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use plot::{line_chart, Labels, Series};
+use sim::{Best, FAMILIES, SETUPS};
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let path = dir.join(name);
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One chart per setup and metric: a line per schedule family, fitting points only.
+fn sweep_plots(dir: &Path, rows: &[Best]) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    for setup in SETUPS {
+        let tag = format!("{}_{}x{}", setup.model, setup.gpus, setup.gpu);
+        let metrics: [(&str, &str, fn(&Best) -> f64); 2] = [
+            ("mfu", "predicted MFU % (simulated)", |b| b.eval.mfu * 100.0),
+            ("peak", "worst-stage peak GiB (simulated)", |b| {
+                b.eval.peak_bytes / (1u64 << 30) as f64
+            }),
+        ];
+        for (metric, y, value) in metrics {
+            let series: Vec<Series> = FAMILIES
+                .iter()
+                .map(|f| Series {
+                    name: f.to_string(),
+                    points: rows
+                        .iter()
+                        .filter(|b| b.setup.model == setup.model && b.setup.gpu == setup.gpu)
+                        .filter(|b| b.family == *f && b.eval.fits())
+                        .map(|b| ((b.context / 1024) as f64, value(b)))
+                        .collect(),
+                })
+                .filter(|s| !s.points.is_empty())
+                .collect();
+            if series.is_empty() {
+                continue;
+            }
+            let title = format!("{tag}: best feasible plan per schedule (simulated)");
+            let svg = line_chart(
+                &Labels {
+                    title: &title,
+                    x: "context length (K tokens)",
+                    y,
+                },
+                &series,
+            )?;
+            let name = format!("{metric}_vs_context_{tag}.svg");
+            write(dir, &name, &svg)?;
+            files.push(name);
+        }
+    }
+    Ok(files)
+}
+
+fn detail_outputs(dir: &Path) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    for (i, d) in detail::chosen().iter().enumerate() {
+        let (sim, ledger) = detail::run(d)?;
+        let label = detail::label(d);
+        let title = format!(
+            "{}: device memory per stage (simulated ledger)",
+            detail::title(d)
+        );
+        write(
+            dir,
+            &format!("memory_over_time_{label}.svg"),
+            &ledger.to_svg(&title, 900, 420)?,
+        )?;
+        write(
+            dir,
+            &format!("memory_over_time_{label}.csv"),
+            &ledger.to_csv(),
+        )?;
+        write(
+            dir,
+            &format!("memory_over_time_{label}.json"),
+            &ledger.to_json(),
+        )?;
+        files.push(format!("memory_over_time_{label}.{{svg,csv,json}}"));
+        let peaks: Vec<String> = ledger.stages.iter().map(|s| table::gib(s.peak)).collect();
+        println!(
+            "detail (simulated): {}: bubble {}, per-stage peak GiB {}",
+            detail::title(d),
+            table::pct(sim.bubble_ratio),
+            peaks.join(" / ")
+        );
+        if i == 0 {
+            write(
+                dir,
+                &format!("timeline_{label}.svg"),
+                &seqpipe_schedule::render::svg(&sim),
+            )?;
+            files.push(format!("timeline_{label}.svg"));
+        }
+    }
+    Ok(files)
+}
+
+/// `bench sim`: the sweep, the reproduction table, plots; returns the files written.
+pub fn run_sim(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    let contexts: Vec<u64> = sim::CONTEXTS.to_vec();
+    let rows = sim::sweep(SETUPS, &contexts)?;
+    let sweep = sim::table(&rows)?;
+    println!("## Simulated sweep (SIMULATED: planner model, kernel efficiency {} assumed, budget {} % of nominal GPU memory, TP/CP communication not modelled; elastic schedule not swept: no closed form yet)\n", sim::EFFICIENCY, sim::BUDGET_SHARE * 100.0);
+    println!("{}", sweep.to_markdown());
+    write(dir, "sim_sweep.csv", &sweep.to_csv())?;
+    write(dir, "sim_sweep.json", &serde_json::to_string_pretty(&rows)?)?;
+    let repro = repro::reproduction()?;
+    println!(
+        "## Reproduction of SPEC §5/§6 (ours SIMULATED)\n\n{}",
+        repro.to_markdown()
+    );
+    write(dir, "reproduction.csv", &repro.to_csv())?;
+    write(
+        dir,
+        "reproduction.json",
+        &serde_json::to_string_pretty(&repro)?,
+    )?;
+    let mut files = vec![
+        "sim_sweep.{csv,json}".to_string(),
+        "reproduction.{csv,json}".into(),
+    ];
+    files.extend(sweep_plots(dir, &rows)?);
+    files.extend(detail_outputs(dir)?);
+    println!("\nwrote to {}: {}", dir.display(), files.join(", "));
+    println!("bench sim took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `bench cpu`: measured runs beside predictions.
+pub fn run_cpu(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    let runs = cpu::run_all(|line| eprintln!("{line}"))?;
+    let t = cpu::table(&runs)?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let peak = runs.first().map_or(0.0, |r| r.peak_flops);
+    let after = seqpipe_trainer::train::measure_matmul_peak()?;
+    // The load average says how shared the machine was while it was measured.
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_else(|_| "unknown".into());
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "## CPU runs (MEASURED on this machine: {cores} cores, f32 matmul peak {:.1} GFLOP/s measured before the runs ({:.1} after; load average {load} at the end: expect noise of that order); 4 stages as threads, 4 micro-batches, batch 1, {} steps, first untimed; prediction calibrated on the first row, see xtask/src/bench/cpu.rs)\n",
+        peak / 1e9,
+        after / 1e9,
+        cpu::STEPS
+    );
+    println!("{}", t.to_markdown());
+    write(dir, "cpu_runs.csv", &t.to_csv())?;
+    write(dir, "cpu_runs.json", &serde_json::to_string_pretty(&runs)?)?;
+    println!(
+        "wrote cpu_runs.{{csv,json}} to {}; took {:.1} s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `bench gpu`: not available until issue #11's GPU harness exists; says what is needed and fails.
+pub fn run_gpu() -> Result<()> {
+    bail!(
+        "bench gpu: not available yet, nothing was measured. It delegates to issue #11's GPU \
+         harness, which does not exist yet: `cargo xtask gpu-build` (the `seqpipe` binary built with \
+         `--features cuda,nccl` on this machine) and `cargo xtask gpu-test` run on an H100/H200 \
+         machine with that binary, measuring the same configurations as `bench cpu` on the device."
+    )
+}
