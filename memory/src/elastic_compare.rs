@@ -119,22 +119,26 @@ pub fn compare(case: &CompareCase) -> Result<CompareRow> {
 
 fn cell(r: &Option<MethodResult>) -> String {
     match r {
-        None => format!("{:>26}", "does not fit"),
+        None => format!("{:>31}", "does not fit"),
         Some(r) => format!(
-            "{:>8.3} s n={:<2} b={:>4.1}% {:>4.1}G",
+            "{:>8.3} s n={:<2} b={:>4.1}% {:>4.1}G r={:<3.1}",
             r.iteration_time,
             r.slices,
             100.0 * r.bubble_ratio,
-            r.peaks.iter().fold(0.0f64, |a, &b| a.max(b)) / crate::peak::GIB
+            r.peaks.iter().fold(0.0f64, |a, &b| a.max(b)) / crate::peak::GIB,
+            // Recomputed layer-forwards per unit and stage on average: how hard memory binds.
+            r.pipelines.iter().map(|p| p.recomputed_layers).sum::<u64>() as f64
+                / (r.units.iter().sum::<usize>() * r.peaks.len()).max(1) as f64
         ),
     }
 }
 
-/// The table as text: one line per case, each method's iteration time, slice count, bubble and
-/// largest per-stage peak, then the speedups of elastic planning.
+/// The table as text: one line per case, each method's iteration time, slice count, bubble,
+/// largest per-stage peak and mean recomputed layers per unit and stage (`r`), then the speedups
+/// of elastic planning.
 pub fn render(rows: &[CompareRow]) -> String {
     let mut out = format!(
-        "{:<32} {:>4} {:>2} {:>8} | {:^26} | {:^26} | {:^26} | {:>7} {:>7}\n",
+        "{:<32} {:>4} {:>2} {:>8} | {:^31} | {:^31} | {:^31} | {:>7} {:>7}\n",
         "distribution",
         "ctx",
         "p",

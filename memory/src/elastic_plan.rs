@@ -36,6 +36,9 @@ use crate::window::{stage_peaks, uniform_checkpoints, window_problem, WindowInpu
 /// A document piece: `(document length, start, end)`.
 pub type DocPiece = (u64, u64, u64);
 
+/// One pipeline ready to plan: schedule, slice counts, and the pieces of every unit `[mb][slice]`.
+type Pipeline = (Schedule, Vec<u32>, Vec<Vec<Vec<DocPiece>>>);
+
 /// Hardware, model and pipeline shared by every method.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanSetup {
@@ -460,18 +463,16 @@ pub fn elastic_with_budget(
             })
             .collect()
     };
-    let pipeline =
-        |range: std::ops::Range<usize>| -> Result<(Schedule, Vec<u32>, Vec<Vec<Vec<DocPiece>>>)> {
-            let sub: Vec<u32> = order[range.clone()].iter().map(|&i| counts[i]).collect();
-            let e =
-                elastic(setup.stages as u32, &sub).map_err(|e| schedule_error(e.to_string()))?;
-            let units = e
-                .order
-                .iter()
-                .map(|&j| pieces_of(&groups[order[range.start + j]]))
-                .collect();
-            Ok((e.schedule, e.slice_counts, units))
-        };
+    let pipeline = |range: std::ops::Range<usize>| -> Result<Pipeline> {
+        let sub: Vec<u32> = order[range.clone()].iter().map(|&i| counts[i]).collect();
+        let e = elastic(setup.stages as u32, &sub).map_err(|e| schedule_error(e.to_string()))?;
+        let units = e
+            .order
+            .iter()
+            .map(|&j| pieces_of(&groups[order[range.start + j]]))
+            .collect();
+        Ok((e.schedule, e.slice_counts, units))
+    };
     let mut failure = None;
     let grouping = group_pipelines(order.len(), Some(MAX_GROUP), |range| {
         match pipeline(range).and_then(|(s, c, u)| setup.run_uniform(&s, &c, &u)) {

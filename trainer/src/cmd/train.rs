@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+
+use seqpipe_comm::{CommOptions, TcpTransport, Transport};
 use seqpipe_trainer::config::{Precision, SlicingMethod, TrainConfig};
+use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout, train_rank};
 use seqpipe_trainer::runtime::record::chrome_trace;
 use seqpipe_trainer::train::{train_with, RunOptions, TrainSummary};
 
@@ -122,6 +126,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string(&cfg)?);
         return Ok(());
     }
+    if launched_multi_process() {
+        return run_rank(&cfg, args.abort_after_step);
+    }
     let p = &cfg.parallel;
     println!(
         "training {}-layer model ({:.2}M parameters) on {} stages: {} with {} micro-batches × {} slices × {} chunks, {} tokens per sequence",
@@ -160,6 +167,42 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         println!("trace of the last step written to {}", path.display());
     }
     print_summary(&summary);
+    Ok(())
+}
+
+/// One process of a multi-process run (ranks from the launcher's environment).
+fn run_rank(cfg: &TrainConfig, abort_after_step: Option<u64>) -> anyhow::Result<()> {
+    let mut transport = TcpTransport::from_env(CommOptions::with_timeout(rank_timeout(cfg)))?;
+    let rank = transport.rank();
+    let mut metrics = match (&cfg.output.metrics, rank) {
+        (Some(path), 0) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        _ => None,
+    };
+    let world = transport.world_size();
+    let losses = train_rank(cfg, &mut transport, abort_after_step, |e| {
+        if let Some(file) = &mut metrics {
+            let line = serde_json::json!({"step": e.step, "loss": e.loss, "lr": e.lr, "grad_norm": e.grad_norm, "tokens_per_sec": e.tokens_per_sec});
+            // Metrics are best effort: a full disk must not kill a training run.
+            let _ = writeln!(file, "{line}");
+        }
+        if rank == 0 {
+            println!("step {:>4}  loss {:.6}  lr {:.2e}  {:.0} tok/s", e.step, e.loss, e.lr, e.tokens_per_sec);
+        }
+    })
+    .with_context(|| format!("rank {rank} of {world}"))?;
+    if rank == 0 {
+        println!(
+            "{world} ranks done: loss {:.4} → {:.4}",
+            losses[0],
+            losses[losses.len() - 1]
+        );
+    }
     Ok(())
 }
 

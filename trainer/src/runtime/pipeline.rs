@@ -139,6 +139,7 @@ impl Pipeline {
                 stages: p,
                 chunk_layers: hold.layers.clone(),
                 virtual_stages: p * v,
+                rank_offset: 0,
             };
             workers.push(StageWorker::new(
                 spec,

@@ -49,6 +49,9 @@ pub struct StageSpec {
     pub chunk_layers: Vec<Range<usize>>,
     /// Total virtual stages `p·v`.
     pub virtual_stages: usize,
+    /// Transport rank of this replica's stage 0: stage `s` is rank `rank_offset + s` (0 without
+    /// data parallelism).
+    pub rank_offset: usize,
 }
 
 /// What the backward of a unit left for its weight half.
@@ -231,7 +234,11 @@ impl StageWorker {
         clock: Instant,
     ) -> anyhow::Result<StageReport> {
         let program = &schedule.actions[self.spec.stage];
-        let mut inbox = Inbox::new(incoming_order(schedule, self.spec.stage)?);
+        let mut inbox = Inbox::new(incoming_order(
+            schedule,
+            self.spec.stage,
+            self.spec.rank_offset,
+        )?);
         let dtype = self
             .params
             .values()
@@ -281,7 +288,7 @@ impl StageWorker {
         let peer = || {
             schedule
                 .peer(a)
-                .map(|s| s.index())
+                .map(|s| s.index() + self.spec.rank_offset)
                 .ok_or_else(|| anyhow!("no peer stage"))
         };
         match a.op {
@@ -548,7 +555,11 @@ fn held_bytes(st: &IterState) -> Held {
 }
 
 /// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order.
-fn incoming_order(schedule: &Schedule, stage: usize) -> anyhow::Result<Vec<(usize, Tag)>> {
+fn incoming_order(
+    schedule: &Schedule,
+    stage: usize,
+    rank_offset: usize,
+) -> anyhow::Result<Vec<(usize, Tag)>> {
     let p = schedule.config.stages;
     let mut order = Vec::new();
     for (sender, program) in schedule.actions.iter().enumerate() {
@@ -562,7 +573,7 @@ fn incoming_order(schedule: &Schedule, stage: usize) -> anyhow::Result<Vec<(usiz
             } else {
                 (TagKind::Grad, k - 1)
             };
-            order.push((sender, StageWorker::tag(kind, a, to)?));
+            order.push((sender + rank_offset, StageWorker::tag(kind, a, to)?));
         }
     }
     Ok(order)

@@ -1,0 +1,182 @@
+//! One pipeline stage per process: the multi-process form of [`super::Pipeline`].
+//!
+//! Ranks come from the launcher's environment (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
+//! `MASTER_PORT`, as `torchrun --no-python` and Slurm scripts set them). With `WORLD_SIZE = d·p`
+//! there are `d` data-parallel replicas of a `p`-stage pipeline: rank `r` runs stage `r mod p` of
+//! replica `r div p`. Each replica trains on its own micro-batches; after the pipeline iteration
+//! the gradients of each stage are averaged over its replicas (ring all-reduce), the global
+//! gradient norm is all-reduced over every rank, and every rank steps its own optimizer. Replicas
+//! therefore hold identical weights, and a `d × p` run equals a threaded `p`-stage run over all
+//! `d·m` micro-batches.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use candle_core::{Device, Tensor};
+use seqpipe_comm::{Group, Transport};
+use seqpipe_schedule::{generate, lower};
+
+use super::partition::Partition;
+use super::pipeline::holding;
+use super::tensor_msg::{from_message, to_message};
+use super::worker::{IterationInput, StageSpec, StageWorker};
+use crate::config::TrainConfig;
+use crate::data::MarkovSource;
+use crate::model::params::{init_params, param_specs};
+use crate::optim::{clip_scale, sum_of_squares, AdamW};
+use crate::train::{check, schedule_config, slice_ranges, StepEvent};
+
+/// Where this process sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Transport rank.
+    pub rank: usize,
+    /// Pipeline stage it runs.
+    pub stage: usize,
+    /// Data-parallel replica it belongs to.
+    pub replica: usize,
+    /// Replicas in the world.
+    pub replicas: usize,
+}
+
+/// Rank `rank` of `world` ranks running a `stages`-stage pipeline.
+pub fn placement(rank: usize, world: usize, stages: usize) -> anyhow::Result<Placement> {
+    if stages == 0 || world % stages != 0 {
+        bail!("WORLD_SIZE = {world} is not a multiple of parallel.stages = {stages}: use {stages}, {}, {}, ... ranks", 2 * stages, 3 * stages);
+    }
+    Ok(Placement {
+        rank,
+        stage: rank % stages,
+        replica: rank / stages,
+        replicas: world / stages,
+    })
+}
+
+/// Sum `t` over `group` (all ranks of the group call this in the same order).
+fn all_reduce(
+    transport: &mut dyn Transport,
+    group: &mut Group,
+    t: &Tensor,
+) -> anyhow::Result<Tensor> {
+    let summed = transport.all_reduce_sum(group, to_message(t)?)?;
+    Ok(from_message(summed, &Device::Cpu)?.reshape(t.dims())?)
+}
+
+fn scalar_sum(transport: &mut dyn Transport, group: &mut Group, x: f64) -> anyhow::Result<f64> {
+    let t = all_reduce(transport, group, &Tensor::new(&[x], &Device::Cpu)?)?;
+    Ok(t.to_vec1::<f64>()?[0])
+}
+
+/// Trains this rank's stage; `on_step` is called on every rank with the global loss.
+pub fn train_rank(
+    cfg: &TrainConfig,
+    transport: &mut dyn Transport,
+    abort_after_step: Option<u64>,
+    mut on_step: impl FnMut(&StepEvent),
+) -> anyhow::Result<Vec<f64>> {
+    check(cfg)?;
+    let p = cfg.parallel.stages as usize;
+    let at = placement(transport.rank(), transport.world_size(), p)?;
+    if cfg.model.tie_embeddings && p > 1 {
+        bail!("model.tie_embeddings with several stages is not supported in multi-process runs yet; untie the embedding");
+    }
+    let config = schedule_config(cfg)?;
+    let schedule = lower(&generate(&config)?)?;
+    let v = config.chunks as usize;
+    let partition = match &cfg.parallel.layers {
+        Some(counts) => Partition::from_counts(cfg.model.layers, counts),
+        None => Partition::even(cfg.model.layers, p * v),
+    }
+    .map_err(|e| anyhow!(e))?;
+    let hold = holding(&partition, at.stage, p, v);
+    let dtype = cfg.precision.dtype();
+    let params = init_params(
+        &param_specs(&cfg.model, &hold),
+        cfg.seed,
+        dtype,
+        &Device::Cpu,
+    )?;
+    let mut optimizer = AdamW::new(cfg.optim.clone(), &params)?;
+    let spec = StageSpec {
+        stage: at.stage,
+        stages: p,
+        chunk_layers: hold.layers.clone(),
+        virtual_stages: p * v,
+        rank_offset: at.replica * p,
+    };
+    let mut worker = StageWorker::new(spec, cfg.model.clone(), params, Device::Cpu)?;
+    let mut dp_group = Group::new((0..at.replicas).map(|r| r * p + at.stage).collect())?;
+    let mut world = Group::world(transport.world_size())?;
+    let slices = slice_ranges(cfg)?;
+    let (m, b, s) = (
+        cfg.parallel.microbatches as usize,
+        cfg.data.batch,
+        cfg.data.seq_len,
+    );
+    let mut source = MarkovSource::new(cfg.model.vocab, cfg.seed);
+    let mut losses = Vec::new();
+    for step in 0..cfg.steps {
+        // Every rank draws the whole global batch and keeps its replica's share, so all replicas
+        // see disjoint data and the stream stays in step everywhere.
+        let mut all = source.batch(at.replicas * m, b, s, &Device::Cpu)?;
+        let tokens: Vec<Tensor> = all.drain(at.replica * m..(at.replica + 1) * m).collect();
+        let input = IterationInput {
+            tokens,
+            slices: slices.clone(),
+            normaliser: (m * b * s) as f64,
+        };
+        let started = Instant::now();
+        worker.zero_grads()?;
+        let report = worker
+            .run(&schedule, &input, transport, started)
+            .with_context(|| {
+                format!(
+                    "rank {} (stage {}, replica {}) at step {step}",
+                    at.rank, at.stage, at.replica
+                )
+            })?;
+        let replicas = at.replicas as f64;
+        if at.replicas > 1 {
+            for g in worker.grads.values_mut() {
+                *g = (all_reduce(transport, &mut dp_group, g)? / replicas)?;
+            }
+        }
+        let total = scalar_sum(transport, &mut world, sum_of_squares(&worker.grads)?)? / replicas;
+        let loss = scalar_sum(transport, &mut world, report.loss)? / replicas;
+        let lr = cfg.optim.lr_at(step, cfg.steps);
+        optimizer.step(
+            &mut worker.params,
+            &worker.grads,
+            lr,
+            clip_scale(total, cfg.optim.clip_norm),
+        )?;
+        worker.refresh_weights()?;
+        let seconds = started.elapsed().as_secs_f64();
+        losses.push(loss);
+        let tokens_per_sec = (at.replicas * m * b * s) as f64 / seconds;
+        on_step(&StepEvent {
+            step,
+            loss,
+            lr,
+            grad_norm: total.sqrt(),
+            tokens_per_sec,
+        });
+        if abort_after_step == Some(step) {
+            std::process::abort();
+        }
+    }
+    Ok(losses)
+}
+
+/// The timeout ranks use, from the configuration.
+pub fn rank_timeout(cfg: &TrainConfig) -> Duration {
+    Duration::from_secs(cfg.parallel.timeout_secs)
+}
+
+/// Whether the launcher asked for several processes (`WORLD_SIZE` > 1).
+pub fn launched_multi_process() -> bool {
+    std::env::var("WORLD_SIZE")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .is_some_and(|w| w > 1)
+}
