@@ -79,6 +79,18 @@ impl Default for ParallelConfig {
     }
 }
 
+/// Where training tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataKind {
+    /// Generated first-order Markov text (no files).
+    Markov,
+    /// A token file (`.bin`, little-endian u16 or u32, as nanoGPT and llm.c write them).
+    Tokens,
+    /// A text file, or JSONL with one document per line, tokenized with `data.tokenizer`.
+    Text,
+}
+
 /// Data settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,6 +99,16 @@ pub struct DataConfig {
     pub batch: usize,
     /// Tokens per sequence.
     pub seq_len: usize,
+    /// Source kind.
+    pub kind: DataKind,
+    /// Token file, or text/JSONL corpus.
+    pub path: Option<std::path::PathBuf>,
+    /// Bytes per token of a token file: 2 (u16) or 4 (u32).
+    pub token_bytes: usize,
+    /// Hugging Face `tokenizer.json` for text corpora.
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// JSONL field holding each document's text.
+    pub jsonl_field: String,
 }
 
 impl Default for DataConfig {
@@ -94,6 +116,11 @@ impl Default for DataConfig {
         DataConfig {
             batch: 2,
             seq_len: 256,
+            kind: DataKind::Markov,
+            path: None,
+            token_bytes: 2,
+            tokenizer: None,
+            jsonl_field: "text".into(),
         }
     }
 }

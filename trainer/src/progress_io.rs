@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::checkpoint::resume::{self, TrainerState};
 use crate::config::TrainConfig;
-use crate::data::MarkovSource;
+use crate::data::DataSource;
 use crate::runtime::{Pipeline, StepReport};
 
 /// One line of the metrics file.
@@ -90,7 +90,7 @@ pub fn write_checkpoint(
     cfg: &TrainConfig,
     step: u64,
     pipeline: &Pipeline,
-    source: &MarkovSource,
+    source: &DataSource,
 ) -> anyhow::Result<()> {
     let Some(dir) = &cfg.output.checkpoint_dir else {
         return Ok(());

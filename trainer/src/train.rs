@@ -12,7 +12,7 @@ use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::checkpoint::resume;
 use crate::config::{SlicingMethod, TrainConfig};
-use crate::data::{entropy, MarkovSource};
+use crate::data::{entropy, DataSource};
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::progress_io::{checkpoint_due, metrics_line, write_checkpoint, MetricsWriter};
 use crate::runtime::record::measured_bubble;
@@ -292,7 +292,7 @@ pub fn train_with(
     let tokens = (m * b * s) as f64;
     let flops_per_step =
         3.0 * CostModel::flops(&cfg.model.shape())?.sequence(s as u64) * (m * b) as f64;
-    let mut source = MarkovSource::new(cfg.model.vocab, cfg.seed);
+    let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
     let mut first_step = 0;
     if let Some(dir) = &opts.resume {
         let ck = resume::load(dir, dtype)?;

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 
 use seqpipe_comm::{CommOptions, TcpTransport, Transport};
-use seqpipe_trainer::config::{Precision, SlicingMethod, TrainConfig};
+use seqpipe_trainer::config::{DataKind, Precision, SlicingMethod, TrainConfig};
 use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout, train_rank};
 use seqpipe_trainer::runtime::record::chrome_trace;
 use seqpipe_trainer::train::{train_with, RunOptions, TrainSummary};
@@ -47,6 +47,15 @@ pub struct TrainArgs {
     /// Precision.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// Data source: generated Markov text, a token file, or text/JSONL with a tokenizer.
+    #[arg(long, value_enum)]
+    data_kind: Option<DataKind>,
+    /// Token file (`.bin`) or text/JSONL corpus.
+    #[arg(long)]
+    data_path: Option<PathBuf>,
+    /// Hugging Face tokenizer.json for text corpora.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Write the Chrome trace (Perfetto) of the last step here.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -106,6 +115,15 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = args.precision {
         cfg.precision = v;
+    }
+    if let Some(v) = args.data_kind {
+        cfg.data.kind = v;
+    }
+    if let Some(v) = &args.data_path {
+        cfg.data.path = Some(v.clone());
+    }
+    if let Some(v) = &args.tokenizer {
+        cfg.data.tokenizer = Some(v.clone());
     }
     if let Some(v) = &args.checkpoint_dir {
         cfg.output.checkpoint_dir = Some(v.clone());

@@ -21,7 +21,7 @@ use super::pipeline::holding;
 use super::tensor_msg::{from_message, to_message};
 use super::worker::{IterationInput, StageSpec, StageWorker};
 use crate::config::TrainConfig;
-use crate::data::MarkovSource;
+use crate::data::DataSource;
 use crate::model::params::{init_params, param_specs};
 use crate::optim::{clip_scale, sum_of_squares, AdamW};
 use crate::train::{check, schedule_config, slice_ranges, StepEvent};
@@ -113,7 +113,7 @@ pub fn train_rank(
         cfg.data.batch,
         cfg.data.seq_len,
     );
-    let mut source = MarkovSource::new(cfg.model.vocab, cfg.seed);
+    let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
     let mut losses = Vec::new();
     for step in 0..cfg.steps {
         // Every rank draws the whole global batch and keeps its replica's share, so all replicas

@@ -11,7 +11,7 @@
 
 use anyhow::Result;
 use seqpipe_slicing::CostModel;
-use seqpipe_trainer::config::{SlicingMethod, TrainConfig};
+use seqpipe_trainer::config::{ParallelConfig, SlicingMethod, TrainConfig};
 use seqpipe_trainer::train::{measure_matmul_peak, train};
 
 use super::table::{pct, rel_err, Table};
@@ -72,18 +72,24 @@ pub fn config(
     slicing: SlicingMethod,
     seq_len: usize,
 ) -> TrainConfig {
-    let mut cfg = TrainConfig::default();
-    cfg.steps = STEPS;
+    let mut cfg = TrainConfig {
+        steps: STEPS,
+        ..TrainConfig::default()
+    };
+    // Twice the tiny model's width, so matmuls are not all overhead.
     cfg.model.hidden = 128;
     cfg.model.ffn_hidden = 344;
     cfg.data.batch = 1;
     cfg.data.seq_len = seq_len;
-    cfg.parallel.stages = 4;
-    cfg.parallel.microbatches = 4;
-    cfg.parallel.schedule = schedule.into();
-    cfg.parallel.slices = slices;
-    cfg.parallel.chunks = chunks;
-    cfg.parallel.slicing = slicing;
+    cfg.parallel = ParallelConfig {
+        stages: 4,
+        microbatches: 4,
+        schedule: schedule.into(),
+        slices,
+        chunks,
+        slicing,
+        ..ParallelConfig::default()
+    };
     cfg
 }
 

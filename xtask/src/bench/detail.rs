@@ -118,3 +118,18 @@ pub fn label(d: &Detail) -> String {
         d.config.chunks
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slimpipe_holds_less_than_1f1b_on_the_first_stage() {
+        let runs: Vec<_> = chosen().iter().map(|d| run(d).unwrap()).collect();
+        let (slim, one) = (&runs[0], &runs[1]);
+        assert_eq!(slim.1.stages.len(), 4);
+        assert!(slim.0.bubble_ratio < one.0.bubble_ratio);
+        assert!(slim.1.stages[0].peak < one.1.stages[0].peak);
+        assert_eq!(label(&chosen()[0]), "slimpipe_n8_v2");
+    }
+}

@@ -24,12 +24,15 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A plotted metric: file prefix, y-axis label, value of a sweep row.
+type Metric = (&'static str, &'static str, fn(&Best) -> f64);
+
 /// One chart per setup and metric: a line per schedule family, fitting points only.
 fn sweep_plots(dir: &Path, rows: &[Best]) -> Result<Vec<String>> {
     let mut files = Vec::new();
     for setup in SETUPS {
         let tag = format!("{}_{}x{}", setup.model, setup.gpus, setup.gpu);
-        let metrics: [(&str, &str, fn(&Best) -> f64); 2] = [
+        let metrics: [Metric; 2] = [
             ("mfu", "predicted MFU % (simulated)", |b| b.eval.mfu * 100.0),
             ("peak", "worst-stage peak GiB (simulated)", |b| {
                 b.eval.peak_bytes / (1u64 << 30) as f64

@@ -285,3 +285,80 @@ pub fn table(rows: &[Best]) -> Result<Table> {
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> SearchSpace {
+        let setup = Setup {
+            model: "llama-7b",
+            gpu: "h100",
+            gpus: 8,
+            global_batch: 8,
+            max_cp: 1,
+        };
+        space(&setup, 128 * 1024).unwrap()
+    }
+
+    #[test]
+    fn best_per_family_beats_every_candidate_of_its_family() {
+        let space = small();
+        let best = best_per_family(&space);
+        let names: Vec<&str> = best.iter().map(|(f, _)| *f).collect();
+        assert_eq!(names, FAMILIES, "every family once, in order");
+        for c in all_candidates(&space) {
+            let Ok(e) = evaluate(&space, &c) else {
+                continue;
+            };
+            let (_, b) = best.iter().find(|(f, _)| *f == family(&c.kind)).unwrap();
+            assert!(
+                !better(&e, b),
+                "{} beats the chosen {}",
+                describe(&c),
+                describe(&b.candidate)
+            );
+        }
+    }
+
+    #[test]
+    fn fitting_beats_misfit_and_smaller_shortfall_wins() {
+        let (_, e) = best_per_family(&small())[0];
+        let fit = Evaluation {
+            over_bytes: -1.0,
+            mfu: 0.1,
+            ..e
+        };
+        let near = Evaluation {
+            over_bytes: 1.0,
+            mfu: 0.5,
+            ..e
+        };
+        let far = Evaluation {
+            over_bytes: 2.0,
+            mfu: 0.6,
+            ..e
+        };
+        assert!(better(&fit, &near) && !better(&near, &fit));
+        assert!(better(&near, &far) && !better(&far, &near));
+        let faster = Evaluation { mfu: 0.2, ..fit };
+        assert!(better(&faster, &fit));
+    }
+
+    #[test]
+    fn describe_names_every_knob() {
+        let (_, e) = best_per_family(&small())[0];
+        let c = Candidate {
+            kind: PipelineKind::SlimPipe {
+                slices: 64,
+                chunks: 5,
+            },
+            recompute: seqpipe_memory::RecomputePolicy::Full,
+            offload_fraction: 0.75,
+            ..e.candidate
+        };
+        let s = describe(&c);
+        assert!(s.starts_with("slimpipe n=64 v=5 · p"), "{s}");
+        assert!(s.ends_with("full recompute · 75 % offload"), "{s}");
+    }
+}

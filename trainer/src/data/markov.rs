@@ -1,4 +1,4 @@
-//! Training data generated on the spot (no downloads): a random first-order Markov source.
+//! Generated training data (no downloads): a random first-order Markov source.
 //!
 //! Each token allows only four next tokens with fixed probabilities (0.55, 0.25, 0.12, 0.08), so
 //! the best achievable loss is the source's entropy (≈ 1.13 nats) while a model that ignores the
