@@ -497,9 +497,17 @@ pub fn elastic_with_budget(
         let Some((uniform, c, problem)) = setup.run_uniform(&schedule, &sub, &units)? else {
             return Ok(None);
         };
-        let adaptive = match problem.solve() {
-            Ok(plan) => Some(setup.run(&schedule, &sub, &units, &problem, &plan.diagonal, true)?),
-            Err(_) => None,
+        // Without recomputation there is nothing to adapt; past MAX_MILP_VARIABLES the
+        // branch-and-bound can take minutes, so such pipelines keep the uniform plan.
+        let adaptive = if c == 0 || problem.weights.len() > MAX_MILP_VARIABLES {
+            None
+        } else {
+            match problem.solve() {
+                Ok(plan) => {
+                    Some(setup.run(&schedule, &sub, &units, &problem, &plan.diagonal, true)?)
+                }
+                Err(_) => None,
+            }
         };
         units_per.push(sub.iter().sum::<u32>() as usize);
         match adaptive {
@@ -515,6 +523,10 @@ pub fn elastic_with_budget(
         chunking,
     )))
 }
+
+/// Largest recomputation program (anti-diagonal variables) handed to the MILP; larger pipelines
+/// keep uniform recomputation (reported as `adaptive: false`).
+pub const MAX_MILP_VARIABLES: usize = 48;
 
 /// Largest number of sequence groups the DP puts in one pipeline (bounds its `O(n²)` cost).
 pub const MAX_GROUP: usize = 64;

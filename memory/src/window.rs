@@ -143,7 +143,21 @@ pub fn window_problem(schedule: &Schedule, inputs: &WindowInputs<'_>) -> Result<
 /// The least checkpoint count that, applied to every unit on every stage, fits (`None`: not even
 /// full recomputation fits).
 pub fn uniform_checkpoints(problem: &RecomputeProblem) -> Option<u64> {
-    (0..=problem.max_layers).find(|&c| problem.feasible(&vec![c; problem.weights.len()]))
+    let fits = |c: u64| problem.feasible(&vec![c; problem.weights.len()]);
+    if !fits(problem.max_layers) {
+        return None;
+    }
+    // Memory only falls as `c` grows, so the least fitting count is a binary search away.
+    let (mut lo, mut hi) = (0, problem.max_layers);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fits(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(lo)
 }
 
 /// Peak activation bytes of each stage under checkpoint counts `c` (per variable).

@@ -102,7 +102,9 @@ pub struct Grouping {
 }
 
 /// The DP of SPEC §3: the split of `0..items` into consecutive groups with the least total
-/// `cost`; `cost(range)` is `None` for a group that cannot run (e.g. does not fit memory).
+/// `cost`; `cost(range)` is `None` for a group that cannot run (e.g. does not fit memory), and a
+/// group that cannot run must stay so when items are added in front of it (true of memory with
+/// the items longest first); the DP relies on this to stop early.
 /// `max_group` bounds group sizes (`None`: no bound) to cap the `O(items²)` cost calls.
 pub fn group_pipelines(
     items: usize,
@@ -115,15 +117,15 @@ pub fn group_pipelines(
     let mut best: Vec<(f64, usize)> = vec![(f64::INFINITY, 0); items + 1];
     best[0] = (0.0, 0);
     for end in 1..=items {
-        for start in end.saturating_sub(widest)..end {
-            if !best[start].0.is_finite() {
-                continue;
-            }
-            if let Some(c) = cost(start..end).filter(|c| c.is_finite()) {
-                let total = best[start].0 + c;
-                if total < best[end].0 {
-                    best[end] = (total, start);
-                }
+        // Longest group last: once `start..end` cannot run, no longer group ending at `end`
+        // can (it holds more, and longer, sequences), so the scan stops there.
+        for start in (end.saturating_sub(widest)..end).rev() {
+            let Some(c) = cost(start..end).filter(|c| c.is_finite()) else {
+                break;
+            };
+            let total = best[start].0 + c;
+            if total < best[end].0 {
+                best[end] = (total, start);
             }
         }
         if !best[end].0.is_finite() {

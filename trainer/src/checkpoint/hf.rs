@@ -175,7 +175,7 @@ pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<(ModelConfig, TensorMap)
         found.extend(tensors);
     }
     let whole = Holding {
-        layers: vec![0..model.layers],
+        layers: std::iter::once(0..model.layers).collect(),
         embedding: true,
         head: true,
     };

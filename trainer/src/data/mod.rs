@@ -15,7 +15,7 @@ use crate::config::{DataConfig, DataKind};
 /// Any of the data sources, with a position a checkpoint can save.
 pub enum DataSource {
     /// Generated first-order Markov text.
-    Markov(MarkovSource),
+    Markov(Box<MarkovSource>),
     /// A token file or tokenized text.
     Stream(TokenStream),
 }
@@ -29,7 +29,7 @@ impl DataSource {
                 .ok_or_else(|| anyhow::anyhow!("data.kind = {:?} needs data.path", cfg.kind))
         };
         Ok(match cfg.kind {
-            DataKind::Markov => DataSource::Markov(MarkovSource::new(vocab, seed)),
+            DataKind::Markov => DataSource::Markov(Box::new(MarkovSource::new(vocab, seed))),
             DataKind::Tokens => {
                 DataSource::Stream(TokenStream::open_file(path()?, cfg.token_bytes, vocab)?)
             }
