@@ -2,21 +2,11 @@
 //! its best plan is SlimPipe within 80 GB, and 1F1B without recomputation is reported as not fitting
 //! with the amount; bad input is a clean error.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-fn seqpipe(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use common::seqpipe;
+
+use std::time::{Duration, Instant};
 
 #[test]
 fn llama70b_512k_on_256_h100() {

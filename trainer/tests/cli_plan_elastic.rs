@@ -2,20 +2,9 @@
 //! file prints chunks, pipelines, recomputation, iteration time, bubble and per-stage peaks;
 //! bad input is a clean error.
 
-use std::process::Command;
+mod common;
 
-fn seqpipe(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use common::seqpipe;
 
 #[test]
 fn elastic_plan_from_a_distribution() {

@@ -1,22 +1,11 @@
 //! `seqpipe schedule` and `seqpipe simulate` end to end: printed figures, machine-readable output
 //! that reads back into the same schedule, and clean errors.
 
-use std::process::Command;
+mod common;
+
+use common::seqpipe;
 
 use seqpipe_schedule::{csv, generate, lower, Schedule, ScheduleConfig, ScheduleKind};
-
-fn seqpipe(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 const SEQ1F1B: [&str; 9] = [
     "schedule",

@@ -1,19 +1,8 @@
 //! `seqpipe slice` end to end: the printed plan, JSON output, config.json input and clean errors.
 
-use std::process::Command;
+mod common;
 
-fn seqpipe(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use common::seqpipe;
 
 #[test]
 fn balanced_plan_is_printed() {

@@ -113,3 +113,18 @@ pub fn worst_rel_err(
         .map(|(n, w)| (rel_err(&got[n], w), n.clone()))
         .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a })
 }
+
+/// Runs the `seqpipe` binary: (success, stdout, stderr); no backtraces, so errors read as users
+/// see them.
+pub fn seqpipe(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seqpipe"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
