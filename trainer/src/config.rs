@@ -85,6 +85,9 @@ impl Default for ParallelConfig {
 pub enum DataKind {
     /// Generated first-order Markov text (no files).
     Markov,
+    /// Generated multi-query key–value retrieval: a long-context task scored on the answers,
+    /// with an accuracy metric.
+    Retrieval,
     /// A token file (`.bin`, little-endian u16 or u32, as nanoGPT and llm.c write them).
     Tokens,
     /// A text file, or JSONL with one document per line, tokenized with `data.tokenizer`.

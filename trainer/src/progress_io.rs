@@ -25,8 +25,11 @@ pub struct MetricsLine {
     pub grad_norm: f64,
     /// Tokens per second of the step.
     pub tokens_per_sec: f64,
-    /// Model FLOP utilisation against the measured matmul peak.
-    pub mfu: f64,
+    /// Model FLOP utilisation against the measured matmul peak (none where no peak was measured).
+    pub mfu: Option<f64>,
+    /// Accuracy on the scored targets of a masked task (the retrieval task's answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
     /// Peak activation bytes per stage in this step.
     pub peak_activation_bytes: Vec<usize>,
 }
@@ -63,7 +66,7 @@ pub fn metrics_line(
     lr: f64,
     report: &StepReport,
     tokens_per_sec: f64,
-    mfu: f64,
+    mfu: Option<f64>,
 ) -> MetricsLine {
     MetricsLine {
         step,
@@ -72,6 +75,7 @@ pub fn metrics_line(
         grad_norm: report.grad_norm,
         tokens_per_sec,
         mfu,
+        accuracy: report.answers.accuracy(),
         peak_activation_bytes: report.stages.iter().map(|r| r.peak_bytes).collect(),
     }
 }

@@ -5,14 +5,14 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use seqpipe_schedule::{generate, simulate, Action, Op, P2p, ScheduleConfig, ScheduleKind};
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::checkpoint::resume;
-use crate::config::{SlicingMethod, TrainConfig};
-use crate::data::{entropy, DataSource};
+use crate::config::{DataKind, SlicingMethod, TrainConfig};
+use crate::data::{entropy, DataSource, RetrievalSource};
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::progress_io::{checkpoint_due, metrics_line, write_checkpoint, MetricsWriter};
 use crate::runtime::record::measured_bubble;
@@ -31,6 +31,8 @@ pub struct StepEvent {
     pub grad_norm: f64,
     /// Tokens per second of this step.
     pub tokens_per_sec: f64,
+    /// Accuracy on the scored targets of a masked task (the retrieval task's answers).
+    pub accuracy: Option<f64>,
 }
 
 /// End-of-run figures.
@@ -42,8 +44,13 @@ pub struct TrainSummary {
     pub first_loss: f64,
     /// Mean loss of the last five steps.
     pub final_loss: f64,
-    /// The data's entropy: the best achievable loss.
-    pub loss_floor: f64,
+    /// The best achievable loss where the data source knows it (the Markov source's entropy, 0
+    /// for the retrieval task).
+    pub loss_floor: Option<f64>,
+    /// Accuracy of the first step and mean of the last five, for masked tasks.
+    pub accuracy: Option<(f64, f64)>,
+    /// Accuracy of guessing without the context, for masked tasks.
+    pub chance_accuracy: Option<f64>,
     /// Tokens per second over all steps after the first.
     pub tokens_per_sec: f64,
     /// Model FLOP/s achieved (3 × forward FLOPs of the cost model).
@@ -230,17 +237,6 @@ pub fn measure_matmul_peak() -> anyhow::Result<f64> {
     per_core.into_iter().sum()
 }
 
-/// Whether a checkpoint's configuration can be continued by `cfg`: everything but the step count
-/// and the output paths must match.
-fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
-    let normalise = |c: &TrainConfig| TrainConfig {
-        steps: 0,
-        output: Default::default(),
-        ..c.clone()
-    };
-    normalise(saved) == normalise(cfg)
-}
-
 /// How a run starts and whether it is cut short.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -290,34 +286,34 @@ pub fn train_with(
         cfg.data.seq_len,
     );
     let tokens = (m * b * s) as f64;
+    let (loss_floor, chance_accuracy) = match cfg.data.kind {
+        DataKind::Markov => (Some(entropy()), None),
+        DataKind::Retrieval => (
+            Some(0.0),
+            Some(RetrievalSource::new(cfg.model.vocab, cfg.seed)?.chance()),
+        ),
+        DataKind::Tokens | DataKind::Text => (None, None),
+    };
     let flops_per_step =
         3.0 * CostModel::flops(&cfg.model.shape())?.sequence(s as u64) * (m * b) as f64;
     let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
     let mut first_step = 0;
     if let Some(dir) = &opts.resume {
-        let ck = resume::load(dir, dtype)?;
-        if !same_run(&ck.state.config, cfg) {
-            bail!("checkpoint {} was written by a run with another configuration; resume with the same settings (see its trainer_state.json)", dir.display());
-        }
+        let ck = resume::load_for(dir, cfg)?;
         pipeline.restore(&ck.params, ck.state.optimizer_steps, &ck.optimizer)?;
-        let position: u128 = ck
-            .state
-            .data_position
-            .parse()
-            .context("trainer_state.json: data_position is not a number")?;
-        source.seek(position);
+        source.seek(ck.state.position()?);
         first_step = ck.state.next_step;
     }
     let mut metrics = MetricsWriter::open(cfg)?;
     let (mut losses, mut timed_seconds, mut last_step) = (Vec::new(), 0.0, Vec::new());
-    if first_step >= cfg.steps {
-        bail!("the checkpoint is already at step {first_step} of {}: nothing left to train (raise steps)", cfg.steps);
-    }
+    let mut accuracies = Vec::new();
     for step in first_step..cfg.steps {
+        let batch = source.draw(m, b, s, &Device::Cpu)?;
         let input = IterationInput {
-            tokens: source.batch(m, b, s, &Device::Cpu)?,
+            normaliser: batch.scored_targets(0..m)?,
+            tokens: batch.tokens,
+            masks: batch.masks,
             slices: slices.clone(),
-            normaliser: tokens,
         };
         let lr = cfg.optim.lr_at(step, cfg.steps);
         let started = Instant::now();
@@ -334,9 +330,17 @@ pub fn train_with(
             timed_seconds += seconds;
         }
         losses.push(report.loss);
+        let accuracy = report.answers.accuracy();
+        accuracies.extend(accuracy);
         if let Some(w) = &mut metrics {
             let mfu = flops_per_step / seconds / peak_flops;
-            w.write(&metrics_line(step, lr, &report, tokens / seconds, mfu))?;
+            w.write(&metrics_line(
+                step,
+                lr,
+                &report,
+                tokens / seconds,
+                Some(mfu),
+            ))?;
         }
         if checkpoint_due(cfg, step) {
             write_checkpoint(cfg, step, &pipeline, &source)?;
@@ -350,6 +354,7 @@ pub fn train_with(
             lr,
             grad_norm: report.grad_norm,
             tokens_per_sec: tokens / seconds,
+            accuracy,
         });
         last_step = report.stages;
     }
@@ -360,12 +365,17 @@ pub fn train_with(
     } else {
         0.0
     };
-    let tail = &losses[losses.len().saturating_sub(5)..];
+    let tail = |xs: &[f64]| {
+        let t = &xs[xs.len().saturating_sub(5)..];
+        t.iter().sum::<f64>() / t.len() as f64
+    };
     Ok(TrainSummary {
         steps: run_steps,
         first_loss: losses[0],
-        final_loss: tail.iter().sum::<f64>() / tail.len() as f64,
-        loss_floor: entropy(),
+        final_loss: tail(&losses),
+        loss_floor,
+        accuracy: accuracies.first().map(|&a| (a, tail(&accuracies))),
+        chance_accuracy,
         tokens_per_sec,
         achieved_flops: flops_per_step * tokens_per_sec / tokens,
         peak_flops,

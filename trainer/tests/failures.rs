@@ -107,6 +107,7 @@ fn a_failing_stage_stops_every_stage_and_is_named() {
     tokens[3] = Tensor::from_vec(last, (1, 9), &Device::Cpu).unwrap();
     let input = IterationInput {
         tokens,
+        masks: None,
         slices: vec![0..8],
         normaliser: 32.0,
     };

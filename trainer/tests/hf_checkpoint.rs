@@ -106,6 +106,7 @@ fn loaded_checkpoint_loss_equals_the_reference_forward() {
     .unwrap();
     let input = IterationInput {
         tokens,
+        masks: None,
         slices: vec![0..4, 4..8, 8..12, 12..16],
         normaliser: 64.0,
     };

@@ -32,6 +32,7 @@ fn measure_and_predict(cfg: ScheduleConfig, slicing: Slicing) -> (Vec<usize>, Ve
     let m = cfg.microbatches as usize;
     let input = IterationInput {
         tokens: data(&model, m, BATCH, SEQ, 5),
+        masks: None,
         slices: slices.clone(),
         normaliser: (m * BATCH * SEQ) as f64,
     };

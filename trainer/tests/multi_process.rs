@@ -1,7 +1,8 @@
 //! One process per rank over TCP on loopback, started the way torchrun starts them (RANK,
 //! WORLD_SIZE, MASTER_ADDR, MASTER_PORT): 2 ranks equal the threaded 2-stage run, 4 ranks (2
-//! stages × 2 replicas) equal the threaded run over twice the micro-batches; a rank that dies is
-//! named by the others, which stop with an error instead of hanging.
+//! stages × 2 replicas) equal the threaded run over twice the micro-batches; checkpoints written
+//! by the ranks survive killing them and resume (multi-process or threaded) to the same losses;
+//! a rank that dies is named by the others, which stop with an error instead of hanging.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -61,16 +62,15 @@ fn losses(metrics: &Path) -> Vec<f64> {
 }
 
 fn threaded(microbatches: &str, metrics: &Path) -> Vec<f64> {
+    let m = metrics.to_str().unwrap();
+    run_threaded(&["--steps", "3", "--microbatches", microbatches, "--metrics", m]);
+    losses(metrics)
+}
+
+fn run_threaded(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
         .args(COMMON)
-        .args([
-            "--steps",
-            "3",
-            "--microbatches",
-            microbatches,
-            "--metrics",
-            metrics.to_str().unwrap(),
-        ])
+        .args(args)
         .env_remove("WORLD_SIZE")
         .output()
         .unwrap();
@@ -79,30 +79,30 @@ fn threaded(microbatches: &str, metrics: &Path) -> Vec<f64> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    losses(metrics)
+}
+
+/// Runs `world` ranks with `args`; returns whether every rank succeeded and their stderr.
+fn run_ranks(world: usize, args: &[&str]) -> (bool, String) {
+    let port = free_port();
+    let children: Vec<Child> = (0..world)
+        .map(|r| spawn_rank(r, world, port, args))
+        .collect();
+    let (mut ok, mut err) = (true, String::new());
+    for (rank, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        ok &= out.status.success();
+        err += &format!("rank {rank}: {}\n", String::from_utf8_lossy(&out.stderr));
+    }
+    (ok, err)
 }
 
 fn distributed(world: usize, metrics: &Path) -> Vec<f64> {
-    let port = free_port();
     let m = metrics.to_str().unwrap();
-    let children: Vec<Child> = (0..world)
-        .map(|r| {
-            spawn_rank(
-                r,
-                world,
-                port,
-                &["--steps", "3", "--microbatches", "2", "--metrics", m],
-            )
-        })
-        .collect();
-    for (rank, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "rank {rank}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (ok, err) = run_ranks(
+        world,
+        &["--steps", "3", "--microbatches", "2", "--metrics", m],
+    );
+    assert!(ok, "{err}");
     losses(metrics)
 }
 
@@ -150,4 +150,38 @@ fn a_dead_rank_is_named_and_nobody_hangs() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn killed_ranks_resume_from_their_checkpoint_to_the_uninterrupted_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (ck, want) = (path("ck"), path("want.jsonl"));
+    let run = ["--steps", "4", "--microbatches", "2"];
+    run_threaded(&[&run[..], &["--metrics", &want]].concat());
+    let want = losses(Path::new(&want));
+
+    // Both ranks die right after step 1, whose checkpoint (every 2 steps) is complete.
+    let (distributed_log, threaded_log) = (path("ranks.jsonl"), path("threaded.jsonl"));
+    let writing = [
+        "--checkpoint-dir",
+        &ck,
+        "--checkpoint-every",
+        "2",
+        "--metrics",
+        &distributed_log,
+    ];
+    let (ok, _) = run_ranks(2, &[&run[..], &writing, &["--abort-after-step", "1"]].concat());
+    assert!(!ok, "the ranks were told to abort");
+    assert_close(&losses(Path::new(&distributed_log)), &want[..2]);
+
+    // The ranks' checkpoint has the threaded format: a threaded run resumes from it...
+    run_threaded(&[&run[..], &["--resume", &ck, "--metrics", &threaded_log]].concat());
+    assert_close(&losses(Path::new(&threaded_log)), &want[2..]);
+    // ...and so do the ranks, appending to their metrics file.
+    let (ok, err) = run_ranks(2, &[&run[..], &writing, &["--resume", &ck]].concat());
+    assert!(ok, "{err}");
+    assert_close(&losses(Path::new(&distributed_log)), &want);
+    let state = std::fs::read_to_string(dir.path().join("ck/trainer_state.json")).unwrap();
+    assert!(state.contains("\"next_step\": 4"), "{state}");
 }

@@ -8,9 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use common::{data, full_params, reference, slice_ranges, tiny_model, worst_rel_err, Slicing};
 use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
+use seqpipe_trainer::data::RetrievalSource;
 use seqpipe_trainer::optim::{clip_scale, sum_of_squares, AdamW, OptimConfig};
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
@@ -46,6 +47,7 @@ fn input(
     let _ = dtype;
     IterationInput {
         tokens,
+        masks: None,
         slices: slice_ranges(model, slicing, SEQ, n),
         normaliser: (m * BATCH * SEQ) as f64,
     }
@@ -220,4 +222,56 @@ fn several_optimizer_steps_give_the_same_parameters() {
     }
     let (err, name) = worst_rel_err(&pl.parameters(), &reference_params);
     assert!(err <= 1e-10, "after 3 steps {name} differs by {err:e}");
+}
+
+#[test]
+fn masked_losses_match_single_device_f64() {
+    // The retrieval task scores only its answers: loss and gradients of the masked mean must
+    // match the reference for unsliced, sliced and interleaved schedules alike.
+    let model = tiny_model();
+    let params = full_params(&model, SEED, DType::F64);
+    let (tokens, masks) = RetrievalSource::new(model.vocab, SEED)
+        .unwrap()
+        .batch(4, BATCH, SEQ, &Device::Cpu)
+        .unwrap();
+    let scored: f64 = masks
+        .iter()
+        .map(|m| m.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+        .sum();
+    assert!(scored > 0.0 && scored < (4 * BATCH * SEQ) as f64);
+    let (ref_loss, ref_grads) =
+        reference::loss_and_grads_masked(&model, &params, &tokens, Some(&masks));
+    for (kind, slicing, n) in [
+        (ScheduleKind::OneFOneB, Slicing::None, 1u32),
+        (ScheduleKind::Seq1F1B, Slicing::Balanced, 4),
+        (ScheduleKind::SlimPipe, Slicing::Uniform, 4),
+        (ScheduleKind::ZbH1, Slicing::None, 1),
+    ] {
+        let inp = IterationInput {
+            tokens: tokens.clone(),
+            masks: Some(masks.clone()),
+            slices: slice_ranges(&model, slicing, SEQ, n as usize),
+            normaliser: scored,
+        };
+        let mut pl = Pipeline::new(
+            &model,
+            config(kind, 2, 4, n),
+            None,
+            &OptimConfig::default(),
+            SEED,
+            DType::F64,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let (reports, _) = pl.run_iteration(&inp).unwrap();
+        let loss: f64 = reports.iter().map(|r| r.loss).sum();
+        assert!(
+            (loss - ref_loss).abs() <= 1e-10 * ref_loss,
+            "{kind:?}: {loss} vs {ref_loss}"
+        );
+        let (err, name) = worst_rel_err(&pl.gradients(), &ref_grads);
+        assert!(err <= 1e-10, "{kind:?}: {name} differs by {err:e}");
+        let answered: usize = reports.iter().map(|r| r.answers.scored).sum();
+        assert_eq!(answered as f64, scored, "{kind:?}: every answer is scored once");
+    }
 }

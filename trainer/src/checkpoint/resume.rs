@@ -34,6 +34,49 @@ pub struct TrainerState {
     pub config: TrainConfig,
 }
 
+impl TrainerState {
+    /// The data stream position.
+    pub fn position(&self) -> anyhow::Result<u128> {
+        self.data_position.parse().with_context(|| {
+            format!(
+                "trainer_state.json: data_position {:?} is not a number",
+                self.data_position
+            )
+        })
+    }
+}
+
+/// Whether a checkpoint's configuration can be continued by `cfg`: everything but the step count
+/// and the output paths must match.
+pub fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
+    let normalise = |c: &TrainConfig| TrainConfig {
+        steps: 0,
+        output: Default::default(),
+        ..c.clone()
+    };
+    normalise(saved) == normalise(cfg)
+}
+
+/// Reads the checkpoint in `dir` for a run configured by `cfg`: an error unless it was written
+/// by a run with the same settings.
+pub fn load_for(dir: &Path, cfg: &TrainConfig) -> anyhow::Result<Checkpoint> {
+    let ck = load(dir, cfg.precision.dtype())?;
+    if !same_run(&ck.state.config, cfg) {
+        bail!(
+            "checkpoint {} was written by a run with another configuration; resume with the same settings (see its trainer_state.json)",
+            dir.display()
+        );
+    }
+    if ck.state.next_step >= cfg.steps {
+        bail!(
+            "the checkpoint is already at step {} of {}: nothing left to train (raise steps)",
+            ck.state.next_step,
+            cfg.steps
+        );
+    }
+    Ok(ck)
+}
+
 /// Everything read back from a checkpoint.
 #[derive(Debug)]
 pub struct Checkpoint {

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
 
 use seqpipe_comm::{CommOptions, TcpTransport, Transport};
 use seqpipe_trainer::config::{DataKind, Precision, SlicingMethod, TrainConfig};
@@ -47,7 +46,8 @@ pub struct TrainArgs {
     /// Precision.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// Data source: generated Markov text, a token file, or text/JSONL with a tokenizer.
+    /// Data source: generated Markov text, the generated key–value retrieval task, a token file,
+    /// or text/JSONL with a tokenizer.
     #[arg(long, value_enum)]
     data_kind: Option<DataKind>,
     /// Token file (`.bin`) or text/JSONL corpus.
@@ -145,7 +145,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if launched_multi_process() {
-        return run_rank(&cfg, args.abort_after_step);
+        return run_rank(&cfg, args);
     }
     let p = &cfg.parallel;
     println!(
@@ -168,8 +168,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         abort_after_step: args.abort_after_step,
     };
     let summary = train_with(&cfg, &opts, |e| {
+        let accuracy = e
+            .accuracy
+            .map_or(String::new(), |a| format!("  acc {:.1}%", 100.0 * a));
         bar.set_message(format!(
-            "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+            "loss {:.4}  lr {:.2e}  {:.0} tok/s{accuracy}",
             e.loss, e.lr, e.tokens_per_sec
         ));
         bar.inc(1);
@@ -189,47 +192,71 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 }
 
 /// One process of a multi-process run (ranks from the launcher's environment).
-fn run_rank(cfg: &TrainConfig, abort_after_step: Option<u64>) -> anyhow::Result<()> {
+fn run_rank(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
     let mut transport = TcpTransport::from_env(CommOptions::with_timeout(rank_timeout(cfg)))?;
-    let rank = transport.rank();
-    let mut metrics = match (&cfg.output.metrics, rank) {
-        (Some(path), 0) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?,
-        ),
-        _ => None,
+    let (rank, world) = (transport.rank(), transport.world_size());
+    let opts = RunOptions {
+        resume: args.resume.clone(),
+        abort_after_step: args.abort_after_step,
     };
-    let world = transport.world_size();
-    let losses = train_rank(cfg, &mut transport, abort_after_step, |e| {
-        if let Some(file) = &mut metrics {
-            let line = serde_json::json!({"step": e.step, "loss": e.loss, "lr": e.lr, "grad_norm": e.grad_norm, "tokens_per_sec": e.tokens_per_sec});
-            // Metrics are best effort: a full disk must not kill a training run.
-            let _ = writeln!(file, "{line}");
-        }
+    let summary = train_rank(cfg, &mut transport, &opts, |e| {
         if rank == 0 {
-            println!("step {:>4}  loss {:.6}  lr {:.2e}  {:.0} tok/s", e.step, e.loss, e.lr, e.tokens_per_sec);
+            let accuracy = e
+                .accuracy
+                .map_or(String::new(), |a| format!("  accuracy {:.1}%", 100.0 * a));
+            println!(
+                "step {:>4}  loss {:.6}  lr {:.2e}  {:.0} tok/s{accuracy}",
+                e.step, e.loss, e.lr, e.tokens_per_sec
+            );
         }
     })
     .with_context(|| format!("rank {rank} of {world}"))?;
+    if let (Some(path), Some(report)) = (&args.trace, &summary.last_step) {
+        // Each process has its own clock: one trace file per rank.
+        let path = rank_trace_path(path, rank);
+        std::fs::write(
+            &path,
+            serde_json::to_string(&chrome_trace(std::slice::from_ref(report)))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
     if rank == 0 {
-        println!(
-            "{world} ranks done: loss {:.4} → {:.4}",
-            losses[0],
-            losses[losses.len() - 1]
-        );
+        let (first, last) = (summary.losses[0], summary.losses[summary.losses.len() - 1]);
+        println!("{world} ranks done: loss {first:.4} → {last:.4}");
     }
     Ok(())
 }
 
+/// `out.json` → `out.rank3.json`.
+fn rank_trace_path(path: &std::path::Path, rank: usize) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or("trace".into(), |s| s.to_string_lossy());
+    let ext = path
+        .extension()
+        .map_or("json".into(), |e| e.to_string_lossy());
+    path.with_file_name(format!("{stem}.rank{rank}.{ext}"))
+}
+
 fn print_summary(s: &TrainSummary) {
     println!("\n| metric | value |\n|---|---|");
+    let floor = s
+        .loss_floor
+        .map_or(String::new(), |f| format!(" (best possible {f:.4})"));
     println!(
-        "| loss (first step → mean of last 5) | {:.4} → {:.4} (data entropy floor {:.4}) |",
-        s.first_loss, s.final_loss, s.loss_floor
+        "| loss (first step → mean of last 5) | {:.4} → {:.4}{floor} |",
+        s.first_loss, s.final_loss
     );
+    if let Some((first, last)) = s.accuracy {
+        let chance = s
+            .chance_accuracy
+            .map_or(String::new(), |c| format!(" (chance {:.1}%)", 100.0 * c));
+        println!(
+            "| answer accuracy (first step → mean of last 5) | {:.1}% → {:.1}%{chance} |",
+            100.0 * first,
+            100.0 * last
+        );
+    }
     println!("| tokens/s | {:.0} |", s.tokens_per_sec);
     println!(
         "| MFU vs measured CPU matmul peak | {:.2}% ({:.2} GFLOP/s of {:.2} GFLOP/s) |",

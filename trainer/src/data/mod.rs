@@ -1,21 +1,58 @@
-//! Training data: the generated Markov corpus (the default, no files), token files, and text or
-//! JSONL tokenized with a Hugging Face tokenizer, behind one [`DataSource`].
+//! Training data: the generated Markov corpus (the default, no files), the synthetic
+//! long-context retrieval task, token files, and text or JSONL tokenized with a Hugging Face
+//! tokenizer, behind one [`DataSource`].
 
 pub mod markov;
+pub mod retrieval;
 pub mod stream;
 pub mod text;
 
 use candle_core::{Device, Tensor};
 
 pub use markov::{entropy, MarkovSource, SUCCESSOR_PROBS};
+pub use retrieval::RetrievalSource;
 pub use stream::TokenStream;
 
 use crate::config::{DataConfig, DataKind};
+
+/// Token tensors of a step's micro-batches, with loss masks where the source has them.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Per micro-batch, `[batch, seq_len + 1]` u32 tokens.
+    pub tokens: Vec<Tensor>,
+    /// Per micro-batch, `[batch, seq_len]` f32 weights of the targets (none: every target counts).
+    pub masks: Option<Vec<Tensor>>,
+}
+
+impl Batch {
+    /// Targets that count in micro-batches `range`: the loss normaliser of a mean over them.
+    pub fn scored_targets(&self, range: std::ops::Range<usize>) -> anyhow::Result<f64> {
+        match &self.masks {
+            Some(masks) => masks[range]
+                .iter()
+                .map(|m| {
+                    Ok(m.sum_all()?
+                        .to_dtype(candle_core::DType::F64)?
+                        .to_scalar::<f64>()?)
+                })
+                .sum(),
+            None => self.tokens[range]
+                .iter()
+                .map(|t| {
+                    let (b, s1) = t.dims2()?;
+                    Ok((b * s1.saturating_sub(1)) as f64)
+                })
+                .sum(),
+        }
+    }
+}
 
 /// Any of the data sources, with a position a checkpoint can save.
 pub enum DataSource {
     /// Generated first-order Markov text.
     Markov(Box<MarkovSource>),
+    /// Generated key–value retrieval sequences, scored on the answers only.
+    Retrieval(RetrievalSource),
     /// A token file or tokenized text.
     Stream(TokenStream),
 }
@@ -30,6 +67,7 @@ impl DataSource {
         };
         Ok(match cfg.kind {
             DataKind::Markov => DataSource::Markov(Box::new(MarkovSource::new(vocab, seed))),
+            DataKind::Retrieval => DataSource::Retrieval(RetrievalSource::new(vocab, seed)?),
             DataKind::Tokens => {
                 DataSource::Stream(TokenStream::open_file(path()?, cfg.token_bytes, vocab)?)
             }
@@ -49,7 +87,29 @@ impl DataSource {
         })
     }
 
-    /// `microbatches` tensors of `[batch, seq_len + 1]` tokens.
+    /// `microbatches` tensors of `[batch, seq_len + 1]` tokens, and the loss masks of sources
+    /// that score only some targets.
+    pub fn draw(
+        &mut self,
+        microbatches: usize,
+        batch: usize,
+        seq_len: usize,
+        device: &Device,
+    ) -> anyhow::Result<Batch> {
+        if let DataSource::Retrieval(r) = self {
+            let (tokens, masks) = r.batch(microbatches, batch, seq_len, device)?;
+            return Ok(Batch {
+                tokens,
+                masks: Some(masks),
+            });
+        }
+        Ok(Batch {
+            tokens: self.batch(microbatches, batch, seq_len, device)?,
+            masks: None,
+        })
+    }
+
+    /// `microbatches` tensors of `[batch, seq_len + 1]` tokens (a masked source's masks dropped).
     pub fn batch(
         &mut self,
         microbatches: usize,
@@ -59,6 +119,7 @@ impl DataSource {
     ) -> anyhow::Result<Vec<Tensor>> {
         match self {
             DataSource::Markov(m) => Ok(m.batch(microbatches, batch, seq_len, device)?),
+            DataSource::Retrieval(r) => Ok(r.batch(microbatches, batch, seq_len, device)?.0),
             DataSource::Stream(s) => (0..microbatches)
                 .map(|_| {
                     let mut rows = Vec::with_capacity(batch * (seq_len + 1));
@@ -75,6 +136,7 @@ impl DataSource {
     pub fn position(&self) -> u128 {
         match self {
             DataSource::Markov(m) => m.position(),
+            DataSource::Retrieval(r) => r.position(),
             DataSource::Stream(s) => s.position(),
         }
     }
@@ -83,6 +145,7 @@ impl DataSource {
     pub fn seek(&mut self, position: u128) {
         match self {
             DataSource::Markov(m) => m.seek(position),
+            DataSource::Retrieval(r) => r.seek(position),
             DataSource::Stream(s) => s.seek(position),
         }
     }

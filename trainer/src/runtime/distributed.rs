@@ -18,13 +18,17 @@ use seqpipe_schedule::{generate, lower};
 
 use super::partition::Partition;
 use super::pipeline::holding;
+use super::rank_checkpoint::{self, RankShard};
+use super::record::{Answers, StageReport};
 use super::tensor_msg::{from_message, to_message};
 use super::worker::{IterationInput, StageSpec, StageWorker};
+use crate::checkpoint::resume;
 use crate::config::TrainConfig;
 use crate::data::DataSource;
 use crate::model::params::{init_params, param_specs};
 use crate::optim::{clip_scale, sum_of_squares, AdamW};
-use crate::train::{check, schedule_config, slice_ranges, StepEvent};
+use crate::progress_io::{checkpoint_due, MetricsLine, MetricsWriter};
+use crate::train::{check, schedule_config, slice_ranges, RunOptions, StepEvent};
 
 /// Where this process sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,18 +66,49 @@ fn all_reduce(
     Ok(from_message(summed, &Device::Cpu)?.reshape(t.dims())?)
 }
 
-fn scalar_sum(transport: &mut dyn Transport, group: &mut Group, x: f64) -> anyhow::Result<f64> {
-    let t = all_reduce(transport, group, &Tensor::new(&[x], &Device::Cpu)?)?;
-    Ok(t.to_vec1::<f64>()?[0])
+/// What a rank knows at the end of its run.
+#[derive(Debug, Clone)]
+pub struct RankSummary {
+    /// Global loss of every step this process ran.
+    pub losses: Vec<f64>,
+    /// Global accuracy of every step, for masked tasks.
+    pub accuracies: Vec<f64>,
+    /// This rank's record of its last step (for a Chrome trace).
+    pub last_step: Option<StageReport>,
 }
 
-/// Trains this rank's stage; `on_step` is called on every rank with the global loss.
+/// Per-step figures every rank contributes to one all-reduce: gradient sum of squares, loss,
+/// answers scored and right, and each stage's peak activation bytes (replica 0's ranks only).
+fn step_figures(
+    at: Placement,
+    stages: usize,
+    grads: f64,
+    report: &StageReport,
+) -> anyhow::Result<Tensor> {
+    let mut v = vec![
+        grads,
+        report.loss,
+        report.answers.scored as f64,
+        report.answers.correct as f64,
+    ];
+    v.extend((0..stages).map(|s| {
+        if at.replica == 0 && s == at.stage {
+            report.peak_bytes as f64
+        } else {
+            0.0
+        }
+    }));
+    Ok(Tensor::new(v, &Device::Cpu)?)
+}
+
+/// Trains this rank's stage; `on_step` is called on every rank with the global loss. Rank 0
+/// writes the metrics file and the checkpoints (see [`super::rank_checkpoint`]).
 pub fn train_rank(
     cfg: &TrainConfig,
     transport: &mut dyn Transport,
-    abort_after_step: Option<u64>,
+    opts: &RunOptions,
     mut on_step: impl FnMut(&StepEvent),
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<RankSummary> {
     check(cfg)?;
     let p = cfg.parallel.stages as usize;
     let at = placement(transport.rank(), transport.world_size(), p)?;
@@ -90,13 +125,21 @@ pub fn train_rank(
     .map_err(|e| anyhow!(e))?;
     let hold = holding(&partition, at.stage, p, v);
     let dtype = cfg.precision.dtype();
-    let params = init_params(
+    let mut params = init_params(
         &param_specs(&cfg.model, &hold),
         cfg.seed,
         dtype,
         &Device::Cpu,
     )?;
     let mut optimizer = AdamW::new(cfg.optim.clone(), &params)?;
+    let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
+    let mut first_step = 0;
+    if let Some(dir) = &opts.resume {
+        let ck = resume::load_for(dir, cfg)?;
+        rank_checkpoint::restore(&ck, &mut params, &mut optimizer)?;
+        source.seek(ck.state.position()?);
+        first_step = ck.state.next_step;
+    }
     let spec = StageSpec {
         stage: at.stage,
         stages: p,
@@ -113,17 +156,28 @@ pub fn train_rank(
         cfg.data.batch,
         cfg.data.seq_len,
     );
-    let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
-    let mut losses = Vec::new();
-    for step in 0..cfg.steps {
+    let mut metrics = match at.rank {
+        0 => MetricsWriter::open(cfg)?,
+        _ => None,
+    };
+    let mut summary = RankSummary {
+        losses: Vec::new(),
+        accuracies: Vec::new(),
+        last_step: None,
+    };
+    for step in first_step..cfg.steps {
         // Every rank draws the whole global batch and keeps its replica's share, so all replicas
         // see disjoint data and the stream stays in step everywhere.
-        let mut all = source.batch(at.replicas * m, b, s, &Device::Cpu)?;
-        let tokens: Vec<Tensor> = all.drain(at.replica * m..(at.replica + 1) * m).collect();
+        let batch = source.draw(at.replicas * m, b, s, &Device::Cpu)?;
+        let mine = at.replica * m..(at.replica + 1) * m;
+        let replicas = at.replicas as f64;
         let input = IterationInput {
-            tokens,
+            // Each replica's losses are divided by the global count over `d`, so that the mean
+            // over replicas is the global mean (masks may score different counts per replica).
+            normaliser: batch.scored_targets(0..at.replicas * m)? / replicas,
+            tokens: batch.tokens[mine.clone()].to_vec(),
+            masks: batch.masks.map(|masks| masks[mine].to_vec()),
             slices: slices.clone(),
-            normaliser: (m * b * s) as f64,
         };
         let started = Instant::now();
         worker.zero_grads()?;
@@ -135,14 +189,19 @@ pub fn train_rank(
                     at.rank, at.stage, at.replica
                 )
             })?;
-        let replicas = at.replicas as f64;
         if at.replicas > 1 {
             for g in worker.grads.values_mut() {
                 *g = (all_reduce(transport, &mut dp_group, g)? / replicas)?;
             }
         }
-        let total = scalar_sum(transport, &mut world, sum_of_squares(&worker.grads)?)? / replicas;
-        let loss = scalar_sum(transport, &mut world, report.loss)? / replicas;
+        let own = step_figures(at, p, sum_of_squares(&worker.grads)?, &report)?;
+        let figures = all_reduce(transport, &mut world, &own)?.to_vec1::<f64>()?;
+        let total = figures[0] / replicas;
+        let loss = figures[1] / replicas;
+        let answers = Answers {
+            scored: figures[2] as usize,
+            correct: figures[3] as usize,
+        };
         let lr = cfg.optim.lr_at(step, cfg.steps);
         optimizer.step(
             &mut worker.params,
@@ -152,20 +211,47 @@ pub fn train_rank(
         )?;
         worker.refresh_weights()?;
         let seconds = started.elapsed().as_secs_f64();
-        losses.push(loss);
         let tokens_per_sec = (at.replicas * m * b * s) as f64 / seconds;
+        if let Some(w) = &mut metrics {
+            w.write(&MetricsLine {
+                step,
+                loss,
+                lr,
+                grad_norm: total.sqrt(),
+                tokens_per_sec,
+                // Processes share the machine's cores in ways one probe cannot see: no MFU.
+                mfu: None,
+                accuracy: answers.accuracy(),
+                peak_activation_bytes: figures[4..].iter().map(|&b| b as usize).collect(),
+            })?;
+        }
+        if checkpoint_due(cfg, step) {
+            let shard = RankShard {
+                at,
+                params: &worker.params,
+                optimizer: &optimizer,
+            };
+            let position = source.position();
+            rank_checkpoint::save(
+                cfg, step, position, &partition, &shard, transport, &mut world,
+            )?;
+        }
+        if opts.abort_after_step == Some(step) {
+            std::process::abort();
+        }
+        summary.losses.push(loss);
+        summary.accuracies.extend(answers.accuracy());
         on_step(&StepEvent {
             step,
             loss,
             lr,
             grad_norm: total.sqrt(),
             tokens_per_sec,
+            accuracy: answers.accuracy(),
         });
-        if abort_after_step == Some(step) {
-            std::process::abort();
-        }
+        summary.last_step = Some(report);
     }
-    Ok(losses)
+    Ok(summary)
 }
 
 /// The timeout ranks use, from the configuration.

@@ -4,6 +4,7 @@ pub mod distributed;
 pub mod inbox;
 pub mod partition;
 pub mod pipeline;
+pub mod rank_checkpoint;
 pub mod record;
 pub mod tensor_msg;
 pub mod worker;

@@ -9,7 +9,7 @@ use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{generate, lower, Schedule, ScheduleConfig};
 
 use super::partition::Partition;
-use super::record::StageReport;
+use super::record::{Answers, StageReport};
 use super::worker::{IterationInput, StageSpec, StageWorker};
 use crate::model::names::EMBED;
 use crate::model::params::{init_params, param_specs, Holding, TensorMap};
@@ -23,6 +23,8 @@ pub struct StepReport {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Accuracy counts of the scored targets (zero without a loss mask).
+    pub answers: Answers,
     /// Per-stage records of the iteration.
     pub stages: Vec<StageReport>,
     /// Wall time of the forward/backward iteration (seconds).
@@ -97,6 +99,32 @@ impl Pipeline {
         dtype: DType,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        Self::on_device(
+            model,
+            config,
+            partition,
+            optim,
+            weights,
+            dtype,
+            timeout,
+            &Device::Cpu,
+        )
+    }
+
+    /// As [`Pipeline::with_weights`], with every stage's parameters and activations on `device`
+    /// (e.g. all stages as threads on one GPU). Weights are initialised on the CPU, so a device
+    /// run starts from exactly the weights of a CPU run; batches may stay on the CPU.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_device(
+        model: &ModelConfig,
+        config: ScheduleConfig,
+        partition: Option<&[usize]>,
+        optim: &OptimConfig,
+        weights: Weights,
+        dtype: DType,
+        timeout: Duration,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         let problems = model.problems();
         if !problems.is_empty() {
             bail!("invalid model: {}", problems.join("; "));
@@ -115,21 +143,24 @@ impl Pipeline {
                 p * v
             );
         }
-        let device = Device::Cpu;
+        let device = device.clone();
         let mut workers = Vec::with_capacity(p);
         let mut optimizers = Vec::with_capacity(p);
         for stage in 0..p {
             let hold = holding(&partition, stage, p, v);
             let specs = param_specs(model, &hold);
             let params = match weights {
-                Weights::Seed(seed) => init_params(&specs, seed, dtype, &device)?,
+                Weights::Seed(seed) => init_params(&specs, seed, dtype, &Device::Cpu)?
+                    .into_iter()
+                    .map(|(name, t)| Ok((name, t.to_device(&device)?)))
+                    .collect::<anyhow::Result<TensorMap>>()?,
                 Weights::Loaded(all) => specs
                     .iter()
                     .map(|spec| {
                         let t = all
                             .get(&spec.name)
                             .ok_or_else(|| anyhow!("loaded weights lack {}", spec.name))?;
-                        Ok((spec.name.clone(), t.to_dtype(dtype)?))
+                        Ok((spec.name.clone(), t.to_dtype(dtype)?.to_device(&device)?))
                     })
                     .collect::<anyhow::Result<TensorMap>>()?,
             };
@@ -224,6 +255,10 @@ impl Pipeline {
     pub fn step(&mut self, input: &IterationInput, lr: f64) -> anyhow::Result<StepReport> {
         let (stages, iteration_seconds) = self.run_iteration(input)?;
         let loss = stages.iter().map(|r| r.loss).sum();
+        let mut answers = Answers::default();
+        for r in &stages {
+            answers.add(r.answers);
+        }
         let mut total = 0.0;
         for (i, w) in self.workers.iter().enumerate() {
             total += sum_of_squares(&w.grads)?;
@@ -240,6 +275,7 @@ impl Pipeline {
         Ok(StepReport {
             loss,
             grad_norm: total.sqrt(),
+            answers,
             stages,
             iteration_seconds,
         })
@@ -331,6 +367,24 @@ fn check_input(schedule: &Schedule, input: &IterationInput) -> anyhow::Result<()
         );
     }
     let seq = input.tokens[0].dim(1)?.saturating_sub(1);
+    if let Some(masks) = &input.masks {
+        if masks.len() != input.tokens.len() {
+            bail!(
+                "{} loss masks for {} micro-batches of tokens",
+                masks.len(),
+                input.tokens.len()
+            );
+        }
+        for (mb, (mask, tokens)) in masks.iter().zip(&input.tokens).enumerate() {
+            let want = [tokens.dim(0)?, seq];
+            if mask.dims() != want {
+                bail!(
+                    "micro-batch {mb}: loss mask {:?} must be {want:?} (one weight per target)",
+                    mask.dims()
+                );
+            }
+        }
+    }
     let covered = input.slices.last().map_or(0, |r| r.end);
     if input.slices.first().map(|r| r.start) != Some(0) || covered != seq {
         bail!("slices {:?} must cover the sequence 0..{seq}", input.slices);

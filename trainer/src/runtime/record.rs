@@ -5,6 +5,7 @@ use seqpipe_schedule::Op;
 use serde::Serialize;
 
 use super::worker::Held;
+pub use crate::model::ends::Answers;
 
 /// One executed action.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +30,8 @@ pub struct StageReport {
     pub stage: usize,
     /// Sum of this stage's slice losses (non-zero only on the stage running the head).
     pub loss: f64,
+    /// Masked targets answered and answered right (only on the stage running the head).
+    pub answers: Answers,
     /// Executed actions in order.
     pub events: Vec<Event>,
     /// Largest saved-activation bytes (saved records, KV caches, dK/dV accumulators).
@@ -81,7 +84,7 @@ impl Recorder {
     }
 
     /// The report, with the stage's loss share.
-    pub fn finish(self, loss: f64) -> StageReport {
+    pub fn finish(self, loss: f64, answers: Answers) -> StageReport {
         let peak_saved_bytes = self.events.iter().map(|e| e.held.saved).max().unwrap_or(0);
         let peak_bytes = self
             .events
@@ -92,6 +95,7 @@ impl Recorder {
         StageReport {
             stage: self.stage,
             loss,
+            answers,
             events: self.events,
             peak_saved_bytes,
             peak_bytes,

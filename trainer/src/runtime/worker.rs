@@ -16,8 +16,8 @@ use super::inbox::Inbox;
 use super::record::{Recorder, StageReport};
 use super::tensor_msg::{from_message, to_message};
 use crate::model::ends::{
-    embed_backward, embed_forward, head_backward_input, head_backward_weight, head_forward,
-    HeadCtx, HeadSaved,
+    answer_hits, embed_backward, embed_forward, head_backward_input, head_backward_weight,
+    head_forward, Answers, HeadCtx, HeadSaved,
 };
 use crate::model::layer::{
     self, LayerCtx, LayerSaved, LayerWeights, WeightGradInputs, MATRIX_SLOTS,
@@ -33,8 +33,11 @@ pub struct IterationInput {
     pub tokens: Vec<Tensor>,
     /// Token ranges of the slices, the same for every micro-batch.
     pub slices: Vec<Range<usize>>,
-    /// Tokens of the whole iteration: every slice's loss is divided by it, so the sum over all
-    /// slices and micro-batches is the mean loss of the batch.
+    /// Per micro-batch, `[b, S]` weights of the targets (a loss mask: 0 drops a target); none
+    /// means every target counts. Targets with weight > 0 are also scored for accuracy.
+    pub masks: Option<Vec<Tensor>>,
+    /// Scored targets of the whole iteration (all tokens, or the mask's sum): every slice's loss
+    /// is divided by it, so the sum over all slices and micro-batches is the mean loss of the batch.
     pub normaliser: f64,
 }
 
@@ -81,6 +84,7 @@ struct IterState {
     grad_in: HashMap<Unit, Tensor>,
     grad_out: HashMap<Unit, Tensor>,
     loss: f64,
+    answers: Answers,
     /// Elements of one token's K (or V) over the micro-batch: `b · kv_heads · head_dim`.
     kv_row_elems: usize,
     kv_elem_bytes: usize,
@@ -267,7 +271,7 @@ impl StageWorker {
                 self.spec.stage
             );
         }
-        Ok(rec.finish(st.loss))
+        Ok(rec.finish(st.loss, st.answers))
     }
 
     fn tag(kind: TagKind, a: &Action, vstage: usize) -> anyhow::Result<Tag> {
@@ -343,7 +347,10 @@ impl StageWorker {
             .ok_or_else(|| anyhow!("micro-batch {} has no data", a.mb.0))?;
         let (offset, len) = (range.start, range.len());
         let (mut x, ids) = if k == 0 {
-            let ids = tokens.narrow(1, offset, len)?.contiguous()?;
+            let ids = tokens
+                .narrow(1, offset, len)?
+                .to_device(&self.device)?
+                .contiguous()?;
             (embed_forward(&self.params[EMBED], &ids)?, Some(ids))
         } else {
             let received = st
@@ -374,15 +381,34 @@ impl StageWorker {
         }
         let mut head = None;
         if k + 1 == self.spec.virtual_stages {
-            let targets = tokens.narrow(1, offset + 1, len)?.contiguous()?;
+            let targets = tokens
+                .narrow(1, offset + 1, len)?
+                .to_device(&self.device)?
+                .contiguous()?;
+            let mask = match &input.masks {
+                Some(masks) => Some(
+                    masks
+                        .get(a.mb.index())
+                        .ok_or_else(|| anyhow!("micro-batch {} has no loss mask", a.mb.0))?
+                        .narrow(1, offset, len)?
+                        .to_device(&self.device)?
+                        .contiguous()?,
+                ),
+                None => None,
+            };
             let (loss, saved) = head_forward(
                 self.head,
                 &self.params[FINAL_NORM],
                 self.lm_head()?,
                 &x,
                 &targets,
+                mask.as_ref(),
                 input.normaliser,
             )?;
+            if mask.is_some() {
+                let hits = answer_hits(self.lm_head()?, &saved)?;
+                st.answers.add(hits);
+            }
             st.loss += loss;
             head = Some(saved);
         } else {

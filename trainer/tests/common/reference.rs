@@ -45,17 +45,19 @@ fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_matmul(&w.t()?)
 }
 
-/// Mean next-token loss over all micro-batches, as a scalar tensor in the autograd graph.
+/// Mean next-token loss over all micro-batches (over the targets a mask scores, when masks are
+/// given), as a scalar tensor in the autograd graph.
 pub fn loss(
     cfg: &ModelConfig,
     p: &BTreeMap<String, Var>,
     batches: &[Tensor],
+    masks: Option<&[Tensor]>,
 ) -> candle_core::Result<Tensor> {
     let get = |name: &str| p[name].as_tensor().clone();
     let (h, hkv, d) = (cfg.heads, cfg.kv_heads, cfg.head_dim());
     let mut total: Option<Tensor> = None;
-    let mut count = 0usize;
-    for tokens in batches {
+    let mut count = 0f64;
+    for (mb, tokens) in batches.iter().enumerate() {
         let (b, s1) = tokens.dims2()?;
         let s = s1 - 1;
         let ids = tokens.narrow(1, 0, s)?.flatten_all()?;
@@ -108,17 +110,22 @@ pub fn loss(
         let logits = linear(&hn, &get(head))?;
         let e = logits.exp()?;
         let log_probs = logits.broadcast_sub(&e.sum_keepdim(D::Minus1)?.log()?)?;
-        let nll = log_probs
-            .gather(&targets.unsqueeze(1)?, 1)?
-            .neg()?
-            .sum_all()?;
+        let mut nll = log_probs.gather(&targets.unsqueeze(1)?, 1)?.neg()?;
+        match masks {
+            Some(masks) => {
+                let w = masks[mb].flatten_all()?.unsqueeze(1)?.to_dtype(nll.dtype())?;
+                count += w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                nll = (nll * w)?;
+            }
+            None => count += (b * s) as f64,
+        }
+        let nll = nll.sum_all()?;
         total = Some(match total {
             Some(t) => (t + nll)?,
             None => nll,
         });
-        count += b * s;
     }
-    total.expect("at least one micro-batch") / count as f64
+    total.expect("at least one micro-batch") / count
 }
 
 /// Loss and gradient of every parameter by candle autograd.
@@ -127,11 +134,21 @@ pub fn loss_and_grads(
     params: &BTreeMap<String, Tensor>,
     batches: &[Tensor],
 ) -> (f64, BTreeMap<String, Tensor>) {
+    loss_and_grads_masked(cfg, params, batches, None)
+}
+
+/// [`loss_and_grads`] of the targets the masks score.
+pub fn loss_and_grads_masked(
+    cfg: &ModelConfig,
+    params: &BTreeMap<String, Tensor>,
+    batches: &[Tensor],
+    masks: Option<&[Tensor]>,
+) -> (f64, BTreeMap<String, Tensor>) {
     let vars: BTreeMap<String, Var> = params
         .iter()
         .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
         .collect();
-    let l = loss(cfg, &vars, batches).unwrap();
+    let l = loss(cfg, &vars, batches, masks).unwrap();
     let store = l.backward().unwrap();
     let grads = vars
         .iter()

@@ -1,0 +1,155 @@
+//! Checkpoints of a multi-process run, in the same format as a threaded run's, so either kind of
+//! run resumes from the other's.
+//!
+//! Saving: the stages of replica 0 send their parameters and AdamW moments to rank 0 (replicas
+//! hold identical copies, so one is enough), rank 0 writes the checkpoint atomically, and every
+//! rank then meets at a barrier. Nobody runs ahead of a checkpoint that is not yet complete, and a
+//! rank killed right after the barrier leaves a complete checkpoint behind. Loading: every rank
+//! reads the checkpoint directory (a path all ranks see: one machine, or a shared file system) and
+//! keeps its own stage's tensors.
+
+use anyhow::{anyhow, bail, Context};
+use candle_core::{Device, Tensor};
+use seqpipe_comm::{Group, Tag, Transport};
+
+use super::distributed::Placement;
+use super::pipeline::holding;
+use super::tensor_msg::{from_message, to_message};
+use super::Partition;
+use crate::checkpoint::resume::{self, Checkpoint, TrainerState};
+use crate::config::TrainConfig;
+use crate::model::params::{param_specs, TensorMap};
+use crate::optim::AdamW;
+
+/// User tag of the checkpoint gather; the per-peer FIFO keeps its tensors in order.
+const GATHER_TAG: u64 = 0xC4EC_0001;
+
+/// What one rank contributes to a checkpoint.
+pub struct RankShard<'a> {
+    /// This rank's place in the world.
+    pub at: Placement,
+    /// Its stage's parameters.
+    pub params: &'a TensorMap,
+    /// Its stage's optimizer.
+    pub optimizer: &'a AdamW,
+}
+
+fn moments<'o>(name: &str, optimizer: &'o AdamW) -> anyhow::Result<[&'o Tensor; 2]> {
+    let missing = |what: &str| anyhow!("optimizer has no {what} moment for {name}");
+    Ok([
+        optimizer.m.get(name).ok_or_else(|| missing("first"))?,
+        optimizer.v.get(name).ok_or_else(|| missing("second"))?,
+    ])
+}
+
+/// Writes the checkpoint of a multi-process run that has finished `step` (every rank calls it).
+pub fn save(
+    cfg: &TrainConfig,
+    step: u64,
+    data_position: u128,
+    partition: &Partition,
+    shard: &RankShard,
+    transport: &mut dyn Transport,
+    world: &mut Group,
+) -> anyhow::Result<()> {
+    let Some(dir) = &cfg.output.checkpoint_dir else {
+        return Ok(());
+    };
+    let tag = Tag::user(GATHER_TAG)?;
+    let at = shard.at;
+    if at.rank == 0 {
+        let (params, optimizer) = gather(cfg, partition, shard, transport, tag)?;
+        let state = TrainerState {
+            version: 1,
+            next_step: step + 1,
+            optimizer_steps: shard.optimizer.steps,
+            data_position: data_position.to_string(),
+            config: cfg.clone(),
+        };
+        resume::save(dir, &state, &params, &optimizer)
+            .with_context(|| format!("checkpoint after step {step}"))?;
+    } else if at.replica == 0 {
+        for (name, p) in shard.params {
+            let [m, v] = moments(name, shard.optimizer)?;
+            for t in [p, m, v] {
+                transport.send(0, tag, to_message(t)?)?;
+            }
+        }
+    }
+    transport
+        .barrier(world)
+        .context("waiting for rank 0 to finish the checkpoint")?;
+    Ok(())
+}
+
+/// Rank 0's side: its own tensors plus those of stages 1.. of replica 0, as the whole-model
+/// parameter map and the `m.`/`v.` moment map a checkpoint holds.
+fn gather(
+    cfg: &TrainConfig,
+    partition: &Partition,
+    shard: &RankShard,
+    transport: &mut dyn Transport,
+    tag: Tag,
+) -> anyhow::Result<(TensorMap, TensorMap)> {
+    let (p, v) = (cfg.parallel.stages as usize, cfg.parallel.chunks as usize);
+    let mut params = TensorMap::new();
+    let mut optimizer = TensorMap::new();
+    let mut keep = |name: &str, [t, m, s]: [Tensor; 3]| {
+        params.insert(name.to_string(), t);
+        optimizer.insert(format!("m.{name}"), m);
+        optimizer.insert(format!("v.{name}"), s);
+    };
+    for (name, t) in shard.params {
+        let [m, s] = moments(name, shard.optimizer)?;
+        keep(name, [t.clone(), m.clone(), s.clone()]);
+    }
+    for stage in 1..p {
+        let mut specs = param_specs(&cfg.model, &holding(partition, stage, p, v));
+        // Senders walk their (sorted) parameter map: receive in the same order.
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        for spec in specs {
+            let mut three = Vec::with_capacity(3);
+            for _ in 0..3 {
+                let t = from_message(transport.recv(stage, tag)?, &Device::Cpu)?;
+                if t.dims() != spec.shape {
+                    bail!(
+                        "checkpoint gather: stage {stage} sent {:?} for {} (expected {:?})",
+                        t.dims(),
+                        spec.name,
+                        spec.shape
+                    );
+                }
+                three.push(t);
+            }
+            let three: [Tensor; 3] = three
+                .try_into()
+                .map_err(|_| anyhow!("three tensors per parameter"))?;
+            keep(&spec.name, three);
+        }
+    }
+    Ok((params, optimizer))
+}
+
+/// Puts a loaded checkpoint's tensors for this rank's stage into `params` and `optimizer`.
+pub fn restore(
+    ck: &Checkpoint,
+    params: &mut TensorMap,
+    optimizer: &mut AdamW,
+) -> anyhow::Result<()> {
+    for (name, p) in params.iter_mut() {
+        let find = |map: &TensorMap, key: &str| {
+            map.get(key)
+                .cloned()
+                .ok_or_else(|| anyhow!("checkpoint lacks {key}"))
+        };
+        *p = find(&ck.params, name)?.to_dtype(p.dtype())?;
+        optimizer
+            .m
+            .insert(name.clone(), find(&ck.optimizer, &format!("m.{name}"))?);
+        optimizer
+            .v
+            .insert(name.clone(), find(&ck.optimizer, &format!("v.{name}"))?);
+    }
+    optimizer.steps = ck.state.optimizer_steps;
+    Ok(())
+}
