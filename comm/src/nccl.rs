@@ -64,16 +64,29 @@ pub fn probe() -> Result<()> {
     Ok(())
 }
 
+#[cfg(not(feature = "cuda-linked"))]
 #[allow(unsafe_code)]
 fn driver_present() -> bool {
     // SAFETY: only dlopens the library by cudarc's candidate names; no symbol is called.
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+#[cfg(not(feature = "cuda-linked"))]
 #[allow(unsafe_code)]
 fn nccl_present() -> bool {
     // SAFETY: as above, a dlopen attempt only.
     unsafe { cudarc::nccl::sys::is_culib_present() }
+}
+
+/// Linked build: the process could not have started without the libraries.
+#[cfg(feature = "cuda-linked")]
+fn driver_present() -> bool {
+    true
+}
+
+#[cfg(feature = "cuda-linked")]
+fn nccl_present() -> bool {
+    true
 }
 
 fn id_to_bytes(id: &Id) -> UniqueIdBytes {

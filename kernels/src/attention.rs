@@ -220,6 +220,10 @@ pub fn attention_forward(
     opts: &AttentionOptions,
 ) -> Result<(Tensor, Tensor)> {
     let geo = geometry("attention_forward", q, k, v, opts)?;
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda::attention_forward(q, k, v, &geo)? {
+        return Ok(out);
+    }
     let qs = (q.to_dtype(geo.ct)?.contiguous()? * opts.scale)?;
     let (kc, vc) = (
         k.to_dtype(geo.ct)?.contiguous()?,

@@ -50,6 +50,10 @@ pub(crate) fn backward_compute(
     const OP: &str = "attention_backward";
     let geo = geometry(OP, q, k, v, opts)?;
     check_saved(&geo, q, out, lse, d_out)?;
+    #[cfg(feature = "cuda")]
+    if let Some((dq, dk, dv)) = crate::cuda::attention_backward(q, k, v, out, lse, d_out, &geo)? {
+        return Ok((geo, dq, dk, dv));
+    }
     let ct = geo.ct;
     let qs = (q.to_dtype(ct)?.contiguous()? * opts.scale)?;
     let (kc, vc) = (k.to_dtype(ct)?.contiguous()?, v.to_dtype(ct)?.contiguous()?);

@@ -117,6 +117,31 @@ pub fn cross_entropy_forward(
         vocab_block,
     )?;
     let h = hidden.to_dtype(p.ct)?.contiguous()?;
+    #[cfg(feature = "cuda")]
+    let on_device = crate::cuda::lse_update(&h, lm_head, p.vocab, vocab_block)?;
+    #[cfg(not(feature = "cuda"))]
+    let on_device: Option<Tensor> = None;
+    let lse = match on_device {
+        Some(lse) => lse,
+        None => lse_blockwise(&h, lm_head, &p, vocab_block)?,
+    }; // [n, 1]
+    let w_t = lm_head.index_select(&p.targets, 0)?.to_dtype(p.ct)?;
+    let z_t = (&h * w_t)?.sum_keepdim(D::Minus1)?;
+    let loss = ((&lse - z_t)? * &p.row_scale)?
+        .sum_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    debug_assert_eq!(lse.dims(), [p.n, 1]);
+    Ok((
+        loss,
+        CrossEntropySaved {
+            lse: lse.squeeze(1)?,
+        },
+    ))
+}
+
+/// `lse [n, 1]` of the logits `h · lm_headᵀ` with candle ops, one vocabulary block at a time.
+fn lse_blockwise(h: &Tensor, lm_head: &Tensor, p: &Prepared, vocab_block: usize) -> Result<Tensor> {
     let mut state: Option<(Tensor, Tensor)> = None; // (row max, row sum of exp(z − max))
     for (v0, lv) in vocab_blocks(p.vocab, vocab_block) {
         let z = h.matmul(&lm_head.narrow(0, v0, lv)?.to_dtype(p.ct)?.t()?)?;
@@ -138,20 +163,16 @@ pub fn cross_entropy_forward(
         op: "cross_entropy_forward",
         detail: "empty vocabulary (unreachable after the shape checks)".to_string(),
     })?;
-    let lse = (m + l.log()?)?; // [n, 1]
-    let w_t = lm_head.index_select(&p.targets, 0)?.to_dtype(p.ct)?;
-    let z_t = (&h * w_t)?.sum_keepdim(D::Minus1)?;
-    let loss = ((&lse - z_t)? * &p.row_scale)?
-        .sum_all()?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()?;
-    debug_assert_eq!(lse.dims(), [p.n, 1]);
-    Ok((
-        loss,
-        CrossEntropySaved {
-            lse: lse.squeeze(1)?,
-        },
-    ))
+    Ok((m + l.log()?)?)
+}
+
+/// `row_scale ⊙ softmax` of one logit block `z [n, vb]` given the rows' `lse [n, 1]`.
+fn scaled_softmax(z: &Tensor, lse: &Tensor, row_scale: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(g) = crate::cuda::softmax_grad(z, lse, row_scale)? {
+        return Ok(g);
+    }
+    Ok(z.broadcast_sub(lse)?.exp()?.broadcast_mul(row_scale)?)
 }
 
 /// Which gradients a backward pass produces (the zero-bubble B/W split asks for one at a time).
@@ -271,11 +292,7 @@ fn backward(
     let (mut dh, mut dw_blocks): (Option<Tensor>, Vec<Tensor>) = (None, Vec::new());
     for (v0, lv) in vocab_blocks(p.vocab, vocab_block) {
         let w = lm_head.narrow(0, v0, lv)?.to_dtype(p.ct)?;
-        let gp = h
-            .matmul(&w.t()?)?
-            .broadcast_sub(&lse)?
-            .exp()?
-            .broadcast_mul(&p.row_scale)?;
+        let gp = scaled_softmax(&h.matmul(&w.t()?)?, &lse, &p.row_scale)?;
         if want.input {
             let part = gp.matmul(&w)?;
             dh = Some(match dh {

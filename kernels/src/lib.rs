@@ -36,6 +36,8 @@ pub mod attention;
 pub mod attention_backward;
 mod check;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod linear;
 pub mod merge;

@@ -33,6 +33,10 @@ pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor
     const OP: &str = "rms_norm_forward";
     let ct = check(OP, x, weight)?;
     positive_finite(OP, "eps", eps)?;
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda::rms_norm_forward(x, weight, eps)? {
+        return Ok(out);
+    }
     let xc = x.to_dtype(ct)?;
     let inv_rms = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
         .sqrt()?
@@ -68,6 +72,10 @@ pub fn rms_norm_backward(
                 x.dims()
             ),
         });
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda::rms_norm_backward(x, weight, inv_rms, dy)? {
+        return Ok(out);
     }
     let h = x.dims()[x.rank() - 1];
     let (xc, dyc) = (x.to_dtype(ct)?, dy.to_dtype(ct)?);

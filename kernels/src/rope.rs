@@ -104,6 +104,16 @@ impl Rope {
                 max_positions: self.max_positions(),
             });
         }
+        #[cfg(feature = "cuda")]
+        if let Some(y) = crate::cuda::rope(
+            x,
+            &self.cos,
+            &self.sin,
+            offset,
+            if inverse { -1.0 } else { 1.0 },
+        )? {
+            return Ok(y);
+        }
         let cos = self.cos.narrow(0, offset, s)?;
         let mut sin = self.sin.narrow(0, offset, s)?;
         if inverse {

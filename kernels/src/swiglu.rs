@@ -25,6 +25,10 @@ fn check(op: &'static str, gate: &Tensor, up: &Tensor) -> Result<DType> {
 pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     const OP: &str = "swiglu_forward";
     let ct = check(OP, gate, up)?;
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda::swiglu_forward(gate, up)? {
+        return Ok(out);
+    }
     let g = gate.to_dtype(ct)?;
     let out = ((&g * sigmoid(&g)?)? * up.to_dtype(ct)?)?;
     Ok(out.to_dtype(gate.dtype())?)
@@ -36,6 +40,10 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, d_out: &Tensor) -> Result<(Te
     let ct = check(OP, gate, up)?;
     same_dtype(OP, "d_out", d_out, gate.dtype())?;
     same_shape(OP, ("gate", gate), ("d_out", d_out))?;
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda::swiglu_backward(gate, up, d_out)? {
+        return Ok(out);
+    }
     let (g, u, d) = (gate.to_dtype(ct)?, up.to_dtype(ct)?, d_out.to_dtype(ct)?);
     let s = sigmoid(&g)?;
     let silu = (&g * &s)?;

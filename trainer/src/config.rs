@@ -160,6 +160,8 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     /// Checkpoints and metrics.
     pub output: OutputConfig,
+    /// Where a threaded run's stages live: "cpu", or "cuda" / "cuda:N" (a `cuda` build).
+    pub device: String,
 }
 
 impl Default for TrainConfig {
@@ -173,6 +175,7 @@ impl Default for TrainConfig {
             parallel: ParallelConfig::default(),
             optim: OptimConfig::default(),
             output: OutputConfig::default(),
+            device: "cpu".into(),
         }
     }
 }

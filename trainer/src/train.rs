@@ -16,7 +16,7 @@ use crate::data::{entropy, DataSource, RetrievalSource};
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::progress_io::{checkpoint_due, metrics_line, write_checkpoint, MetricsWriter};
 use crate::runtime::record::measured_bubble;
-use crate::runtime::{IterationInput, Partition, Pipeline, StageReport};
+use crate::runtime::{IterationInput, Partition, Pipeline, StageReport, Weights};
 
 /// What the loop reports after every step.
 #[derive(Debug, Clone)]
@@ -261,14 +261,16 @@ pub fn train_with(
     let slices = slice_ranges(cfg)?;
     let timeout = Duration::from_secs(cfg.parallel.timeout_secs);
     let dtype = cfg.precision.dtype();
-    let mut pipeline = Pipeline::new(
+    let device = crate::device::open(&cfg.device)?;
+    let mut pipeline = Pipeline::on_device(
         &cfg.model,
         schedule_config(cfg)?,
         cfg.parallel.layers.as_deref(),
         &cfg.optim,
-        cfg.seed,
+        Weights::Seed(cfg.seed),
         dtype,
         timeout,
+        &device,
     )?;
     let simulated_bubble = simulated_bubble(cfg, &pipeline, &slices)?;
     let predicted_saved_bytes = predicted_peaks(&PredictInput {
@@ -279,7 +281,10 @@ pub fn train_with(
         schedule: &pipeline.schedule,
         partition: &pipeline.partition,
     })?;
-    let peak_flops = measure_matmul_peak()?;
+    let peak_flops = match &device {
+        Device::Cpu => measure_matmul_peak()?,
+        gpu => crate::device::matmul_peak(gpu, dtype)?,
+    };
     let (m, b, s) = (
         cfg.parallel.microbatches as usize,
         cfg.data.batch,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 pub mod bench;
+pub mod gpu;
 pub mod tidy;
 
 /// The workspace root (the parent of this crate's directory).

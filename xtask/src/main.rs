@@ -15,6 +15,19 @@ struct Cli {
 enum Command {
     /// Check file headers, the code map and the planning crates' dependency direction.
     Tidy,
+    /// Build the CUDA binaries on this (CPU-only) machine: installs the pinned CUDA wheels into
+    /// .venv-cuda, builds `seqpipe` (cuda, nccl) and `xtask` (cuda) into target/gpu/bin/.
+    GpuBuild,
+    /// On the GPU machine, with the carried `target/gpu/bin/xtask`: kernels vs the CPU path and
+    /// PyTorch, the trainer oracle on CUDA, NCCL. Writes out/gpu/gpu-test.md.
+    GpuTest {
+        /// The PyTorch reference script.
+        #[arg(long, default_value = "gpu/torch_ref.py")]
+        torch_script: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "out/gpu")]
+        out: PathBuf,
+    },
     /// Benchmarks: `sim` (simulated sweeps and paper reproductions), `cpu` (measured trainer
     /// runs on this machine), `gpu` (needs issue #11's script).
     Bench {
@@ -38,8 +51,19 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// The same on a GPU (not available yet: exits non-zero saying what is needed).
-    Gpu,
+    /// Measured on the GPU machine (cuda build of xtask): attention vs PyTorch SDPA, a
+    /// Llama-7B layer vs the matmul ceiling, a sliced training step; writes out/gpu/bench.md.
+    Gpu {
+        /// The PyTorch timing script.
+        #[arg(long, default_value = "gpu/torch_bench.py")]
+        torch_script: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "out/gpu")]
+        out: PathBuf,
+        /// Smaller shapes (a quick smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,8 +73,14 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             Bench::Sim { out } => xtask::bench::run_sim(&out.unwrap_or(default_out)),
             Bench::Cpu { out } => xtask::bench::run_cpu(&out.unwrap_or(default_out)),
-            Bench::Gpu => xtask::bench::run_gpu(),
+            Bench::Gpu {
+                torch_script,
+                out,
+                quick,
+            } => run_gpu_bench(&torch_script, &out, quick),
         },
+        Command::GpuBuild => xtask::gpu::gpu_build::gpu_build(&root).map(drop),
+        Command::GpuTest { torch_script, out } => run_gpu_test(&torch_script, &out),
         Command::Tidy => {
             let problems = xtask::tidy::check(&root)?;
             if problems.is_empty() {
@@ -64,4 +94,28 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn run_gpu_test(script: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    xtask::gpu::gpu_test::run(script, out)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_gpu_test(_: &std::path::Path, _: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::bail!(xtask::gpu::NEEDS_CUDA_BUILD)
+}
+
+#[cfg(feature = "cuda")]
+fn run_gpu_bench(
+    script: &std::path::Path,
+    out: &std::path::Path,
+    quick: bool,
+) -> anyhow::Result<()> {
+    xtask::gpu::bench_gpu::run(script, out, quick)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_gpu_bench(_: &std::path::Path, _: &std::path::Path, _: bool) -> anyhow::Result<()> {
+    anyhow::bail!(xtask::gpu::NEEDS_CUDA_BUILD)
 }

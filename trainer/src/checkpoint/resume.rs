@@ -52,6 +52,8 @@ pub fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
     let normalise = |c: &TrainConfig| TrainConfig {
         steps: 0,
         output: Default::default(),
+        // A run may continue on another device.
+        device: String::new(),
         ..c.clone()
     };
     normalise(saved) == normalise(cfg)

@@ -46,6 +46,9 @@ pub struct TrainArgs {
     /// Precision.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// Device of a threaded run: cpu, cuda or cuda:N (cuda needs a `cuda` build).
+    #[arg(long)]
+    device: Option<String>,
     /// Data source: generated Markov text, the generated key–value retrieval task, a token file,
     /// or text/JSONL with a tokenizer.
     #[arg(long, value_enum)]
@@ -115,6 +118,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = args.precision {
         cfg.precision = v;
+    }
+    if let Some(v) = &args.device {
+        cfg.device = v.clone();
     }
     if let Some(v) = args.data_kind {
         cfg.data.kind = v;

@@ -1,40 +1,47 @@
 //! A synthetic long-context task: multi-query key–value retrieval (associative recall).
 //!
-//! Each sequence of `S + 1` tokens is a context of `D = (S + 1) / 4` key–value pairs followed by
-//! query pairs that fill the rest. Keys come from the lower half of the vocabulary, values from
-//! the upper half; the keys of one context are distinct, and every query repeats a context key,
-//! drawn uniformly, followed by the value it had. Only the query values are scored (the loss mask
-//! is 1 on the targets that are query values, 0 elsewhere). A query key and its answer can be the
-//! whole context apart, and the answer exists nowhere but in that context, so a model that does
-//! not use its long context scores chance, `1 / (V/2)`; one that does can reach 100 %.
+//! Each sequence of `S + 1` tokens opens with a context of `P` *fact* tokens, each binding one of
+//! `n` keys to one of `n` values (distinct keys, distinct values, drawn afresh per sequence),
+//! followed by queries that fill the rest: a *query* token naming a key, then the *answer* token
+//! of the value the context bound it to. Only answers are scored (the loss mask is 1 on targets
+//! that are answers). The binding exists nowhere but in that sequence's context, which can be
+//! the whole sequence away, so a model that ignores the context scores chance, `1/n`; one that
+//! looks the key up scores 100 %.
 //!
 //! ```text
-//!  k₁ v₁ k₂ v₂ … k_D v_D | kq₁ vq₁ kq₂ vq₂ …      (mask on the targets vq₁, vq₂, …)
+//!  f(k₁,v₁) f(k₂,v₂) … f(k_P,v_P) | q(kq₁) a(vq₁) q(kq₂) a(vq₂) …   (mask on a(vq₁), a(vq₂), …)
 //! ```
+//!
+//! A fact is one token (`n + k·n + v`) rather than a key token followed by a value token: then
+//! one attention hop (query → the fact that holds its key) answers, instead of the two-layer
+//! induction circuit a split pair needs, which small CPU models take millions of sequences to
+//! form. The vocabulary is `n` query tokens, `n²` fact tokens and `n` answer tokens, with `n` the
+//! largest that fits the model's vocabulary; the remaining tokens are unused.
 
 use candle_core::{Device, Tensor};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Smallest vocabulary the task supports: at least two keys and two values.
-pub const MIN_VOCAB: usize = 4;
-/// Smallest sequence: one context pair and one query pair (`S + 1 ≥ 4`).
-pub const MIN_SEQ_LEN: usize = 3;
+/// Smallest vocabulary the task supports: two keys, two values (2 + 4 + 2 tokens).
+pub const MIN_VOCAB: usize = 8;
+/// Smallest sequence: one fact and one query pair (`S + 1 ≥ 3`).
+pub const MIN_SEQ_LEN: usize = 2;
 
 /// One sequence and its loss mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetrievalSequence {
     /// `S + 1` tokens.
     pub tokens: Vec<u32>,
-    /// `S` weights, one per target `tokens[i + 1]`: 1 on query values, 0 elsewhere.
+    /// `S` weights, one per target `tokens[i + 1]`: 1 on answers, 0 elsewhere.
     pub mask: Vec<f32>,
 }
 
 /// A seeded generator of retrieval sequences over `vocab` tokens.
 #[derive(Debug, Clone)]
 pub struct RetrievalSource {
-    vocab: usize,
+    /// Keys (and values) per sequence.
+    n: usize,
     rng: ChaCha8Rng,
 }
 
@@ -43,28 +50,47 @@ impl RetrievalSource {
     pub fn new(vocab: usize, seed: u64) -> anyhow::Result<Self> {
         if vocab < MIN_VOCAB {
             anyhow::bail!(
-                "the retrieval task needs model.vocab ≥ {MIN_VOCAB} (half keys, half values), got {vocab}"
+                "the retrieval task needs model.vocab ≥ {MIN_VOCAB} (n queries + n² facts + n answers, n ≥ 2), got {vocab}"
             );
         }
+        let n = (2..)
+            .take_while(|n| n * n + 2 * n <= vocab)
+            .last()
+            .unwrap_or(2);
         Ok(RetrievalSource {
-            vocab,
+            n,
             rng: ChaCha8Rng::seed_from_u64(seed),
         })
     }
 
-    fn keys(&self) -> usize {
-        self.vocab / 2
+    /// Keys (and values) the task draws from.
+    pub fn keys(&self) -> usize {
+        self.n
     }
 
-    /// Context pairs in a sequence of `seq_len` (+1) tokens: half the tokens, at most one pair per
-    /// distinct key.
-    pub fn context_pairs(&self, seq_len: usize) -> usize {
-        ((seq_len + 1) / 4).clamp(1, self.keys())
+    /// The query token of key `k`.
+    pub fn query(&self, k: usize) -> u32 {
+        k as u32
+    }
+
+    /// The fact token binding key `k` to value `v`.
+    pub fn fact(&self, k: usize, v: usize) -> u32 {
+        (self.n + k * self.n + v) as u32
+    }
+
+    /// The answer token of value `v`.
+    pub fn answer(&self, v: usize) -> u32 {
+        (self.n + self.n * self.n + v) as u32
+    }
+
+    /// Facts in a sequence of `seq_len` (+1) tokens: a quarter of it, at most one per key.
+    pub fn context_facts(&self, seq_len: usize) -> usize {
+        ((seq_len + 1) / 4).clamp(1, self.n)
     }
 
     /// Chance accuracy of a model that ignores the context.
     pub fn chance(&self) -> f64 {
-        1.0 / (self.vocab - self.keys()) as f64
+        1.0 / self.n as f64
     }
 
     /// Position in the stream (for checkpoints).
@@ -77,32 +103,29 @@ impl RetrievalSource {
         self.rng.set_word_pos(position);
     }
 
-    /// One sequence of `seq_len + 1` tokens (`seq_len ≥ 3`).
+    /// One sequence of `seq_len + 1` tokens (`seq_len ≥ 2`).
     pub fn sequence(&mut self, seq_len: usize) -> anyhow::Result<RetrievalSequence> {
         if seq_len < MIN_SEQ_LEN {
             anyhow::bail!(
-                "the retrieval task needs data.seq_len ≥ {MIN_SEQ_LEN} (one pair and one query), got {seq_len}"
+                "the retrieval task needs data.seq_len ≥ {MIN_SEQ_LEN} (one fact and one query), got {seq_len}"
             );
         }
-        let (keys, pairs) = (self.keys(), self.context_pairs(seq_len));
-        let values = (self.vocab - keys) as u32;
-        let context_keys = sample(&mut self.rng, keys, pairs).into_vec();
-        let context: Vec<(u32, u32)> = context_keys
-            .into_iter()
-            .map(|k| (k as u32, keys as u32 + self.rng.random_range(0..values)))
+        let (n, facts) = (self.n, self.context_facts(seq_len));
+        let keys = sample(&mut self.rng, n, facts).into_vec();
+        let values = sample(&mut self.rng, n, facts).into_vec();
+        let mut tokens: Vec<u32> = keys
+            .iter()
+            .zip(&values)
+            .map(|(&k, &v)| self.fact(k, v))
             .collect();
-        let mut tokens = Vec::with_capacity(seq_len + 1);
         let mut mask = vec![0f32; seq_len];
-        for &(k, v) in &context {
-            tokens.extend([k, v]);
-        }
         while tokens.len() < seq_len + 1 {
-            let (k, v) = context[self.rng.random_range(0..pairs)];
-            tokens.push(k);
+            let i = self.rng.random_range(0..facts);
+            tokens.push(self.query(keys[i]));
             if tokens.len() < seq_len + 1 {
-                // Target index `i` scores `tokens[i + 1]`: this value's target index is len − 1.
+                // Target index `t` scores `tokens[t + 1]`: this answer's target index is len − 1.
                 mask[tokens.len() - 1] = 1.0;
-                tokens.push(v);
+                tokens.push(self.answer(values[i]));
             }
         }
         Ok(RetrievalSequence { tokens, mask })
@@ -138,29 +161,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_scored_target_is_the_value_of_its_key_in_the_context() {
+    fn every_scored_target_is_the_value_its_key_has_in_the_context() {
         let mut src = RetrievalSource::new(64, 3).unwrap();
-        for seq_len in [3, 4, 7, 64, 255] {
+        let n = src.keys();
+        assert_eq!(n, 7, "7 + 49 + 7 = 63 ≤ 64 < 8 + 64 + 8");
+        for seq_len in [2, 3, 4, 7, 64, 255] {
             let s = src.sequence(seq_len).unwrap();
             assert_eq!((s.tokens.len(), s.mask.len()), (seq_len + 1, seq_len));
-            let pairs = src.context_pairs(seq_len);
-            let context: Vec<(u32, u32)> = s.tokens[..2 * pairs]
-                .chunks(2)
-                .map(|c| (c[0], c[1]))
+            let facts = src.context_facts(seq_len);
+            let bound: Vec<(u32, u32)> = s.tokens[..facts]
+                .iter()
+                .map(|&f| {
+                    let kv = f as usize - n;
+                    assert!(kv < n * n, "the context holds fact tokens only");
+                    ((kv / n) as u32, (kv % n) as u32)
+                })
                 .collect();
-            let mut keys: Vec<u32> = context.iter().map(|c| c.0).collect();
+            let mut keys: Vec<u32> = bound.iter().map(|b| b.0).collect();
             keys.sort();
             keys.dedup();
-            assert_eq!(keys.len(), pairs, "context keys are distinct");
-            assert!(context
-                .iter()
-                .all(|&(k, v)| k < 32 && (32..64).contains(&v)));
+            assert_eq!(keys.len(), facts, "context keys are distinct");
             let scored: Vec<usize> = (0..seq_len).filter(|&i| s.mask[i] == 1.0).collect();
             assert!(!scored.is_empty());
             for i in scored {
-                assert!(i >= 2 * pairs, "only queries are scored");
-                let (key, answer) = (s.tokens[i], s.tokens[i + 1]);
-                assert_eq!(context.iter().find(|c| c.0 == key).unwrap().1, answer);
+                assert!(i >= facts, "only answers after the context are scored");
+                let (query, answer) = (s.tokens[i], s.tokens[i + 1]);
+                let value = bound.iter().find(|b| b.0 == query).unwrap().1;
+                assert_eq!(answer, src.answer(value as usize));
             }
         }
     }
@@ -182,9 +209,9 @@ mod tests {
 
     #[test]
     fn too_small_vocab_or_sequence_is_an_error_naming_it() {
-        let e = RetrievalSource::new(3, 0).unwrap_err().to_string();
-        assert!(e.contains("model.vocab ≥ 4") && e.contains("got 3"), "{e}");
-        let e = RetrievalSource::new(8, 0).unwrap().sequence(2).unwrap_err();
-        assert!(e.to_string().contains("data.seq_len ≥ 3"), "{e}");
+        let e = RetrievalSource::new(7, 0).unwrap_err().to_string();
+        assert!(e.contains("model.vocab ≥ 8") && e.contains("got 7"), "{e}");
+        let e = RetrievalSource::new(8, 0).unwrap().sequence(1).unwrap_err();
+        assert!(e.to_string().contains("data.seq_len ≥ 2"), "{e}");
     }
 }

@@ -110,6 +110,13 @@ pub fn train_rank(
     mut on_step: impl FnMut(&StepEvent),
 ) -> anyhow::Result<RankSummary> {
     check(cfg)?;
+    if cfg.device != "cpu" {
+        anyhow::bail!(
+            "device = {:?}: multi-process runs keep their stages on the CPU for now (their \
+             gradients and checkpoints travel over TCP); run threaded for a GPU",
+            cfg.device
+        );
+    }
     let p = cfg.parallel.stages as usize;
     let at = placement(transport.rank(), transport.world_size(), p)?;
     if cfg.model.tie_embeddings && p > 1 {

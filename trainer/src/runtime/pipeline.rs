@@ -328,9 +328,12 @@ impl Pipeline {
                 let saved = params
                     .get(name)
                     .ok_or_else(|| anyhow!("checkpoint lacks parameter {name}"))?;
-                *p = saved.to_dtype(p.dtype())?;
-                opt.m.insert(name.clone(), get(format!("m.{name}"))?);
-                opt.v.insert(name.clone(), get(format!("v.{name}"))?);
+                let device = p.device().clone();
+                *p = saved.to_dtype(p.dtype())?.to_device(&device)?;
+                opt.m
+                    .insert(name.clone(), get(format!("m.{name}"))?.to_device(&device)?);
+                opt.v
+                    .insert(name.clone(), get(format!("v.{name}"))?.to_device(&device)?);
             }
             opt.steps = steps;
             w.refresh_weights()?;

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use plot::{line_chart, Labels, Series};
 use sim::{Best, FAMILIES, SETUPS};
@@ -180,14 +180,4 @@ pub fn run_cpu(dir: &Path) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// `bench gpu`: not available until issue #11's GPU harness exists; says what is needed and fails.
-pub fn run_gpu() -> Result<()> {
-    bail!(
-        "bench gpu: not available yet, nothing was measured. It delegates to issue #11's GPU \
-         harness, which does not exist yet: `cargo xtask gpu-build` (the `seqpipe` binary built with \
-         `--features cuda,nccl` on this machine) and `cargo xtask gpu-test` run on an H100/H200 \
-         machine with that binary, measuring the same configurations as `bench cpu` on the device."
-    )
 }
