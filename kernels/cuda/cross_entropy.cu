@@ -18,47 +18,13 @@
 //   ce_softmax_grad: grid = (n, 1, 1), block = (256, 1, 1), dynamic smem = 0
 // Any vb >= 1.
 
+#include "common.cuh"
+
 namespace {
 
 constexpr int CE_THREADS = 256;
 constexpr int CE_WARPS = CE_THREADS / 32;
 constexpr float CE_NEG_INF = -__builtin_huge_valf();
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Block-wide reductions returned to every thread; the leading barrier protects `scratch` from
-// being overwritten while a slower warp still reads the previous reduction's partials.
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    v = warp_max(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = scratch[0];
-#pragma unroll
-    for (int w = 1; w < CE_WARPS; ++w) t = fmaxf(t, scratch[w]);
-    return t;
-}
-
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    v = warp_sum(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = 0.f;
-#pragma unroll
-    for (int w = 0; w < CE_WARPS; ++w) t += scratch[w];
-    return t;
-}
 
 }  // namespace
 
@@ -75,7 +41,7 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS)
     // exact arithmetic, and the second pass over the row hits L2.
     float m = CE_NEG_INF;
     for (int j = threadIdx.x; j < vb; j += CE_THREADS) m = fmaxf(m, z[j]);
-    m = block_max(m, scratch);
+    m = block_max<CE_WARPS>(m, scratch);
     const float m_old = run_max[r];
     const float m_new = fmaxf(m_old, m);
     // An all -inf row so far would give exp(-inf - -inf) = NaN; shifting by 0 instead keeps every
@@ -84,7 +50,7 @@ extern "C" __global__ void __launch_bounds__(CE_THREADS)
 
     float s = 0.f;
     for (int j = threadIdx.x; j < vb; j += CE_THREADS) s += expf(z[j] - m_use);
-    s = block_sum(s, scratch);
+    s = block_sum<CE_WARPS>(s, scratch);
     if (threadIdx.x == 0) {
         run_sum[r] = run_sum[r] * expf(m_old - m_use) + s;
         run_max[r] = m_new;

@@ -15,42 +15,12 @@
 //     (any grid.x >= 1 is correct for the backward; dw_partial must then have grid.x rows)
 // Any h >= 1; y/dx must not alias x, w or dy.
 
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 namespace {
 
 constexpr int RMS_THREADS = 256;
 constexpr int RMS_WARPS = RMS_THREADS / 32;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-// Round to nearest even, as candle's to_dtype does.
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-    return __float2bfloat16(v);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum over the block, returned to every thread. `scratch` holds RMS_WARPS floats and may be
-// reused by the next call: the leading barrier keeps a fast warp from overwriting partial sums
-// that a slow warp is still reading from the previous call.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    v = warp_sum(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = 0.f;
-#pragma unroll
-    for (int w = 0; w < RMS_WARPS; ++w) t += scratch[w];
-    return t;
-}
 
 template <typename T>
 __device__ __forceinline__ void rms_norm_fwd_impl(const T* __restrict__ x, const T* __restrict__ w,
@@ -67,7 +37,7 @@ __device__ __forceinline__ void rms_norm_fwd_impl(const T* __restrict__ x, const
         const float v = to_f32(x[base + i]);
         ss += v * v;
     }
-    ss = block_sum(ss, scratch);
+    ss = block_sum<RMS_WARPS>(ss, scratch);
     const float inv = 1.0f / sqrtf(ss / (float)h + eps);
 
     // Second read of x instead of caching it: h is unbounded, and the row is hot in L1/L2.
@@ -97,7 +67,7 @@ __device__ __forceinline__ void rms_norm_bwd_impl(const T* __restrict__ x, const
             const float g = to_f32(dy[base + i]) * to_f32(w[i]);
             dot += g * xh;
         }
-        dot = block_sum(dot, scratch);
+        dot = block_sum<RMS_WARPS>(dot, scratch);
         const float mean_gx = dot / (float)h;
         for (int i = threadIdx.x; i < h; i += RMS_THREADS) {
             const float xh = to_f32(x[base + i]) * inv;

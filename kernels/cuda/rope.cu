@@ -16,20 +16,11 @@
 //                    dynamic smem = 0
 // y must not alias x (each output reads its partner element from the other half).
 
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 namespace {
 
 constexpr int ROPE_THREADS = 256;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-    return __float2bfloat16(v);
-}
 
 template <typename T>
 __device__ __forceinline__ void rope_impl(const T* __restrict__ x, T* __restrict__ y,

@@ -12,20 +12,11 @@
 //     block = (256, 1, 1), grid = (min(ceil(n / 256), 65535), 1, 1), dynamic smem = 0
 // Outputs may alias inputs elementwise (each thread reads its element before writing it).
 
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 namespace {
 
 constexpr int SWIGLU_THREADS = 256;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-    return __float2bfloat16(v);
-}
 
 // Same formula as the CPU reference (not the tanh form), so both saturate identically.
 __device__ __forceinline__ float sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }

@@ -4,7 +4,7 @@
 //! Kernels exist for head dims 64 and 128 (f32 and bf16, tensor cores for bf16); any other head
 //! dim, or more than 65 535 (batch · heads), returns `Ok(None)` and takes the candle-op path.
 
-use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{LaunchArgs, LaunchConfig, PushKernelArg};
 use candle_core::{CudaDevice, DType, Tensor};
 use half::bf16;
 
@@ -27,15 +27,34 @@ fn covered(geo: &Geometry) -> bool {
     matches!(geo.d, 64 | 128) && geo.b * geo.h <= MAX_GRID_Y
 }
 
-/// Sizes in the kernels' argument order: b, h, hkv, sq, sk.
-fn sizes(op: &'static str, geo: &Geometry) -> Result<[i32; 5]> {
-    Ok([
-        int(op, "batch", geo.b)?,
-        int(op, "heads", geo.h)?,
-        int(op, "kv heads", geo.hkv)?,
-        int(op, "query tokens", geo.sq)?,
-        int(op, "key tokens", geo.sk)?,
-    ])
+/// The trailing arguments both attention kernels take: `b, h, hkv, sq, sk, scale, causal`.
+struct Tail {
+    dims: [i32; 5],
+    scale: f32,
+    causal: i32,
+}
+
+impl Tail {
+    fn of(op: &'static str, geo: &Geometry) -> Result<Tail> {
+        Ok(Tail {
+            dims: [
+                int(op, "batch", geo.b)?,
+                int(op, "heads", geo.h)?,
+                int(op, "kv heads", geo.hkv)?,
+                int(op, "query tokens", geo.sq)?,
+                int(op, "key tokens", geo.sk)?,
+            ],
+            scale: geo.opts.scale as f32,
+            causal: i32::from(geo.opts.mask == Mask::Causal),
+        })
+    }
+
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+        for x in &self.dims {
+            b.arg(x);
+        }
+        b.arg(&self.scale).arg(&self.causal);
+    }
 }
 
 fn cfg(grid: (usize, usize), threads: u32) -> LaunchConfig {
@@ -78,19 +97,12 @@ fn forward<T: KernelFloat>(
     device_view!(vv, v, T, OP);
     let mut out = output::<T>(dev, q.elem_count())?;
     let mut lse = output::<f32>(dev, geo.b * geo.h * geo.sq)?;
-    let dims = sizes(OP, geo)?;
-    let (scale, causal) = (
-        geo.opts.scale as f32,
-        i32::from(geo.opts.mask == Mask::Causal),
-    );
+    let tail = Tail::of(OP, geo)?;
     let name = format!("attn_fwd_d{}_{}", geo.d, T::SUFFIX);
     let f = dev.get_or_load_custom_func(&name, MODULE, ptx::ATTENTION)?;
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&mut out).arg(&mut lse);
-    for x in &dims {
-        b.arg(x);
-    }
-    b.arg(&scale).arg(&causal);
+    tail.push(&mut b);
     let grid = (geo.sq.div_ceil(FWD_ROWS), geo.b * geo.h);
     // SAFETY: arguments match `attn_fwd(const T*, const T*, const T*, T*, float*, int b, int h,
     // int hkv, int sq, int sk, float scale, int causal)`; the caller checked sk ≥ sq if causal.
@@ -160,20 +172,13 @@ fn backward<T: KernelFloat>(
     let mut dq = dev.alloc_zeros::<f32>(q.elem_count())?;
     let mut dk = output::<f32>(dev, k.elem_count())?;
     let mut dv = output::<f32>(dev, v.elem_count())?;
-    let dims = sizes(OP, geo)?;
-    let (scale, causal) = (
-        geo.opts.scale as f32,
-        i32::from(geo.opts.mask == Mask::Causal),
-    );
+    let tail = Tail::of(OP, geo)?;
     let name = format!("attn_bwd_d{}_{}", geo.d, T::SUFFIX);
     let f = dev.get_or_load_custom_func(&name, MODULE, ptx::ATTENTION)?;
     let mut b = f.builder();
     b.arg(&qv).arg(&kv).arg(&vv).arg(&lv).arg(&delta).arg(&dov);
     b.arg(&mut dq).arg(&mut dk).arg(&mut dv);
-    for x in &dims {
-        b.arg(x);
-    }
-    b.arg(&scale).arg(&causal);
+    tail.push(&mut b);
     let grid = (geo.sk.div_ceil(BWD_KEYS), geo.b * geo.hkv);
     // SAFETY: arguments match `attn_bwd(const T* q, const T* k, const T* v, const float* lse,
     // const float* delta, const T* d_out, float* dq, float* dk, float* dv, int b, int h,

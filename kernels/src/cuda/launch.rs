@@ -3,11 +3,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::backprop::BackpropOp;
 use candle_core::cuda::cudarc::driver::{
     CudaSlice, DevicePtrMut, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
-use candle_core::cuda::{CudaDType, CudaFunc};
+use candle_core::cuda::CudaDType;
+use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Shape, Storage, Tensor};
 use half::bf16;
 
@@ -56,11 +56,6 @@ pub(crate) fn target(t: &Tensor) -> Option<(CudaDevice, Float)> {
 
 pub(crate) fn cuda_err(op: &'static str, e: impl std::fmt::Display) -> KernelError {
     KernelError::Candle(candle_core::Error::Msg(format!("{op}: CUDA: {e}")))
-}
-
-/// Loads `name` from a module (cached by candle per device).
-pub(crate) fn function(dev: &CudaDevice, name: &str, module: &str, ptx: &str) -> Result<CudaFunc> {
-    Ok(dev.get_or_load_custom_func(name, module, ptx)?)
 }
 
 /// A fresh device buffer of `n` elements: zeros, or NaN bytes when poisoning is on.
