@@ -63,7 +63,14 @@ fn losses(metrics: &Path) -> Vec<f64> {
 
 fn threaded(microbatches: &str, metrics: &Path) -> Vec<f64> {
     let m = metrics.to_str().unwrap();
-    run_threaded(&["--steps", "3", "--microbatches", microbatches, "--metrics", m]);
+    run_threaded(&[
+        "--steps",
+        "3",
+        "--microbatches",
+        microbatches,
+        "--metrics",
+        m,
+    ]);
     losses(metrics)
 }
 
@@ -171,7 +178,10 @@ fn killed_ranks_resume_from_their_checkpoint_to_the_uninterrupted_losses() {
         "--metrics",
         &distributed_log,
     ];
-    let (ok, _) = run_ranks(2, &[&run[..], &writing, &["--abort-after-step", "1"]].concat());
+    let (ok, _) = run_ranks(
+        2,
+        &[&run[..], &writing, &["--abort-after-step", "1"]].concat(),
+    );
     assert!(!ok, "the ranks were told to abort");
     assert_close(&losses(Path::new(&distributed_log)), &want[..2]);
 

@@ -272,6 +272,9 @@ fn masked_losses_match_single_device_f64() {
         let (err, name) = worst_rel_err(&pl.gradients(), &ref_grads);
         assert!(err <= 1e-10, "{kind:?}: {name} differs by {err:e}");
         let answered: usize = reports.iter().map(|r| r.answers.scored).sum();
-        assert_eq!(answered as f64, scored, "{kind:?}: every answer is scored once");
+        assert_eq!(
+            answered as f64, scored,
+            "{kind:?}: every answer is scored once"
+        );
     }
 }

@@ -221,7 +221,13 @@ mod tests {
             head_forward(ctx, &norm, &lm_head, &x, &targets, Some(&mask), 4.0).unwrap();
         // Masked-in rows 0, 1, 3, 4: right, wrong, wrong, right (row 2 would be right).
         let hits = answer_hits(&lm_head, &saved).unwrap();
-        assert_eq!(hits, Answers { scored: 4, correct: 2 });
+        assert_eq!(
+            hits,
+            Answers {
+                scored: 4,
+                correct: 2
+            }
+        );
         assert_eq!(hits.accuracy(), Some(0.5));
         let (_, unmasked) = head_forward(ctx, &norm, &lm_head, &x, &targets, None, 5.0).unwrap();
         assert_eq!(answer_hits(&lm_head, &unmasked).unwrap().accuracy(), None);

@@ -113,7 +113,10 @@ pub fn loss(
         let mut nll = log_probs.gather(&targets.unsqueeze(1)?, 1)?.neg()?;
         match masks {
             Some(masks) => {
-                let w = masks[mb].flatten_all()?.unsqueeze(1)?.to_dtype(nll.dtype())?;
+                let w = masks[mb]
+                    .flatten_all()?
+                    .unsqueeze(1)?
+                    .to_dtype(nll.dtype())?;
                 count += w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 nll = (nll * w)?;
             }

@@ -32,7 +32,10 @@ pub struct Case {
 fn randn(rng: &mut ChaCha8Rng, shape: &[usize], std: f64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
-        .map(|_| (std * StandardNormal.sample(rng) as f64) as f32)
+        .map(|_| {
+            let x: f64 = StandardNormal.sample(rng);
+            (std * x) as f32
+        })
         .collect();
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }

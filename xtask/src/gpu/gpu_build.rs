@@ -3,7 +3,8 @@
 //! Installs the pinned toolkit wheels, prepares the link directory (unversioned symlinks and
 //! the driver stub), builds `seqpipe` with `cuda,nccl` and `xtask` with `cuda` (which carries
 //! `gpu-test` and `bench gpu`) in their own target directory, and copies them, stripped, to
-//! `target/gpu/bin/`. Last it lists what the binaries need at run time.
+//! `target/gpu/bin/` and, gzipped together, to `target/gpu/carry.tar.gz`. Last it lists what the
+//! binaries need at run time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,8 +48,26 @@ pub fn gpu_build(root: &Path) -> Result<Vec<PathBuf>> {
         built.push(to);
     }
     report(&built)?;
+    // The binaries embed candle's PTX (mostly text): gzip makes the pair fit the 64 MiB that a
+    // device machine takes with the working tree. `gpu/run-on-gpu.sh` unpacks it.
+    let archive = root.join(CARRY);
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(root.join("target/gpu"))
+        .arg("bin"))?;
+    let size = std::fs::metadata(&archive)?.len();
+    println!(
+        "  {} ({:.1} MiB): both binaries, for carrying",
+        archive.display(),
+        size as f64 / (1 << 20) as f64
+    );
     Ok(built)
 }
+
+/// The compressed binaries, relative to the workspace root.
+pub const CARRY: &str = "target/gpu/carry.tar.gz";
 
 /// `cargo` with the environment of a CUDA build: the wheels' nvcc first on `PATH`, the CUDA
 /// version and compute capability fixed (so nothing probes a GPU), our link directory, and a
