@@ -52,7 +52,7 @@ pub enum DataSource {
     /// Generated first-order Markov text.
     Markov(Box<MarkovSource>),
     /// Generated key–value retrieval sequences, scored on the answers only.
-    Retrieval(RetrievalSource),
+    Retrieval(Box<RetrievalSource>),
     /// A token file or tokenized text.
     Stream(TokenStream),
 }
@@ -67,7 +67,9 @@ impl DataSource {
         };
         Ok(match cfg.kind {
             DataKind::Markov => DataSource::Markov(Box::new(MarkovSource::new(vocab, seed))),
-            DataKind::Retrieval => DataSource::Retrieval(RetrievalSource::new(vocab, seed)?),
+            DataKind::Retrieval => {
+                DataSource::Retrieval(Box::new(RetrievalSource::new(vocab, seed)?))
+            }
             DataKind::Tokens => {
                 DataSource::Stream(TokenStream::open_file(path()?, cfg.token_bytes, vocab)?)
             }
