@@ -4,11 +4,12 @@
 //! Kernels exist for head dims 64 and 128 (f32 and bf16, tensor cores for bf16); any other head
 //! dim, or more than 65 535 (batch · heads), returns `Ok(None)` and takes the candle-op path.
 
-use candle_core::cuda::cudarc::driver::{LaunchArgs, LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{LaunchArgs, PushKernelArg};
 use candle_core::{CudaDevice, DType, Tensor};
-use half::bf16;
 
-use super::launch::{cuda_err, device_view, int, output, target, tensor, Float, KernelFloat};
+use super::launch::{
+    blocks, by_float, cuda_err, device_view, int, output, target, tensor, KernelFloat,
+};
 use super::ptx;
 use crate::attention::{Geometry, Mask};
 use crate::error::Result;
@@ -57,14 +58,6 @@ impl Tail {
     }
 }
 
-fn cfg(grid: (usize, usize), threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0 as u32, grid.1 as u32, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// `(out [b, h, sq, d] in q's dtype, lse [b, h, sq] f32)`.
 pub(crate) fn attention_forward(
     q: &Tensor,
@@ -78,10 +71,7 @@ pub(crate) fn attention_forward(
     if !covered(geo) {
         return Ok(None);
     }
-    Ok(Some(match float {
-        Float::F32 => forward::<f32>(&dev, q, k, v, geo)?,
-        Float::Bf16 => forward::<bf16>(&dev, q, k, v, geo)?,
-    }))
+    Ok(Some(by_float!(float, forward(&dev, q, k, v, geo))?))
 }
 
 fn forward<T: KernelFloat>(
@@ -106,7 +96,7 @@ fn forward<T: KernelFloat>(
     let grid = (geo.sq.div_ceil(FWD_ROWS), geo.b * geo.h);
     // SAFETY: arguments match `attn_fwd(const T*, const T*, const T*, T*, float*, int b, int h,
     // int hkv, int sq, int sk, float scale, int causal)`; the caller checked sk ≥ sq if causal.
-    unsafe { b.launch(cfg(grid, THREADS)) }.map_err(|e| cuda_err(OP, e))?;
+    unsafe { b.launch(blocks(grid, THREADS)) }.map_err(|e| cuda_err(OP, e))?;
     Ok((
         tensor(out, dev, q.shape().clone()),
         tensor(lse, dev, (geo.b, geo.h, geo.sq)),
@@ -130,10 +120,10 @@ pub(crate) fn attention_backward(
         return Ok(None);
     }
     let lse = lse.to_dtype(DType::F32)?;
-    Ok(Some(match float {
-        Float::F32 => backward::<f32>(&dev, q, k, v, out, &lse, d_out, geo)?,
-        Float::Bf16 => backward::<bf16>(&dev, q, k, v, out, &lse, d_out, geo)?,
-    }))
+    Ok(Some(by_float!(
+        float,
+        backward(&dev, q, k, v, out, &lse, d_out, geo)
+    )?))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -161,7 +151,7 @@ fn backward<T: KernelFloat>(
     let mut b = f.builder();
     b.arg(&ov).arg(&dov).arg(&mut delta).arg(&rows_i).arg(&d_i);
     // SAFETY: arguments match `attn_bwd_delta(const T*, const T*, float*, int rows, int d)`.
-    unsafe { b.launch(cfg((rows.div_ceil(DELTA_ROWS), 1), DELTA_THREADS)) }
+    unsafe { b.launch(blocks((rows.div_ceil(DELTA_ROWS), 1), DELTA_THREADS)) }
         .map_err(|e| cuda_err(OP, e))?;
 
     device_view!(qv, q, T, OP);
@@ -183,7 +173,7 @@ fn backward<T: KernelFloat>(
     // SAFETY: arguments match `attn_bwd(const T* q, const T* k, const T* v, const float* lse,
     // const float* delta, const T* d_out, float* dq, float* dk, float* dv, int b, int h,
     // int hkv, int sq, int sk, float scale, int causal)`; dq is zeroed.
-    unsafe { b.launch(cfg(grid, THREADS)) }.map_err(|e| cuda_err(OP, e))?;
+    unsafe { b.launch(blocks(grid, THREADS)) }.map_err(|e| cuda_err(OP, e))?;
     Ok((
         tensor(dq, dev, q.shape().clone()),
         tensor(dk, dev, k.shape().clone()),

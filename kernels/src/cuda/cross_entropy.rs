@@ -1,23 +1,15 @@
 //! Launchers of the cross-entropy kernels: the online log-sum-exp over vocabulary blocks and
 //! the scaled softmax of one block. The logit matmuls stay in cuBLAS (candle's `matmul`).
 
-use candle_core::cuda::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::{CudaSlice, PushKernelArg};
 use candle_core::{DType, Device, Tensor};
 
-use super::launch::{cuda_err, device_view, int, output, tensor};
+use super::launch::{blocks, cuda_err, device_view, int, output, tensor};
 use super::ptx;
 use crate::error::Result;
 
 const THREADS: u32 = 256;
 const MODULE: &str = "seqpipe_cross_entropy";
-
-fn rows(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
 
 /// `lse [n, 1]` of the logits `h · lm_headᵀ`, one `[n, block]` logit block at a time; `None`
 /// unless `h` is an f32 CUDA tensor.
@@ -54,7 +46,7 @@ pub(crate) fn lse_update(
             .arg(&n_i)
             .arg(&lv_i);
         // SAFETY: arguments match `ce_lse_update(const float*, float*, float*, int, int)`.
-        unsafe { b.launch(rows(n)) }.map_err(|e| cuda_err(OP, e))?;
+        unsafe { b.launch(blocks((n, 1), THREADS)) }.map_err(|e| cuda_err(OP, e))?;
     }
     let m = tensor(run_max, dev, (n, 1));
     let l = tensor(run_sum, dev, (n, 1));
@@ -87,6 +79,6 @@ pub(crate) fn softmax_grad(z: &Tensor, lse: &Tensor, row_scale: &Tensor) -> Resu
         .arg(&vb_i);
     // SAFETY: arguments match `ce_softmax_grad(const float*, const float*, const float*,
     // float*, int, int)`.
-    unsafe { b.launch(rows(n)) }.map_err(|e| cuda_err(OP, e))?;
+    unsafe { b.launch(blocks((n, 1), THREADS)) }.map_err(|e| cuda_err(OP, e))?;
     Ok(Some(tensor(g, dev, (n, vb))))
 }

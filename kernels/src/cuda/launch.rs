@@ -88,15 +88,32 @@ pub(crate) fn tensor<T: KernelFloat>(
     Tensor::from_storage(Storage::Cuda(storage), shape, BackpropOp::none(), false)
 }
 
-/// A 1-D launch covering `n` elements with `threads` per block, at most `max_blocks` blocks
-/// (the kernels loop grid-stride over the rest).
-pub(crate) fn grid_1d(n: usize, threads: u32, max_blocks: u32) -> LaunchConfig {
-    let blocks = n.div_ceil(threads as usize).clamp(1, max_blocks as usize) as u32;
+/// A launch of `grid` blocks of `threads` threads, no dynamic shared memory (none of our
+/// kernels uses any).
+pub(crate) fn blocks(grid: (usize, usize), threads: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+        grid_dim: (grid.0 as u32, grid.1 as u32, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Runs `$f::<f32>` or `$f::<bf16>` (a kernel's generic launcher) for the kernel dtype `$float`.
+macro_rules! by_float {
+    ($float:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $float {
+            $crate::cuda::launch::Float::F32 => $f::<f32>($($arg),*),
+            $crate::cuda::launch::Float::Bf16 => $f::<half::bf16>($($arg),*),
+        }
+    };
+}
+pub(crate) use by_float;
+
+/// A 1-D launch covering `n` elements with `threads` per block, at most `max_blocks` blocks
+/// (the kernels loop grid-stride over the rest).
+pub(crate) fn grid_1d(n: usize, threads: u32, max_blocks: u32) -> LaunchConfig {
+    let grid = n.div_ceil(threads as usize).clamp(1, max_blocks as usize);
+    blocks((grid, 1), threads)
 }
 
 /// A dimension as the kernels' `int`, or an error when it does not fit.

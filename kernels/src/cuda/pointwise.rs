@@ -3,11 +3,12 @@
 //! Each returns `Ok(None)` when `x` is not an f32/bf16 CUDA tensor, so the caller falls back to
 //! the candle-op path. Inputs are already checked by the caller.
 
-use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda::cudarc::driver::PushKernelArg;
 use candle_core::{CudaDevice, DType, Tensor};
-use half::bf16;
 
-use super::launch::{device_view, grid_1d, int, output, target, tensor, Float, KernelFloat};
+use super::launch::{
+    blocks, by_float, device_view, grid_1d, int, output, target, tensor, KernelFloat,
+};
 use super::ptx;
 use crate::error::Result;
 
@@ -26,10 +27,7 @@ pub(crate) fn rms_norm_forward(
     let Some((dev, float)) = target(x) else {
         return Ok(None);
     };
-    Ok(Some(match float {
-        Float::F32 => rms_fwd::<f32>(&dev, x, w, eps)?,
-        Float::Bf16 => rms_fwd::<bf16>(&dev, x, w, eps)?,
-    }))
+    Ok(Some(by_float!(float, rms_fwd(&dev, x, w, eps))?))
 }
 
 fn rows_and_h(x: &Tensor) -> (usize, usize) {
@@ -63,11 +61,7 @@ fn rms_fwd<T: KernelFloat>(
         .arg(&rows_i)
         .arg(&h_i)
         .arg(&eps_f);
-    let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = blocks((rows, 1), THREADS);
     // SAFETY: arguments match `rms_norm_fwd(const T*, const T*, T*, float*, int, int, float)`.
     unsafe { b.launch(cfg) }.map_err(|e| super::launch::cuda_err(OP, e))?;
     let mut inv_shape = x.dims().to_vec();
@@ -91,10 +85,7 @@ pub(crate) fn rms_norm_backward(
     if inv_rms.dtype() != DType::F32 {
         return Ok(None);
     }
-    Ok(Some(match float {
-        Float::F32 => rms_bwd::<f32>(&dev, x, w, inv_rms, dy)?,
-        Float::Bf16 => rms_bwd::<bf16>(&dev, x, w, inv_rms, dy)?,
-    }))
+    Ok(Some(by_float!(float, rms_bwd(&dev, x, w, inv_rms, dy))?))
 }
 
 fn rms_bwd<T: KernelFloat>(
@@ -106,13 +97,13 @@ fn rms_bwd<T: KernelFloat>(
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "rms_norm_backward";
     let (rows, h) = rows_and_h(x);
-    let blocks = rows.clamp(1, RMS_BWD_BLOCKS);
+    let grid = rows.clamp(1, RMS_BWD_BLOCKS);
     device_view!(xv, x, T, OP);
     device_view!(wv, w, T, OP);
     device_view!(iv, inv_rms, f32, OP);
     device_view!(dyv, dy, T, OP);
     let mut dx = output::<T>(dev, x.elem_count())?;
-    let mut partial = output::<f32>(dev, blocks * h)?;
+    let mut partial = output::<f32>(dev, grid * h)?;
     let (rows_i, h_i) = (int(OP, "rows", rows)?, int(OP, "hidden", h)?);
     let f = dev.get_or_load_custom_func(
         &format!("rms_norm_bwd_{}", T::SUFFIX),
@@ -128,15 +119,11 @@ fn rms_bwd<T: KernelFloat>(
         .arg(&mut partial)
         .arg(&rows_i)
         .arg(&h_i);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = blocks((grid, 1), THREADS);
     // SAFETY: arguments match `rms_norm_bwd(const T*, const T*, const float*, const T*, T*,
     // float*, int, int)`; `partial` has one row of `h` per block.
     unsafe { b.launch(cfg) }.map_err(|e| super::launch::cuda_err(OP, e))?;
-    let dw = tensor(partial, dev, (blocks, h))
+    let dw = tensor(partial, dev, (grid, h))
         .sum(0)?
         .to_dtype(w.dtype())?;
     Ok((tensor(dx, dev, x.shape().clone()), dw))
@@ -157,10 +144,10 @@ pub(crate) fn rope(
     if cos.dtype() != DType::F32 {
         return Ok(None);
     }
-    Ok(Some(match float {
-        Float::F32 => rope_t::<f32>(&dev, x, cos, sin, offset, sin_sign)?,
-        Float::Bf16 => rope_t::<bf16>(&dev, x, cos, sin, offset, sin_sign)?,
-    }))
+    Ok(Some(by_float!(
+        float,
+        rope_t(&dev, x, cos, sin, offset, sin_sign)
+    )?))
 }
 
 fn rope_t<T: KernelFloat>(
@@ -204,10 +191,7 @@ pub(crate) fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor
     let Some((dev, float)) = target(gate) else {
         return Ok(None);
     };
-    Ok(Some(match float {
-        Float::F32 => swiglu_fwd::<f32>(&dev, gate, up)?,
-        Float::Bf16 => swiglu_fwd::<bf16>(&dev, gate, up)?,
-    }))
+    Ok(Some(by_float!(float, swiglu_fwd(&dev, gate, up))?))
 }
 
 fn swiglu_fwd<T: KernelFloat>(dev: &CudaDevice, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -239,10 +223,7 @@ pub(crate) fn swiglu_backward(
     let Some((dev, float)) = target(gate) else {
         return Ok(None);
     };
-    Ok(Some(match float {
-        Float::F32 => swiglu_bwd::<f32>(&dev, gate, up, d_out)?,
-        Float::Bf16 => swiglu_bwd::<bf16>(&dev, gate, up, d_out)?,
-    }))
+    Ok(Some(by_float!(float, swiglu_bwd(&dev, gate, up, d_out))?))
 }
 
 fn swiglu_bwd<T: KernelFloat>(
