@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -159,10 +159,10 @@ fn f32_cpu(outs: Vec<(&str, Tensor)>) -> Result<Named> {
         .collect()
 }
 
-fn param(case: &Case, key: &str) -> f64 {
+fn param(case: &Case, key: &str) -> Result<f64> {
     case.params[key]
         .as_f64()
-        .unwrap_or_else(|| panic!("case {} lacks {key}", case.name))
+        .with_context(|| format!("case {} lacks the number {key}", case.name))
 }
 
 /// Runs `case` forward and backward on `device` in `dtype`; returns every output as f32 CPU.
@@ -171,7 +171,7 @@ pub fn run(case: &Case, device: &Device, dtype: DType) -> Result<Named> {
     let t = |k: &str| &i[k];
     match case.op {
         "rms_norm" => {
-            let (y, inv) = rms_norm_forward(t("x"), t("w"), param(case, "eps"))?;
+            let (y, inv) = rms_norm_forward(t("x"), t("w"), param(case, "eps")?)?;
             let (dx, dw) = rms_norm_backward(t("x"), t("w"), &inv, t("dy"))?;
             f32_cpu(vec![("y", y), ("inv_rms", inv), ("dx", dx), ("dw", dw)])
         }
@@ -179,12 +179,12 @@ pub fn run(case: &Case, device: &Device, dtype: DType) -> Result<Named> {
             let d = t("x").dims()[3];
             let rope = Rope::new(
                 d,
-                param(case, "max_positions") as usize,
-                param(case, "theta"),
+                param(case, "max_positions")? as usize,
+                param(case, "theta")?,
                 dtype,
                 device,
             )?;
-            let offset = param(case, "offset") as usize;
+            let offset = param(case, "offset")? as usize;
             f32_cpu(vec![
                 ("y", rope.forward(t("x"), offset)?),
                 ("dx", rope.backward(t("dy"), offset)?),
@@ -198,7 +198,7 @@ pub fn run(case: &Case, device: &Device, dtype: DType) -> Result<Named> {
         "attention" => {
             let d = t("q").dims()[3];
             let opts = AttentionOptions {
-                scale: param(case, "scale"),
+                scale: param(case, "scale")?,
                 ..if case.params["causal"].as_bool() == Some(true) {
                     AttentionOptions::causal(d)
                 } else {
@@ -218,8 +218,8 @@ pub fn run(case: &Case, device: &Device, dtype: DType) -> Result<Named> {
         }
         "cross_entropy" => {
             let (norm, block) = (
-                param(case, "normaliser"),
-                param(case, "vocab_block") as usize,
+                param(case, "normaliser")?,
+                param(case, "vocab_block")? as usize,
             );
             let (h, w, tg, m) = (t("hidden"), t("lm_head"), t("targets"), Some(t("mask")));
             let (loss, saved) = cross_entropy_forward(h, w, tg, m, norm, block)?;
