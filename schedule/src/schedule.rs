@@ -141,7 +141,7 @@ impl ScheduleConfig {
 
     /// Virtual stages `p·v`.
     pub fn virtual_stages(&self) -> u32 {
-        self.stages * self.chunks
+        self.stages.saturating_mul(self.chunks)
     }
 
     /// Whether action texts carry a slice suffix.

@@ -84,6 +84,12 @@ pub fn shape_from_hf_config(json: &str) -> Result<ModelShape> {
     let kv_heads = field(&cfg, &["num_key_value_heads"])?.unwrap_or(heads);
     let head_dim = match field(&cfg, &["head_dim"])? {
         Some(d) => d,
+        None if heads > 0 && hidden % heads != 0 => {
+            return Err(bad(format!(
+                "hidden size {hidden} is not a multiple of the {heads} attention heads, and no \
+                 head_dim is given"
+            )))
+        }
         None => hidden.checked_div(heads).unwrap_or(0),
     };
     let vocab = required(&cfg, &["vocab_size"])?;

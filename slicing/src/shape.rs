@@ -4,6 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SlicingError};
 
+/// Largest size of any one dimension [`ModelShape::validate`] accepts.
+pub const MAX_SIZE: u64 = 1 << 32;
+/// Largest parameter count [`ModelShape::validate`] accepts (2^50, far above any model; it keeps
+/// every size product of [`ModelShape::parameters`] inside `u64`).
+pub const MAX_PARAMETERS: f64 = (1u64 << 50) as f64;
+
 /// Feed-forward block kind: its number of `H×F` GEMMs decides its FLOPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +94,25 @@ impl ModelShape {
                 });
             }
         }
+        for (field, value) in positive {
+            if value > MAX_SIZE {
+                return Err(SlicingError::BadShape {
+                    field,
+                    value,
+                    reason: format!("at most {MAX_SIZE} is supported"),
+                });
+            }
+        }
+        let params = self.parameters_f64();
+        if params > MAX_PARAMETERS {
+            return Err(SlicingError::BadShape {
+                field: "parameters",
+                value: params as u64,
+                reason: format!(
+                    "{params:.3e} parameters: at most {MAX_PARAMETERS:.0e} are supported"
+                ),
+            });
+        }
         if self.heads % self.kv_heads != 0 {
             return Err(SlicingError::BadShape {
                 field: "kv_heads",
@@ -126,6 +151,15 @@ impl ModelShape {
     /// Forward FLOPs per token of the embedding and LM head, `2HV` each (SPEC §1 counts both).
     pub fn vocab_flops_per_token(&self) -> f64 {
         4.0 * self.hidden as f64 * self.vocab as f64
+    }
+
+    /// [`ModelShape::parameters`] in f64, which cannot overflow (for validation).
+    fn parameters_f64(&self) -> f64 {
+        let (h, f) = (self.hidden as f64, self.ffn_hidden as f64);
+        let q = self.heads as f64 * self.head_dim as f64;
+        let kv = self.kv_heads as f64 * self.head_dim as f64;
+        let layer = 2.0 * h * q + 2.0 * h * kv + self.ffn.matrices() as f64 * h * f + 2.0 * h;
+        self.layers as f64 * layer + 2.0 * self.vocab as f64 * h + h
     }
 
     /// Parameters of one transformer layer (weights of the projections, FFN and two norms).

@@ -186,3 +186,42 @@ impl TrainConfig {
         Ok(toml::from_str(text)?)
     }
 }
+
+/// The leaves in which two JSON documents differ, as `a.b.c: X {labels.0}, Y {labels.1}` lines
+/// (for messages that name exactly which settings disagree).
+pub fn json_differences(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    labels: (&str, &str),
+) -> Vec<String> {
+    let mut out = Vec::new();
+    diff_json("", a, b, labels, &mut out);
+    out
+}
+
+fn diff_json(
+    path: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    labels: (&str, &str),
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let none = Value::Null;
+                let (u, v) = (x.get(k).unwrap_or(&none), y.get(k).unwrap_or(&none));
+                diff_json(&sub, u, v, labels, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} {}, {b} {}", labels.0, labels.1)),
+        _ => {}
+    }
+}

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod health;
 pub mod model;
 pub mod optim;
 pub mod predict;

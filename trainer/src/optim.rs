@@ -8,11 +8,12 @@
 use candle_core::{DType, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::health::OnNonFinite;
 use crate::model::params::{zeros_like, TensorMap};
 
-/// Optimizer and schedule settings.
+/// Optimizer and schedule settings (every field optional in TOML: missing ones take the defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// Peak learning rate.
     pub lr: f64,
@@ -37,6 +38,9 @@ pub struct OptimConfig {
     /// Clip the global gradient norm to this (none if absent).
     #[serde(default)]
     pub clip_norm: Option<f64>,
+    /// What a step with a non-finite loss or gradient does (`stop` or `skip`).
+    #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
 }
 
 fn default_min_ratio() -> f64 {
@@ -63,6 +67,7 @@ impl Default for OptimConfig {
             eps: default_eps(),
             weight_decay: 0.1,
             clip_norm: Some(1.0),
+            on_nonfinite: OnNonFinite::Stop,
         }
     }
 }
@@ -131,6 +136,14 @@ impl OptimConfig {
                 c.is_finite() && c > 0.0,
                 "finite and positive",
             );
+        }
+        let shrink = self.lr * self.weight_decay;
+        if shrink >= 1.0 {
+            out.push(format!(
+                "optim.lr × optim.weight_decay = {} × {} = {shrink}: each step would scale every \
+                 weight by 1 − lr·weight_decay ≤ 0; keep the product well below 1",
+                self.lr, self.weight_decay
+            ));
         }
         out
     }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::checkpoint::resume::{self, TrainerState};
+use crate::checkpoint::store::CheckpointDir;
 use crate::config::TrainConfig;
 use crate::data::DataSource;
 use crate::runtime::{Pipeline, StepReport};
@@ -101,12 +102,14 @@ pub fn write_checkpoint(
     };
     let (optimizer_steps, moments) = pipeline.optimizer_state();
     let state = TrainerState {
-        version: 1,
+        version: resume::VERSION,
         next_step: step + 1,
         optimizer_steps,
         data_position: source.position().to_string(),
         config: cfg.clone(),
     };
-    resume::save(dir, &state, &pipeline.parameters(), &moments)
-        .with_context(|| format!("checkpoint after step {step}"))
+    let dir = CheckpointDir::open_for_writing(dir)?;
+    resume::save(&dir, &state, &pipeline.parameters(), &moments)
+        .with_context(|| format!("checkpoint after step {step}"))?;
+    Ok(())
 }

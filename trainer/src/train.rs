@@ -11,8 +11,10 @@ use seqpipe_schedule::{generate, simulate, Action, Op, P2p, ScheduleConfig, Sche
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::checkpoint::resume;
+use crate::checkpoint::store::CheckpointDir;
 use crate::config::{DataKind, SlicingMethod, TrainConfig};
 use crate::data::{entropy, DataSource, RetrievalSource};
+use crate::health::{Health, Verdict};
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::progress_io::{checkpoint_due, metrics_line, write_checkpoint, MetricsWriter};
 use crate::runtime::record::measured_bubble;
@@ -136,9 +138,14 @@ pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
             cfg.parallel.slices, cfg.data.seq_len, cfg.data.seq_len
         ));
     }
-    if let Err(e) = schedule_config(cfg).and_then(|c| Ok(generate(&c)?)) {
-        problems.push(format!("schedule: {e:#}"));
+    let sizes = size_problems(cfg);
+    // A schedule is generated only for sizes that bound its time and memory.
+    if sizes.is_empty() {
+        if let Err(e) = schedule_config(cfg).and_then(|c| Ok(generate(&c)?)) {
+            problems.push(format!("schedule: {e:#}"));
+        }
     }
+    problems.extend(sizes);
     let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
     let partition = match &cfg.parallel.layers {
         Some(counts) if counts.len() != vstages => Err(format!(
@@ -151,11 +158,113 @@ pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
     if let Err(e) = partition {
         problems.push(e);
     }
+    problems.extend(output_problems(cfg));
+    problems.extend(data_problems(cfg));
     if problems.is_empty() {
         Ok(())
     } else {
         bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
     }
+}
+
+/// Bounds that keep a run's memory and the schedule's size sane; each is far above real use.
+const MAX_STAGES: u32 = 1024;
+const MAX_CHUNKS: u32 = 64;
+const MAX_MICROBATCHES: u32 = 1 << 16;
+const MAX_BATCH: usize = 1 << 16;
+/// Schedule units (stages × chunks × micro-batches × slices): the executor's action lists.
+const MAX_UNITS: u64 = 1 << 22;
+/// Tokens in one step (micro-batches × batch × sequence length).
+const MAX_STEP_TOKENS: u64 = 1 << 32;
+/// A week: longer waits for a peer are a configuration error, not patience.
+const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// Counts whose product sizes memory or time, checked without overflow.
+fn size_problems(cfg: &TrainConfig) -> Vec<String> {
+    let (p, d) = (&cfg.parallel, &cfg.data);
+    let mut problems = Vec::new();
+    for (name, value, max) in [
+        ("parallel.stages", p.stages as u64, MAX_STAGES as u64),
+        ("parallel.chunks", p.chunks as u64, MAX_CHUNKS as u64),
+        (
+            "parallel.microbatches",
+            p.microbatches as u64,
+            MAX_MICROBATCHES as u64,
+        ),
+        ("data.batch", d.batch as u64, MAX_BATCH as u64),
+    ] {
+        if value > max {
+            problems.push(format!("{name} = {value}: at most {max} is supported"));
+        }
+    }
+    let units = [p.stages, p.chunks, p.microbatches, p.slices]
+        .iter()
+        .try_fold(1u64, |acc, &x| acc.checked_mul(x as u64));
+    if units.is_none_or(|u| u > MAX_UNITS) {
+        problems.push(format!(
+            "stages × chunks × micro-batches × slices = {} × {} × {} × {} is more than the \
+             {MAX_UNITS} schedule units supported",
+            p.stages, p.chunks, p.microbatches, p.slices
+        ));
+    }
+    let tokens = [p.microbatches as u64, d.batch as u64, d.seq_len as u64]
+        .iter()
+        .try_fold(1u64, |acc, &x| acc.checked_mul(x));
+    if tokens.is_none_or(|t| t > MAX_STEP_TOKENS) {
+        problems.push(format!(
+            "micro-batches × batch × seq_len = {} × {} × {} tokens per step is more than the \
+             {MAX_STEP_TOKENS} supported",
+            p.microbatches, d.batch, d.seq_len
+        ));
+    }
+    if !(1..=MAX_TIMEOUT_SECS).contains(&p.timeout_secs) {
+        problems.push(format!(
+            "parallel.timeout_secs = {}: give 1 to {MAX_TIMEOUT_SECS} seconds",
+            p.timeout_secs
+        ));
+    }
+    problems
+}
+
+/// Data options that cannot take effect with the chosen source.
+fn data_problems(cfg: &TrainConfig) -> Vec<String> {
+    let d = &cfg.data;
+    let mut problems = Vec::new();
+    let generated = matches!(d.kind, DataKind::Markov | DataKind::Retrieval);
+    if generated && d.path.is_some() {
+        problems.push(format!(
+            "data.path is set but data.kind = {:?} generates its data; use --data-kind tokens \
+             or text to read the file",
+            d.kind
+        ));
+    }
+    if d.kind != DataKind::Text && d.tokenizer.is_some() {
+        problems.push(format!(
+            "data.tokenizer is set but data.kind = {:?} does not tokenize text; use --data-kind text",
+            d.kind
+        ));
+    }
+    if !generated && d.path.is_none() {
+        problems.push(format!("data.kind = {:?} needs data.path", d.kind));
+    }
+    problems
+}
+
+/// Output options that cannot take effect as given.
+fn output_problems(cfg: &TrainConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    match (&cfg.output.checkpoint_dir, cfg.output.checkpoint_every) {
+        (_, Some(0)) => problems.push(
+            "output.checkpoint_every = 0: give the number of steps between checkpoints (≥ 1)"
+                .into(),
+        ),
+        (None, Some(every)) => problems.push(format!(
+            "output.checkpoint_every = {every} without output.checkpoint_dir: nothing would be \
+             written; add --checkpoint-dir DIR"
+        )),
+        _ => {}
+    }
+    problems
 }
 
 /// Simulated bubble of the configuration with costs proportional to each action's FLOPs.
@@ -246,8 +355,12 @@ pub struct RunOptions {
     pub abort_after_step: Option<u64>,
 }
 
-/// Runs the configured training from scratch; `on_step` sees every step as it finishes.
-pub fn train(cfg: &TrainConfig, on_step: impl FnMut(&StepEvent)) -> anyhow::Result<TrainSummary> {
+/// Runs the configured training from scratch; `on_step` sees every step as it finishes (an
+/// error it returns, such as a closed output, stops the run).
+pub fn train(
+    cfg: &TrainConfig,
+    on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<TrainSummary> {
     train_with(cfg, &RunOptions::default(), on_step)
 }
 
@@ -255,9 +368,13 @@ pub fn train(cfg: &TrainConfig, on_step: impl FnMut(&StepEvent)) -> anyhow::Resu
 pub fn train_with(
     cfg: &TrainConfig,
     opts: &RunOptions,
-    mut on_step: impl FnMut(&StepEvent),
+    mut on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
 ) -> anyhow::Result<TrainSummary> {
     check(cfg)?;
+    if let Some(dir) = &cfg.output.checkpoint_dir {
+        // Refuse a directory seqpipe may not write before any work is done, not at step N.
+        CheckpointDir::open_for_writing(dir)?;
+    }
     let slices = slice_ranges(cfg)?;
     let timeout = Duration::from_secs(cfg.parallel.timeout_secs);
     let dtype = cfg.precision.dtype();
@@ -306,10 +423,11 @@ pub fn train_with(
     if let Some(dir) = &opts.resume {
         let ck = resume::load_for(dir, cfg)?;
         pipeline.restore(&ck.params, ck.state.optimizer_steps, &ck.optimizer)?;
-        source.seek(ck.state.position()?);
+        source.seek(ck.state.position()?)?;
         first_step = ck.state.next_step;
     }
     let mut metrics = MetricsWriter::open(cfg)?;
+    let mut health = Health::new(&cfg.optim);
     let (mut losses, mut timed_seconds, mut last_step) = (Vec::new(), 0.0, Vec::new());
     let mut accuracies = Vec::new();
     for step in first_step..cfg.steps {
@@ -322,15 +440,17 @@ pub fn train_with(
         };
         let lr = cfg.optim.lr_at(step, cfg.steps);
         let started = Instant::now();
-        let report = pipeline.step(&input, lr)?;
-        let seconds = started.elapsed().as_secs_f64();
-        if !report.loss.is_finite() {
-            bail!(
-                "step {step}: loss is {} — lower optim.lr (now {})",
-                report.loss,
-                cfg.optim.lr
-            );
+        let report = pipeline.compute_gradients(&input)?;
+        let grad_sq = report.grad_norm * report.grad_norm;
+        if health.check(step, report.loss, grad_sq)? == Verdict::Skip {
+            // No update and no metrics for this step; a checkpoint due now is still written.
+            if checkpoint_due(cfg, step) {
+                write_checkpoint(cfg, step, &pipeline, &source)?;
+            }
+            continue;
         }
+        pipeline.update(lr, report.grad_norm)?;
+        let seconds = started.elapsed().as_secs_f64();
         if step > first_step {
             timed_seconds += seconds;
         }
@@ -360,7 +480,7 @@ pub fn train_with(
             grad_norm: report.grad_norm,
             tokens_per_sec: tokens / seconds,
             accuracy,
-        });
+        })?;
         last_step = report.stages;
     }
     let run_steps = cfg.steps - first_step;

@@ -192,6 +192,7 @@ fn killed_ranks_resume_from_their_checkpoint_to_the_uninterrupted_losses() {
     let (ok, err) = run_ranks(2, &[&run[..], &writing, &["--resume", &ck]].concat());
     assert!(ok, "{err}");
     assert_close(&losses(Path::new(&distributed_log)), &want);
-    let state = std::fs::read_to_string(dir.path().join("ck/trainer_state.json")).unwrap();
+    let state =
+        std::fs::read_to_string(dir.path().join("ck/step-00000004/trainer_state.json")).unwrap();
     assert!(state.contains("\"next_step\": 4"), "{state}");
 }

@@ -115,18 +115,22 @@ fn a_half_written_checkpoint_never_replaces_the_previous_one() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    // A crash mid-write leaves a partial staging directory beside the checkpoint: simulate one.
-    let staged = seqpipe_trainer::checkpoint::atomic::temp_path(&ckpt);
+    // A crash mid-write leaves a partial staging directory inside the checkpoint directory.
+    let staged = ckpt.join(".staging-step-00000004-99999");
     std::fs::create_dir_all(&staged).unwrap();
     std::fs::write(staged.join("model.safetensors"), b"half").unwrap();
     let loaded = resume::load(&ckpt, DType::F32).unwrap();
     assert_eq!(loaded.state.next_step, 2);
-    // And the next save cleans the stale staging directory up and succeeds.
+    // And the next run cleans the stale staging directory up and succeeds.
     let again = run(&["--steps", "4", "--checkpoint-dir", ckpt.to_str().unwrap()]);
     assert!(
         again.status.success(),
         "{}",
         String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(
+        !staged.exists(),
+        "the crashed save's leftovers were removed"
     );
     assert_eq!(resume::load(&ckpt, DType::F32).unwrap().state.next_step, 4);
 }
@@ -152,5 +156,9 @@ fn resuming_with_another_configuration_is_refused() {
     assert!(
         !out.status.success() && err.contains("another configuration"),
         "{err}"
+    );
+    assert!(
+        err.contains("parallel.slices: 4 in the checkpoint, 2 now"),
+        "the message names the setting that differs: {err}"
     );
 }

@@ -38,7 +38,8 @@ fn retrieval_accuracy_rises_far_above_chance() {
 
     let mut curve = Vec::new();
     let summary = train_with(&cfg, &RunOptions::default(), |e| {
-        curve.push(e.accuracy.unwrap())
+        curve.push(e.accuracy.unwrap());
+        Ok(())
     })
     .unwrap();
     let chance = summary.chance_accuracy.unwrap();

@@ -27,6 +27,9 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "out/gpu")]
         out: PathBuf,
+        /// Which parts to run (a rerun after a fix need not repeat what passed).
+        #[arg(long, value_delimiter = ',', default_value = "kernels,oracle,nccl")]
+        parts: Vec<String>,
     },
     /// Benchmarks: `sim` (simulated sweeps and paper reproductions), `cpu` (measured trainer
     /// runs on this machine), `gpu` (needs issue #11's script).
@@ -63,6 +66,9 @@ enum Bench {
         /// Smaller shapes (a quick smoke run).
         #[arg(long)]
         quick: bool,
+        /// Which parts to run.
+        #[arg(long, value_delimiter = ',', default_value = "attention,layer,step")]
+        parts: Vec<String>,
     },
 }
 
@@ -77,10 +83,15 @@ fn main() -> anyhow::Result<()> {
                 torch_script,
                 out,
                 quick,
-            } => run_gpu_bench(&torch_script, &out, quick),
+                parts,
+            } => run_gpu_bench(&torch_script, &out, quick, &parts),
         },
         Command::GpuBuild => xtask::gpu::gpu_build::gpu_build(&root).map(drop),
-        Command::GpuTest { torch_script, out } => run_gpu_test(&torch_script, &out),
+        Command::GpuTest {
+            torch_script,
+            out,
+            parts,
+        } => run_gpu_test(&torch_script, &out, &parts),
         Command::Tidy => {
             let problems = xtask::tidy::check(&root)?;
             if problems.is_empty() {
@@ -97,12 +108,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn run_gpu_test(script: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    xtask::gpu::gpu_test::run(script, out)
+fn run_gpu_test(
+    script: &std::path::Path,
+    out: &std::path::Path,
+    parts: &[String],
+) -> anyhow::Result<()> {
+    xtask::gpu::gpu_test::run(script, out, parts)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_gpu_test(_: &std::path::Path, _: &std::path::Path) -> anyhow::Result<()> {
+fn run_gpu_test(_: &std::path::Path, _: &std::path::Path, _: &[String]) -> anyhow::Result<()> {
     anyhow::bail!(xtask::gpu::NEEDS_CUDA_BUILD)
 }
 
@@ -111,11 +126,17 @@ fn run_gpu_bench(
     script: &std::path::Path,
     out: &std::path::Path,
     quick: bool,
+    parts: &[String],
 ) -> anyhow::Result<()> {
-    xtask::gpu::bench_gpu::run(script, out, quick)
+    xtask::gpu::bench_gpu::run(script, out, quick, parts)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_gpu_bench(_: &std::path::Path, _: &std::path::Path, _: bool) -> anyhow::Result<()> {
+fn run_gpu_bench(
+    _: &std::path::Path,
+    _: &std::path::Path,
+    _: bool,
+    _: &[String],
+) -> anyhow::Result<()> {
     anyhow::bail!(xtask::gpu::NEEDS_CUDA_BUILD)
 }

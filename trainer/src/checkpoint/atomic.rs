@@ -35,20 +35,3 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     drop(file);
     commit_file(&tmp, path)
 }
-
-/// Replaces directory `dir` by `staged` (complete, written beside it): the old one is moved aside
-/// first and removed only once the new one is in place, so some complete version always exists.
-pub fn replace_dir(staged: &Path, dir: &Path) -> anyhow::Result<()> {
-    let old = dir.with_extension("old");
-    if old.exists() {
-        fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-    }
-    if dir.exists() {
-        fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
-    }
-    fs::rename(staged, dir).with_context(|| format!("moving {} into place", staged.display()))?;
-    if old.exists() {
-        fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
-    }
-    Ok(())
-}

@@ -17,10 +17,63 @@ use crate::model::ModelConfig;
 pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
 
 fn field(cfg: &Value, name: &str) -> anyhow::Result<usize> {
-    cfg.get(name)
-        .and_then(Value::as_u64)
-        .map(|v| v as usize)
-        .ok_or_else(|| anyhow!("config.json: missing or non-integer field `{name}`"))
+    optional_field(cfg, name)?.ok_or_else(|| anyhow!("config.json: missing field `{name}`"))
+}
+
+/// An integer field that may be absent (or null); present with another type is an error.
+fn optional_field(cfg: &Value, name: &str) -> anyhow::Result<Option<usize>> {
+    match cfg.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(|| anyhow!("config.json: `{name}` = {v} is not a non-negative integer")),
+    }
+}
+
+/// A number field that may be absent; present with another type is an error.
+fn optional_number(cfg: &Value, name: &str) -> anyhow::Result<Option<f64>> {
+    match cfg.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| anyhow!("config.json: `{name}` = {v} is not a number")),
+    }
+}
+
+/// Fields that change the model's computation in ways this trainer does not implement: a
+/// checkpoint that sets them would load and silently compute another model, so it is refused.
+fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> anyhow::Result<()> {
+    let set = |name: &str| !matches!(cfg.get(name), None | Some(Value::Null));
+    if set("rope_scaling") {
+        bail!(
+            "config.json: rope_scaling = {} is not supported (RoPE scaling would change the \
+             model's positions); only plain RoPE with rope_theta runs",
+            cfg["rope_scaling"]
+        );
+    }
+    if set("sliding_window") && cfg.get("use_sliding_window") != Some(&Value::Bool(false)) {
+        bail!(
+            "config.json: sliding_window = {} is not supported (attention here is full causal)",
+            cfg["sliding_window"]
+        );
+    }
+    for bias in ["attention_bias", "mlp_bias"] {
+        if cfg.get(bias) == Some(&Value::Bool(true)) {
+            bail!("config.json: {bias} = true is not supported (the layers have no biases)");
+        }
+    }
+    if let Some(d) = optional_field(cfg, "head_dim")? {
+        if heads == 0 || d * heads != hidden {
+            bail!(
+                "config.json: head_dim = {d} differs from hidden_size / num_attention_heads = \
+                 {hidden} / {heads}; separate head dims are not supported"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses a Hugging Face Llama `config.json`.
@@ -43,32 +96,23 @@ pub fn config_from_json(text: &str) -> anyhow::Result<ModelConfig> {
         }
     }
     let heads = field(&cfg, "num_attention_heads")?;
+    let hidden = field(&cfg, "hidden_size")?;
+    refuse_unsupported(&cfg, hidden, heads)?;
     let model = ModelConfig {
         vocab: field(&cfg, "vocab_size")?,
-        hidden: field(&cfg, "hidden_size")?,
+        hidden,
         ffn_hidden: field(&cfg, "intermediate_size")?,
         heads,
-        kv_heads: cfg
-            .get("num_key_value_heads")
-            .and_then(Value::as_u64)
-            .map_or(heads, |v| v as usize),
+        kv_heads: optional_field(&cfg, "num_key_value_heads")?.unwrap_or(heads),
         layers: field(&cfg, "num_hidden_layers")?,
-        rope_theta: cfg
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0),
-        norm_eps: cfg
-            .get("rms_norm_eps")
-            .and_then(Value::as_f64)
-            .unwrap_or(1e-5),
-        max_positions: cfg
-            .get("max_position_embeddings")
-            .and_then(Value::as_u64)
-            .map_or(4096, |v| v as usize),
-        tie_embeddings: cfg
-            .get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        rope_theta: optional_number(&cfg, "rope_theta")?.unwrap_or(10_000.0),
+        norm_eps: optional_number(&cfg, "rms_norm_eps")?.unwrap_or(1e-5),
+        max_positions: optional_field(&cfg, "max_position_embeddings")?.unwrap_or(4096),
+        tie_embeddings: match cfg.get("tie_word_embeddings") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => bail!("config.json: `tie_word_embeddings` = {v} is not true or false"),
+        },
     };
     let problems = model.problems();
     if !problems.is_empty() {
@@ -158,8 +202,17 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
 
 /// Loads a checkpoint directory: its config and every parameter the model needs, converted to
 /// `dtype`. Missing or mis-shaped tensors are errors naming them; extra tensors (e.g. rotary
-/// `inv_freq` buffers) are ignored.
+/// `inv_freq` buffers of a `transformers` checkpoint) are ignored.
 pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<(ModelConfig, TensorMap)> {
+    load_with_extras(dir, dtype).map(|(model, params, _)| (model, params))
+}
+
+/// [`load`], also returning the names of the tensors the model does not use (sorted), for
+/// callers that must refuse them (seqpipe's own checkpoints hold exactly the model's tensors).
+pub fn load_with_extras(
+    dir: &Path,
+    dtype: DType,
+) -> anyhow::Result<(ModelConfig, TensorMap, Vec<String>)> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
@@ -194,5 +247,5 @@ pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<(ModelConfig, TensorMap)
         }
         params.insert(spec.name, t.to_dtype(dtype)?);
     }
-    Ok((model, params))
+    Ok((model, params, found.into_keys().collect()))
 }

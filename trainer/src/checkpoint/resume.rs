@@ -2,22 +2,35 @@
 //!
 //! A checkpoint directory holds the model as a Hugging Face checkpoint (`config.json`,
 //! `model.safetensors`: loadable by other tools as is), the optimizer moments
-//! (`optimizer.safetensors`) and `trainer_state.json` (next step, optimizer steps, data stream
-//! position, the run's configuration). It is written whole into a staging directory beside the
-//! target and swapped in by rename; the previous checkpoint is removed only after the new one is in
-//! place, so a crash at any moment leaves a complete checkpoint behind.
+//! (`optimizer.safetensors`), `trainer_state.json` (next step, optimizer steps, data stream
+//! position, the run's configuration) and `manifest.json` (size and SHA-256 of each of those),
+//! written last. It is written whole into a staging directory and published by one rename
+//! (`store.rs`), so a crash at any moment leaves complete checkpoints only. Loading checks the
+//! manifest before reading anything, then that the files agree with each other.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{commit_file, replace_dir, temp_path, write_atomic};
-use super::hf;
-use crate::config::TrainConfig;
+use super::atomic::{commit_file, temp_path, write_atomic};
+use super::store::{self, CheckpointDir};
+use super::{hf, manifest};
+use crate::config::{json_differences, TrainConfig};
 use crate::model::TensorMap;
+
+/// The trainer-state version this build writes: 2 (with a manifest). Version 1 checkpoints
+/// (no manifest, no checksums) still load.
+pub const VERSION: u32 = 2;
+/// The files of a checkpoint that its manifest lists.
+const FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "optimizer.safetensors",
+    "trainer_state.json",
+];
 
 /// The small, human-readable part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,27 +59,43 @@ impl TrainerState {
     }
 }
 
+/// The settings in which `saved` and `cfg` differ, as `key: saved … now` lines, ignoring what a
+/// continued run may change (the step count, the output paths, the device).
+pub fn config_differences(saved: &TrainConfig, cfg: &TrainConfig) -> Vec<String> {
+    let normalise = |c: &TrainConfig| {
+        let c = TrainConfig {
+            steps: 0,
+            output: Default::default(),
+            device: String::new(),
+            ..c.clone()
+        };
+        serde_json::to_value(c).unwrap_or_default()
+    };
+    json_differences(
+        &normalise(saved),
+        &normalise(cfg),
+        ("in the checkpoint", "now"),
+    )
+}
+
 /// Whether a checkpoint's configuration can be continued by `cfg`: everything but the step count
 /// and the output paths must match.
 pub fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
-    let normalise = |c: &TrainConfig| TrainConfig {
-        steps: 0,
-        output: Default::default(),
-        // A run may continue on another device.
-        device: String::new(),
-        ..c.clone()
-    };
-    normalise(saved) == normalise(cfg)
+    config_differences(saved, cfg).is_empty()
 }
 
-/// Reads the checkpoint in `dir` for a run configured by `cfg`: an error unless it was written
-/// by a run with the same settings.
-pub fn load_for(dir: &Path, cfg: &TrainConfig) -> anyhow::Result<Checkpoint> {
-    let ck = load(dir, cfg.precision.dtype())?;
-    if !same_run(&ck.state.config, cfg) {
+/// Reads the checkpoint `path` names (a checkpoint directory: its newest checkpoint; or one
+/// checkpoint) for a run configured by `cfg`: an error unless it was written by a run with the
+/// same settings, naming the settings that differ.
+pub fn load_for(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Checkpoint> {
+    let ck = load(path, cfg.precision.dtype())?;
+    let differences = config_differences(&ck.state.config, cfg);
+    if !differences.is_empty() {
         bail!(
-            "checkpoint {} was written by a run with another configuration; resume with the same settings (see its trainer_state.json)",
-            dir.display()
+            "checkpoint {} was written by a run with another configuration; resume with the \
+             same settings. They differ in:\n  {}",
+            ck.dir.display(),
+            differences.join("\n  ")
         );
     }
     if ck.state.next_step >= cfg.steps {
@@ -82,6 +111,8 @@ pub fn load_for(dir: &Path, cfg: &TrainConfig) -> anyhow::Result<Checkpoint> {
 /// Everything read back from a checkpoint.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// The checkpoint directory it was read from.
+    pub dir: PathBuf,
     /// Small state.
     pub state: TrainerState,
     /// Whole-model parameters.
@@ -90,18 +121,14 @@ pub struct Checkpoint {
     pub optimizer: TensorMap,
 }
 
-/// Writes a checkpoint to `dir` atomically (see the module docs).
+/// Writes a checkpoint into `dir` (see the module docs); returns the published directory.
 pub fn save(
-    dir: &Path,
+    dir: &CheckpointDir,
     state: &TrainerState,
     params: &TensorMap,
     optimizer: &TensorMap,
-) -> anyhow::Result<()> {
-    let staged = temp_path(dir);
-    if staged.exists() {
-        std::fs::remove_dir_all(&staged)
-            .with_context(|| format!("removing stale {}", staged.display()))?;
-    }
+) -> anyhow::Result<PathBuf> {
+    let staged = dir.staging(state.next_step)?;
     hf::save(&staged, &state.config.model, params)?;
     let moments: HashMap<String, Tensor> = optimizer
         .iter()
@@ -116,24 +143,78 @@ pub fn save(
         &staged.join("trainer_state.json"),
         serde_json::to_string_pretty(state)?.as_bytes(),
     )?;
-    replace_dir(&staged, dir)
+    manifest::write(&staged, &FILES)?;
+    dir.publish(&staged, state.next_step)
 }
 
-/// Reads a checkpoint written by [`save`]; parameters come back in `dtype`.
-pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
+/// Reads the checkpoint `path` names (see [`store::resolve`]); parameters come back in `dtype`.
+/// When the newest checkpoint of a directory fails to load, the error names the older ones.
+pub fn load(path: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
+    let (dir, older) = store::resolve(path)?;
+    load_one(&dir, dtype).map_err(|e| {
+        if older.is_empty() {
+            e
+        } else {
+            let list: Vec<String> = older.iter().map(|p| p.display().to_string()).collect();
+            e.context(format!(
+                "checkpoint {} cannot be used; older complete checkpoints to resume from \
+                 instead (--resume DIR): {}",
+                dir.display(),
+                list.join(", ")
+            ))
+        }
+    })
+}
+
+/// Reads `trainer_state.json` (bounded: it is small) and checks its version.
+fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("reading {}", state_path.display()))?;
     let state: TrainerState = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a seqpipe trainer state", state_path.display()))?;
-    if state.version != 1 {
+    if state.version != 1 && state.version != VERSION {
         bail!(
-            "{}: checkpoint format version {} is not supported (expected 1)",
+            "{}: checkpoint format version {} is not supported (expected 1 or {VERSION})",
             state_path.display(),
             state.version
         );
     }
-    let (_, params) = hf::load(dir, dtype)?;
+    Ok(state)
+}
+
+/// One checkpoint directory: manifest first, then the files, then their agreement.
+fn load_one(dir: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
+    match manifest::read(dir)? {
+        Some(m) => manifest::verify(dir, &m)?,
+        None => {
+            // Only version-1 checkpoints (written before manifests existed) may lack one.
+            if read_state(dir)?.version != 1 {
+                bail!(
+                    "{} has no manifest.json: the checkpoint is incomplete or was altered",
+                    dir.display()
+                );
+            }
+        }
+    }
+    let state = read_state(dir)?;
+    state.position()?;
+    let (model, params, extras) = hf::load_with_extras(dir, dtype)?;
+    if !extras.is_empty() {
+        bail!(
+            "{}: model.safetensors holds tensors this model does not have: {}",
+            dir.display(),
+            extras.join(", ")
+        );
+    }
+    if model != state.config.model {
+        bail!(
+            "{}: config.json describes another model than trainer_state.json's configuration \
+             ({model:?} against {:?})",
+            dir.display(),
+            state.config.model
+        );
+    }
     let opt_path = dir.join("optimizer.safetensors");
     let optimizer: TensorMap = candle_core::safetensors::load(&opt_path, &Device::Cpu)
         .with_context(|| {
@@ -145,6 +226,7 @@ pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
         .into_iter()
         .collect();
     Ok(Checkpoint {
+        dir: dir.to_path_buf(),
         state,
         params,
         optimizer,

@@ -25,38 +25,43 @@ pub struct PlanArgs {
     #[arg(long)]
     model: String,
     /// Sequence length, e.g. 524288 or 512k.
-    #[arg(long, allow_hyphen_values = true, required_unless_present = "lengths")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        required_unless_present = "lengths",
+        conflicts_with = "lengths"
+    )]
     seq: Option<String>,
     /// GPUs in all.
-    #[arg(long, required_unless_present = "lengths")]
+    #[arg(long, required_unless_present = "lengths", conflicts_with = "lengths")]
     gpus: Option<u64>,
     /// Elastic mode: a batch of sequence lengths, `dist:lognormal:mu=8.5,sigma=1.4`,
     /// `dist:powerlaw:alpha=0.9,min=1024`, or a file (one length per line, or JSONL).
     #[arg(long, requires = "context")]
     lengths: Option<String>,
     /// Elastic mode: JSONL field holding the length (default `length` for .jsonl files).
-    #[arg(long)]
+    #[arg(long, requires = "lengths")]
     lengths_field: Option<String>,
     /// Elastic mode: context length, e.g. 96k.
-    #[arg(long)]
+    #[arg(long, requires = "lengths")]
     context: Option<String>,
     /// Elastic mode: pipeline stages.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, requires = "lengths")]
     pp: usize,
     /// Elastic mode: tensor-parallel size.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, requires = "lengths")]
     tp: u64,
     /// Elastic mode: sequences drawn from a `dist:` batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, requires = "lengths")]
     sequences: usize,
     /// Elastic mode: sampling seed.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, requires = "lengths")]
     seed: u64,
     /// Elastic mode: fixed time per chunk per stage (launches, p2p latency), milliseconds.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, requires = "lengths")]
     per_chunk_ms: f64,
     /// Elastic mode: chunks to list.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, requires = "lengths")]
     show_chunks: usize,
     /// GPU preset: a100, h100, h200.
     #[arg(long, default_value = "h100")]
@@ -65,31 +70,31 @@ pub struct PlanArgs {
     #[arg(long)]
     budget_gib: Option<f64>,
     /// Sequences per iteration across all data-parallel replicas.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, conflicts_with = "lengths")]
     global_batch: u64,
     /// Assumed fraction of peak FLOP/s every kernel reaches (the MFU model's one free parameter).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, conflicts_with = "lengths")]
     efficiency: f64,
     /// Largest tensor-parallel size.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, conflicts_with = "lengths")]
     max_tp: u64,
     /// Largest context-parallel size (TP/CP communication is not modelled, so they are bounded).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, conflicts_with = "lengths")]
     max_cp: u64,
     /// Fewest pipeline stages.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, conflicts_with = "lengths")]
     min_pp: u64,
     /// Override the preset's achieved TFLOP/s used by the offload criterion.
     #[arg(long)]
     achieved_tflops: Option<f64>,
     /// Override the preset's host-link bandwidth, GB/s.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lengths")]
     host_gbps: Option<f64>,
     /// How many plans to print.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, conflicts_with = "lengths")]
     top: usize,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_enum, default_value_t = Format::Text, conflicts_with = "lengths")]
     format: Format,
 }
 
@@ -140,12 +145,21 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         min_stages: args.min_pp,
     };
     let evals = search(&space)?;
+    if evals.is_empty() {
+        anyhow::bail!(
+            "no configuration to search: {gpus} GPU(s) with at least --min-pp {} pipeline stages, \
+             tp ≤ {} and cp ≤ {} leave no layout (give more GPUs or lower --min-pp)",
+            args.min_pp,
+            args.max_tp,
+            args.max_cp
+        );
+    }
     if let Format::Json = args.format {
-        println!("{}", serde_json::to_string_pretty(&evals)?);
+        outln!("{}", serde_json::to_string_pretty(&evals)?);
         return Ok(());
     }
-    println!("model {}: {}", args.model, describe(&shape));
-    println!(
+    outln!("model {}: {}", args.model, describe(&shape));
+    outln!(
         "sequence {seq_len} tokens, {} × {} ({:.0} TFLOP/s peak, offload k = {:.3}), budget {:.2} GiB/GPU, kernel efficiency {:.0}%, global batch {}",
         gpus,
         gpu.name,
@@ -156,7 +170,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         args.global_batch
     );
     let fitting = evals.iter().filter(|e| e.fits()).count();
-    println!(
+    outln!(
         "searched {} configurations (pp ≥ {}, tp ≤ {}, cp ≤ {}; TP/CP communication not modelled), {fitting} fit",
         evals.len(),
         args.min_pp,
@@ -164,17 +178,16 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         args.max_cp
     );
     if fitting == 0 {
-        println!("no configuration fits the budget");
+        outln!("no configuration fits the budget");
     } else {
-        println!("\nbest plans:");
-        print_table(evals.iter().filter(|e| e.fits()).take(args.top));
+        outln!("\nbest plans:");
+        print_table(evals.iter().filter(|e| e.fits()).take(args.top))?;
     }
-    print_rejections(&evals);
-    Ok(())
+    print_rejections(&evals)
 }
 
-fn header() {
-    println!(
+fn header() -> anyhow::Result<()> {
+    outln!(
         "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>7} {:>13} {:>8} {:>7} {:>6}",
         "schedule",
         "pp",
@@ -189,6 +202,7 @@ fn header() {
         "bubble",
         "MFU"
     );
+    Ok(())
 }
 
 fn row(e: &Evaluation) -> String {
@@ -216,17 +230,18 @@ fn row(e: &Evaluation) -> String {
     )
 }
 
-fn print_table<'a>(evals: impl Iterator<Item = &'a Evaluation>) {
-    header();
+fn print_table<'a>(evals: impl Iterator<Item = &'a Evaluation>) -> anyhow::Result<()> {
+    header()?;
     for e in evals {
-        println!("{}", row(e));
+        outln!("{}", row(e));
     }
+    Ok(())
 }
 
 /// Per schedule kind without recomputation or offload: the configuration closest to fitting,
 /// with the stage that runs out and by how much (or the best fitting one).
-fn print_rejections(evals: &[Evaluation]) {
-    println!("\nwithout recomputation or offload, per schedule kind (closest to fitting):");
+fn print_rejections(evals: &[Evaluation]) -> anyhow::Result<()> {
+    outln!("\nwithout recomputation or offload, per schedule kind (closest to fitting):");
     let mut names: Vec<&str> = evals.iter().map(|e| e.candidate.kind.name()).collect();
     names.sort_unstable();
     names.dedup();
@@ -250,7 +265,8 @@ fn print_rejections(evals: &[Evaluation]) {
                 best.over_bytes / GIB
             )
         };
-        println!("  {name:<12} {verdict}");
-        println!("    {}", row(best));
+        outln!("  {name:<12} {verdict}");
+        outln!("    {}", row(best));
     }
+    Ok(())
 }

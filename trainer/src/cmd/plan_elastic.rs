@@ -75,7 +75,7 @@ pub fn run(
         states: StateOptions::default(),
     };
     let tokens: u64 = lengths.iter().sum();
-    println!(
+    outln!(
         "{} sequences, {tokens} tokens (longest {}), context {context}, p = {}, tp = {}, budget {:.2} GiB/GPU",
         lengths.len(),
         lengths.iter().max().copied().unwrap_or(0),
@@ -86,14 +86,14 @@ pub fn run(
     let Some((elastic, chunking)) = plan_elastic(&lengths, &setup, &SLICE_CANDIDATES)? else {
         anyhow::bail!("no elastic plan fits the budget, even with full recomputation");
     };
-    print_chunks(&chunking, args.show_chunks);
-    print_pipelines(&elastic);
+    print_chunks(&chunking, args.show_chunks)?;
+    print_pipelines(&elastic)?;
     let seq_n: Vec<usize> = SLICE_CANDIDATES
         .iter()
         .copied()
         .filter(|&n| n >= 2)
         .collect();
-    println!("\nsame batch and budget:");
+    outln!("\nsame batch and budget:");
     let baselines = [
         ("elastic", Some(elastic.clone())),
         (
@@ -104,8 +104,8 @@ pub fn run(
     ];
     for (name, result) in &baselines {
         match result {
-            None => println!("  {name:<26} does not fit"),
-            Some(r) => println!(
+            None => outln!("  {name:<26} does not fit"),
+            Some(r) => outln!(
                 "  {name:<26} {:>9.4} s  n = {:<2} bubble {:>5.2}%  peak {:>6.2} GiB  speedup of elastic {:.2}x",
                 r.iteration_time,
                 r.slices,
@@ -118,8 +118,8 @@ pub fn run(
     Ok(())
 }
 
-fn print_chunks(c: &Chunking, show: usize) {
-    println!(
+fn print_chunks(c: &Chunking, show: usize) -> anyhow::Result<()> {
+    outln!(
         "\nchunking: K = {} slices of the longest sequence, T_m = {} tokens, T_t = {:.3} ms{}",
         c.slices,
         c.token_budget,
@@ -134,9 +134,13 @@ fn print_chunks(c: &Chunking, show: usize) {
             String::new()
         }
     );
-    println!(
+    outln!(
         "{:>5} {:<7} {:>8} {:>8} {:>9}  pieces (sequence[start..end))",
-        "chunk", "kind", "context", "tokens", "time ms"
+        "chunk",
+        "kind",
+        "context",
+        "tokens",
+        "time ms"
     );
     for (i, ch) in c.chunks.iter().enumerate().take(show) {
         let kind = match ch.kind {
@@ -149,7 +153,7 @@ fn print_chunks(c: &Chunking, show: usize) {
             .iter()
             .map(|p| format!("{}[{}..{})", p.seq, p.start, p.end))
             .collect();
-        println!(
+        outln!(
             "{i:>5} {kind:<7} {:>8} {:>8} {:>9.3}  {}",
             ch.context,
             ch.tokens(),
@@ -158,17 +162,18 @@ fn print_chunks(c: &Chunking, show: usize) {
         );
     }
     if c.chunks.len() > show {
-        println!("  … {} more chunks (--show-chunks)", c.chunks.len() - show);
+        outln!("  … {} more chunks (--show-chunks)", c.chunks.len() - show);
     }
+    Ok(())
 }
 
-fn print_pipelines(r: &MethodResult) {
-    println!(
+fn print_pipelines(r: &MethodResult) -> anyhow::Result<()> {
+    outln!(
         "\n{} pipeline(s), run one after another with gradient accumulation:",
         r.pipelines.len()
     );
     for (i, (p, units)) in r.pipelines.iter().zip(&r.units).enumerate() {
-        println!(
+        outln!(
             "  pipeline {i}: {units} chunks, {:.4} s, recomputation {} ({} layer-forwards; checkpointed layers per stage {:?})",
             p.makespan,
             if p.adaptive { "adaptive (MILP)" } else { "uniform" },
@@ -177,10 +182,11 @@ fn print_pipelines(r: &MethodResult) {
         );
     }
     let peaks: Vec<String> = r.peaks.iter().map(|b| format!("{:.2}", b / GIB)).collect();
-    println!(
+    outln!(
         "iteration {:.4} s, bubble {:.2}%, peak GiB per stage [{}]",
         r.iteration_time,
         100.0 * r.bubble_ratio,
         peaks.join(", ")
     );
+    Ok(())
 }

@@ -72,6 +72,15 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let cost = CostModel::flops(&shape)?;
     let schedule = args.spec.generate()?;
     let c = schedule.config;
+    if u64::from(c.virtual_stages()) > shape.layers {
+        anyhow::bail!(
+            "{} virtual stages (stages × chunks) for a model of {} layers: every virtual stage \
+             needs at least one layer; use at most {} stages × chunks",
+            c.virtual_stages(),
+            shape.layers,
+            shape.layers
+        );
+    }
     let plan = match args.slicing {
         Slicing::Uniform => uniform(
             seq_len,
@@ -100,12 +109,12 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let sim = simulate(&schedule, |a| table.cost(a), &p2p)?;
     let mut out = std::io::stdout().lock();
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string(&sim)?),
+        Format::Json => outln!("{}", serde_json::to_string(&sim)?),
         Format::Chrome => write_chrome_trace(&sim, 1e6, &mut out)?,
         Format::Svg => write_svg(&sim, &mut out)?,
         Format::Text => {
-            println!("model {}: {}", args.model, describe(&shape));
-            println!(
+            outln!("model {}: {}", args.model, describe(&shape));
+            outln!(
                 "sequence {} tokens, {} {} slices (lengths {:?}), max/min slice cost {:.3}",
                 plan.seq_len,
                 plan.len(),
@@ -113,7 +122,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
                 plan.lengths(),
                 plan.max_min_cost_ratio()
             );
-            println!(
+            outln!(
                 "{} p={} m={} n={} v={}{}: makespan {:.3} ms, bubble ratio {:.2} %",
                 c.kind,
                 c.stages,
@@ -124,12 +133,15 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
                 sim.makespan * 1e3,
                 100.0 * sim.bubble_ratio
             );
-            println!(
+            outln!(
                 "{:>5} {:>11} {:>9} {:>17}",
-                "stage", "busy ms", "bubble", "units in flight"
+                "stage",
+                "busy ms",
+                "bubble",
+                "units in flight"
             );
             for (r, st) in sim.stages.iter().enumerate() {
-                println!(
+                outln!(
                     "{r:>5} {:>11.3} {:>8.2}% {:>17}",
                     st.busy * 1e3,
                     100.0 * st.bubble_ratio,

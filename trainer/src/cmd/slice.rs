@@ -63,7 +63,7 @@ pub struct SliceArgs {
 pub fn run(args: &SliceArgs) -> anyhow::Result<()> {
     if args.list_models {
         for p in PRESETS {
-            println!(
+            outln!(
                 "{:<10} {}\n{:<10} {}",
                 p.name,
                 p.description,
@@ -88,18 +88,22 @@ pub fn run(args: &SliceArgs) -> anyhow::Result<()> {
             };
             uniform(seq_len, args.slices, args.multiple, padding, &cost)?
         }
+        Method::Balanced if args.pad => anyhow::bail!(
+            "--pad applies to uniform slicing only (balanced slices have no common length to \
+             pad to); add --method uniform or drop --pad"
+        ),
         Method::Balanced => balanced(seq_len, args.slices, args.multiple, &cost)?,
     };
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        Format::Text => print_text(model, &describe(&shape), &plan),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&plan)?),
+        Format::Text => print_text(model, &describe(&shape), &plan)?,
     }
     Ok(())
 }
 
-fn print_text(model: &str, shape: &str, plan: &SlicePlan) {
-    println!("model {model}: {shape}");
-    println!(
+fn print_text(model: &str, shape: &str, plan: &SlicePlan) -> anyhow::Result<()> {
+    outln!("model {model}: {shape}");
+    outln!(
         "sequence {} tokens (padded {}), {} {} slices, multiple {}",
         plan.seq_len,
         plan.padded_len,
@@ -107,13 +111,19 @@ fn print_text(model: &str, shape: &str, plan: &SlicePlan) {
         plan.method,
         plan.multiple
     );
-    println!(
+    outln!(
         "{:>5} {:>10} {:>10} {:>9} {:>10} {:>14} {:>7}",
-        "slice", "start", "end", "length", "prefix", "fwd TFLOPs", "share"
+        "slice",
+        "start",
+        "end",
+        "length",
+        "prefix",
+        "fwd TFLOPs",
+        "share"
     );
     let total = plan.total_cost();
     for s in &plan.slices {
-        println!(
+        outln!(
             "{:>5} {:>10} {:>10} {:>9} {:>10} {:>14.3} {:>6.2}%",
             s.index,
             s.start,
@@ -124,9 +134,10 @@ fn print_text(model: &str, shape: &str, plan: &SlicePlan) {
             100.0 * s.cost / total
         );
     }
-    println!(
+    outln!(
         "total forward {:.3} TFLOPs; max/min slice cost ratio {:.4}",
         total / 1e12,
         plan.max_min_cost_ratio()
     );
+    Ok(())
 }

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use seqpipe_comm::{CommOptions, TcpTransport, Transport};
 use seqpipe_trainer::config::{DataKind, Precision, SlicingMethod, TrainConfig};
+use seqpipe_trainer::health::OnNonFinite;
 use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout, train_rank};
 use seqpipe_trainer::runtime::record::chrome_trace;
 use seqpipe_trainer::train::{train_with, RunOptions, TrainSummary};
@@ -74,6 +75,13 @@ pub struct TrainArgs {
     /// Append per-step metrics as JSON lines to this file.
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Peak learning rate (optim.lr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// What a step with a non-finite loss or gradient does: stop the run (default) or skip the
+    /// update (at most 5 in a row).
+    #[arg(long, value_enum)]
+    on_nonfinite: Option<OnNonFinite>,
     /// Abort the process right after this step and its checkpoint (crash testing).
     #[arg(long, hide = true)]
     abort_after_step: Option<u64>,
@@ -140,6 +148,12 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = &args.metrics {
         cfg.output.metrics = Some(v.clone());
     }
+    if let Some(v) = args.lr {
+        cfg.optim.lr = v;
+    }
+    if let Some(v) = args.on_nonfinite {
+        cfg.optim.on_nonfinite = v;
+    }
     Ok(cfg)
 }
 
@@ -147,17 +161,19 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let cfg = effective_config(args)?;
     if args.print_config {
-        print!("{}", toml::to_string(&cfg)?);
+        out!("{}", toml::to_string(&cfg)?);
         return Ok(());
     }
-    if launched_multi_process() {
+    // Every configuration problem, before anything is printed or started.
+    seqpipe_trainer::train::check(&cfg)?;
+    if launched_multi_process()? {
         return run_rank(&cfg, args);
     }
     let p = &cfg.parallel;
-    println!(
+    outln!(
         "training {}-layer model ({:.2}M parameters) on {} stages: {} with {} micro-batches × {} slices × {} chunks, {} tokens per sequence",
         cfg.model.layers,
-        cfg.model.shape().parameters() as f64 / 1e6,
+        cfg.model.parameter_count() / 1e6,
         p.stages,
         p.schedule,
         p.microbatches,
@@ -182,6 +198,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             e.loss, e.lr, e.tokens_per_sec
         ));
         bar.inc(1);
+        Ok(())
     });
     bar.finish();
     let summary = summary?;
@@ -191,10 +208,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
             serde_json::to_string(&chrome_trace(&summary.last_step))?,
         )
         .with_context(|| format!("writing {}", path.display()))?;
-        println!("trace of the last step written to {}", path.display());
+        outln!("trace of the last step written to {}", path.display());
     }
-    print_summary(&summary);
-    Ok(())
+    print_summary(&summary)
 }
 
 /// One process of a multi-process run (ranks from the launcher's environment).
@@ -210,11 +226,15 @@ fn run_rank(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
             let accuracy = e
                 .accuracy
                 .map_or(String::new(), |a| format!("  accuracy {:.1}%", 100.0 * a));
-            println!(
+            outln!(
                 "step {:>4}  loss {:.6}  lr {:.2e}  {:.0} tok/s{accuracy}",
-                e.step, e.loss, e.lr, e.tokens_per_sec
+                e.step,
+                e.loss,
+                e.lr,
+                e.tokens_per_sec
             );
         }
+        Ok(())
     })
     .with_context(|| format!("rank {rank} of {world}"))?;
     if let (Some(path), Some(report)) = (&args.trace, &summary.last_step) {
@@ -228,7 +248,7 @@ fn run_rank(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
     }
     if rank == 0 {
         let (first, last) = (summary.losses[0], summary.losses[summary.losses.len() - 1]);
-        println!("{world} ranks done: loss {first:.4} → {last:.4}");
+        outln!("{world} ranks done: loss {first:.4} → {last:.4}");
     }
     Ok(())
 }
@@ -244,27 +264,28 @@ fn rank_trace_path(path: &std::path::Path, rank: usize) -> PathBuf {
     path.with_file_name(format!("{stem}.rank{rank}.{ext}"))
 }
 
-fn print_summary(s: &TrainSummary) {
-    println!("\n| metric | value |\n|---|---|");
+fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
+    outln!("\n| metric | value |\n|---|---|");
     let floor = s
         .loss_floor
         .map_or(String::new(), |f| format!(" (best possible {f:.4})"));
-    println!(
+    outln!(
         "| loss (first step → mean of last 5) | {:.4} → {:.4}{floor} |",
-        s.first_loss, s.final_loss
+        s.first_loss,
+        s.final_loss
     );
     if let Some((first, last)) = s.accuracy {
         let chance = s
             .chance_accuracy
             .map_or(String::new(), |c| format!(" (chance {:.1}%)", 100.0 * c));
-        println!(
+        outln!(
             "| answer accuracy (first step → mean of last 5) | {:.1}% → {:.1}%{chance} |",
             100.0 * first,
             100.0 * last
         );
     }
-    println!("| tokens/s | {:.0} |", s.tokens_per_sec);
-    println!(
+    outln!("| tokens/s | {:.0} |", s.tokens_per_sec);
+    outln!(
         "| MFU vs measured CPU matmul peak | {:.2}% ({:.2} GFLOP/s of {:.2} GFLOP/s) |",
         100.0 * s.achieved_flops / s.peak_flops,
         s.achieved_flops / 1e9,
@@ -272,12 +293,12 @@ fn print_summary(s: &TrainSummary) {
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if s.peak_bytes.len() > cores {
-        println!(
+        outln!(
             "| note | {} stage threads share {cores} cores: measured idle time includes waiting for a core |",
             s.peak_bytes.len()
         );
     }
-    println!(
+    outln!(
         "| bubble ratio measured / simulated | {:.2}% / {:.2}% |",
         100.0 * s.measured_bubble,
         100.0 * s.simulated_bubble
@@ -287,9 +308,10 @@ fn print_summary(s: &TrainSummary) {
             Some(p) => format!("{:.0}", p[stage]),
             None => "n/a".to_string(),
         };
-        println!(
+        outln!(
             "| stage {stage} peak saved activations measured / predicted (+ transient buffers) | {saved} / {predicted} (+{}) |",
             s.peak_bytes[stage] - saved
         );
     }
+    Ok(())
 }

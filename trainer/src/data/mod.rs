@@ -143,12 +143,21 @@ impl DataSource {
         }
     }
 
-    /// Moves to a saved position.
-    pub fn seek(&mut self, position: u128) {
+    /// Moves to a saved position; a position this source cannot have reached is an error (the
+    /// generated sources' ChaCha stream counts 2^68 words, then wraps; a token stream ends).
+    pub fn seek(&mut self, position: u128) -> anyhow::Result<()> {
+        const CHACHA_WORDS: u128 = 1 << 68;
         match self {
+            DataSource::Markov(_) | DataSource::Retrieval(_) if position >= CHACHA_WORDS => {
+                anyhow::bail!(
+                    "data position {position} is past the generated stream's end (2^68 words): \
+                     the checkpoint's data_position is corrupt"
+                )
+            }
             DataSource::Markov(m) => m.seek(position),
             DataSource::Retrieval(r) => r.seek(position),
-            DataSource::Stream(s) => s.seek(position),
+            DataSource::Stream(s) => s.seek(position)?,
         }
+        Ok(())
     }
 }

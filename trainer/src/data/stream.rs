@@ -14,8 +14,12 @@ use memmap2::Mmap;
 
 /// Where the tokens live.
 enum Tokens {
-    /// A memory-mapped file of `width`-byte little-endian tokens.
-    File { map: Mmap, width: usize },
+    /// A memory-mapped file of `width`-byte little-endian tokens from byte `offset` on.
+    File {
+        map: Mmap,
+        width: usize,
+        offset: usize,
+    },
     /// Tokens in memory.
     Memory(Vec<u32>),
 }
@@ -30,7 +34,10 @@ pub struct TokenStream {
 }
 
 impl TokenStream {
-    /// Maps a token file of `width` (2 or 4) bytes per token; every token must be below `vocab`.
+    /// Maps a token file of `width` (2 or 4) bytes per token; every token must be below `vocab`
+    /// (checked here, over the whole file, not when training reaches it). An llm.c file (its
+    /// 1024-byte header) is recognised and its header checked; a u32 file opened as u16 is
+    /// recognised by its zero high halves.
     pub fn open_file(path: &Path, width: usize, vocab: usize) -> anyhow::Result<Self> {
         if width != 2 && width != 4 {
             bail!("data.token_bytes = {width}: token files hold u16 (2) or u32 (4) tokens");
@@ -38,22 +45,60 @@ impl TokenStream {
         let file =
             File::open(path).with_context(|| format!("opening token file {}", path.display()))?;
         let map = map_read_only(&file).with_context(|| format!("mapping {}", path.display()))?;
-        if map.len() % width != 0 {
+        let name = path.display().to_string();
+        let offset = llmc_header(&map, width, &name)?;
+        let body = map.len() - offset;
+        if body % width != 0 {
             bail!(
-                "token file {} has {} bytes, not a multiple of the token size {width} ({}); is data.token_bytes right?",
-                path.display(),
-                map.len(),
+                "token file {name} has {body} bytes of tokens, not a multiple of the token size {width} ({}); is data.token_bytes right?",
                 if width == 2 { "u16" } else { "u32" }
             );
         }
-        let len = map.len() / width;
-        Ok(TokenStream {
-            tokens: Tokens::File { map, width },
-            len,
+        let stream = TokenStream {
+            tokens: Tokens::File { map, width, offset },
+            len: body / width,
             vocab,
             position: 0,
-            name: path.display().to_string(),
-        })
+            name,
+        };
+        stream.check_width(width)?;
+        stream.check_vocabulary()?;
+        Ok(stream)
+    }
+
+    /// u32 tokens read as u16 show as every second u16 being zero (the high halves): refuse that
+    /// rather than train on interleaved zeros.
+    fn check_width(&self, width: usize) -> anyhow::Result<()> {
+        let sample = self.len.min(1 << 16) & !1;
+        if width != 2 || sample < 64 {
+            return Ok(());
+        }
+        let odd_zero = (1..sample).step_by(2).all(|i| self.token(i) == 0);
+        let even_nonzero = (0..sample).step_by(2).any(|i| self.token(i) != 0);
+        if odd_zero && even_nonzero {
+            bail!(
+                "token file {}: every second u16 of its first {sample} is zero, as in a file of \
+                 u32 tokens read as u16; set data.token_bytes = 4",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// The first token at or above the vocabulary, over the whole stream.
+    fn check_vocabulary(&self) -> anyhow::Result<()> {
+        if let Some((i, t)) = (0..self.len)
+            .map(|i| (i, self.token(i)))
+            .find(|&(_, t)| t as usize >= self.vocab)
+        {
+            bail!(
+                "{}: token {t} at position {i} is outside the model's vocabulary of {} (raise \
+                 model.vocab, or check data.token_bytes)",
+                self.name,
+                self.vocab
+            );
+        }
+        Ok(())
     }
 
     /// A stream over tokens already in memory.
@@ -88,11 +133,17 @@ impl TokenStream {
     fn token(&self, i: usize) -> u32 {
         match &self.tokens {
             Tokens::Memory(v) => v[i],
-            Tokens::File { map, width: 2 } => {
-                u32::from(u16::from_le_bytes([map[2 * i], map[2 * i + 1]]))
+            Tokens::File {
+                map,
+                width: 2,
+                offset,
+            } => {
+                let b = offset + 2 * i;
+                u32::from(u16::from_le_bytes([map[b], map[b + 1]]))
             }
-            Tokens::File { map, .. } => {
-                u32::from_le_bytes([map[4 * i], map[4 * i + 1], map[4 * i + 2], map[4 * i + 3]])
+            Tokens::File { map, offset, .. } => {
+                let b = offset + 4 * i;
+                u32::from_le_bytes([map[b], map[b + 1], map[b + 2], map[b + 3]])
             }
         }
     }
@@ -132,9 +183,20 @@ impl TokenStream {
         self.position as u128
     }
 
-    /// Moves to an offset from [`TokenStream::position`].
-    pub fn seek(&mut self, position: u128) {
-        self.position = usize::try_from(position).unwrap_or(0).min(self.len);
+    /// Moves to an offset from [`TokenStream::position`]; one past the end of the tokens is an
+    /// error (it cannot come from this file).
+    pub fn seek(&mut self, position: u128) -> anyhow::Result<()> {
+        match usize::try_from(position) {
+            Ok(p) if p <= self.len => {
+                self.position = p;
+                Ok(())
+            }
+            _ => anyhow::bail!(
+                "data position {position} is past the end of the token data ({} tokens): the \
+                 checkpoint belongs to other data or is corrupt",
+                self.len
+            ),
+        }
     }
 }
 
@@ -146,4 +208,34 @@ fn map_read_only(file: &File) -> std::io::Result<Mmap> {
     // SIGBUS); training data files are written once before training and only read afterwards,
     // which is the same contract nanoGPT's and llm.c's `np.memmap` readers rely on.
     unsafe { Mmap::map(file) }
+}
+
+/// llm.c's token files start with a 1024-byte header of 256 little-endian i32: magic 20240520,
+/// version 1 (u16 tokens), then the token count.
+const LLMC_MAGIC: i32 = 20240520;
+const LLMC_HEADER: usize = 1024;
+
+/// Bytes to skip: the llm.c header's size when the file has one (checked), else 0.
+fn llmc_header(map: &[u8], width: usize, name: &str) -> anyhow::Result<usize> {
+    let word =
+        |k: usize| i32::from_le_bytes([map[4 * k], map[4 * k + 1], map[4 * k + 2], map[4 * k + 3]]);
+    if map.len() < LLMC_HEADER || word(0) != LLMC_MAGIC {
+        return Ok(0);
+    }
+    let (version, count) = (word(1), word(2));
+    if version != 1 {
+        bail!("{name}: llm.c token file version {version}; only version 1 (u16 tokens) is known");
+    }
+    if width != 2 {
+        bail!("{name} is an llm.c token file of u16 tokens; set data.token_bytes = 2");
+    }
+    let body = map.len() - LLMC_HEADER;
+    if count < 0 || count as usize * 2 != body {
+        bail!(
+            "{name}: the llm.c header says {count} tokens but {body} bytes ({} tokens) follow it: \
+             the file is truncated or damaged",
+            body / 2
+        );
+    }
+    Ok(LLMC_HEADER)
 }

@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use seqpipe_slicing::{FfnKind, ModelShape};
 
-/// A Llama-style decoder: RMSNorm, RoPE, GQA attention, SwiGLU FFN.
+/// A Llama-style decoder: RMSNorm, RoPE, GQA attention, SwiGLU FFN. In TOML every field is
+/// optional; missing ones take [`ModelConfig::tiny`]'s values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Vocabulary size.
     pub vocab: usize,
@@ -33,12 +34,31 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
 }
 
+/// Upper bounds of the sizes (see [`ModelConfig::problems`]).
+pub const MAX_VOCAB: usize = 1 << 24;
+/// Largest hidden or FFN width.
+pub const MAX_WIDTH: usize = 1 << 18;
+/// Largest head count.
+pub const MAX_HEADS: usize = 4096;
+/// Largest layer count.
+pub const MAX_LAYERS: usize = 4096;
+/// Largest RoPE table (16M positions).
+pub const MAX_POSITIONS: usize = 1 << 24;
+/// Largest parameter count (about 1.1 trillion).
+pub const MAX_PARAMETERS: f64 = (1u64 << 40) as f64;
+
 fn default_theta() -> f64 {
     10_000.0
 }
 
 fn default_eps() -> f64 {
     1e-5
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::tiny()
+    }
 }
 
 impl ModelConfig {
@@ -56,6 +76,20 @@ impl ModelConfig {
             max_positions: 4096,
             tie_embeddings: false,
         }
+    }
+
+    /// Parameters of the whole model, in f64 so that no size overflows it.
+    pub fn parameter_count(&self) -> f64 {
+        let (h, f, v, l) = (
+            self.hidden as f64,
+            self.ffn_hidden as f64,
+            self.vocab as f64,
+            self.layers as f64,
+        );
+        let kv = self.kv_heads as f64 * self.hidden.checked_div(self.heads).unwrap_or(0) as f64;
+        let layer = h * (2.0 * h + 2.0 * kv) + 3.0 * h * f + 2.0 * h;
+        let ends = if self.tie_embeddings { 1.0 } else { 2.0 } * v * h + h;
+        l * layer + ends
     }
 
     /// Head dimension `H / heads`.
@@ -77,9 +111,38 @@ impl ModelConfig {
         }
     }
 
-    /// Problems with the sizes, each naming the field and what would be valid.
+    /// Problems with the sizes, each naming the field and what would be valid. Every size has an
+    /// upper bound (far above any real model's) so that no product of sizes overflows or sizes an
+    /// allocation beyond reason.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for (name, value, max) in [
+            ("vocab", self.vocab, MAX_VOCAB),
+            ("hidden", self.hidden, MAX_WIDTH),
+            ("ffn_hidden", self.ffn_hidden, MAX_WIDTH),
+            ("heads", self.heads, MAX_HEADS),
+            ("kv_heads", self.kv_heads, MAX_HEADS),
+            ("layers", self.layers, MAX_LAYERS),
+            ("max_positions", self.max_positions, MAX_POSITIONS),
+        ] {
+            if value > max {
+                out.push(format!(
+                    "model.{name} = {value}: at most {max} is supported"
+                ));
+            }
+        }
+        if out.is_empty() && self.parameter_count() > MAX_PARAMETERS {
+            out.push(format!(
+                "the model has {:.3e} parameters: at most {MAX_PARAMETERS:.0e} are supported",
+                self.parameter_count()
+            ));
+        }
+        if self.kv_heads > self.heads {
+            out.push(format!(
+                "model.kv_heads = {} is more than model.heads = {}",
+                self.kv_heads, self.heads
+            ));
+        }
         for (name, value) in [
             ("vocab", self.vocab),
             ("hidden", self.hidden),

@@ -16,6 +16,7 @@ use candle_core::{Device, Tensor};
 use seqpipe_comm::{Group, Transport};
 use seqpipe_schedule::{generate, lower};
 
+use super::handshake::agree_on_configuration;
 use super::partition::Partition;
 use super::pipeline::holding;
 use super::rank_checkpoint::{self, RankShard};
@@ -23,8 +24,10 @@ use super::record::{Answers, StageReport};
 use super::tensor_msg::{from_message, to_message};
 use super::worker::{IterationInput, StageSpec, StageWorker};
 use crate::checkpoint::resume;
+use crate::checkpoint::store::CheckpointDir;
 use crate::config::TrainConfig;
 use crate::data::DataSource;
+use crate::health::{Health, Verdict};
 use crate::model::params::{init_params, param_specs};
 use crate::optim::{clip_scale, sum_of_squares, AdamW};
 use crate::progress_io::{checkpoint_due, MetricsLine, MetricsWriter};
@@ -107,7 +110,7 @@ pub fn train_rank(
     cfg: &TrainConfig,
     transport: &mut dyn Transport,
     opts: &RunOptions,
-    mut on_step: impl FnMut(&StepEvent),
+    mut on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
 ) -> anyhow::Result<RankSummary> {
     check(cfg)?;
     if cfg.device != "cpu" {
@@ -119,6 +122,12 @@ pub fn train_rank(
     }
     let p = cfg.parallel.stages as usize;
     let at = placement(transport.rank(), transport.world_size(), p)?;
+    let mut world = Group::world(transport.world_size())?;
+    agree_on_configuration(cfg, opts.resume.is_some(), transport, &mut world)?;
+    if let (0, Some(dir)) = (at.rank, &cfg.output.checkpoint_dir) {
+        // Rank 0 writes the checkpoints: refuse a directory it may not write before step 0.
+        CheckpointDir::open_for_writing(dir)?;
+    }
     if cfg.model.tie_embeddings && p > 1 {
         bail!("model.tie_embeddings with several stages is not supported in multi-process runs yet; untie the embedding");
     }
@@ -144,7 +153,7 @@ pub fn train_rank(
     if let Some(dir) = &opts.resume {
         let ck = resume::load_for(dir, cfg)?;
         rank_checkpoint::restore(&ck, &mut params, &mut optimizer)?;
-        source.seek(ck.state.position()?);
+        source.seek(ck.state.position()?)?;
         first_step = ck.state.next_step;
     }
     let spec = StageSpec {
@@ -156,7 +165,6 @@ pub fn train_rank(
     };
     let mut worker = StageWorker::new(spec, cfg.model.clone(), params, Device::Cpu)?;
     let mut dp_group = Group::new((0..at.replicas).map(|r| r * p + at.stage).collect())?;
-    let mut world = Group::world(transport.world_size())?;
     let slices = slice_ranges(cfg)?;
     let (m, b, s) = (
         cfg.parallel.microbatches as usize,
@@ -172,6 +180,7 @@ pub fn train_rank(
         accuracies: Vec::new(),
         last_step: None,
     };
+    let mut health = Health::new(&cfg.optim);
     for step in first_step..cfg.steps {
         // Every rank draws the whole global batch and keeps its replica's share, so all replicas
         // see disjoint data and the stream stays in step everywhere.
@@ -210,16 +219,20 @@ pub fn train_rank(
             correct: figures[3] as usize,
         };
         let lr = cfg.optim.lr_at(step, cfg.steps);
-        optimizer.step(
-            &mut worker.params,
-            &worker.grads,
-            lr,
-            clip_scale(total, cfg.optim.clip_norm),
-        )?;
-        worker.refresh_weights()?;
+        // Every rank judges the same all-reduced figures, so every rank stops (or skips).
+        let verdict = health.check(step, loss, total)?;
+        if verdict == Verdict::Apply {
+            optimizer.step(
+                &mut worker.params,
+                &worker.grads,
+                lr,
+                clip_scale(total, cfg.optim.clip_norm),
+            )?;
+            worker.refresh_weights()?;
+        }
         let seconds = started.elapsed().as_secs_f64();
         let tokens_per_sec = (at.replicas * m * b * s) as f64 / seconds;
-        if let Some(w) = &mut metrics {
+        if let (Some(w), Verdict::Apply) = (&mut metrics, verdict) {
             w.write(&MetricsLine {
                 step,
                 loss,
@@ -246,6 +259,9 @@ pub fn train_rank(
         if opts.abort_after_step == Some(step) {
             std::process::abort();
         }
+        if verdict == Verdict::Skip {
+            continue;
+        }
         summary.losses.push(loss);
         summary.accuracies.extend(answers.accuracy());
         on_step(&StepEvent {
@@ -255,7 +271,7 @@ pub fn train_rank(
             grad_norm: total.sqrt(),
             tokens_per_sec,
             accuracy: answers.accuracy(),
-        });
+        })?;
         summary.last_step = Some(report);
     }
     Ok(summary)
@@ -266,10 +282,21 @@ pub fn rank_timeout(cfg: &TrainConfig) -> Duration {
     Duration::from_secs(cfg.parallel.timeout_secs)
 }
 
-/// Whether the launcher asked for several processes (`WORLD_SIZE` > 1).
-pub fn launched_multi_process() -> bool {
-    std::env::var("WORLD_SIZE")
-        .ok()
-        .and_then(|w| w.parse::<usize>().ok())
-        .is_some_and(|w| w > 1)
+/// Largest `WORLD_SIZE` accepted: far above any cluster, and a bound on per-rank allocations.
+pub const MAX_WORLD: usize = 1 << 20;
+
+/// Whether the launcher asked for several processes (`WORLD_SIZE` > 1). A `WORLD_SIZE` that is
+/// set but not a whole number from 1 to [`MAX_WORLD`] is an error: ignoring it would let each
+/// process train alone, silently.
+pub fn launched_multi_process() -> anyhow::Result<bool> {
+    let Ok(text) = std::env::var("WORLD_SIZE") else {
+        return Ok(false);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(w) if (1..=MAX_WORLD).contains(&w) => Ok(w > 1),
+        _ => bail!(
+            "WORLD_SIZE = {text:?} (from the launcher's environment) is not a number of \
+             processes from 1 to {MAX_WORLD}; unset it for a single-process run"
+        ),
+    }
 }

@@ -1,6 +1,7 @@
 //! The pipeline runtime: one executor that runs any lowered schedule, stage by stage.
 
 pub mod distributed;
+pub mod handshake;
 pub mod inbox;
 pub mod partition;
 pub mod pipeline;

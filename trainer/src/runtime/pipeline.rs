@@ -253,6 +253,14 @@ impl Pipeline {
 
     /// One training step: iteration, global-norm clip, AdamW with learning rate `lr`.
     pub fn step(&mut self, input: &IterationInput, lr: f64) -> anyhow::Result<StepReport> {
+        let report = self.compute_gradients(input)?;
+        self.update(lr, report.grad_norm)?;
+        Ok(report)
+    }
+
+    /// The iteration of a step: loss, accumulated gradients and their global norm, no update
+    /// (so a caller can judge the figures before [`Pipeline::update`]).
+    pub fn compute_gradients(&mut self, input: &IterationInput) -> anyhow::Result<StepReport> {
         let (stages, iteration_seconds) = self.run_iteration(input)?;
         let loss = stages.iter().map(|r| r.loss).sum();
         let mut answers = Answers::default();
@@ -267,11 +275,6 @@ impl Pipeline {
                 total -= sum_of_squares(&[(EMBED.to_string(), w.grads[EMBED].clone())].into())?;
             }
         }
-        let scale = clip_scale(total, self.optimizers[0].cfg.clip_norm);
-        for (w, opt) in self.workers.iter_mut().zip(&mut self.optimizers) {
-            opt.step(&mut w.params, &w.grads, lr, scale)?;
-            w.refresh_weights()?;
-        }
         Ok(StepReport {
             loss,
             grad_norm: total.sqrt(),
@@ -279,6 +282,17 @@ impl Pipeline {
             stages,
             iteration_seconds,
         })
+    }
+
+    /// Global-norm clip and AdamW with learning rate `lr`, from the gradients of the last
+    /// [`Pipeline::compute_gradients`] and their norm.
+    pub fn update(&mut self, lr: f64, grad_norm: f64) -> anyhow::Result<()> {
+        let scale = clip_scale(grad_norm * grad_norm, self.optimizers[0].cfg.clip_norm);
+        for (w, opt) in self.workers.iter_mut().zip(&mut self.optimizers) {
+            opt.step(&mut w.params, &w.grads, lr, scale)?;
+            w.refresh_weights()?;
+        }
+        Ok(())
     }
 
     /// With tied embeddings on several stages, both copies get the sum of their gradients.

@@ -17,6 +17,7 @@ use super::pipeline::holding;
 use super::tensor_msg::{from_message, to_message};
 use super::Partition;
 use crate::checkpoint::resume::{self, Checkpoint, TrainerState};
+use crate::checkpoint::store::CheckpointDir;
 use crate::config::TrainConfig;
 use crate::model::params::{param_specs, TensorMap};
 use crate::optim::AdamW;
@@ -60,13 +61,14 @@ pub fn save(
     if at.rank == 0 {
         let (params, optimizer) = gather(cfg, partition, shard, transport, tag)?;
         let state = TrainerState {
-            version: 1,
+            version: resume::VERSION,
             next_step: step + 1,
             optimizer_steps: shard.optimizer.steps,
             data_position: data_position.to_string(),
             config: cfg.clone(),
         };
-        resume::save(dir, &state, &params, &optimizer)
+        let dir = CheckpointDir::open_for_writing(dir)?;
+        resume::save(&dir, &state, &params, &optimizer)
             .with_context(|| format!("checkpoint after step {step}"))?;
     } else if at.replica == 0 {
         for (name, p) in shard.params {

@@ -107,7 +107,7 @@ pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<CpuRun>> {
                 "cpu: {schedule} n={slices} v={chunks} s={seq_len}"
             ));
             let cfg = config(schedule, slices, chunks, slicing, seq_len);
-            let s = train(&cfg, |_| {})?;
+            let s = train(&cfg, |_| Ok(()))?;
             let flops_per_token = 3.0
                 * CostModel::flops(&cfg.model.shape())?.sequence(seq_len as u64)
                 / seq_len as f64;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
 use super::cases::{self, rel_err};
+use super::report::Report;
 use super::{nccl_check, oracle, torch};
 
 /// Largest relative error (to the reference's max-abs) a kernel output may have.
@@ -43,6 +44,11 @@ pub fn device_description() -> String {
         .unwrap_or_else(|| "unknown GPU (no nvidia-smi)".into())
 }
 
+/// An error and its causes on one line, for a table cell.
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace(['\n', '|'], " ")
+}
+
 /// Opens GPU 0 or explains what is missing.
 pub fn open_gpu() -> Result<Device> {
     Device::new_cuda(0).context(
@@ -52,17 +58,70 @@ pub fn open_gpu() -> Result<Device> {
 }
 
 /// Runs everything; `script` is `gpu/torch_ref.py`, `out` the output directory.
-pub fn run(script: &Path, out: &Path) -> Result<()> {
+pub fn run(script: &Path, out: &Path, parts: &[String]) -> Result<()> {
+    let part = |name: &str| parts.iter().any(|p| p == name);
     let gpu = open_gpu()?;
     std::fs::create_dir_all(out)?;
-    seqpipe_kernels::cuda::poison_outputs(true);
-    let mut md = String::new();
+    let mut md = Report::create(&out.join("gpu-test.md"))?;
     let mut failures = 0;
     writeln!(
         md,
         "# seqpipe gpu-test\n\ndevice: {}\n",
         device_description()
     )?;
+    if part("kernels") {
+        failures += kernel_rows(&mut md, script, out, &gpu)?;
+    }
+
+    if part("oracle") {
+        writeln!(md, "\n## Trainer oracle on CUDA (stages as threads on one GPU) vs single-device f64 on the CPU\n")?;
+        writeln!(
+            md,
+            "| run | loss rel. err | worst grad rel. err (tensor) | bound | |\n|---|---|---|---|---|"
+        )?;
+        oracle::run(&gpu, |row| {
+            failures += usize::from(!row.passed());
+            if let Some(e) = &row.error {
+                writeln!(
+                    md,
+                    "| {} | error: {} | | {:.0e} | FAIL |",
+                    row.label, e, row.bound
+                )?;
+                return Ok(());
+            }
+            writeln!(
+                md,
+                "| {} | {:.2e} | {:.2e} ({}) | {:.0e} | {} |",
+                row.label,
+                row.loss_err,
+                row.grad_err.0,
+                row.grad_err.1,
+                row.bound,
+                verdict(row.loss_err.max(row.grad_err.0), row.bound)
+            )?;
+            Ok(())
+        })?;
+    }
+    if part("nccl") {
+        writeln!(md, "\n## NCCL\n\n| check | outcome |\n|---|---|")?;
+        for row in nccl_check::run()? {
+            failures += usize::from(row.outcome.starts_with("FAIL"));
+            writeln!(md, "| {} | {} |", row.check, row.outcome.replace('\n', " "))?;
+        }
+    }
+    if failures > 0 {
+        bail!(
+            "{failures} GPU check(s) failed (table above, also in {})",
+            md.path().display()
+        );
+    }
+    Ok(())
+}
+
+/// Every kernel case on the GPU against the CPU path and PyTorch; returns the failures.
+fn kernel_rows(md: &mut Report, script: &Path, out: &Path, gpu: &Device) -> Result<usize> {
+    let mut failures = 0;
+    seqpipe_kernels::cuda::poison_outputs(true);
     writeln!(
         md,
         "## Kernels (outputs poisoned with NaN before every launch)\n"
@@ -76,8 +135,20 @@ pub fn run(script: &Path, out: &Path) -> Result<()> {
             writeln!(md, "| PyTorch reference | {dtype:?} | {about} | | | | |")?;
         }
         for case in &all {
-            let got = cases::run(case, &gpu, dtype)
-                .with_context(|| format!("{} on the GPU", case.name))?;
+            // A case that fails to run is a FAIL row; the other cases still run.
+            let got = match cases::run(case, gpu, dtype) {
+                Ok(got) => got,
+                Err(e) => {
+                    failures += 1;
+                    writeln!(
+                        md,
+                        "| {} | {dtype:?} | (all) | error: {} | | | FAIL |",
+                        case.name,
+                        one_line(&e)
+                    )?;
+                    continue;
+                }
+            };
             let cpu = cases::run(case, &Device::Cpu, dtype)?;
             for (name, g) in &got {
                 let e_cpu = rel_err(g, &cpu[name])?;
@@ -107,38 +178,5 @@ pub fn run(script: &Path, out: &Path) -> Result<()> {
         }
     }
     seqpipe_kernels::cuda::poison_outputs(false);
-
-    writeln!(md, "\n## Trainer oracle on CUDA (stages as threads on one GPU) vs single-device f64 on the CPU\n")?;
-    writeln!(
-        md,
-        "| run | loss rel. err | worst grad rel. err (tensor) | bound | |\n|---|---|---|---|---|"
-    )?;
-    for row in oracle::run(&gpu)? {
-        failures += usize::from(!row.passed());
-        writeln!(
-            md,
-            "| {} | {:.2e} | {:.2e} ({}) | {:.0e} | {} |",
-            row.label,
-            row.loss_err,
-            row.grad_err.0,
-            row.grad_err.1,
-            row.bound,
-            verdict(row.loss_err.max(row.grad_err.0), row.bound)
-        )?;
-    }
-
-    writeln!(md, "\n## NCCL\n\n| check | outcome |\n|---|---|")?;
-    for row in nccl_check::run()? {
-        failures += usize::from(row.outcome.starts_with("FAIL"));
-        writeln!(md, "| {} | {} |", row.check, row.outcome.replace('\n', " "))?;
-    }
-    std::fs::write(out.join("gpu-test.md"), &md)?;
-    println!("{md}");
-    if failures > 0 {
-        bail!(
-            "{failures} GPU check(s) failed (table above, also in {})",
-            out.join("gpu-test.md").display()
-        );
-    }
-    Ok(())
+    Ok(failures)
 }

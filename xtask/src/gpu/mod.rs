@@ -14,6 +14,8 @@ pub mod toolkit;
 #[cfg(feature = "cuda")]
 pub mod bench_gpu;
 #[cfg(feature = "cuda")]
+pub mod bench_step;
+#[cfg(feature = "cuda")]
 pub mod cases;
 #[cfg(feature = "cuda")]
 pub mod gpu_test;
@@ -21,6 +23,8 @@ pub mod gpu_test;
 pub mod nccl_check;
 #[cfg(feature = "cuda")]
 pub mod oracle;
+#[cfg(feature = "cuda")]
+pub mod report;
 #[cfg(feature = "cuda")]
 pub mod torch;
 

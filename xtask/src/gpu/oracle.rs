@@ -24,12 +24,14 @@ pub struct OracleRow {
     pub grad_err: (f64, String),
     /// The bound the row must meet.
     pub bound: f64,
+    /// Why the run did not finish, when it did not (the row then fails).
+    pub error: Option<String>,
 }
 
 impl OracleRow {
     /// Whether both errors are within the bound (NaN fails).
     pub fn passed(&self) -> bool {
-        self.loss_err <= self.bound && self.grad_err.0 <= self.bound
+        self.error.is_none() && self.loss_err <= self.bound && self.grad_err.0 <= self.bound
     }
 }
 
@@ -103,11 +105,16 @@ fn iteration(
     Ok((loss, pl.gradients()))
 }
 
-/// Runs the schedules on `gpu` and compares each with the f64 CPU single-device reference.
-pub fn run(gpu: &Device) -> Result<Vec<OracleRow>> {
+/// Runs the schedules on `gpu` and compares each with the f64 CPU single-device reference;
+/// `on_row` sees each row as soon as it is measured (a run stopped at its time limit keeps them).
+pub fn run(gpu: &Device, mut on_row: impl FnMut(&OracleRow) -> Result<()>) -> Result<()> {
+    let started = std::time::Instant::now();
     let reference = train_config("1f1b", 1, 1, 1, SlicingMethod::Uniform);
     let (ref_loss, ref_grads) = iteration(&reference, &Device::Cpu, DType::F64)?;
-    let mut rows = Vec::new();
+    eprintln!(
+        "oracle: CPU f64 reference in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     for (schedule, p, n, v, slicing, dtype, bound) in [
         ("1f1b", 2, 1, 1, SlicingMethod::Uniform, DType::F32, 1e-5),
         (
@@ -141,7 +148,26 @@ pub fn run(gpu: &Device) -> Result<Vec<OracleRow>> {
         ),
     ] {
         let cfg = train_config(schedule, p, n, v, slicing);
-        let (loss, grads) = iteration(&cfg, gpu, dtype)?;
+        let label = format!("{schedule} p={p} m=4 n={n} v={v} {dtype:?}");
+        let row_started = std::time::Instant::now();
+        let (loss, grads) = match iteration(&cfg, gpu, dtype) {
+            Ok(r) => r,
+            Err(e) => {
+                // One schedule failing on the GPU must not hide the others' results.
+                on_row(&OracleRow {
+                    label,
+                    loss_err: f64::NAN,
+                    grad_err: (f64::NAN, String::new()),
+                    bound,
+                    error: Some(super::gpu_test::one_line(&e)),
+                })?;
+                continue;
+            }
+        };
+        eprintln!(
+            "oracle: {label} in {:.1} s",
+            row_started.elapsed().as_secs_f64()
+        );
         let mut worst = (0f64, String::new());
         for (name, g) in &grads {
             let err = super::cases::rel_err(&g.to_device(&Device::Cpu)?, &ref_grads[name])?;
@@ -150,12 +176,13 @@ pub fn run(gpu: &Device) -> Result<Vec<OracleRow>> {
                 worst = (err, name.clone());
             }
         }
-        rows.push(OracleRow {
-            label: format!("{schedule} p={p} m=4 n={n} v={v} {dtype:?}"),
+        on_row(&OracleRow {
+            label,
             loss_err: ((loss - ref_loss) / ref_loss).abs(),
             grad_err: worst,
             bound,
-        });
+            error: None,
+        })?;
     }
-    Ok(rows)
+    Ok(())
 }
