@@ -497,12 +497,18 @@ pub fn elastic_with_budget(
         let Some((uniform, c, problem)) = setup.run_uniform(&schedule, &sub, &units)? else {
             return Ok(None);
         };
-        // Without recomputation there is nothing to adapt; past MAX_MILP_VARIABLES the
-        // branch-and-bound can take minutes, so such pipelines keep the uniform plan.
-        let adaptive = if c == 0 || problem.weights.len() > MAX_MILP_VARIABLES {
+        // Without recomputation there is nothing to adapt. Past MAX_MILP_VARIABLES the
+        // branch-and-bound can take minutes (a 200-sequence batch did not finish in two), so
+        // larger programs take the relaxation's polynomial plan.
+        let adaptive = if c == 0 {
             None
         } else {
-            match problem.solve() {
+            let solved = if problem.weights.len() <= MAX_MILP_VARIABLES {
+                problem.solve()
+            } else {
+                problem.solve_relaxed()
+            };
+            match solved {
                 Ok(plan) => {
                     Some(setup.run(&schedule, &sub, &units, &problem, &plan.diagonal, true)?)
                 }
@@ -524,9 +530,9 @@ pub fn elastic_with_budget(
     )))
 }
 
-/// Largest recomputation program (anti-diagonal variables) handed to the MILP; larger pipelines
-/// keep uniform recomputation (reported as `adaptive: false`).
-pub const MAX_MILP_VARIABLES: usize = 48;
+/// Largest recomputation program (anti-diagonal variables) solved exactly by the MILP; larger
+/// ones are planned from the linear relaxation ([`crate::RecomputeProblem::solve_relaxed`]).
+pub const MAX_MILP_VARIABLES: usize = 16;
 
 /// Largest number of sequence groups the DP puts in one pipeline (bounds its `O(n²)` cost).
 pub const MAX_GROUP: usize = 64;

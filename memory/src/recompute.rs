@@ -9,7 +9,9 @@
 //! `ckpt(r, k) = 𝒞[f2b[k] + d − 1 − r]`, `n + d − 1` variables in `0..=L/d`. At the step after each
 //! forward, `Σ_alive (I_r[k] − F[k]·ckpt(r, k)) ≤ budget_r`. The objective is the number of
 //! recomputed layers, `Σ_j (cells on diagonal j)·𝒞_j`. Solved exactly as a MILP with good_lp's
-//! pure-Rust microlp backend; [`RecomputeProblem::brute_force`] is the oracle for small instances.
+//! pure-Rust microlp backend, or in polynomial time from the linear relaxation
+//! ([`RecomputeProblem::solve_relaxed`]); [`RecomputeProblem::brute_force`] is the oracle for small
+//! instances.
 
 use good_lp::{constraint, variable, Expression, ProblemVariables, Solution, SolverModel};
 use serde::{Deserialize, Serialize};
@@ -209,12 +211,53 @@ impl RecomputeProblem {
         }
     }
 
-    /// The exact optimum by mixed-integer programming (good_lp + microlp).
+    /// The exact optimum by mixed-integer programming (good_lp + microlp). Branch-and-bound can
+    /// take minutes on large programs; [`RecomputeProblem::solve_relaxed`] is the polynomial
+    /// alternative.
     pub fn solve(&self) -> Result<RecomputePlan> {
         self.check_feasible()?;
+        let values = self.optimise(true)?;
+        Ok(self.plan(values.iter().map(|v| v.round().max(0.0) as u64).collect()))
+    }
+
+    /// A feasible plan in polynomial time: the linear relaxation's optimum rounded up (feasible,
+    /// since checkpointing more layers only saves memory), then each variable lowered one layer
+    /// at a time while the plan stays feasible, the heaviest (most recomputed cells) first. Its
+    /// cost is at least the exact optimum's and at most the rounded relaxation's.
+    pub fn solve_relaxed(&self) -> Result<RecomputePlan> {
+        self.check_feasible()?;
+        let relaxed = self.optimise(false)?;
+        let max = self.max_layers;
+        let mut c: Vec<u64> = relaxed
+            .iter()
+            // A hair below the next integer counts as that integer (solver round-off).
+            .map(|v| ((v - 1e-9).ceil().max(0.0) as u64).min(max))
+            .collect();
+        if !self.feasible(&c) {
+            c = vec![max; c.len()];
+        }
+        let mut order: Vec<usize> = (0..c.len()).collect();
+        order.sort_by_key(|&v| std::cmp::Reverse(self.weights[v]));
+        for v in order {
+            while c[v] > 0 {
+                c[v] -= 1;
+                if !self.feasible(&c) {
+                    c[v] += 1;
+                    break;
+                }
+            }
+        }
+        Ok(self.plan(c))
+    }
+
+    /// The minimal-recomputation program's variable values, integer or relaxed.
+    fn optimise(&self, integer: bool) -> Result<Vec<f64>> {
         let mut vars = ProblemVariables::new();
         let c: Vec<_> = (0..self.weights.len())
-            .map(|_| vars.add(variable().integer().min(0).max(self.max_layers as f64)))
+            .map(|_| {
+                let v = variable().min(0).max(self.max_layers as f64);
+                vars.add(if integer { v.integer() } else { v })
+            })
             .collect();
         let objective: Expression = c
             .iter()
@@ -231,11 +274,7 @@ impl RecomputeProblem {
         let solution = model
             .solve()
             .map_err(|e| MemoryError::Solver(e.to_string()))?;
-        let diagonal: Vec<u64> = c
-            .iter()
-            .map(|&v| solution.value(v).round().max(0.0) as u64)
-            .collect();
-        Ok(self.plan(diagonal))
+        Ok(c.iter().map(|&v| solution.value(v)).collect())
     }
 
     /// The exact optimum by enumerating every assignment; refuses more than `limit` of them.

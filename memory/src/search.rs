@@ -240,6 +240,27 @@ pub fn search(space: &SearchSpace) -> Result<Vec<Evaluation>> {
     positive("largest CP size", space.max_cp)?;
     positive("global batch", space.global_batch)?;
     positive("sequence length", space.seq_len)?;
+    // Bounds far above any cluster that keep every product of counts inside u64.
+    for (what, value, max, range) in [
+        ("GPUs", space.gpus, 1u64 << 20, "1 to 2^20"),
+        ("global batch", space.global_batch, 1 << 24, "1 to 2^24"),
+        (
+            "sequence length",
+            space.seq_len,
+            1 << 34,
+            "1 to 2^34 tokens",
+        ),
+        ("largest TP size", space.max_tp, 1 << 10, "1 to 1024"),
+        ("largest CP size", space.max_cp, 1 << 10, "1 to 1024"),
+    ] {
+        if value > max {
+            return Err(crate::error::MemoryError::OutOfRange {
+                what,
+                value: value as f64,
+                range,
+            });
+        }
+    }
     if !(space.efficiency > 0.0 && space.efficiency <= 1.0) {
         return Err(crate::error::MemoryError::OutOfRange {
             what: "kernel efficiency",

@@ -148,3 +148,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The polynomial plan is feasible, never better than the optimum (that would be a wrong
+    /// optimum or an infeasible plan), and locally minimal: no variable can drop one layer.
+    #[test]
+    fn relaxed_plan_is_feasible_and_locally_minimal((chunks, layers, budgets) in instance()) {
+        let p = RecomputeProblem::build(&chunks, layers, &budgets, &[]).unwrap();
+        match (p.brute_force(1 << 16), p.solve_relaxed()) {
+            (Ok(e), Ok(r)) => {
+                prop_assert!(p.feasible(&r.diagonal));
+                prop_assert!(r.recomputed_layers >= e.recomputed_layers);
+                for v in 0..r.diagonal.len() {
+                    if r.diagonal[v] > 0 {
+                        let mut lower = r.diagonal.clone();
+                        lower[v] -= 1;
+                        prop_assert!(!p.feasible(&lower), "variable {} could drop a layer", v);
+                    }
+                }
+            }
+            (Err(MemoryError::Infeasible { .. }), Err(MemoryError::Infeasible { .. })) => {}
+            (e, r) => prop_assert!(false, "brute force {:?} vs relaxed {:?}", e, r),
+        }
+    }
+}

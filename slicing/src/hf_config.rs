@@ -79,7 +79,9 @@ pub fn shape_from_hf_config(json: &str) -> Result<ModelShape> {
     let heads = required(&cfg, &["num_attention_heads", "n_head"])?;
     let ffn_hidden = match ffn {
         FfnKind::Gated => required(&cfg, &["intermediate_size"])?,
-        FfnKind::Plain => field(&cfg, &["n_inner", "intermediate_size"])?.unwrap_or(4 * hidden),
+        FfnKind::Plain => {
+            field(&cfg, &["n_inner", "intermediate_size"])?.unwrap_or(hidden.saturating_mul(4))
+        }
     };
     let kv_heads = field(&cfg, &["num_key_value_heads"])?.unwrap_or(heads);
     let head_dim = match field(&cfg, &["head_dim"])? {

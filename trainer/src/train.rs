@@ -145,7 +145,22 @@ pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
             problems.push(format!("schedule: {e:#}"));
         }
     }
+    let sizes_ok = sizes.is_empty();
     problems.extend(sizes);
+    if sizes_ok {
+        problems.extend(partition_problem(cfg));
+    }
+    problems.extend(output_problems(cfg));
+    problems.extend(data_problems(cfg));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+    }
+}
+
+/// Whether the layers split over the virtual stages as configured (sizes already bounded).
+fn partition_problem(cfg: &TrainConfig) -> Option<String> {
     let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
     let partition = match &cfg.parallel.layers {
         Some(counts) if counts.len() != vstages => Err(format!(
@@ -155,16 +170,7 @@ pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
         Some(counts) => Partition::from_counts(cfg.model.layers, counts),
         None => Partition::even(cfg.model.layers, vstages),
     };
-    if let Err(e) = partition {
-        problems.push(e);
-    }
-    problems.extend(output_problems(cfg));
-    problems.extend(data_problems(cfg));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
-    }
+    partition.err()
 }
 
 /// Bounds that keep a run's memory and the schedule's size sane; each is far above real use.

@@ -393,7 +393,7 @@ fn killed_at_random_instants_it_always_resumes() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let at = whole.mul_f64(rng.random_range(0.05..1.0));
+        let at = whole.mul_f64(rng.random_range(0.3..1.0));
         std::thread::sleep(at);
         let _ = child.kill();
         let status = child.wait().unwrap();

@@ -50,6 +50,32 @@ fn absurd_sizes_are_bounded_with_the_bound_in_the_message() {
     assert!(m.contains("tokens per step"), "{m}");
     let m = problem(|c| c.parallel.timeout_secs = 0);
     assert!(m.contains("timeout_secs = 0"), "{m}");
+    refused(
+        &[
+            "plan",
+            "--model",
+            "llama-7b",
+            "--seq",
+            "8k",
+            "--gpus",
+            "8",
+            "--global-batch",
+            "18446744073709551615",
+        ],
+        "global batch",
+    );
+    refused(
+        &[
+            "plan",
+            "--model",
+            "llama-7b",
+            "--seq",
+            "8k",
+            "--gpus",
+            "18446744073709551615",
+        ],
+        "GPUs",
+    );
 }
 
 #[test]
@@ -405,4 +431,57 @@ fn closed_or_full_output_is_an_error_not_a_panic() {
         assert_ne!(out.status.code(), Some(101), "{args:?} | closed: {err}");
         let _ = std::io::stderr().flush();
     }
+}
+
+/// Elastic planning of a 200-sequence batch used to run for minutes (branch-and-bound on large
+/// recomputation programs); it must finish, and absurd batch sizes are refused.
+#[test]
+fn elastic_planning_of_200_sequences_finishes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
+        .args([
+            "plan",
+            "--model",
+            "llama-7b",
+            "--lengths",
+            "dist:lognormal:mu=8.5,sigma=1.4",
+            "--sequences",
+            "200",
+            "--context",
+            "96k",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Debug build on a loaded 2-core machine: about 10 s; a minute and a half means it hung.
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("elastic planning of 200 sequences ran past 90 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("200 sequences"), "{text}");
+    refused(
+        &[
+            "plan",
+            "--model",
+            "llama-7b",
+            "--lengths",
+            "dist:lognormal:mu=8.5,sigma=1.4",
+            "--sequences",
+            "1000000",
+            "--context",
+            "96k",
+        ],
+        "--sequences 1000000",
+    );
 }

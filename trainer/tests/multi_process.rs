@@ -196,3 +196,71 @@ fn killed_ranks_resume_from_their_checkpoint_to_the_uninterrupted_losses() {
         std::fs::read_to_string(dir.path().join("ck/step-00000004/trainer_state.json")).unwrap();
     assert!(state.contains("\"next_step\": 4"), "{state}");
 }
+
+/// Spawns ranks with per-rank arguments; returns each rank's (success, stderr) and the seconds.
+fn run_ranks_each(per_rank: &[&[&str]]) -> (Vec<(bool, String)>, f64) {
+    let port = free_port();
+    let started = Instant::now();
+    let world = per_rank.len();
+    let children: Vec<Child> = per_rank
+        .iter()
+        .enumerate()
+        .map(|(r, args)| spawn_rank(r, world, port, args))
+        .collect();
+    let outcomes = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .collect();
+    (outcomes, started.elapsed().as_secs_f64())
+}
+
+#[test]
+fn ranks_started_with_other_settings_all_stop_before_step_0() {
+    let (ranks, seconds) = run_ranks_each(&[
+        &["--steps", "3", "--microbatches", "2"],
+        &["--steps", "4", "--microbatches", "2"],
+    ]);
+    for (rank, (ok, err)) in ranks.iter().enumerate() {
+        assert!(!ok, "rank {rank} must not train: {err}");
+        assert!(err.contains("rank(s) [1]"), "rank {rank}: {err}");
+    }
+    assert!(
+        ranks[1].1.contains("steps: 3 on rank 0, 4 here"),
+        "{}",
+        ranks[1].1
+    );
+    assert!(seconds < 30.0, "took {seconds} s");
+}
+
+#[test]
+fn a_diverging_multi_process_run_stops_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hot.toml");
+    std::fs::write(
+        &cfg,
+        "[optim]\nlr = 1000.0\nweight_decay = 0.0\nwarmup_steps = 0\n",
+    )
+    .unwrap();
+    let args: &[&str] = &[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--steps",
+        "30",
+        "--microbatches",
+        "2",
+    ];
+    let (ranks, _) = run_ranks_each(&[args, args]);
+    for (rank, (ok, err)) in ranks.iter().enumerate() {
+        assert!(!ok, "rank {rank} exited 0 on a diverging run");
+        assert!(
+            err.contains("step ") && err.contains("optim.lr"),
+            "rank {rank}: {err}"
+        );
+    }
+}

@@ -66,7 +66,7 @@ fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> anyhow::Resul
         }
     }
     if let Some(d) = optional_field(cfg, "head_dim")? {
-        if heads == 0 || d * heads != hidden {
+        if d.checked_mul(heads) != Some(hidden) || heads == 0 {
             bail!(
                 "config.json: head_dim = {d} differs from hidden_size / num_attention_heads = \
                  {hidden} / {heads}; separate head dims are not supported"

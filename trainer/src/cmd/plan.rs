@@ -147,11 +147,14 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let evals = search(&space)?;
     if evals.is_empty() {
         anyhow::bail!(
-            "no configuration to search: {gpus} GPU(s) with at least --min-pp {} pipeline stages, \
-             tp ≤ {} and cp ≤ {} leave no layout (give more GPUs or lower --min-pp)",
+            "no configuration to search: no layout splits {gpus} GPU(s) into at least --min-pp {} \
+             pipeline stages (dividing the {} layers), tp ≤ {}, cp ≤ {} and data-parallel \
+             replicas dividing --global-batch {}",
             args.min_pp,
+            shape.layers,
             args.max_tp,
-            args.max_cp
+            args.max_cp,
+            args.global_batch
         );
     }
     if let Format::Json = args.format {

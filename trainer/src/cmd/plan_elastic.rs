@@ -35,11 +35,31 @@ pub struct ElasticArgs<'a> {
     pub show_chunks: usize,
 }
 
+/// Most sequences one elastic plan takes: planning time grows about linearly (a few seconds
+/// per hundred sequences), and a real batch of long-context documents is far smaller.
+pub const MAX_SEQUENCES: usize = 4096;
+/// Largest lengths file read (a million lengths is far past [`MAX_SEQUENCES`] already).
+const MAX_LENGTHS_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads or draws the batch.
 fn load_lengths(args: &ElasticArgs<'_>, context: u64) -> anyhow::Result<Vec<u64>> {
     if let Some(spec) = args.lengths.strip_prefix("dist:") {
+        if !(1..=MAX_SEQUENCES).contains(&args.sequences) {
+            anyhow::bail!(
+                "--sequences {}: give 1 to {MAX_SEQUENCES} sequences",
+                args.sequences
+            );
+        }
         let dist: LengthDist = spec.parse()?;
         return Ok(dist.sample(args.sequences, context, args.seed)?);
+    }
+    let meta = std::fs::metadata(args.lengths)
+        .with_context(|| format!("reading lengths file {}", args.lengths))?;
+    if !meta.is_file() || meta.len() > MAX_LENGTHS_FILE_BYTES {
+        anyhow::bail!(
+            "lengths file {}: not a regular file of at most {MAX_LENGTHS_FILE_BYTES} bytes",
+            args.lengths
+        );
     }
     let text = std::fs::read_to_string(args.lengths)
         .with_context(|| format!("reading lengths file {}", args.lengths))?;
@@ -47,6 +67,13 @@ fn load_lengths(args: &ElasticArgs<'_>, context: u64) -> anyhow::Result<Vec<u64>
         .field
         .or_else(|| args.lengths.ends_with(".jsonl").then_some("length"));
     let lengths = parse_lengths(&text, field)?;
+    if lengths.len() > MAX_SEQUENCES {
+        anyhow::bail!(
+            "{}: {} sequences; one elastic plan takes at most {MAX_SEQUENCES}",
+            args.lengths,
+            lengths.len()
+        );
+    }
     if let Some(&long) = lengths.iter().find(|&&l| l > context) {
         anyhow::bail!(
             "{}: a sequence of {long} tokens exceeds the context of {context}",

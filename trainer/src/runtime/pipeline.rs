@@ -179,6 +179,8 @@ impl Pipeline {
                 device.clone(),
             )?);
         }
+        // Parameters were copied on this thread's CUDA stream; stage threads use their own.
+        device.synchronize()?;
         let transports = LocalTransport::mesh(p, CommOptions::with_timeout(timeout))?
             .into_iter()
             .map(Some)
@@ -200,6 +202,8 @@ impl Pipeline {
         check_input(&self.schedule, input)?;
         for w in &mut self.workers {
             w.zero_grads()?;
+            // Zeroed on this thread's CUDA stream; the stage threads accumulate on their own.
+            w.device.synchronize()?;
         }
         let mut transports = Vec::with_capacity(self.transports.len());
         for (stage, t) in self.transports.iter_mut().enumerate() {
@@ -217,7 +221,11 @@ impl Pipeline {
                     .zip(transports)
                     .map(|(worker, mut transport)| {
                         scope.spawn(move || {
-                            let result = worker.run(schedule, input, &mut transport, clock);
+                            // candle's CUDA device uses the per-thread default stream: finish this
+                            // thread's work before its tensors are read from another thread.
+                            let result = worker
+                                .run(schedule, input, &mut transport, clock)
+                                .and_then(|r| Ok(worker.device.synchronize().map(|()| r)?));
                             // A failed stage drops its transport so its peers fail fast, naming it.
                             (result.is_ok().then_some(transport), result)
                         })
@@ -291,6 +299,8 @@ impl Pipeline {
         for (w, opt) in self.workers.iter_mut().zip(&mut self.optimizers) {
             opt.step(&mut w.params, &w.grads, lr, scale)?;
             w.refresh_weights()?;
+            // The update ran on this thread's CUDA stream; the stage threads read it next.
+            w.device.synchronize()?;
         }
         Ok(())
     }

@@ -105,7 +105,8 @@ pub struct StageWorker {
     rope: Rope,
     attention: AttentionOptions,
     head: HeadCtx,
-    device: Device,
+    /// The device this stage computes on.
+    pub device: Device,
 }
 
 fn unit(a: &Action) -> Unit {
