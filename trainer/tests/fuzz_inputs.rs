@@ -176,8 +176,10 @@ fn tiny() -> ModelConfig {
 
 /// One valid checkpoint, written through the library (as a run writes it).
 fn write_checkpoint(root: &Path) -> std::path::PathBuf {
-    let mut cfg = TrainConfig::default();
-    cfg.model = tiny();
+    let cfg = TrainConfig {
+        model: tiny(),
+        ..TrainConfig::default()
+    };
     let whole = Holding {
         layers: std::iter::once(0..1).collect(),
         embedding: true,

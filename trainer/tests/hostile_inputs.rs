@@ -213,6 +213,34 @@ fn hugging_face_configs_that_change_the_math_are_refused() {
     );
 }
 
+/// Training on token file `path` must be refused with `needle` in the message.
+fn tokens_refused(path: &std::path::Path, needle: &str) {
+    let p = path.to_str().unwrap();
+    refused(
+        &[
+            "train",
+            "--steps",
+            "1",
+            "--data-kind",
+            "tokens",
+            "--data-path",
+            p,
+        ],
+        needle,
+    );
+}
+
+/// An llm.c token file: the 1024-byte header claiming `claimed` tokens, then `tokens`.
+fn llmc_bytes(claimed: i32, tokens: impl Iterator<Item = u16>) -> Vec<u8> {
+    let mut header = vec![0i32; 256];
+    header[0] = 20240520;
+    header[1] = 1;
+    header[2] = claimed;
+    let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.extend(tokens.flat_map(u16::to_le_bytes));
+    bytes
+}
+
 #[test]
 fn token_files_that_do_not_match_the_settings_are_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,18 +250,7 @@ fn token_files_that_do_not_match_the_settings_are_refused_at_open() {
         .flat_map(|i| (1 + i % 200).to_le_bytes())
         .collect();
     std::fs::write(&u32_file, &tokens).unwrap();
-    refused(
-        &[
-            "train",
-            "--steps",
-            "1",
-            "--data-kind",
-            "tokens",
-            "--data-path",
-            u32_file.to_str().unwrap(),
-        ],
-        "data.token_bytes = 4",
-    );
+    tokens_refused(&u32_file, "data.token_bytes = 4");
     // A token beyond the vocabulary near the end: found at open, not when training reaches it.
     let late = dir.path().join("late.bin");
     let mut toks: Vec<u16> = (0..100_000u32).map(|i| (i % 250) as u16).collect();
@@ -245,56 +262,19 @@ fn token_files_that_do_not_match_the_settings_are_refused_at_open() {
             .collect::<Vec<u8>>(),
     )
     .unwrap();
-    refused(
-        &[
-            "train",
-            "--steps",
-            "1",
-            "--data-kind",
-            "tokens",
-            "--data-path",
-            late.to_str().unwrap(),
-        ],
-        "token 300 at position 99000",
-    );
+    tokens_refused(&late, "token 300 at position 99000");
     // An llm.c file whose header promises more tokens than follow.
     let llmc = dir.path().join("llmc.bin");
-    let mut header = vec![0i32; 256];
-    header[0] = 20240520;
-    header[1] = 1;
-    header[2] = 5000;
-    let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
-    bytes.extend((0..1000u16).flat_map(|t| (t % 200).to_le_bytes()));
-    std::fs::write(&llmc, &bytes).unwrap();
-    refused(
-        &[
-            "train",
-            "--steps",
-            "1",
-            "--data-kind",
-            "tokens",
-            "--data-path",
-            llmc.to_str().unwrap(),
-        ],
-        "llm.c header says 5000 tokens",
-    );
+    std::fs::write(&llmc, llmc_bytes(5000, (0..1000u16).map(|t| t % 200))).unwrap();
+    tokens_refused(&llmc, "llm.c header says 5000 tokens");
 }
 
 #[test]
 fn a_valid_llmc_token_file_trains() {
     let dir = tempfile::tempdir().unwrap();
     let llmc = dir.path().join("llmc.bin");
-    let mut header = vec![0i32; 256];
-    header[0] = 20240520;
-    header[1] = 1;
-    header[2] = 20_000;
-    let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
-    bytes.extend(
-        (0..20_000u32)
-            .map(|t| ((t * 7) % 250 + 1) as u16)
-            .flat_map(u16::to_le_bytes),
-    );
-    std::fs::write(&llmc, &bytes).unwrap();
+    let tokens = (0..20_000u32).map(|t| ((t * 7) % 250 + 1) as u16);
+    std::fs::write(&llmc, llmc_bytes(20_000, tokens)).unwrap();
     let (ok, _, err) = seqpipe(&[
         "train",
         "--steps",
