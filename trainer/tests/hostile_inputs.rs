@@ -11,6 +11,21 @@ use common::seqpipe;
 use seqpipe_trainer::config::TrainConfig;
 use seqpipe_trainer::train::check;
 
+/// A short 2-stage training run.
+const TINY_RUN: &[&str] = &[
+    "train",
+    "--seq-len",
+    "32",
+    "--stages",
+    "2",
+    "--schedule",
+    "1f1b",
+    "--chunks",
+    "1",
+    "--slices",
+    "1",
+];
+
 fn problem(edit: impl FnOnce(&mut TrainConfig)) -> String {
     let mut cfg = TrainConfig::default();
     edit(&mut cfg);
@@ -275,25 +290,13 @@ fn a_valid_llmc_token_file_trains() {
     let llmc = dir.path().join("llmc.bin");
     let tokens = (0..20_000u32).map(|t| ((t * 7) % 250 + 1) as u16);
     std::fs::write(&llmc, llmc_bytes(20_000, tokens)).unwrap();
-    let (ok, _, err) = seqpipe(&[
-        "train",
-        "--steps",
-        "1",
-        "--seq-len",
-        "32",
-        "--stages",
-        "2",
-        "--schedule",
-        "1f1b",
-        "--chunks",
-        "1",
-        "--slices",
-        "1",
+    let data = [
         "--data-kind",
         "tokens",
         "--data-path",
         llmc.to_str().unwrap(),
-    ]);
+    ];
+    let (ok, _, err) = seqpipe(&[TINY_RUN, &["--steps", "1"], &data].concat());
     assert!(ok, "{err}");
 }
 
@@ -323,23 +326,8 @@ fn divergence_stops_the_run_with_the_step_and_cause() {
         "[optim]\nlr = 1000.0\nweight_decay = 0.0\nwarmup_steps = 0\n",
     )
     .unwrap();
-    let (ok, _, err) = seqpipe(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--steps",
-        "30",
-        "--seq-len",
-        "32",
-        "--stages",
-        "2",
-        "--schedule",
-        "1f1b",
-        "--chunks",
-        "1",
-        "--slices",
-        "1",
-    ]);
+    let config = ["--config", cfg.to_str().unwrap(), "--steps", "30"];
+    let (ok, _, err) = seqpipe(&[TINY_RUN, &config].concat());
     assert!(!ok, "a diverging run must not exit 0");
     assert!(err.contains("step ") && err.contains("optim.lr"), "{err}");
 }
