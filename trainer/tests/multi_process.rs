@@ -25,12 +25,20 @@ const COMMON: &[&str] = &[
     "f64",
 ];
 
+/// A free port below the kernel's ephemeral range (32768 and up on Linux): a port from the
+/// ephemeral range can be taken, between this probe and rank 0's bind, by an outgoing connection
+/// of another test running in parallel ("Address already in use"). Ports are handed out once per
+/// test process, spread by the process id so concurrent test binaries rarely meet.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20; // + 2,000 stays below 32768
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn spawn_rank(rank: usize, world: usize, port: u16, extra: &[&str]) -> Child {

@@ -133,6 +133,7 @@ pub fn train_rank(
     }
     let config = schedule_config(cfg)?;
     let schedule = lower(&generate(&config)?)?;
+    super::admit::admit(&schedule)?;
     let v = config.chunks as usize;
     let partition = match &cfg.parallel.layers {
         Some(counts) => Partition::from_counts(cfg.model.layers, counts),

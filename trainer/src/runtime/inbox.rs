@@ -1,4 +1,4 @@
-//! Receiving in each peer's send order.
+//! Receiving in each peer's send order, and the message tags both ends agree on.
 //!
 //! A transport link is FIFO and checks tags, but a stage's program may want a peer's messages in
 //! another order than the peer sent them (in interleaved schedules one link carries activations
@@ -9,7 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use seqpipe_comm::{Message, Tag, Transport};
+use seqpipe_comm::{Message, Tag, TagKind, Transport};
+use seqpipe_schedule::{Action, Op, Schedule};
 
 /// Per-peer expected send order plus messages received early.
 #[derive(Debug, Default)]
@@ -60,4 +61,34 @@ impl Inbox {
     pub fn held_bytes(&self) -> usize {
         self.early.values().map(Message::size_in_bytes).sum()
     }
+}
+
+/// The tag of unit `a`'s message of `kind` to or from virtual stage `vstage`.
+pub(crate) fn message_tag(kind: TagKind, a: &Action, vstage: usize) -> anyhow::Result<Tag> {
+    Ok(Tag::new(kind, a.mb.0, a.slice.0, vstage as u32)?)
+}
+
+/// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order.
+pub(crate) fn incoming_order(
+    schedule: &Schedule,
+    stage: usize,
+    rank_offset: usize,
+) -> anyhow::Result<Vec<(usize, Tag)>> {
+    let p = schedule.config.stages;
+    let mut order = Vec::new();
+    for (sender, program) in schedule.actions.iter().enumerate() {
+        for a in program.iter().filter(|a| a.op.is_send()) {
+            if schedule.peer(a).map(|s| s.index()) != Some(stage) {
+                continue;
+            }
+            let k = a.virtual_stage(p).index();
+            let (kind, to) = if a.op == Op::SendAct {
+                (TagKind::Act, k + 1)
+            } else {
+                (TagKind::Grad, k - 1)
+            };
+            order.push((sender + rank_offset, message_tag(kind, a, to)?));
+        }
+    }
+    Ok(order)
 }

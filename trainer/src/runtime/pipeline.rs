@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{generate, lower, Schedule, ScheduleConfig};
 
+use super::admit::admit;
 use super::partition::Partition;
 use super::record::{Answers, StageReport};
 use super::worker::{IterationInput, StageSpec, StageWorker};
@@ -130,6 +131,7 @@ impl Pipeline {
             bail!("invalid model: {}", problems.join("; "));
         }
         let schedule = lower(&generate(&config)?)?;
+        admit(&schedule)?;
         let (p, v) = (config.stages as usize, config.chunks as usize);
         let partition = match partition {
             Some(counts) => Partition::from_counts(model.layers, counts),

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device, Tensor};
-use seqpipe_comm::{Tag, TagKind, Transport};
+use seqpipe_comm::{TagKind, Transport};
 use seqpipe_kernels::{AttentionOptions, Rope, SliceKvCache};
 use seqpipe_schedule::{Action, Op, Schedule, Unit};
 
-use super::inbox::Inbox;
+use super::inbox::{incoming_order, message_tag, Inbox};
 use super::record::{Recorder, StageReport};
 use super::tensor_msg::{from_message, to_message};
 use crate::model::ends::{
@@ -275,10 +275,6 @@ impl StageWorker {
         Ok(rec.finish(st.loss, st.answers))
     }
 
-    fn tag(kind: TagKind, a: &Action, vstage: usize) -> anyhow::Result<Tag> {
-        Ok(Tag::new(kind, a.mb.0, a.slice.0, vstage as u32)?)
-    }
-
     fn exec(
         &mut self,
         schedule: &Schedule,
@@ -300,33 +296,53 @@ impl StageWorker {
             Op::Forward => self.forward(input, st, a, k),
             Op::Backward | Op::BackwardInput => self.backward_input(st, a, k, a.op == Op::Backward),
             Op::BackwardWeight => {
-                let pending = st.pending.remove(&u).ok_or_else(|| anyhow!("weight backward before input backward"))?;
+                let pending = st
+                    .pending
+                    .remove(&u)
+                    .ok_or_else(|| anyhow!("weight backward before input backward"))?;
                 self.backward_weight(pending)
             }
             Op::SendAct => {
-                let t = st.act_out.remove(&u).ok_or_else(|| anyhow!("nothing to send: forward has not run"))?;
-                transport.send(peer()?, Self::tag(TagKind::Act, a, k + 1)?, to_message(&t)?)?;
+                let t = st
+                    .act_out
+                    .remove(&u)
+                    .ok_or_else(|| anyhow!("nothing to send: forward has not run"))?;
+                transport.send(
+                    peer()?,
+                    message_tag(TagKind::Act, a, k + 1)?,
+                    to_message(&t)?,
+                )?;
                 Ok(())
             }
             Op::SendGrad => {
-                let t = st.grad_out.remove(&u).ok_or_else(|| anyhow!("nothing to send: backward has not run"))?;
-                transport.send(peer()?, Self::tag(TagKind::Grad, a, k - 1)?, to_message(&t)?)?;
+                let t = st
+                    .grad_out
+                    .remove(&u)
+                    .ok_or_else(|| anyhow!("nothing to send: backward has not run"))?;
+                transport.send(
+                    peer()?,
+                    message_tag(TagKind::Grad, a, k - 1)?,
+                    to_message(&t)?,
+                )?;
                 Ok(())
             }
             Op::RecvAct => {
-                let msg = inbox.recv(transport, peer()?, Self::tag(TagKind::Act, a, k)?)?;
+                let msg = inbox.recv(transport, peer()?, message_tag(TagKind::Act, a, k)?)?;
                 st.act_in.insert(u, from_message(msg, &self.device)?);
                 Ok(())
             }
             Op::RecvGrad => {
-                let msg = inbox.recv(transport, peer()?, Self::tag(TagKind::Grad, a, k)?)?;
+                let msg = inbox.recv(transport, peer()?, message_tag(TagKind::Grad, a, k)?)?;
                 st.grad_in.insert(u, from_message(msg, &self.device)?);
                 Ok(())
             }
-            // The CPU runtime keeps activations in host memory already: offload and reload only
-            // move the bytes between the device and host ledgers, which the memory model predicts.
-            Op::Offload | Op::Reload => Ok(()),
-            Op::Recompute => bail!("RECOMPUTE actions are not supported by this executor yet; plan without recomputation"),
+            // `admit` refuses these when the schedule is loaded; reaching one is a bug there.
+            Op::Offload | Op::Reload | Op::Recompute => {
+                bail!(
+                    "{} reached the executor, which does not run it (admit must refuse it)",
+                    a.op
+                )
+            }
         }
     }
 
@@ -579,29 +595,4 @@ fn held_bytes(st: &IterState) -> Held {
         saved: saved + caches,
         transient: pending + buffers,
     }
-}
-
-/// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order.
-fn incoming_order(
-    schedule: &Schedule,
-    stage: usize,
-    rank_offset: usize,
-) -> anyhow::Result<Vec<(usize, Tag)>> {
-    let p = schedule.config.stages;
-    let mut order = Vec::new();
-    for (sender, program) in schedule.actions.iter().enumerate() {
-        for a in program.iter().filter(|a| a.op.is_send()) {
-            if schedule.peer(a).map(|s| s.index()) != Some(stage) {
-                continue;
-            }
-            let k = a.virtual_stage(p).index();
-            let (kind, to) = if a.op == Op::SendAct {
-                (TagKind::Act, k + 1)
-            } else {
-                (TagKind::Grad, k - 1)
-            };
-            order.push((sender + rank_offset, StageWorker::tag(kind, a, to)?));
-        }
-    }
-    Ok(order)
 }
