@@ -3,6 +3,8 @@
 //! operation of a save, and by SIGKILL at random instants), and refuses damaged or edited
 //! checkpoints with a message naming what is wrong.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -10,17 +12,7 @@ use candle_core::DType;
 use rand::{Rng, SeedableRng};
 use seqpipe_trainer::checkpoint::{hf, manifest, resume};
 
-const SMALL: &[&str] = &[
-    "train",
-    "--seq-len",
-    "32",
-    "--stages",
-    "2",
-    "--schedule",
-    "seq1f1b",
-    "--chunks",
-    "1",
-];
+use common::{step_losses as losses, SMALL_RUN as SMALL};
 
 fn seqpipe() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_seqpipe"));
@@ -38,17 +30,6 @@ fn run_env(extra: &[&str], key: &str, value: &str) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn losses(metrics: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
 }
 
 fn s(p: &Path) -> &str {

@@ -354,21 +354,7 @@ fn closed_or_full_output_is_an_error_not_a_panic() {
             "--microbatches",
             "8",
         ],
-        &[
-            "train",
-            "--steps",
-            "2",
-            "--seq-len",
-            "32",
-            "--stages",
-            "2",
-            "--schedule",
-            "1f1b",
-            "--chunks",
-            "1",
-            "--slices",
-            "1",
-        ],
+        TINY_RUN,
     ];
     for args in commands {
         let full = std::fs::OpenOptions::new()

@@ -1,23 +1,15 @@
 //! Checkpoint, crash, resume: the resumed run's losses equal an uninterrupted run's, bit for bit;
 //! a crash while a checkpoint is being written leaves the previous one loadable.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use candle_core::DType;
 use seqpipe_trainer::checkpoint::resume;
 
-const SMALL: &[&str] = &[
-    "train",
-    "--seq-len",
-    "32",
-    "--stages",
-    "2",
-    "--schedule",
-    "seq1f1b",
-    "--chunks",
-    "1",
-];
+use common::{step_losses as losses, SMALL_RUN as SMALL};
 
 fn run(extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_seqpipe"))
@@ -26,17 +18,6 @@ fn run(extra: &[&str]) -> std::process::Output {
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap()
-}
-
-fn losses(metrics: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
 }
 
 #[test]

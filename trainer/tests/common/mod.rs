@@ -114,6 +114,31 @@ pub fn worst_rel_err(
         .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a })
 }
 
+/// `(step, loss)` of every line of a JSONL metrics file.
+pub fn step_losses(metrics: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// A short 2-stage Seq1F1B training run (the checkpoint and resume tests add their options).
+pub const SMALL_RUN: &[&str] = &[
+    "train",
+    "--seq-len",
+    "32",
+    "--stages",
+    "2",
+    "--schedule",
+    "seq1f1b",
+    "--chunks",
+    "1",
+];
+
 /// Runs the `seqpipe` binary: (success, stdout, stderr); no backtraces, so errors read as users
 /// see them.
 pub fn seqpipe(args: &[&str]) -> (bool, String, String) {
