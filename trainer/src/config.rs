@@ -61,6 +61,9 @@ pub struct ParallelConfig {
     pub layers: Option<Vec<usize>>,
     /// Seconds a stage waits for a peer before failing.
     pub timeout_secs: u64,
+    /// Data-parallel replicas of the pipeline (default: 1 in one process; `WORLD_SIZE / stages`
+    /// in a multi-process run, which must agree when this is set).
+    pub replicas: Option<u32>,
 }
 
 impl Default for ParallelConfig {
@@ -75,6 +78,7 @@ impl Default for ParallelConfig {
             slicing: SlicingMethod::Uniform,
             layers: None,
             timeout_secs: 60,
+            replicas: None,
         }
     }
 }

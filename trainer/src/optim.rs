@@ -5,7 +5,7 @@
 //! stages' gradients: each stage contributes [`sum_of_squares`], the trainer all-reduces the sums
 //! and passes the resulting scale to [`AdamW::step`].
 
-use candle_core::{DType, Result};
+use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::health::OnNonFinite;
@@ -170,7 +170,9 @@ pub fn clip_scale(global_sum_of_squares: f64, clip: Option<f64>) -> f64 {
     }
 }
 
-/// AdamW state of one stage's parameters.
+/// AdamW state of one stage's parameters. Parameters kept in a low precision (bf16) for compute
+/// get f32 master weights here: the update is applied to the master copy and only then rounded
+/// into the parameter, so updates smaller than a bf16 step accumulate instead of vanishing.
 #[derive(Debug, Clone)]
 pub struct AdamW {
     /// Settings.
@@ -181,17 +183,26 @@ pub struct AdamW {
     pub m: TensorMap,
     /// Second moments.
     pub v: TensorMap,
+    /// f32 master weights of the parameters held in a low precision (empty for f32 and f64).
+    pub master: TensorMap,
 }
 
 impl AdamW {
-    /// Fresh state for `params` (moments in f32, or f64 for f64 parameters).
+    /// Fresh state for `params` (moments in f32, or f64 for f64 parameters; f32 master copies
+    /// of low-precision parameters).
     pub fn new(cfg: OptimConfig, params: &TensorMap) -> Result<Self> {
         let dtype = moment_dtype(params);
+        let master = params
+            .iter()
+            .filter(|(_, t)| needs_master(t.dtype()))
+            .map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()?;
         Ok(AdamW {
             cfg,
             steps: 0,
             m: zeros_like(params, dtype)?,
             v: zeros_like(params, dtype)?,
+            master,
         })
     }
 
@@ -221,13 +232,85 @@ impl AdamW {
             } else {
                 c.weight_decay
             };
-            let p32 = p.to_dtype(dt)?;
-            let p_new = (((&p32 * (1.0 - lr * decay))? - (update * lr)?)?).to_dtype(p.dtype())?;
-            *p = p_new;
+            let before = match self.master.get(name) {
+                Some(master) => master.clone(),
+                None => p.to_dtype(dt)?,
+            };
+            let after = ((&before * (1.0 - lr * decay))? - (update * lr)?)?;
+            *p = after.to_dtype(p.dtype())?;
+            if self.master.contains_key(name) {
+                self.master.insert(name.clone(), after);
+            }
             self.m.insert(name.clone(), m_new);
             self.v.insert(name.clone(), v_new);
         }
         Ok(())
+    }
+
+    /// The weights the optimizer trains, by name: the f32 master copy where there is one, else
+    /// the parameter itself. Checkpoints save these.
+    pub fn weights(&self, params: &TensorMap) -> TensorMap {
+        params
+            .iter()
+            .map(|(n, p)| (n.clone(), self.master.get(n).unwrap_or(p).clone()))
+            .collect()
+    }
+
+    /// The moments as one map with `m.`/`v.` prefixes (a checkpoint's optimizer file).
+    pub fn state(&self) -> TensorMap {
+        let m = self.m.iter().map(|(n, t)| (format!("m.{n}"), t.clone()));
+        let v = self.v.iter().map(|(n, t)| (format!("v.{n}"), t.clone()));
+        m.chain(v).collect()
+    }
+
+    /// Restores `params` (and their master copies) from a whole-model `weights` map and the
+    /// moments from `state` (as [`AdamW::state`] wrote it), after `steps` steps; tensors move to
+    /// each parameter's device.
+    pub fn restore(
+        &mut self,
+        params: &mut TensorMap,
+        weights: &TensorMap,
+        steps: u64,
+        state: &TensorMap,
+    ) -> anyhow::Result<()> {
+        for (name, p) in params.iter_mut() {
+            let find = |map: &TensorMap, key: &str| {
+                map.get(key)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("checkpoint lacks {key}"))
+            };
+            let device = p.device().clone();
+            let place = |t: Tensor, dtype: DType| -> Result<Tensor> {
+                t.to_dtype(dtype)?.to_device(&device)
+            };
+            let saved = find(weights, name)?;
+            if self.master.contains_key(name) {
+                self.master
+                    .insert(name.clone(), place(saved.clone(), DType::F32)?);
+            }
+            let moments = self.m[name].dtype();
+            let m = place(find(state, &format!("m.{name}"))?, moments)?;
+            let v = place(find(state, &format!("v.{name}"))?, moments)?;
+            *p = place(saved, p.dtype())?;
+            self.m.insert(name.clone(), m);
+            self.v.insert(name.clone(), v);
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// Whether parameters of `dtype` are too coarse to accumulate updates in (bf16, f16).
+fn needs_master(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// The dtype the optimizer trains parameters of `dtype` in (f32 for bf16/f16, else `dtype`).
+pub fn master_dtype(dtype: DType) -> DType {
+    if needs_master(dtype) {
+        DType::F32
+    } else {
+        dtype
     }
 }
 

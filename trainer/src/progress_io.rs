@@ -1,5 +1,5 @@
 //! What the training loop writes besides the progress bar: per-step metrics as JSON lines and
-//! periodic resumable checkpoints.
+//! when checkpoints are due (the ranks write them: `runtime::rank_checkpoint`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -7,11 +7,7 @@ use std::io::Write;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::checkpoint::resume::{self, TrainerState};
-use crate::checkpoint::store::CheckpointDir;
 use crate::config::TrainConfig;
-use crate::data::DataSource;
-use crate::runtime::{Pipeline, StepReport};
 
 /// One line of the metrics file.
 #[derive(Debug, Serialize)]
@@ -61,26 +57,6 @@ impl MetricsWriter {
     }
 }
 
-/// Builds a metrics line from a step report.
-pub fn metrics_line(
-    step: u64,
-    lr: f64,
-    report: &StepReport,
-    tokens_per_sec: f64,
-    mfu: Option<f64>,
-) -> MetricsLine {
-    MetricsLine {
-        step,
-        loss: report.loss,
-        lr,
-        grad_norm: report.grad_norm,
-        tokens_per_sec,
-        mfu,
-        accuracy: report.answers.accuracy(),
-        peak_activation_bytes: report.stages.iter().map(|r| r.peak_bytes).collect(),
-    }
-}
-
 /// Whether a checkpoint is due after `step` (0-based) of `cfg.steps`.
 pub fn checkpoint_due(cfg: &TrainConfig, step: u64) -> bool {
     match (&cfg.output.checkpoint_dir, cfg.output.checkpoint_every) {
@@ -88,28 +64,4 @@ pub fn checkpoint_due(cfg: &TrainConfig, step: u64) -> bool {
         (Some(_), None) => step + 1 == cfg.steps,
         _ => false,
     }
-}
-
-/// Writes the checkpoint of a run that has finished `step`.
-pub fn write_checkpoint(
-    cfg: &TrainConfig,
-    step: u64,
-    pipeline: &Pipeline,
-    source: &DataSource,
-) -> anyhow::Result<()> {
-    let Some(dir) = &cfg.output.checkpoint_dir else {
-        return Ok(());
-    };
-    let (optimizer_steps, moments) = pipeline.optimizer_state();
-    let state = TrainerState {
-        version: resume::VERSION,
-        next_step: step + 1,
-        optimizer_steps,
-        data_position: source.position().to_string(),
-        config: cfg.clone(),
-    };
-    let dir = CheckpointDir::open_for_writing(dir)?;
-    resume::save(&dir, &state, &pipeline.parameters(), &moments)
-        .with_context(|| format!("checkpoint after step {step}"))?;
-    Ok(())
 }

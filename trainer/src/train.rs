@@ -7,18 +7,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
-use seqpipe_schedule::{generate, simulate, Action, Op, P2p, ScheduleConfig, ScheduleKind};
+use seqpipe_comm::{CommOptions, LocalTransport};
+use seqpipe_schedule::{
+    generate, simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind,
+};
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
-use crate::checkpoint::resume;
 use crate::checkpoint::store::CheckpointDir;
 use crate::config::{DataKind, SlicingMethod, TrainConfig};
-use crate::data::{entropy, DataSource, RetrievalSource};
-use crate::health::{Health, Verdict};
+use crate::data::{entropy, RetrievalSource};
 use crate::predict::{predicted_peaks, PredictInput};
-use crate::progress_io::{checkpoint_due, metrics_line, write_checkpoint, MetricsWriter};
+use crate::runtime::error::{combine, RuntimeError};
+use crate::runtime::rank_loop::{plan, train_rank, RankSummary};
 use crate::runtime::record::measured_bubble;
-use crate::runtime::{IterationInput, Partition, Pipeline, StageReport, Weights};
+use crate::runtime::{Partition, StageReport};
 
 /// What the loop reports after every step.
 #[derive(Debug, Clone)]
@@ -276,7 +278,8 @@ fn output_problems(cfg: &TrainConfig) -> Vec<String> {
 /// Simulated bubble of the configuration with costs proportional to each action's FLOPs.
 pub fn simulated_bubble(
     cfg: &TrainConfig,
-    pipeline: &Pipeline,
+    schedule: &Schedule,
+    partition: &Partition,
     slices: &[Range<usize>],
 ) -> anyhow::Result<f64> {
     let shape = cfg.model.shape();
@@ -288,12 +291,12 @@ pub fn simulated_bubble(
         unit: seqpipe_slicing::CostUnit::Flops,
     };
     let p = cfg.parallel.stages;
-    let last = pipeline.partition.ranges.len() - 1;
+    let last = partition.ranges.len() - 1;
     let head_per_token = 2.0 * (shape.hidden * shape.vocab) as f64;
     let forward = |a: &Action| {
         let r = &slices[a.slice.index()];
         let k = a.virtual_stage(p).index();
-        let layers = pipeline.partition.ranges[k].len() as f64;
+        let layers = partition.ranges[k].len() as f64;
         let head = if k == last {
             head_per_token * r.len() as f64
         } else {
@@ -307,16 +310,21 @@ pub fn simulated_bubble(
         Op::BackwardInput | Op::BackwardWeight => forward(a),
         _ => 0.0,
     };
-    Ok(simulate(&pipeline.schedule, cost, &P2p::free())?.bubble_ratio)
+    Ok(simulate(schedule, cost, &P2p::free())?.bubble_ratio)
 }
 
 /// Pipeline stages run as threads, so each candle op should use one thread: candle's own pool
 /// spin-waits and slows everything down when stages already occupy the cores (measured: 4.7×
-/// fewer tokens/s for the default run on 2 cores). Sets `CANDLE_NUM_THREADS=1` unless the user
-/// chose a value. Call it at the start of `main`, before any other thread exists.
+/// fewer tokens/s for the default run on 2 cores). Sets `CANDLE_NUM_THREADS=1` and
+/// `RAYON_NUM_THREADS=1` unless the user chose values: candle's CPU matmul asks for the rayon
+/// thread count on every call and, when `RAYON_NUM_THREADS` is unset, reads `/proc/cpuinfo` to
+/// count physical cores each time (measured: ~8 % of the default run's time in the kernel).
+/// Call it at the start of `main`, before any other thread exists.
 pub fn one_thread_per_op() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
     }
 }
 
@@ -359,6 +367,19 @@ pub struct RunOptions {
     pub resume: Option<std::path::PathBuf>,
     /// Abort the process right after this step (and its checkpoint): a crash, for tests.
     pub abort_after_step: Option<u64>,
+    /// The matmul FLOP/s MFU is measured against (none: no MFU in the metrics).
+    pub peak_flops: Option<f64>,
+}
+
+/// Tokens one replica trains on per step.
+pub fn step_tokens(cfg: &TrainConfig) -> usize {
+    cfg.parallel.microbatches as usize * cfg.data.batch * cfg.data.seq_len
+}
+
+/// Model FLOPs of one replica's step: 3 × the cost model's forward FLOPs.
+pub fn step_flops(cfg: &TrainConfig) -> anyhow::Result<f64> {
+    let per_sequence = CostModel::flops(&cfg.model.shape())?.sequence(cfg.data.seq_len as u64);
+    Ok(3.0 * per_sequence * (cfg.parallel.microbatches as usize * cfg.data.batch) as f64)
 }
 
 /// Runs the configured training from scratch; `on_step` sees every step as it finishes (an
@@ -370,50 +391,102 @@ pub fn train(
     train_with(cfg, &RunOptions::default(), on_step)
 }
 
-/// Runs the configured training with [`RunOptions`].
+/// Runs the configured training in this process with [`RunOptions`]: `parallel.replicas ×
+/// parallel.stages` ranks, each a thread running [`train_rank`] over the in-process transport
+/// (rank 0 on the calling thread, which also calls `on_step`).
 pub fn train_with(
     cfg: &TrainConfig,
     opts: &RunOptions,
-    mut on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
+    on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
 ) -> anyhow::Result<TrainSummary> {
     check(cfg)?;
     if let Some(dir) = &cfg.output.checkpoint_dir {
         // Refuse a directory seqpipe may not write before any work is done, not at step N.
         CheckpointDir::open_for_writing(dir)?;
     }
-    let slices = slice_ranges(cfg)?;
-    let timeout = Duration::from_secs(cfg.parallel.timeout_secs);
-    let dtype = cfg.precision.dtype();
     let device = crate::device::open(&cfg.device)?;
-    let mut pipeline = Pipeline::on_device(
-        &cfg.model,
-        schedule_config(cfg)?,
-        cfg.parallel.layers.as_deref(),
-        &cfg.optim,
-        Weights::Seed(cfg.seed),
-        dtype,
-        timeout,
-        &device,
-    )?;
-    let simulated_bubble = simulated_bubble(cfg, &pipeline, &slices)?;
+    let peak_flops = match &device {
+        Device::Cpu => measure_matmul_peak()?,
+        gpu => crate::device::matmul_peak(gpu, cfg.precision.dtype())?,
+    };
+    let opts = RunOptions {
+        peak_flops: Some(peak_flops),
+        ..opts.clone()
+    };
+    let summaries = run_threads(cfg, &opts, &device, on_step)?;
+    summarise(cfg, &summaries, peak_flops)
+}
+
+/// Every rank of the run on its own thread; their summaries in rank order.
+fn run_threads(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    device: &Device,
+    on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<RankSummary>> {
+    let world = cfg.parallel.replicas.unwrap_or(1) as usize * cfg.parallel.stages as usize;
+    let comm = CommOptions::with_timeout(Duration::from_secs(cfg.parallel.timeout_secs));
+    let mut transports = LocalTransport::mesh(world, comm)?;
+    let others = transports.split_off(1);
+    let mut first = transports
+        .pop()
+        .ok_or_else(|| anyhow!("a run has rank 0"))?;
+    // The ranks share this process: only rank 0 (which writes the files) takes the crash hook,
+    // so the crash comes after its metrics line, as in a multi-process run.
+    let others_opts = RunOptions {
+        abort_after_step: None,
+        ..opts.clone()
+    };
+    let results: Vec<anyhow::Result<RankSummary>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = others
+            .into_iter()
+            .map(|mut t| {
+                let opts = &others_opts;
+                scope.spawn(move || train_rank(cfg, &mut t, opts, device, |_| Ok(())))
+            })
+            .collect();
+        // A failed rank drops its transport on return, so its peers fail at once, naming it.
+        let own = train_rank(cfg, &mut first, opts, device, on_step);
+        drop(first);
+        let mut all = vec![own];
+        for (i, h) in handles.into_iter().enumerate() {
+            all.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(RuntimeError::Panicked { rank: i + 1 }.into())),
+            );
+        }
+        all
+    });
+    let (mut summaries, mut errors) = (Vec::new(), Vec::new());
+    for r in results {
+        match r {
+            Ok(s) => summaries.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.is_empty() {
+        true => Ok(summaries),
+        false => Err(combine(errors)),
+    }
+}
+
+/// The run's figures from its ranks' summaries, beside the planners' predictions.
+fn summarise(
+    cfg: &TrainConfig,
+    ranks: &[RankSummary],
+    peak_flops: f64,
+) -> anyhow::Result<TrainSummary> {
+    let slices = slice_ranges(cfg)?;
+    let (schedule, partition) = plan(cfg)?;
+    let dtype = cfg.precision.dtype();
     let predicted_saved_bytes = predicted_peaks(&PredictInput {
         model: &cfg.model,
         dtype,
         batch: cfg.data.batch,
         slices: &slices,
-        schedule: &pipeline.schedule,
-        partition: &pipeline.partition,
+        schedule: &schedule,
+        partition: &partition,
     })?;
-    let peak_flops = match &device {
-        Device::Cpu => measure_matmul_peak()?,
-        gpu => crate::device::matmul_peak(gpu, dtype)?,
-    };
-    let (m, b, s) = (
-        cfg.parallel.microbatches as usize,
-        cfg.data.batch,
-        cfg.data.seq_len,
-    );
-    let tokens = (m * b * s) as f64;
     let (loss_floor, chance_accuracy) = match cfg.data.kind {
         DataKind::Markov => (Some(entropy()), None),
         DataKind::Retrieval => (
@@ -422,96 +495,38 @@ pub fn train_with(
         ),
         DataKind::Tokens | DataKind::Text => (None, None),
     };
-    let flops_per_step =
-        3.0 * CostModel::flops(&cfg.model.shape())?.sequence(s as u64) * (m * b) as f64;
-    let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
-    let mut first_step = 0;
-    if let Some(dir) = &opts.resume {
-        let ck = resume::load_for(dir, cfg)?;
-        pipeline.restore(&ck.params, ck.state.optimizer_steps, &ck.optimizer)?;
-        source.seek(ck.state.position()?)?;
-        first_step = ck.state.next_step;
-    }
-    let mut metrics = MetricsWriter::open(cfg)?;
-    let mut health = Health::new(&cfg.optim);
-    let (mut losses, mut timed_seconds, mut last_step) = (Vec::new(), 0.0, Vec::new());
-    let mut accuracies = Vec::new();
-    for step in first_step..cfg.steps {
-        let batch = source.draw(m, b, s, &Device::Cpu)?;
-        let input = IterationInput {
-            normaliser: batch.scored_targets(0..m)?,
-            tokens: batch.tokens,
-            masks: batch.masks,
-            slices: slices.clone(),
-        };
-        let lr = cfg.optim.lr_at(step, cfg.steps);
-        let started = Instant::now();
-        let report = pipeline.compute_gradients(&input)?;
-        let grad_sq = report.grad_norm * report.grad_norm;
-        if health.check(step, report.loss, grad_sq)? == Verdict::Skip {
-            // No update and no metrics for this step; a checkpoint due now is still written.
-            if checkpoint_due(cfg, step) {
-                write_checkpoint(cfg, step, &pipeline, &source)?;
-            }
-            continue;
-        }
-        pipeline.update(lr, report.grad_norm)?;
-        let seconds = started.elapsed().as_secs_f64();
-        if step > first_step {
-            timed_seconds += seconds;
-        }
-        losses.push(report.loss);
-        let accuracy = report.answers.accuracy();
-        accuracies.extend(accuracy);
-        if let Some(w) = &mut metrics {
-            let mfu = flops_per_step / seconds / peak_flops;
-            w.write(&metrics_line(
-                step,
-                lr,
-                &report,
-                tokens / seconds,
-                Some(mfu),
-            ))?;
-        }
-        if checkpoint_due(cfg, step) {
-            write_checkpoint(cfg, step, &pipeline, &source)?;
-        }
-        if opts.abort_after_step == Some(step) {
-            std::process::abort();
-        }
-        on_step(&StepEvent {
-            step,
-            loss: report.loss,
-            lr,
-            grad_norm: report.grad_norm,
-            tokens_per_sec: tokens / seconds,
-            accuracy,
-        })?;
-        last_step = report.stages;
-    }
-    let run_steps = cfg.steps - first_step;
-    let timed_steps = (run_steps - 1).max(1) as f64;
-    let tokens_per_sec = if run_steps > 1 {
-        tokens * timed_steps / timed_seconds
-    } else {
-        0.0
+    let head = &ranks[0];
+    let replicas = ranks.len() / cfg.parallel.stages as usize;
+    let tokens = (step_tokens(cfg) * replicas) as f64;
+    // The first step warms caches up: time the others (or the only one).
+    let timed = &head.step_seconds[head.step_seconds.len().min(1)..];
+    let tokens_per_sec = match timed.is_empty() {
+        true => 0.0,
+        false => tokens * timed.len() as f64 / timed.iter().sum::<f64>(),
     };
     let tail = |xs: &[f64]| {
         let t = &xs[xs.len().saturating_sub(5)..];
-        t.iter().sum::<f64>() / t.len() as f64
+        t.iter().sum::<f64>() / t.len().max(1) as f64
     };
+    let last_step: Vec<StageReport> = ranks[..cfg.parallel.stages as usize]
+        .iter()
+        .filter_map(|r| r.last_step.clone())
+        .collect();
     Ok(TrainSummary {
-        steps: run_steps,
-        first_loss: losses[0],
-        final_loss: tail(&losses),
+        steps: cfg.steps - head.first_step,
+        first_loss: head.losses.first().copied().unwrap_or(f64::NAN),
+        final_loss: tail(&head.losses),
         loss_floor,
-        accuracy: accuracies.first().map(|&a| (a, tail(&accuracies))),
+        accuracy: head
+            .accuracies
+            .first()
+            .map(|&a| (a, tail(&head.accuracies))),
         chance_accuracy,
         tokens_per_sec,
-        achieved_flops: flops_per_step * tokens_per_sec / tokens,
+        achieved_flops: step_flops(cfg)? * replicas as f64 * tokens_per_sec / tokens,
         peak_flops,
         measured_bubble: measured_bubble(&last_step),
-        simulated_bubble,
+        simulated_bubble: simulated_bubble(cfg, &schedule, &partition, &slices)?,
         peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
         peak_saved_bytes: last_step.iter().map(|r| r.peak_saved_bytes).collect(),
         predicted_saved_bytes,

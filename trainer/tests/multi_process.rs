@@ -1,6 +1,6 @@
 //! One process per rank over TCP on loopback, started the way torchrun starts them (RANK,
-//! WORLD_SIZE, MASTER_ADDR, MASTER_PORT): 2 ranks equal the threaded 2-stage run, 4 ranks (2
-//! stages × 2 replicas) equal the threaded run over twice the micro-batches; checkpoints written
+//! WORLD_SIZE, MASTER_ADDR, MASTER_PORT): ranks equal the threaded run of the same configuration
+//! bit for bit (schedules, a tied embedding, 2 stages × 2 replicas); checkpoints written
 //! by the ranks survive killing them and resume (multi-process or threaded) to the same losses;
 //! a rank that dies is named by the others, which stop with an error instead of hanging.
 
@@ -15,15 +15,28 @@ const COMMON: &[&str] = &[
     "16",
     "--stages",
     "2",
-    "--schedule",
-    "seq1f1b",
-    "--chunks",
-    "1",
-    "--slices",
-    "2",
     "--precision",
     "f64",
 ];
+
+/// Schedule settings a run takes unless its arguments give them.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("--schedule", "seq1f1b"),
+    ("--chunks", "1"),
+    ("--slices", "2"),
+];
+
+/// The common arguments, the defaults `extra` does not override, then `extra`.
+fn arguments<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = COMMON.to_vec();
+    for &(flag, value) in DEFAULTS {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    args
+}
 
 /// A free port below the kernel's ephemeral range (32768 and up on Linux): a port from the
 /// ephemeral range can be taken, between this probe and rank 0's bind, by an outgoing connection
@@ -43,8 +56,7 @@ fn free_port() -> u16 {
 
 fn spawn_rank(rank: usize, world: usize, port: u16, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_seqpipe"))
-        .args(COMMON)
-        .args(extra)
+        .args(arguments(extra))
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", world.to_string())
         .env("LOCAL_RANK", rank.to_string())
@@ -69,23 +81,9 @@ fn losses(metrics: &Path) -> Vec<f64> {
         .collect()
 }
 
-fn threaded(microbatches: &str, metrics: &Path) -> Vec<f64> {
-    let m = metrics.to_str().unwrap();
-    run_threaded(&[
-        "--steps",
-        "3",
-        "--microbatches",
-        microbatches,
-        "--metrics",
-        m,
-    ]);
-    losses(metrics)
-}
-
 fn run_threaded(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
-        .args(COMMON)
-        .args(args)
+        .args(arguments(args))
         .env_remove("WORLD_SIZE")
         .output()
         .unwrap();
@@ -111,30 +109,42 @@ fn run_ranks(world: usize, args: &[&str]) -> (bool, String) {
     (ok, err)
 }
 
-fn distributed(world: usize, metrics: &Path) -> Vec<f64> {
-    let m = metrics.to_str().unwrap();
-    let (ok, err) = run_ranks(
-        world,
-        &["--steps", "3", "--microbatches", "2", "--metrics", m],
-    );
-    assert!(ok, "{err}");
-    losses(metrics)
-}
-
-fn assert_close(a: &[f64], b: &[f64]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert!((x - y).abs() <= 1e-10 * y.abs(), "{a:?} vs {b:?}");
-    }
-}
-
+/// Threaded and multi-process runs are the same rank loop over different transports: their
+/// losses are equal bit for bit, for every schedule family, a tied embedding, and data
+/// parallelism (4 processes = 2 stages × 2 replicas against 4 threads).
 #[test]
-fn two_and_four_ranks_equal_the_threaded_runs() {
+fn multi_process_losses_equal_the_threaded_run_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let two = distributed(2, &dir.path().join("two.jsonl"));
-    assert_close(&two, &threaded("2", &dir.path().join("threaded2.jsonl")));
-    let four = distributed(4, &dir.path().join("four.jsonl"));
-    assert_close(&four, &threaded("4", &dir.path().join("threaded4.jsonl")));
+    let tied = dir.path().join("tied.toml");
+    std::fs::write(&tied, "[model]\ntie_embeddings = true\n").unwrap();
+    let tied = tied.to_str().unwrap();
+    let cases: [(&str, usize, Vec<&str>); 6] = [
+        ("1f1b", 2, vec!["--schedule", "1f1b", "--slices", "1"]),
+        ("seq1f1b", 2, vec![]),
+        (
+            "slimpipe",
+            2,
+            vec!["--schedule", "slimpipe", "--chunks", "2"],
+        ),
+        ("zb-h1", 2, vec!["--schedule", "zb-h1", "--slices", "1"]),
+        ("tied embedding", 2, vec!["--config", tied]),
+        ("2 replicas", 4, vec!["--replicas", "2"]),
+    ];
+    for (name, world, extra) in cases {
+        let metrics = |kind: &str| dir.path().join(format!("{name}-{kind}.jsonl"));
+        let run = [&["--steps", "3", "--microbatches", "2"][..], &extra].concat();
+        let m = metrics("ranks");
+        let (ok, err) = run_ranks(
+            world,
+            &[&run[..], &["--metrics", m.to_str().unwrap()]].concat(),
+        );
+        assert!(ok, "{name}: {err}");
+        let t = metrics("threads");
+        run_threaded(&[&run[..], &["--metrics", t.to_str().unwrap()]].concat());
+        let (ranks, threads) = (losses(&m), losses(&t));
+        assert_eq!(ranks.len(), 3, "{name}");
+        assert_eq!(ranks, threads, "{name}: multi-process vs threaded losses");
+    }
 }
 
 #[test]
@@ -191,15 +201,15 @@ fn killed_ranks_resume_from_their_checkpoint_to_the_uninterrupted_losses() {
         &[&run[..], &writing, &["--abort-after-step", "1"]].concat(),
     );
     assert!(!ok, "the ranks were told to abort");
-    assert_close(&losses(Path::new(&distributed_log)), &want[..2]);
+    assert_eq!(losses(Path::new(&distributed_log)), want[..2]);
 
     // The ranks' checkpoint has the threaded format: a threaded run resumes from it...
     run_threaded(&[&run[..], &["--resume", &ck, "--metrics", &threaded_log]].concat());
-    assert_close(&losses(Path::new(&threaded_log)), &want[2..]);
+    assert_eq!(losses(Path::new(&threaded_log)), want[2..]);
     // ...and so do the ranks, appending to their metrics file.
     let (ok, err) = run_ranks(2, &[&run[..], &writing, &["--resume", &ck]].concat());
     assert!(ok, "{err}");
-    assert_close(&losses(Path::new(&distributed_log)), &want);
+    assert_eq!(losses(Path::new(&distributed_log)), want);
     let state =
         std::fs::read_to_string(dir.path().join("ck/step-00000004/trainer_state.json")).unwrap();
     assert!(state.contains("\"next_step\": 4"), "{state}");

@@ -5,7 +5,10 @@
 //! We implement the slice grouping (the authors' figure groups `p` micro-batches; both are legal).
 //! It requires `n` to divide `p`, so every group holds whole micro-batches and the backward can be
 //! LIFO within each micro-batch while keeping Megatron's group structure, and `m·n` to be a
-//! multiple of `p` (every group full). For `n > p` use SlimPipe, whose cycles are built for it.
+//! multiple of `p` (every group full). For `n > p` use SlimPipe, whose cycles are built for it:
+//! the SPEC's warm-up itself rules `n > p` out, since the last stage's first backward (LIFO, so
+//! the micro-batch's last slice on its last chunk) needs all `n·v` forwards of the micro-batch,
+//! and `(v−1)·p + (n−1) + 1 ≥ n·v` holds only for `n ≤ p`.
 
 use crate::error::{Result, ScheduleError};
 use crate::gen::interleaved::{check_chunks, grouped_interleaved, not_multiple};

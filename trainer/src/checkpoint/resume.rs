@@ -88,7 +88,8 @@ pub fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
 /// checkpoint) for a run configured by `cfg`: an error unless it was written by a run with the
 /// same settings, naming the settings that differ.
 pub fn load_for(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Checkpoint> {
-    let ck = load(path, cfg.precision.dtype())?;
+    // bf16 runs train f32 master weights, and their checkpoints hold those: keep them in f32.
+    let ck = load(path, crate::optim::master_dtype(cfg.precision.dtype()))?;
     let differences = config_differences(&ck.state.config, cfg);
     if !differences.is_empty() {
         bail!(

@@ -2,16 +2,20 @@
 
 pub mod admit;
 pub mod distributed;
+pub mod error;
 pub mod handshake;
 pub mod inbox;
 pub mod partition;
 pub mod pipeline;
+pub mod rank;
 pub mod rank_checkpoint;
+pub mod rank_loop;
 pub mod record;
 pub mod tensor_msg;
 pub mod worker;
 
 pub use partition::Partition;
-pub use pipeline::{Pipeline, StepReport, Weights};
+pub use pipeline::{Pipeline, StepReport};
+pub use rank::{Rank, Weights};
 pub use record::StageReport;
 pub use worker::IterationInput;

@@ -1,5 +1,6 @@
-//! A whole pipeline in one process: one thread per stage over the in-process transport, the
-//! global gradient-norm clip and the optimizer step.
+//! A whole pipeline in one process, step by step: one thread per stage over the in-process
+//! transport, each running the same [`Rank`] code a training run's ranks run. Tests, benchmarks
+//! and the GPU oracle drive iterations with their own inputs through it.
 
 use std::time::{Duration, Instant};
 
@@ -9,13 +10,15 @@ use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{generate, lower, Schedule, ScheduleConfig};
 
 use super::admit::admit;
+use super::distributed::placement;
+use super::error::{combine, RuntimeError};
 use super::partition::Partition;
+use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::record::{Answers, StageReport};
-use super::worker::{IterationInput, StageSpec, StageWorker};
-use crate::model::names::EMBED;
-use crate::model::params::{init_params, param_specs, Holding, TensorMap};
+use super::worker::IterationInput;
+use crate::model::params::TensorMap;
 use crate::model::ModelConfig;
-use crate::optim::{clip_scale, sum_of_squares, AdamW, OptimConfig};
+use crate::optim::OptimConfig;
 
 /// Result of one training step.
 #[derive(Debug, Clone)]
@@ -32,38 +35,19 @@ pub struct StepReport {
     pub iteration_seconds: f64,
 }
 
-/// Where a pipeline's initial weights come from.
-#[derive(Debug, Clone, Copy)]
-pub enum Weights<'a> {
-    /// Deterministic initialisation from a seed (by parameter name).
-    Seed(u64),
-    /// A whole-model parameter map, e.g. a loaded Hugging Face checkpoint.
-    Loaded(&'a TensorMap),
-}
-
-/// Stages, their transports and optimizers, and the lowered schedule they run.
+/// The ranks of one replica in this process, their transports, and the lowered schedule they
+/// run. Each step runs every rank's [`Rank::compute_gradients`] on its own thread: the same code
+/// a training run's ranks execute.
 pub struct Pipeline {
     /// The lowered schedule.
     pub schedule: Schedule,
-    /// One worker per stage.
-    pub workers: Vec<StageWorker>,
-    optimizers: Vec<AdamW>,
+    /// One rank per stage.
+    pub ranks: Vec<Rank>,
     transports: Vec<Option<LocalTransport>>,
     /// Layer ranges per virtual stage.
     pub partition: Partition,
-}
-
-/// The part of the model stage `stage` holds.
-/// (The last virtual stage, `(v−1)·p + p−1`, is always on the last stage.)
-pub fn holding(partition: &Partition, stage: usize, stages: usize, chunks: usize) -> Holding {
-    let layers = (0..chunks)
-        .map(|c| partition.ranges[c * stages + stage].clone())
-        .collect();
-    Holding {
-        layers,
-        embedding: stage == 0,
-        head: stage + 1 == stages,
-    }
+    /// Squared global gradient norm of the last [`Pipeline::compute_gradients`].
+    last_grad_sq: f64,
 }
 
 impl Pipeline {
@@ -113,8 +97,7 @@ impl Pipeline {
     }
 
     /// As [`Pipeline::with_weights`], with every stage's parameters and activations on `device`
-    /// (e.g. all stages as threads on one GPU). Weights are initialised on the CPU, so a device
-    /// run starts from exactly the weights of a CPU run; batches may stay on the CPU.
+    /// (e.g. all stages as threads on one GPU). Batches may stay on the CPU.
     #[allow(clippy::too_many_arguments)]
     pub fn on_device(
         model: &ModelConfig,
@@ -145,41 +128,19 @@ impl Pipeline {
                 p * v
             );
         }
-        let device = device.clone();
-        let mut workers = Vec::with_capacity(p);
-        let mut optimizers = Vec::with_capacity(p);
+        let mut ranks = Vec::with_capacity(p);
         for stage in 0..p {
-            let hold = holding(&partition, stage, p, v);
-            let specs = param_specs(model, &hold);
-            let params = match weights {
-                Weights::Seed(seed) => init_params(&specs, seed, dtype, &Device::Cpu)?
-                    .into_iter()
-                    .map(|(name, t)| Ok((name, t.to_device(&device)?)))
-                    .collect::<anyhow::Result<TensorMap>>()?,
-                Weights::Loaded(all) => specs
-                    .iter()
-                    .map(|spec| {
-                        let t = all
-                            .get(&spec.name)
-                            .ok_or_else(|| anyhow!("loaded weights lack {}", spec.name))?;
-                        Ok((spec.name.clone(), t.to_dtype(dtype)?.to_device(&device)?))
-                    })
-                    .collect::<anyhow::Result<TensorMap>>()?,
-            };
-            optimizers.push(AdamW::new(optim.clone(), &params)?);
-            let spec = StageSpec {
-                stage,
+            ranks.push(Rank::new(&RankSetup {
+                model,
+                partition: &partition,
+                chunks: v,
+                at: placement(stage, p, p)?,
                 stages: p,
-                chunk_layers: hold.layers.clone(),
-                virtual_stages: p * v,
-                rank_offset: 0,
-            };
-            workers.push(StageWorker::new(
-                spec,
-                model.clone(),
-                params,
-                device.clone(),
-            )?);
+                weights,
+                dtype,
+                device,
+                optim,
+            })?);
         }
         // Parameters were copied on this thread's CUDA stream; stage threads use their own.
         device.synchronize()?;
@@ -189,151 +150,110 @@ impl Pipeline {
             .collect();
         Ok(Pipeline {
             schedule,
-            workers,
-            optimizers,
+            ranks,
             transports,
             partition,
+            last_grad_sq: 0.0,
         })
     }
 
-    /// Runs one forward/backward iteration on every stage (gradients accumulate into the workers).
+    /// Runs one forward/backward iteration on every stage (gradients accumulate into the ranks).
     pub fn run_iteration(
         &mut self,
         input: &IterationInput,
     ) -> anyhow::Result<(Vec<StageReport>, f64)> {
-        check_input(&self.schedule, input)?;
-        for w in &mut self.workers {
-            w.zero_grads()?;
-            // Zeroed on this thread's CUDA stream; the stage threads accumulate on their own.
-            w.device.synchronize()?;
-        }
-        let mut transports = Vec::with_capacity(self.transports.len());
-        for (stage, t) in self.transports.iter_mut().enumerate() {
-            transports.push(t.take().ok_or_else(|| {
-                anyhow!("stage {stage}'s transport was lost in an earlier failure")
-            })?);
-        }
-        let clock = Instant::now();
-        let schedule = &self.schedule;
-        let results: Vec<(Option<LocalTransport>, anyhow::Result<StageReport>)> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = self
-                    .workers
-                    .iter_mut()
-                    .zip(transports)
-                    .map(|(worker, mut transport)| {
-                        scope.spawn(move || {
-                            // candle's CUDA device uses the per-thread default stream: finish this
-                            // thread's work before its tensors are read from another thread.
-                            let result = worker
-                                .run(schedule, input, &mut transport, clock)
-                                .and_then(|r| Ok(worker.device.synchronize().map(|()| r)?));
-                            // A failed stage drops its transport so its peers fail fast, naming it.
-                            (result.is_ok().then_some(transport), result)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .enumerate()
-                    .map(|(stage, h)| {
-                        h.join()
-                            .unwrap_or_else(|_| (None, Err(anyhow!("stage {stage} panicked"))))
-                    })
-                    .collect()
-            });
-        let seconds = clock.elapsed().as_secs_f64();
-        let mut reports = Vec::new();
-        let mut errors = Vec::new();
-        for (stage, (transport, result)) in results.into_iter().enumerate() {
-            self.transports[stage] = transport;
-            match result {
-                Ok(r) => reports.push(r),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-        if !errors.is_empty() {
-            // Root causes first: the stages whose error is not a peer's disconnect.
-            errors.sort_by_key(|e| e.contains("disconnected"));
-            bail!("pipeline iteration failed:\n  {}", errors.join("\n  "));
-        }
-        self.sync_tied_embedding()?;
-        Ok((reports, seconds))
+        let report = self.compute_gradients(input)?;
+        Ok((report.stages, report.iteration_seconds))
     }
 
     /// One training step: iteration, global-norm clip, AdamW with learning rate `lr`.
     pub fn step(&mut self, input: &IterationInput, lr: f64) -> anyhow::Result<StepReport> {
         let report = self.compute_gradients(input)?;
-        self.update(lr, report.grad_norm)?;
+        self.update(lr)?;
         Ok(report)
     }
 
-    /// The iteration of a step: loss, accumulated gradients and their global norm, no update
-    /// (so a caller can judge the figures before [`Pipeline::update`]).
+    /// The iteration of a step: loss, reduced gradients and their global norm, no update (so a
+    /// caller can judge the figures before [`Pipeline::update`]).
     pub fn compute_gradients(&mut self, input: &IterationInput) -> anyhow::Result<StepReport> {
-        let (stages, iteration_seconds) = self.run_iteration(input)?;
-        let loss = stages.iter().map(|r| r.loss).sum();
-        let mut answers = Answers::default();
-        for r in &stages {
-            answers.add(r.answers);
+        check_input(&self.schedule, input)?;
+        let mut transports = Vec::with_capacity(self.transports.len());
+        for (rank, t) in self.transports.iter_mut().enumerate() {
+            transports.push(t.take().ok_or(RuntimeError::TransportLost { rank })?);
         }
-        let mut total = 0.0;
-        for (i, w) in self.workers.iter().enumerate() {
-            total += sum_of_squares(&w.grads)?;
-            // A tied embedding lives on two stages with the same gradient: count it once.
-            if i > 0 && w.params.contains_key(EMBED) {
-                total -= sum_of_squares(&[(EMBED.to_string(), w.grads[EMBED].clone())].into())?;
+        let clock = Instant::now();
+        let schedule = &self.schedule;
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .ranks
+                .iter_mut()
+                .zip(transports)
+                .map(|(rank, mut transport)| {
+                    scope.spawn(move || {
+                        // candle's CUDA device uses the per-thread default stream: finish this
+                        // thread's work before its tensors are read from another thread.
+                        let result = rank
+                            .compute_gradients(schedule, input, &mut transport, clock)
+                            .and_then(|r| Ok(rank.worker.device.synchronize().map(|()| r)?));
+                        // A failed rank drops its transport so its peers fail fast, naming it.
+                        (result.is_ok().then_some(transport), result)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(rank, h)| {
+                    h.join()
+                        .unwrap_or_else(|_| (None, Err(RuntimeError::Panicked { rank }.into())))
+                })
+                .collect()
+        });
+        let iteration_seconds = clock.elapsed().as_secs_f64();
+        let (mut stages, mut figures, mut errors) = (Vec::new(), None, Vec::new());
+        for (rank, (transport, result)) in results.into_iter().enumerate() {
+            self.transports[rank] = transport;
+            match result {
+                Ok((report, f)) => {
+                    stages.push(report);
+                    figures = Some(f);
+                }
+                Err(e) => errors.push(e),
             }
         }
+        if !errors.is_empty() {
+            return Err(combine(errors).context("pipeline iteration failed"));
+        }
+        let f: StepFigures = figures.ok_or_else(|| anyhow!("a pipeline has at least one stage"))?;
+        self.last_grad_sq = f.grad_sq;
         Ok(StepReport {
-            loss,
-            grad_norm: total.sqrt(),
-            answers,
+            loss: f.loss,
+            grad_norm: f.grad_sq.sqrt(),
+            answers: f.answers,
             stages,
             iteration_seconds,
         })
     }
 
-    /// Global-norm clip and AdamW with learning rate `lr`, from the gradients of the last
-    /// [`Pipeline::compute_gradients`] and their norm.
-    pub fn update(&mut self, lr: f64, grad_norm: f64) -> anyhow::Result<()> {
-        let scale = clip_scale(grad_norm * grad_norm, self.optimizers[0].cfg.clip_norm);
-        for (w, opt) in self.workers.iter_mut().zip(&mut self.optimizers) {
-            opt.step(&mut w.params, &w.grads, lr, scale)?;
-            w.refresh_weights()?;
+    /// Global-norm clip and AdamW with learning rate `lr`, from the gradients and the norm of the
+    /// last [`Pipeline::compute_gradients`].
+    pub fn update(&mut self, lr: f64) -> anyhow::Result<()> {
+        for rank in &mut self.ranks {
+            rank.update(lr, self.last_grad_sq)?;
             // The update ran on this thread's CUDA stream; the stage threads read it next.
-            w.device.synchronize()?;
+            rank.worker.device.synchronize()?;
         }
         Ok(())
     }
 
-    /// With tied embeddings on several stages, both copies get the sum of their gradients.
-    fn sync_tied_embedding(&mut self) -> anyhow::Result<()> {
-        let holders: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.workers[i].grads.contains_key(EMBED))
-            .collect();
-        if holders.len() < 2 {
-            return Ok(());
-        }
-        let mut sum = self.workers[holders[0]].grads[EMBED].clone();
-        for &i in &holders[1..] {
-            sum = (sum + &self.workers[i].grads[EMBED])?;
-        }
-        for &i in &holders {
-            self.workers[i].grads.insert(EMBED.to_string(), sum.clone());
-        }
-        Ok(())
-    }
-
-    /// Optimizer steps taken and the AdamW moments of every stage, as one map with `m.`/`v.`
-    /// prefixes (a tied embedding's moments appear once: both copies are identical).
+    /// Optimizer steps taken and the AdamW state of every stage, as one map with `m.`/`v.`
+    /// prefixes (a tied embedding's state appears once: both copies are identical).
     pub fn optimizer_state(&self) -> (u64, TensorMap) {
         let mut state = TensorMap::new();
-        for opt in &self.optimizers {
-            state.extend(opt.m.iter().map(|(n, t)| (format!("m.{n}"), t.clone())));
-            state.extend(opt.v.iter().map(|(n, t)| (format!("v.{n}"), t.clone())));
+        for rank in &self.ranks {
+            state.extend(rank.optimizer.state());
         }
-        (self.optimizers[0].steps, state)
+        (self.ranks[0].optimizer.steps, state)
     }
 
     /// Restores what [`Pipeline::optimizer_state`] returned, and the parameters (whole model).
@@ -343,38 +263,26 @@ impl Pipeline {
         steps: u64,
         state: &TensorMap,
     ) -> anyhow::Result<()> {
-        for (w, opt) in self.workers.iter_mut().zip(&mut self.optimizers) {
-            for (name, p) in w.params.iter_mut() {
-                let get = |key: String| {
-                    state
-                        .get(&key)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("checkpoint lacks optimizer state {key}"))
-                };
-                let saved = params
-                    .get(name)
-                    .ok_or_else(|| anyhow!("checkpoint lacks parameter {name}"))?;
-                let device = p.device().clone();
-                *p = saved.to_dtype(p.dtype())?.to_device(&device)?;
-                opt.m
-                    .insert(name.clone(), get(format!("m.{name}"))?.to_device(&device)?);
-                opt.v
-                    .insert(name.clone(), get(format!("v.{name}"))?.to_device(&device)?);
-            }
-            opt.steps = steps;
-            w.refresh_weights()?;
+        for rank in &mut self.ranks {
+            rank.restore(params, steps, state)?;
         }
         Ok(())
     }
 
     /// Every stage's parameters in one map (a tied embedding appears once).
     pub fn parameters(&self) -> TensorMap {
-        self.workers.iter().flat_map(|w| w.params.clone()).collect()
+        self.ranks
+            .iter()
+            .flat_map(|r| r.worker.params.clone())
+            .collect()
     }
 
     /// Every stage's accumulated gradients in one map.
     pub fn gradients(&self) -> TensorMap {
-        self.workers.iter().flat_map(|w| w.grads.clone()).collect()
+        self.ranks
+            .iter()
+            .flat_map(|r| r.worker.grads.clone())
+            .collect()
     }
 }
 

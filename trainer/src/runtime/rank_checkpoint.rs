@@ -1,5 +1,5 @@
-//! Checkpoints of a multi-process run, in the same format as a threaded run's, so either kind of
-//! run resumes from the other's.
+//! Checkpoints of a run, whatever carries its messages (threads or processes), in one format, so
+//! any run resumes from any other's.
 //!
 //! Saving: the stages of replica 0 send their parameters and AdamW moments to rank 0 (replicas
 //! hold identical copies, so one is enough), rank 0 writes the checkpoint atomically, and every
@@ -10,10 +10,9 @@
 
 use anyhow::{anyhow, bail, Context};
 use candle_core::{Device, Tensor};
-use seqpipe_comm::{Group, Tag, Transport};
+use seqpipe_comm::{Tag, Transport};
 
-use super::distributed::Placement;
-use super::pipeline::holding;
+use super::rank::{holding, Rank};
 use super::tensor_msg::{from_message, to_message};
 use super::Partition;
 use crate::checkpoint::resume::{self, Checkpoint, TrainerState};
@@ -25,16 +24,6 @@ use crate::optim::AdamW;
 /// User tag of the checkpoint gather; the per-peer FIFO keeps its tensors in order.
 const GATHER_TAG: u64 = 0xC4EC_0001;
 
-/// What one rank contributes to a checkpoint.
-pub struct RankShard<'a> {
-    /// This rank's place in the world.
-    pub at: Placement,
-    /// Its stage's parameters.
-    pub params: &'a TensorMap,
-    /// Its stage's optimizer.
-    pub optimizer: &'a AdamW,
-}
-
 fn moments<'o>(name: &str, optimizer: &'o AdamW) -> anyhow::Result<[&'o Tensor; 2]> {
     let missing = |what: &str| anyhow!("optimizer has no {what} moment for {name}");
     Ok([
@@ -43,27 +32,28 @@ fn moments<'o>(name: &str, optimizer: &'o AdamW) -> anyhow::Result<[&'o Tensor; 
     ])
 }
 
-/// Writes the checkpoint of a multi-process run that has finished `step` (every rank calls it).
+/// Writes the checkpoint of a run that has finished `step` (every rank calls it).
 pub fn save(
     cfg: &TrainConfig,
     step: u64,
     data_position: u128,
     partition: &Partition,
-    shard: &RankShard,
+    rank: &mut Rank,
     transport: &mut dyn Transport,
-    world: &mut Group,
 ) -> anyhow::Result<()> {
     let Some(dir) = &cfg.output.checkpoint_dir else {
         return Ok(());
     };
     let tag = Tag::user(GATHER_TAG)?;
-    let at = shard.at;
+    let at = rank.at;
+    let weights = rank.trained_weights();
     if at.rank == 0 {
-        let (params, optimizer) = gather(cfg, partition, shard, transport, tag)?;
+        let (params, optimizer) =
+            gather(cfg, partition, &weights, &rank.optimizer, transport, tag)?;
         let state = TrainerState {
             version: resume::VERSION,
             next_step: step + 1,
-            optimizer_steps: shard.optimizer.steps,
+            optimizer_steps: rank.optimizer.steps,
             data_position: data_position.to_string(),
             config: cfg.clone(),
         };
@@ -71,15 +61,15 @@ pub fn save(
         resume::save(&dir, &state, &params, &optimizer)
             .with_context(|| format!("checkpoint after step {step}"))?;
     } else if at.replica == 0 {
-        for (name, p) in shard.params {
-            let [m, v] = moments(name, shard.optimizer)?;
+        for (name, p) in &weights {
+            let [m, v] = moments(name, &rank.optimizer)?;
             for t in [p, m, v] {
                 transport.send(0, tag, to_message(t)?)?;
             }
         }
     }
     transport
-        .barrier(world)
+        .barrier(rank.world())
         .context("waiting for rank 0 to finish the checkpoint")?;
     Ok(())
 }
@@ -89,7 +79,8 @@ pub fn save(
 fn gather(
     cfg: &TrainConfig,
     partition: &Partition,
-    shard: &RankShard,
+    weights: &TensorMap,
+    optimizer_0: &AdamW,
     transport: &mut dyn Transport,
     tag: Tag,
 ) -> anyhow::Result<(TensorMap, TensorMap)> {
@@ -101,8 +92,8 @@ fn gather(
         optimizer.insert(format!("m.{name}"), m);
         optimizer.insert(format!("v.{name}"), s);
     };
-    for (name, t) in shard.params {
-        let [m, s] = moments(name, shard.optimizer)?;
+    for (name, t) in weights {
+        let [m, s] = moments(name, optimizer_0)?;
         keep(name, [t.clone(), m.clone(), s.clone()]);
     }
     for stage in 1..p {
@@ -132,26 +123,7 @@ fn gather(
     Ok((params, optimizer))
 }
 
-/// Puts a loaded checkpoint's tensors for this rank's stage into `params` and `optimizer`.
-pub fn restore(
-    ck: &Checkpoint,
-    params: &mut TensorMap,
-    optimizer: &mut AdamW,
-) -> anyhow::Result<()> {
-    for (name, p) in params.iter_mut() {
-        let find = |map: &TensorMap, key: &str| {
-            map.get(key)
-                .cloned()
-                .ok_or_else(|| anyhow!("checkpoint lacks {key}"))
-        };
-        *p = find(&ck.params, name)?.to_dtype(p.dtype())?;
-        optimizer
-            .m
-            .insert(name.clone(), find(&ck.optimizer, &format!("m.{name}"))?);
-        optimizer
-            .v
-            .insert(name.clone(), find(&ck.optimizer, &format!("v.{name}"))?);
-    }
-    optimizer.steps = ck.state.optimizer_steps;
-    Ok(())
+/// Puts a loaded checkpoint's tensors for this rank's stage into the rank.
+pub fn restore(ck: &Checkpoint, rank: &mut Rank) -> anyhow::Result<()> {
+    rank.restore(&ck.params, ck.state.optimizer_steps, &ck.optimizer)
 }

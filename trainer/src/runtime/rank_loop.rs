@@ -1,0 +1,239 @@
+//! The one training loop. Every rank of every run executes [`train_rank`] over some transport:
+//! a threaded run is `d·p` of them over the in-process transport, a multi-process run one per
+//! process over TCP. Initialisation, resume, data, health checks, metrics, checkpoints and the
+//! crash hook therefore exist once, and threaded and multi-process runs of one configuration
+//! compute bit-identical losses.
+//!
+//! Rank 0 writes the metrics file and the checkpoints (see [`super::rank_checkpoint`]). Every
+//! rank draws the whole global batch and keeps its replica's share, so all replicas see disjoint
+//! data and every data stream stays in step.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use candle_core::Device;
+use seqpipe_comm::{Group, Transport};
+use seqpipe_schedule::{generate, lower, Schedule};
+
+use super::admit::admit;
+use super::distributed::{placement, Placement};
+use super::handshake::agree_on_configuration;
+use super::partition::Partition;
+use super::rank::{Rank, RankSetup, StepFigures, Weights};
+use super::rank_checkpoint;
+use super::record::StageReport;
+use super::worker::IterationInput;
+use crate::checkpoint::resume;
+use crate::checkpoint::store::CheckpointDir;
+use crate::config::TrainConfig;
+use crate::data::DataSource;
+use crate::health::{Health, Verdict};
+use crate::progress_io::{checkpoint_due, MetricsLine, MetricsWriter};
+use crate::train::{check, schedule_config, slice_ranges, RunOptions, StepEvent};
+
+/// What a rank knows at the end of its run.
+#[derive(Debug, Clone, Default)]
+pub struct RankSummary {
+    /// The first step this run executed (after a resume, the checkpoint's next step).
+    pub first_step: u64,
+    /// Global loss of every applied step.
+    pub losses: Vec<f64>,
+    /// Global accuracy of every applied step, for masked tasks.
+    pub accuracies: Vec<f64>,
+    /// Wall seconds of every applied step (iteration, reductions and update).
+    pub step_seconds: Vec<f64>,
+    /// This rank's record of its last applied step (for a Chrome trace).
+    pub last_step: Option<StageReport>,
+}
+
+/// The parts of a run every step uses.
+struct RankRun {
+    at: Placement,
+    rank: Rank,
+    schedule: Schedule,
+    partition: Partition,
+    source: DataSource,
+    first_step: u64,
+}
+
+/// The lowered schedule and the layer partition of a configuration.
+pub fn plan(cfg: &TrainConfig) -> anyhow::Result<(Schedule, Partition)> {
+    let config = schedule_config(cfg)?;
+    let schedule = lower(&generate(&config)?)?;
+    admit(&schedule)?;
+    let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
+    let partition = match &cfg.parallel.layers {
+        Some(counts) => Partition::from_counts(cfg.model.layers, counts),
+        None => Partition::even(cfg.model.layers, vstages),
+    }
+    .map_err(|e| anyhow!(e))?;
+    Ok((schedule, partition))
+}
+
+/// Checks, agrees with the other ranks, and builds this rank from a seed or a checkpoint.
+fn start(
+    cfg: &TrainConfig,
+    transport: &mut dyn Transport,
+    opts: &RunOptions,
+    device: &Device,
+) -> anyhow::Result<RankRun> {
+    check(cfg)?;
+    let p = cfg.parallel.stages as usize;
+    let at = placement(transport.rank(), transport.world_size(), p)?;
+    if let Some(d) = cfg.parallel.replicas {
+        if d as usize != at.replicas {
+            anyhow::bail!(
+                "parallel.replicas = {d} with {p} stages needs {} ranks, but the run has {}",
+                d as usize * p,
+                transport.world_size()
+            );
+        }
+    }
+    let mut world = Group::world(transport.world_size())?;
+    agree_on_configuration(cfg, opts.resume.is_some(), transport, &mut world)?;
+    if let (0, Some(dir)) = (at.rank, &cfg.output.checkpoint_dir) {
+        // Rank 0 writes the checkpoints: refuse a directory it may not write before step 0.
+        CheckpointDir::open_for_writing(dir)?;
+    }
+    let (schedule, partition) = plan(cfg)?;
+    let mut rank = Rank::new(&RankSetup {
+        model: &cfg.model,
+        partition: &partition,
+        chunks: cfg.parallel.chunks as usize,
+        at,
+        stages: p,
+        weights: Weights::Seed(cfg.seed),
+        dtype: cfg.precision.dtype(),
+        device,
+        optim: &cfg.optim,
+    })?;
+    let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
+    let mut first_step = 0;
+    if let Some(dir) = &opts.resume {
+        let ck = resume::load_for(dir, cfg)?;
+        rank_checkpoint::restore(&ck, &mut rank)?;
+        source.seek(ck.state.position()?)?;
+        first_step = ck.state.next_step;
+    }
+    Ok(RankRun {
+        at,
+        rank,
+        schedule,
+        partition,
+        source,
+        first_step,
+    })
+}
+
+/// This replica's share of the next global batch.
+fn next_input(cfg: &TrainConfig, run: &mut RankRun) -> anyhow::Result<IterationInput> {
+    let (m, b, s) = (
+        cfg.parallel.microbatches as usize,
+        cfg.data.batch,
+        cfg.data.seq_len,
+    );
+    let at = run.at;
+    let batch = run.source.draw(at.replicas * m, b, s, &Device::Cpu)?;
+    let mine = at.replica * m..(at.replica + 1) * m;
+    Ok(IterationInput {
+        // Each replica's losses are divided by the global count over `d`, so that the mean over
+        // replicas is the global mean (masks may score different counts per replica).
+        normaliser: batch.scored_targets(0..at.replicas * m)? / at.replicas as f64,
+        tokens: batch.tokens[mine.clone()].to_vec(),
+        masks: batch.masks.map(|masks| masks[mine].to_vec()),
+        slices: slice_ranges(cfg)?,
+    })
+}
+
+/// Trains this rank's stage on `device`; `on_step` is called with every applied step's global
+/// figures (an error it returns, such as a closed output, stops the run).
+pub fn train_rank(
+    cfg: &TrainConfig,
+    transport: &mut dyn Transport,
+    opts: &RunOptions,
+    device: &Device,
+    mut on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<RankSummary> {
+    let mut run = start(cfg, transport, opts, device)?;
+    let at = run.at;
+    let mut metrics = match at.rank {
+        0 => MetricsWriter::open(cfg)?,
+        _ => None,
+    };
+    let mut summary = RankSummary {
+        first_step: run.first_step,
+        ..RankSummary::default()
+    };
+    let mut health = Health::new(&cfg.optim);
+    let tokens = crate::train::step_tokens(cfg) * at.replicas;
+    let flops = crate::train::step_flops(cfg)? * at.replicas as f64;
+    for step in run.first_step..cfg.steps {
+        let input = next_input(cfg, &mut run)?;
+        let started = Instant::now();
+        let (report, figures) = run
+            .rank
+            .compute_gradients(&run.schedule, &input, transport, started)
+            .with_context(|| {
+                format!(
+                    "rank {} (stage {}, replica {}) at step {step}",
+                    at.rank, at.stage, at.replica
+                )
+            })?;
+        let lr = cfg.optim.lr_at(step, cfg.steps);
+        // Every rank judges the same all-reduced figures, so every rank stops (or skips).
+        let verdict = health.check(step, figures.loss, figures.grad_sq)?;
+        if verdict == Verdict::Apply {
+            run.rank.update(lr, figures.grad_sq)?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let event = StepEvent {
+            step,
+            loss: figures.loss,
+            lr,
+            grad_norm: figures.grad_sq.sqrt(),
+            tokens_per_sec: tokens as f64 / seconds,
+            accuracy: figures.answers.accuracy(),
+        };
+        if let (Some(w), Verdict::Apply) = (&mut metrics, verdict) {
+            let mfu = opts.peak_flops.map(|peak| flops / seconds / peak);
+            w.write(&metrics_line(&event, &figures, mfu))?;
+        }
+        if checkpoint_due(cfg, step) {
+            let position = run.source.position();
+            rank_checkpoint::save(
+                cfg,
+                step,
+                position,
+                &run.partition,
+                &mut run.rank,
+                transport,
+            )?;
+        }
+        if opts.abort_after_step == Some(step) {
+            std::process::abort();
+        }
+        if verdict == Verdict::Skip {
+            continue;
+        }
+        summary.losses.push(figures.loss);
+        summary.accuracies.extend(event.accuracy);
+        summary.step_seconds.push(seconds);
+        on_step(&event)?;
+        summary.last_step = Some(report);
+    }
+    Ok(summary)
+}
+
+/// The metrics line of an applied step.
+fn metrics_line(event: &StepEvent, figures: &StepFigures, mfu: Option<f64>) -> MetricsLine {
+    MetricsLine {
+        step: event.step,
+        loss: event.loss,
+        lr: event.lr,
+        grad_norm: event.grad_norm,
+        tokens_per_sec: event.tokens_per_sec,
+        mfu,
+        accuracy: event.accuracy,
+        peak_activation_bytes: figures.peak_bytes.clone(),
+    }
+}
