@@ -115,25 +115,13 @@ pub(crate) fn all_reduce_sum<T: Transport + ?Sized>(
     group: &mut Group,
     msg: Message,
 ) -> Result<Message> {
+    check_summable(&msg)?;
     let (me, tag) = group.enter(t, CollectiveOp::AllReduce)?;
     let n = group.len();
-    if !matches!(msg.data(), Data::F32(_) | Data::F64(_)) {
-        return Err(CommError::UnsupportedDType {
-            op: "all_reduce_sum",
-            dtype: msg.dtype(),
-            supported: "f32, f64",
-        });
-    }
     if n == 1 {
         return Ok(msg);
     }
-    let ring = Ring {
-        next: group.ranks[(me + 1) % n],
-        prev: group.ranks[(me + n - 1) % n],
-        me,
-        n,
-        tag,
-    };
+    let ring = Ring::of(group, me, tag);
     check_same_header(t, &ring, Header::of(&msg, tag))?;
     let (shape, data) = msg.into_parts();
     let data = match data {
@@ -144,31 +132,38 @@ pub(crate) fn all_reduce_sum<T: Transport + ?Sized>(
     Message::new(shape, data)
 }
 
+/// The dtypes a host all-reduce sums, the same on every backend. Checked before the group counts
+/// the collective: a bad argument must not shift the sequence of the group's later collectives.
+pub(crate) fn check_summable(msg: &Message) -> Result<()> {
+    if matches!(msg.data(), Data::F32(_) | Data::F64(_)) {
+        return Ok(());
+    }
+    Err(CommError::UnsupportedDType {
+        op: "all_reduce_sum",
+        dtype: msg.dtype(),
+        supported: "f32, f64",
+    })
+}
+
 /// Checks that every member of the group passes the same dtype and shape, as the first half of a
-/// reduction whose data travels elsewhere (NCCL). Counts as one all-reduce of the group.
+/// reduction whose data travels elsewhere (NCCL). Counts as one all-reduce of the group; returns
+/// its tag and the member this rank heard from (named if the reduction itself then stalls).
 #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
 pub(crate) fn agree_on_header<T: Transport + ?Sized>(
     t: &mut T,
     group: &mut Group,
     header: &Header,
-) -> Result<()> {
+) -> Result<(Tag, usize)> {
     let (me, tag) = group.enter(t, CollectiveOp::AllReduce)?;
-    let n = group.len();
-    if n == 1 {
-        return Ok(());
+    let ring = Ring::of(group, me, tag);
+    if group.len() > 1 {
+        let mine = Header {
+            tag,
+            ..header.clone()
+        };
+        check_same_header(t, &ring, mine)?;
     }
-    let ring = Ring {
-        next: group.ranks[(me + 1) % n],
-        prev: group.ranks[(me + n - 1) % n],
-        me,
-        n,
-        tag,
-    };
-    let mine = Header {
-        tag,
-        ..header.clone()
-    };
-    check_same_header(t, &ring, mine)
+    Ok((tag, ring.prev))
 }
 
 /// Neighbours of this member in the group's ring.
@@ -178,6 +173,20 @@ struct Ring {
     me: usize,
     n: usize,
     tag: Tag,
+}
+
+impl Ring {
+    /// The ring of `group` seen from its member at position `me`.
+    fn of(group: &Group, me: usize, tag: Tag) -> Ring {
+        let n = group.len();
+        Ring {
+            next: group.ranks[(me + 1) % n],
+            prev: group.ranks[(me + n - 1) % n],
+            me,
+            n,
+            tag,
+        }
+    }
 }
 
 /// Passes each member's header one step round the ring; if every neighbour pair agrees, all do.
@@ -312,8 +321,12 @@ mod tests {
                         // Equal headers agree (ranks 0 and 1 only), and count as a collective.
                         let mut pair = Group::new(vec![0, 1]).unwrap();
                         if t.rank() < 2 {
-                            agree_on_header(&mut t, &mut pair, &h)?;
+                            let (tag, heard) = agree_on_header(&mut t, &mut pair, &h)?;
                             assert_eq!(pair.seq, 1);
+                            assert_eq!(
+                                (tag, heard),
+                                (Tag::collective(CollectiveOp::AllReduce, 0), 1 - t.rank())
+                            );
                         }
                         let len = if t.rank() == 2 { 5 } else { 4 };
                         agree_on_header(
@@ -324,6 +337,7 @@ mod tests {
                                 ..h
                             },
                         )
+                        .map(drop)
                     })
                 })
                 .collect();

@@ -4,13 +4,15 @@
 //! through one object-safe trait, [`Transport`]; the trainer never knows which backend it holds:
 //! - [`LocalTransport`]: ranks as threads of one process, messages moved through channels;
 //! - [`TcpTransport`]: one process per rank over TCP, rendezvous from the launcher's environment;
-//! - `NcclTransport` (feature `nccl`): device buffers over NCCL, with the TCP transport as its
-//!   control plane for rendezvous, shape headers, timeouts and dead-peer detection.
+//! - `NcclTransport` (feature `nccl`): one process per GPU; payloads over NCCL (host messages
+//!   staged through device buffers, or `CudaSlice` tensors with no host round trip), with the TCP
+//!   transport as its control plane for rendezvous, headers, timeouts and dead-peer detection.
 //!
 //! A [`Message`] is a shape, a [`DType`] and an owned typed buffer; a [`Tag`] says which unit of
 //! work it belongs to, and a receive with the wrong tag is an error naming both tags and the peer.
 //! Every blocking call has a timeout, a vanished peer fails the waiting rank with its name, and a
-//! [`Watchdog`] can print every rank's last completed and pending operation.
+//! [`Watchdog`] can print every rank's last completed and pending operation. One conformance suite
+//! (`tests/conformance/`) checks all of this on every backend.
 //!
 //! Architecture invariant: comm knows buffers, shapes and ranks, not schedules, models or tensors
 //! (no candle dependency).

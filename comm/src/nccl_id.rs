@@ -43,8 +43,19 @@ impl UniqueIdBytes {
         id: Option<UniqueIdBytes>,
     ) -> Result<UniqueIdBytes> {
         let mut world = Group::world(control.world_size())?;
-        let msg = control.broadcast(&mut world, 0, id.map(|id| id.to_message()))?;
-        UniqueIdBytes::from_message(0, msg)
+        UniqueIdBytes::share_in(control, &mut world, 0, id)
+    }
+
+    /// Like [`UniqueIdBytes::share`] within `group`, from `root` (which passes `Some(id)`): how the
+    /// members of a smaller communicator (two ranks of one NCCL lane) get its id.
+    pub fn share_in<T: Transport + ?Sized>(
+        control: &mut T,
+        group: &mut Group,
+        root: usize,
+        id: Option<UniqueIdBytes>,
+    ) -> Result<UniqueIdBytes> {
+        let msg = control.broadcast(group, root, id.map(|id| id.to_message()))?;
+        UniqueIdBytes::from_message(root, msg)
     }
 }
 
@@ -83,5 +94,26 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(got, vec![id; 3]);
+    }
+
+    #[test]
+    fn a_pair_shares_its_root_id_and_others_stay_out() {
+        let ranks = LocalTransport::mesh(3, CommOptions::default()).unwrap();
+        let id = UniqueIdBytes([7; UNIQUE_ID_BYTES]);
+        let got: Vec<Option<UniqueIdBytes>> = std::thread::scope(|s| {
+            let hs: Vec<_> = ranks
+                .into_iter()
+                .map(|mut t| {
+                    s.spawn(move || {
+                        let mut pair = Group::new(vec![2, 0]).unwrap();
+                        let mine = (t.rank() == 2).then_some(id);
+                        (t.rank() != 1)
+                            .then(|| UniqueIdBytes::share_in(&mut t, &mut pair, 2, mine).unwrap())
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(got, vec![Some(id), None, Some(id)]);
     }
 }

@@ -117,7 +117,8 @@ pub trait Transport: Send {
 }
 
 /// A boxed transport is a transport, so a trainer can hold `Box<dyn Transport>` and never know the
-/// backend.
+/// backend. Every method forwards, provided ones included, so a backend's own collectives (NCCL's
+/// all-reduce) are still the ones that run behind the box.
 impl<T: Transport + ?Sized> Transport for Box<T> {
     fn rank(&self) -> usize {
         (**self).rank()
@@ -139,6 +140,35 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn try_recv(&mut self, peer: usize, tag: Tag) -> Result<Option<Message>> {
         (**self).try_recv(peer, tag)
+    }
+    fn send(&mut self, peer: usize, tag: Tag, msg: Message) -> Result<()> {
+        (**self).send(peer, tag, msg)
+    }
+    fn recv(&mut self, peer: usize, tag: Tag) -> Result<Message> {
+        (**self).recv(peer, tag)
+    }
+    fn recv_expect(
+        &mut self,
+        peer: usize,
+        tag: Tag,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Message> {
+        (**self).recv_expect(peer, tag, dtype, shape)
+    }
+    fn all_reduce_sum(&mut self, group: &mut Group, msg: Message) -> Result<Message> {
+        (**self).all_reduce_sum(group, msg)
+    }
+    fn broadcast(
+        &mut self,
+        group: &mut Group,
+        root: usize,
+        msg: Option<Message>,
+    ) -> Result<Message> {
+        (**self).broadcast(group, root, msg)
+    }
+    fn barrier(&mut self, group: &mut Group) -> Result<()> {
+        (**self).barrier(group)
     }
 }
 
@@ -244,6 +274,31 @@ pub(crate) fn receive(
     op: Op,
     timeout: Option<Duration>,
 ) -> Result<Option<Message>> {
+    let Some(env) = receive_envelope(inbox, progress, op, timeout)? else {
+        return Ok(None);
+    };
+    if env.tag != op.tag {
+        progress.abandon();
+        return Err(CommError::TagMismatch {
+            peer: op.peer,
+            expected: op.tag,
+            received: env.tag,
+        });
+    }
+    progress.complete(op);
+    Ok(Some(env.msg))
+}
+
+/// The next envelope from one peer's inbox, whatever its tag: `op` is marked pending and stays
+/// pending when an envelope comes back, so the caller completes or abandons it after its own
+/// checks (the NCCL backend must still receive the payload of a mismatched header). Failures and
+/// "nothing yet" clear it.
+pub(crate) fn receive_envelope(
+    inbox: &Receiver<Incoming>,
+    progress: &Progress,
+    op: Op,
+    timeout: Option<Duration>,
+) -> Result<Option<Envelope>> {
     progress.begin(op);
     let got = match timeout {
         Some(t) => inbox.recv_timeout(t).map_err(|e| match e {
@@ -263,22 +318,8 @@ pub(crate) fn receive(
             Err(TryRecvError::Disconnected) => Err(disconnected(op, "the link is closed")),
         },
     };
-    let checked = got.and_then(|incoming| {
-        let env = incoming.map_err(|detail| disconnected(op, &detail))?;
-        if env.tag != op.tag {
-            return Err(CommError::TagMismatch {
-                peer: op.peer,
-                expected: op.tag,
-                received: env.tag,
-            });
-        }
-        Ok(env.msg)
-    });
-    match checked {
-        Ok(msg) => {
-            progress.complete(op);
-            Ok(Some(msg))
-        }
+    match got.and_then(|incoming| incoming.map_err(|detail| disconnected(op, &detail))) {
+        Ok(env) => Ok(Some(env)),
         Err(e) => {
             progress.abandon();
             Err(e)

@@ -37,6 +37,10 @@ pub(crate) struct Link {
     inbox: Receiver<Incoming>,
     stream: TcpStream,
     write_error: Arc<Mutex<Option<String>>>,
+    /// Why the reader stopped (the peer closed the connection or it broke); `None` while open.
+    /// Read without touching the inbox, so a rank waiting on something other than this link
+    /// (an NCCL payload) can still see that the peer is gone.
+    closed: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -63,9 +67,11 @@ impl Link {
             .map_err(io_err)?;
         let (in_tx, inbox) = unbounded();
         let reader_stream = stream.try_clone().map_err(io_err)?;
+        let closed = Arc::new(Mutex::new(None));
+        let closed_slot = Arc::clone(&closed);
         std::thread::Builder::new()
             .name(format!("seqpipe-comm-read-{peer}"))
-            .spawn(move || read_loop(reader_stream, in_tx))
+            .spawn(move || read_loop(reader_stream, in_tx, closed_slot))
             .map_err(io_err)?;
         let (out_tx, out_rx) = unbounded();
         let write_error = Arc::new(Mutex::new(None));
@@ -82,6 +88,7 @@ impl Link {
             inbox,
             stream,
             write_error,
+            closed,
         })
     }
 
@@ -109,11 +116,18 @@ impl Link {
     pub(crate) fn inbox(&self) -> &Receiver<Incoming> {
         &self.inbox
     }
-}
 
-impl Drop for Link {
+    /// Why the peer's side ended, once the reader has seen it end.
+    pub(crate) fn closed(&self) -> Option<String> {
+        self.closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Flushes queued sends, then half-closes so the peer reads everything and then end of stream.
-    fn drop(&mut self) {
+    /// Later sends fail as on a closed link. Idempotent.
+    pub(crate) fn close_writes(&mut self) {
         drop(self.outgoing.take());
         if let Some(w) = self.writer.take() {
             // The writer never panics on IO errors; a join error would be a bug already reported.
@@ -125,20 +139,31 @@ impl Drop for Link {
     }
 }
 
-fn read_loop(stream: TcpStream, inbox: Sender<Incoming>) {
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.close_writes();
+    }
+}
+
+fn read_loop(stream: TcpStream, inbox: Sender<Incoming>, closed: Arc<Mutex<Option<String>>>) {
     let mut reader = BufReader::with_capacity(1 << 16, stream);
-    loop {
+    let why = loop {
         let item = match read_frame(&mut reader) {
             Ok(Some((tag, msg))) => Ok(Envelope { tag, msg }),
             // Clean end of stream: dropping `inbox` tells the receiver the peer is gone.
-            Ok(None) => return,
+            Ok(None) => break "the peer closed the connection".to_string(),
             Err(detail) => Err(detail),
         };
-        let failed = item.is_err();
-        if inbox.send(item).is_err() || failed {
+        let failed = item.as_ref().err().cloned();
+        if inbox.send(item).is_err() {
+            // This side dropped the link: nothing is waiting on the peer any more.
             return;
         }
-    }
+        if let Some(detail) = failed {
+            break detail;
+        }
+    };
+    *closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
 }
 
 fn write_loop(mut stream: TcpStream, queue: Receiver<Outgoing>, error: Arc<Mutex<Option<String>>>) {

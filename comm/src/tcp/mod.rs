@@ -18,6 +18,8 @@ use crate::tag::Tag;
 use crate::transport::{
     check_peer, disconnected, receive, recv_op, send_op, CommOptions, SendHandle, Transport,
 };
+#[cfg(feature = "nccl")]
+use crate::transport::{receive_envelope, Envelope};
 use link::Link;
 
 /// Where and who this rank is.
@@ -159,6 +161,39 @@ impl TcpTransport {
     /// Rank within this node.
     pub fn local_rank(&self) -> usize {
         self.local_rank
+    }
+
+    /// Changes the timeout of later blocking calls (rendezvous is over; e.g. a long one to let
+    /// every process start, then a short one for the run).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.options.timeout = timeout;
+    }
+
+    /// Why `peer`'s side of the link ended, once it has (its process ended or it dropped its
+    /// transport); `None` while it is open. Does not consume messages still queued from it.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    pub(crate) fn peer_gone(&self, peer: usize) -> Option<String> {
+        self.links.get(peer)?.as_ref()?.closed()
+    }
+
+    /// The next envelope from `peer` whatever its tag, with `recv peer tag` left pending in the
+    /// progress record for the caller to complete or abandon (see `receive_envelope`).
+    #[cfg(feature = "nccl")]
+    pub(crate) fn receive_envelope(
+        &mut self,
+        peer: usize,
+        tag: Tag,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Envelope>> {
+        let inbox = self.link(peer)?.inbox();
+        receive_envelope(inbox, &self.progress, recv_op(peer, tag), timeout)
+    }
+
+    /// Flushes and half-closes every link: peers read what was sent, then see this rank gone,
+    /// while this side can still watch theirs. Later sends fail naming the peer.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn close_writes(&mut self) {
+        self.links.iter_mut().flatten().for_each(Link::close_writes);
     }
 
     fn link(&self, peer: usize) -> Result<&Link> {
