@@ -348,6 +348,34 @@ mod tests {
         assert!(c.lr_at(12, 20) < 1.0 && c.lr_at(12, 20) > 0.1);
     }
 
+    /// An update far below bf16's resolution at 1.0 (2^-8) vanishes when rounded into the
+    /// parameter each step, but accumulates in the f32 master copy until it shows.
+    #[test]
+    fn bf16_parameters_accumulate_small_updates_in_their_master_copy() {
+        let cfg = OptimConfig {
+            lr: 1e-3,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            ..OptimConfig::default()
+        };
+        let one = |dtype| Tensor::ones(4, dtype, &candle_core::Device::Cpu).unwrap();
+        let mut params: TensorMap = [("w".to_string(), one(DType::BF16))].into();
+        let grads: TensorMap = [("w".to_string(), one(DType::F32))].into();
+        let mut opt = AdamW::new(cfg, &params).unwrap();
+        for _ in 0..20 {
+            opt.step(&mut params, &grads, 1e-3, 1.0).unwrap();
+        }
+        let w: Vec<f32> = params["w"].to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+        let master: Vec<f32> = opt.master["w"].to_vec1().unwrap();
+        // 20 steps of ~1e-3 each: the master moved by ~0.02, the bf16 weight follows it.
+        assert!((master[0] - 0.98).abs() < 1e-3, "{master:?}");
+        assert!(
+            w[0] < 1.0 && (w[0] - master[0]).abs() <= 2f32.powi(-8),
+            "{w:?}"
+        );
+        assert_eq!(opt.weights(&params)["w"].dtype(), DType::F32);
+    }
+
     #[test]
     fn clip_scale_only_shrinks() {
         assert_eq!(clip_scale(4.0, Some(1.0)), 0.5);
