@@ -17,6 +17,12 @@ pub enum ScheduleError {
         /// The value given.
         value: u32,
     },
+    /// A schedule handed to an executor is not in runnable form.
+    #[error("the schedule cannot be run: {reason}")]
+    NotLowered {
+        /// What is wrong, naming the first offending action where there is one.
+        reason: String,
+    },
     /// A schedule kind was given a parameter it does not take or a value outside its range.
     #[error("{kind}: {what} = {value} is not supported; {valid}")]
     Unsupported {

@@ -31,6 +31,7 @@ pub mod error;
 pub mod gen;
 pub mod ids;
 pub mod lower;
+pub mod lowered;
 pub mod render;
 pub mod schedule;
 pub mod simulate;
@@ -48,6 +49,7 @@ pub use ids::{
     Stage, VirtualStage,
 };
 pub use lower::{insert_comm, lower, strip_comm};
+pub use lowered::Lowered;
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};
 pub use simulate::{simulate, MessageBytes, P2p, Simulation, StageStats, Timed};
 pub use validate::{validate, validate_ragged, Rule, Violation};

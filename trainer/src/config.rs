@@ -61,6 +61,9 @@ pub struct ParallelConfig {
     pub layers: Option<Vec<usize>>,
     /// Seconds a stage waits for a peer before failing.
     pub timeout_secs: u64,
+    /// A schedule to run instead of the generated one: PyTorch's CSV layout (one row per stage,
+    /// compact action text) or seqpipe's JSON, lowered or not; checked before step 0.
+    pub schedule_file: Option<std::path::PathBuf>,
     /// Data-parallel replicas of the pipeline (default: 1 in one process; `WORLD_SIZE / stages`
     /// in a multi-process run, which must agree when this is set).
     pub replicas: Option<u32>,
@@ -79,6 +82,7 @@ impl Default for ParallelConfig {
             layers: None,
             timeout_secs: 60,
             replicas: None,
+            schedule_file: None,
         }
     }
 }

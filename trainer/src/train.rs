@@ -8,15 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
-use seqpipe_schedule::{
-    generate, simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind,
-};
+use seqpipe_schedule::{simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind};
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::checkpoint::store::CheckpointDir;
 use crate::config::{DataKind, SlicingMethod, TrainConfig};
 use crate::data::{entropy, RetrievalSource};
 use crate::predict::{predicted_peaks, PredictInput};
+use crate::runtime::admit::load_schedule;
 use crate::runtime::error::{combine, RuntimeError};
 use crate::runtime::rank_loop::{plan, train_rank, RankSummary};
 use crate::runtime::record::measured_bubble;
@@ -143,7 +142,8 @@ pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
     let sizes = size_problems(cfg);
     // A schedule is generated only for sizes that bound its time and memory.
     if sizes.is_empty() {
-        if let Err(e) = schedule_config(cfg).and_then(|c| Ok(generate(&c)?)) {
+        let loaded = schedule_config(cfg).and_then(|c| load_schedule(cfg, &c));
+        if let Err(e) = loaded {
             problems.push(format!("schedule: {e:#}"));
         }
     }

@@ -39,6 +39,10 @@ pub struct TrainArgs {
     /// Model chunks per stage.
     #[arg(long)]
     chunks: Option<u32>,
+    /// Run this schedule instead of the generated one: PyTorch's CSV layout (one row per stage)
+    /// or `seqpipe schedule --format json` output, lowered or not; checked before step 0.
+    #[arg(long)]
+    schedule_file: Option<PathBuf>,
     /// Data-parallel replicas of the pipeline (threads: replicas × stages; a multi-process run
     /// takes WORLD_SIZE / stages, which must agree).
     #[arg(long)]
@@ -119,6 +123,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = args.slices {
         par.slices = v;
+    }
+    if let Some(v) = &args.schedule_file {
+        par.schedule_file = Some(v.clone());
     }
     if let Some(v) = args.replicas {
         par.replicas = Some(v);

@@ -1,9 +1,15 @@
-//! What the executor accepts: a lowered schedule whose every op it runs. A schedule is checked
-//! when it is loaded, before the first step, so an op the executor cannot run (offload, reload,
-//! recomputation: planned, not yet executed) is an error naming it, never skipped mid-run.
+//! What the executor accepts: a [`Lowered`] schedule whose every op it runs, generated from the
+//! configuration or read from a schedule file (PyTorch's CSV layout, or seqpipe's JSON). A
+//! schedule is checked when it is loaded, before the first step, so an op the executor cannot
+//! run (offload, reload, recomputation: planned, not yet executed) is an error naming it, never
+//! skipped mid-run.
 
-use anyhow::bail;
-use seqpipe_schedule::{Op, Schedule};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use seqpipe_schedule::{csv, generate, Lowered, Op, Schedule, ScheduleConfig};
+
+use crate::config::TrainConfig;
 
 /// The ops [`super::worker::StageWorker`] runs.
 pub fn runs(op: Op) -> bool {
@@ -11,17 +17,13 @@ pub fn runs(op: Op) -> bool {
 }
 
 /// Refuses a schedule the executor cannot run as given, naming the first offending action.
-pub fn admit(schedule: &Schedule) -> anyhow::Result<()> {
-    if !schedule.lowered {
-        bail!(
-            "the executor runs lowered schedules (with their sends and receives); lower it first"
-        );
-    }
+pub fn admit(schedule: &Lowered) -> anyhow::Result<()> {
     for (stage, program) in schedule.actions.iter().enumerate() {
         if let Some((i, a)) = program.iter().enumerate().find(|(_, a)| !runs(a.op)) {
             bail!(
-                "stage {stage}, action {i}: {} (micro-batch {}, slice {}, chunk {}) is not run by \
-                 this executor yet; plan without offload and recomputation",
+                "stage {stage}, action {i}: {} ({}: micro-batch {}, slice {}, chunk {}) is not \
+                 run by this executor yet; plan without offload and recomputation",
+                schedule.text(a),
                 a.op,
                 a.mb.index(),
                 a.slice.index(),
@@ -32,14 +34,66 @@ pub fn admit(schedule: &Schedule) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Largest schedule file read: far above any real schedule's text.
+const MAX_SCHEDULE_FILE: u64 = 64 << 20;
+
+/// The schedule a run executes: `parallel.schedule_file` when set, else generated from `config`;
+/// lowered (or, if the file says it is lowered, validated) and admitted.
+pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> anyhow::Result<Lowered> {
+    let schedule = match &cfg.parallel.schedule_file {
+        None => return admitted(Lowered::lower(&generate(config)?)?),
+        Some(path) => read_schedule(path, config)
+            .with_context(|| format!("parallel.schedule_file = {}", path.display()))?,
+    };
+    let lowered = match schedule.lowered {
+        true => Lowered::check(schedule)?,
+        false => Lowered::lower(&schedule)?,
+    };
+    admitted(lowered)
+}
+
+fn admitted(lowered: Lowered) -> anyhow::Result<Lowered> {
+    admit(&lowered)?;
+    Ok(lowered)
+}
+
+/// A schedule file: JSON (`seqpipe schedule --format json`, which carries its configuration,
+/// required to equal the run's) or CSV (one row per stage, read with the run's configuration; it
+/// counts as lowered when it holds a send or receive).
+fn read_schedule(path: &Path, config: &ScheduleConfig) -> anyhow::Result<Schedule> {
+    let size = std::fs::metadata(path)?.len();
+    if size > MAX_SCHEDULE_FILE {
+        bail!("{size} bytes: a schedule file is at most {MAX_SCHEDULE_FILE} bytes");
+    }
+    let text = std::fs::read_to_string(path)?;
+    if text.trim_start().starts_with('{') {
+        let schedule = Schedule::from_json(&text)?;
+        if !same_shape(&schedule.config, config) {
+            bail!(
+                "the file's schedule is for {:?}, the run is configured for {config:?}",
+                schedule.config
+            );
+        }
+        return Ok(schedule);
+    }
+    let lowered = ["SEND", "RECV"].iter().any(|op| text.contains(op));
+    Ok(csv::from_csv(&text, *config, lowered)?)
+}
+
+/// Whether two configurations describe the same units (the group is a generator's detail).
+fn same_shape(a: &ScheduleConfig, b: &ScheduleConfig) -> bool {
+    (a.kind, a.stages, a.microbatches, a.slices, a.chunks)
+        == (b.kind, b.stages, b.microbatches, b.slices, b.chunks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqpipe_schedule::{generate, lower, Action, ScheduleConfig, ScheduleKind, Stage, Unit};
+    use seqpipe_schedule::{Action, ScheduleKind, Stage, Unit};
 
-    fn lowered() -> Schedule {
+    fn lowered() -> Lowered {
         let cfg = ScheduleConfig::new(ScheduleKind::OneFOneB, 2, 4);
-        lower(&generate(&cfg).unwrap()).unwrap()
+        Lowered::lower(&generate(&cfg).unwrap()).unwrap()
     }
 
     #[test]
@@ -47,24 +101,39 @@ mod tests {
         admit(&lowered()).unwrap();
     }
 
-    #[test]
-    fn a_hand_inserted_offload_is_refused_with_its_text() {
-        for op in [Op::Offload, Op::Reload, Op::Recompute] {
-            let mut s = lowered();
-            let at = Action::new(Stage(1), Unit::new(2, 0, 0), op);
-            s.actions[1].insert(3, at);
-            let e = admit(&s).unwrap_err().to_string();
-            assert!(
-                e.contains("stage 1, action 3") && e.contains(&op.to_string()),
-                "{e}"
-            );
+    /// Inserts `ops` for micro-batch 2 on stage 1 where the schedule rules put memory ops (an
+    /// offload after its forward, a reload or recomputation before its backward); returns the
+    /// schedule and the position of the first inserted op.
+    fn with_memory_ops(ops: &[Op]) -> (Lowered, usize) {
+        let mut s = lowered().schedule().clone();
+        let list = &mut s.actions[1];
+        let mut first = usize::MAX;
+        for &op in ops {
+            let find = |want: Op| list.iter().position(|a| a.mb.index() == 2 && a.op == want);
+            let at = match op {
+                Op::Offload => find(Op::Forward).unwrap() + 1,
+                _ => find(Op::Backward).unwrap(),
+            };
+            list.insert(at, Action::new(Stage(1), Unit::new(2, 0, 0), op));
+            first = first.min(at);
         }
+        (Lowered::check(s).unwrap(), first)
     }
 
     #[test]
-    fn an_unlowered_schedule_is_refused() {
-        let cfg = ScheduleConfig::new(ScheduleKind::OneFOneB, 2, 4);
-        let e = admit(&generate(&cfg).unwrap()).unwrap_err().to_string();
-        assert!(e.contains("lowered"), "{e}");
+    fn a_hand_inserted_memory_op_is_refused_with_its_text() {
+        for ops in [
+            &[Op::Offload][..],
+            &[Op::Offload, Op::Reload],
+            &[Op::Recompute],
+        ] {
+            let (s, at) = with_memory_ops(ops);
+            let e = admit(&s).unwrap_err().to_string();
+            let text = format!("1{}2", ops[0]);
+            assert!(
+                e.contains(&format!("stage 1, action {at}: {text}")),
+                "{ops:?}: {e}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use candle_core::{DType, Device};
 use seqpipe_comm::{CommOptions, LocalTransport};
-use seqpipe_schedule::{generate, lower, Schedule, ScheduleConfig};
+use seqpipe_schedule::{generate, Lowered, Schedule, ScheduleConfig};
 
 use super::admit::admit;
 use super::distributed::placement;
@@ -40,7 +40,7 @@ pub struct StepReport {
 /// a training run's ranks execute.
 pub struct Pipeline {
     /// The lowered schedule.
-    pub schedule: Schedule,
+    pub schedule: Lowered,
     /// One rank per stage.
     pub ranks: Vec<Rank>,
     transports: Vec<Option<LocalTransport>>,
@@ -113,7 +113,7 @@ impl Pipeline {
         if !problems.is_empty() {
             bail!("invalid model: {}", problems.join("; "));
         }
-        let schedule = lower(&generate(&config)?)?;
+        let schedule = Lowered::lower(&generate(&config)?)?;
         admit(&schedule)?;
         let (p, v) = (config.stages as usize, config.chunks as usize);
         let partition = match partition {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Context};
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{Group, Transport};
-use seqpipe_schedule::Schedule;
+use seqpipe_schedule::Lowered;
 
 use super::distributed::Placement;
 use super::partition::Partition;
@@ -167,7 +167,7 @@ impl Rank {
     /// Runs the stage's program on `input` and reduces gradients and figures over the world.
     pub fn compute_gradients(
         &mut self,
-        schedule: &Schedule,
+        schedule: &Lowered,
         input: &IterationInput,
         transport: &mut dyn Transport,
         clock: Instant,

@@ -13,9 +13,9 @@ use std::time::Instant;
 use anyhow::{anyhow, Context};
 use candle_core::Device;
 use seqpipe_comm::{Group, Transport};
-use seqpipe_schedule::{generate, lower, Schedule};
+use seqpipe_schedule::Lowered;
 
-use super::admit::admit;
+use super::admit::load_schedule;
 use super::distributed::{placement, Placement};
 use super::handshake::agree_on_configuration;
 use super::partition::Partition;
@@ -50,17 +50,15 @@ pub struct RankSummary {
 struct RankRun {
     at: Placement,
     rank: Rank,
-    schedule: Schedule,
+    schedule: Lowered,
     partition: Partition,
     source: DataSource,
     first_step: u64,
 }
 
 /// The lowered schedule and the layer partition of a configuration.
-pub fn plan(cfg: &TrainConfig) -> anyhow::Result<(Schedule, Partition)> {
-    let config = schedule_config(cfg)?;
-    let schedule = lower(&generate(&config)?)?;
-    admit(&schedule)?;
+pub fn plan(cfg: &TrainConfig) -> anyhow::Result<(Lowered, Partition)> {
+    let schedule = load_schedule(cfg, &schedule_config(cfg)?)?;
     let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
     let partition = match &cfg.parallel.layers {
         Some(counts) => Partition::from_counts(cfg.model.layers, counts),

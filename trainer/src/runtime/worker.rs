@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{TagKind, Transport};
 use seqpipe_kernels::{AttentionOptions, Rope, SliceKvCache};
-use seqpipe_schedule::{Action, Op, Schedule, Unit};
+use seqpipe_schedule::{Action, Lowered, Op, Unit};
 
 use super::inbox::{incoming_order, message_tag, Inbox};
 use super::record::{Recorder, StageReport};
@@ -233,7 +233,7 @@ impl StageWorker {
     /// Runs this stage's lowered program for one iteration; returns its loss share and records.
     pub fn run(
         &mut self,
-        schedule: &Schedule,
+        schedule: &Lowered,
         input: &IterationInput,
         transport: &mut dyn Transport,
         clock: Instant,
@@ -277,7 +277,7 @@ impl StageWorker {
 
     fn exec(
         &mut self,
-        schedule: &Schedule,
+        schedule: &Lowered,
         input: &IterationInput,
         transport: &mut dyn Transport,
         inbox: &mut Inbox,
