@@ -282,3 +282,27 @@ fn a_diverging_multi_process_run_stops_every_rank() {
         );
     }
 }
+
+/// GPU stages in separate processes exchange tensors over NCCL: a build without the `cuda` and
+/// `nccl` features refuses `--device cuda` at once, naming what is missing, before any rank waits
+/// for another (rank 1 alone must not hang on the rendezvous).
+#[test]
+#[cfg(not(all(feature = "cuda", feature = "nccl")))]
+fn a_cpu_build_refuses_gpu_ranks_before_the_rendezvous() {
+    let started = Instant::now();
+    let out = spawn_rank(1, 2, free_port(), &["--steps", "1", "--device", "cuda"])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("needs a build with the `cuda` and `nccl` features")
+            && err.contains("cargo xtask gpu-build"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -231,7 +231,9 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 
 /// One process of a multi-process run (ranks from the launcher's environment).
 fn run_rank(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
-    let mut transport = TcpTransport::from_env(CommOptions::with_timeout(rank_timeout(cfg)))?;
+    check_rank_device(cfg)?;
+    let tcp = TcpTransport::from_env(CommOptions::with_timeout(rank_timeout(cfg)))?;
+    let (mut transport, device) = rank_transport(cfg, tcp)?;
     let (rank, world) = (transport.rank(), transport.world_size());
     let opts = RunOptions {
         resume: args.resume.clone(),
@@ -239,8 +241,7 @@ fn run_rank(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
         // Processes share the machine's cores in ways one probe cannot see: no MFU.
         peak_flops: None,
     };
-    let device = multi_process_device(cfg)?;
-    let summary = train_rank(cfg, &mut transport, &opts, &device, |e| {
+    let summary = train_rank(cfg, transport.as_mut(), &opts, &device, |e| {
         if rank == 0 {
             let accuracy = e
                 .accuracy
@@ -272,20 +273,67 @@ fn run_rank(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The device of one process of a multi-process run. Its messages travel over TCP from host
-/// memory, so device stages need the NCCL transport, which this runtime does not wire in yet:
-/// refused by name rather than run with a host round trip per message.
-fn multi_process_device(cfg: &TrainConfig) -> anyhow::Result<candle_core::Device> {
-    if cfg.device != "cpu" {
+/// The transport and device of one process of a multi-process run: TCP between CPU stages;
+/// NCCL between GPU stages (one process per GPU, the launcher's `LOCAL_RANK` picks it), in a
+/// build with the `cuda` and `nccl` features.
+fn rank_transport(
+    cfg: &TrainConfig,
+    tcp: TcpTransport,
+) -> anyhow::Result<(Box<dyn Transport>, candle_core::Device)> {
+    if cfg.device == "cpu" {
+        return Ok((Box::new(tcp), candle_core::Device::Cpu));
+    }
+    gpu_rank_transport(cfg, tcp)
+}
+
+/// Refuses, before any rank waits for another, a multi-process device this build cannot run.
+#[cfg(all(feature = "cuda", feature = "nccl"))]
+fn check_rank_device(cfg: &TrainConfig) -> anyhow::Result<()> {
+    if !matches!(cfg.device.as_str(), "cpu" | "cuda") {
         anyhow::bail!(
-            "device = {:?} in a multi-process run: processes exchange activations over TCP from \
-             host memory; multi-process GPU training needs the NCCL transport, which is not \
-             wired into the trainer yet. Use --device cpu, or run the stages as threads on one \
-             GPU (no WORLD_SIZE)",
+            "device = {:?} in a multi-process run: give \"cuda\" (each process takes the GPU \
+             its LOCAL_RANK names) or \"cpu\"",
             cfg.device
         );
     }
-    Ok(candle_core::Device::Cpu)
+    Ok(())
+}
+
+#[cfg(all(feature = "cuda", feature = "nccl"))]
+fn gpu_rank_transport(
+    _cfg: &TrainConfig,
+    tcp: TcpTransport,
+) -> anyhow::Result<(Box<dyn Transport>, candle_core::Device)> {
+    let device = seqpipe_trainer::device::open(&format!("cuda:{}", tcp.local_rank()))?;
+    let nccl = seqpipe_comm::nccl::NcclTransport::new(tcp)?;
+    Ok((Box::new(nccl), device))
+}
+
+#[cfg(not(all(feature = "cuda", feature = "nccl")))]
+fn check_rank_device(cfg: &TrainConfig) -> anyhow::Result<()> {
+    if cfg.device == "cpu" {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "device = {:?} in a multi-process run needs a build with the `cuda` and `nccl` features \
+         (GPU stages exchange tensors over NCCL); this build has {}. Build it with `cargo xtask \
+         gpu-build`, or use --device cpu",
+        cfg.device,
+        match (cfg!(feature = "cuda"), cfg!(feature = "nccl")) {
+            (false, false) => "neither",
+            (true, false) => "`cuda` but not `nccl`",
+            _ => "`nccl` but not `cuda`",
+        }
+    )
+}
+
+#[cfg(not(all(feature = "cuda", feature = "nccl")))]
+fn gpu_rank_transport(
+    cfg: &TrainConfig,
+    _tcp: TcpTransport,
+) -> anyhow::Result<(Box<dyn Transport>, candle_core::Device)> {
+    check_rank_device(cfg)?;
+    anyhow::bail!("device = {:?}: no GPU transport in this build", cfg.device)
 }
 
 /// `out.json` → `out.rank3.json`.
