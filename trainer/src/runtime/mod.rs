@@ -5,6 +5,7 @@ pub mod distributed;
 pub mod error;
 pub mod handshake;
 pub mod inbox;
+pub mod input;
 pub mod partition;
 pub mod pipeline;
 pub mod rank;
@@ -14,8 +15,8 @@ pub mod record;
 pub mod tensor_msg;
 pub mod worker;
 
+pub use input::IterationInput;
 pub use partition::Partition;
 pub use pipeline::{Pipeline, StepReport};
 pub use rank::{Rank, Weights};
 pub use record::StageReport;
-pub use worker::IterationInput;

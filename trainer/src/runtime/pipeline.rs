@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use candle_core::{DType, Device};
 use seqpipe_comm::{CommOptions, LocalTransport};
-use seqpipe_schedule::{generate, Lowered, Schedule, ScheduleConfig};
+use seqpipe_schedule::{generate, Lowered, ScheduleConfig};
 
 use super::admit::admit;
 use super::distributed::placement;
@@ -176,7 +176,7 @@ impl Pipeline {
     /// The iteration of a step: loss, reduced gradients and their global norm, no update (so a
     /// caller can judge the figures before [`Pipeline::update`]).
     pub fn compute_gradients(&mut self, input: &IterationInput) -> anyhow::Result<StepReport> {
-        check_input(&self.schedule, input)?;
+        input.check(&self.schedule)?;
         let mut transports = Vec::with_capacity(self.transports.len());
         for (rank, t) in self.transports.iter_mut().enumerate() {
             transports.push(t.take().ok_or(RuntimeError::TransportLost { rank })?);
@@ -284,47 +284,4 @@ impl Pipeline {
             .flat_map(|r| r.worker.grads.clone())
             .collect()
     }
-}
-
-/// The input must fit the schedule: one token tensor per micro-batch, slices covering the sequence.
-fn check_input(schedule: &Schedule, input: &IterationInput) -> anyhow::Result<()> {
-    let c = &schedule.config;
-    if input.tokens.len() != c.microbatches as usize {
-        bail!(
-            "{} micro-batches of data for a schedule of {} micro-batches",
-            input.tokens.len(),
-            c.microbatches
-        );
-    }
-    if input.slices.len() != c.slices as usize {
-        bail!(
-            "{} slices in the plan for a schedule of {} slices",
-            input.slices.len(),
-            c.slices
-        );
-    }
-    let seq = input.tokens[0].dim(1)?.saturating_sub(1);
-    if let Some(masks) = &input.masks {
-        if masks.len() != input.tokens.len() {
-            bail!(
-                "{} loss masks for {} micro-batches of tokens",
-                masks.len(),
-                input.tokens.len()
-            );
-        }
-        for (mb, (mask, tokens)) in masks.iter().zip(&input.tokens).enumerate() {
-            let want = [tokens.dim(0)?, seq];
-            if mask.dims() != want {
-                bail!(
-                    "micro-batch {mb}: loss mask {:?} must be {want:?} (one weight per target)",
-                    mask.dims()
-                );
-            }
-        }
-    }
-    let covered = input.slices.last().map_or(0, |r| r.end);
-    if input.slices.first().map(|r| r.start) != Some(0) || covered != seq {
-        bail!("slices {:?} must cover the sequence 0..{seq}", input.slices);
-    }
-    Ok(())
 }

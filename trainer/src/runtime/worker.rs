@@ -13,6 +13,7 @@ use seqpipe_kernels::{AttentionOptions, Rope, SliceKvCache};
 use seqpipe_schedule::{Action, Lowered, Op, Unit};
 
 use super::inbox::{incoming_order, message_tag, Inbox};
+pub use super::input::IterationInput;
 use super::record::{Recorder, StageReport};
 use super::tensor_msg::{from_message, to_message};
 use crate::model::ends::{
@@ -25,21 +26,6 @@ use crate::model::layer::{
 use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_PARTS, LM_HEAD};
 use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
-
-/// The data of one iteration, shared by every stage.
-#[derive(Debug, Clone)]
-pub struct IterationInput {
-    /// Per micro-batch, tokens `[b, S + 1]` (u32): inputs `..S`, targets `1..`.
-    pub tokens: Vec<Tensor>,
-    /// Token ranges of the slices, the same for every micro-batch.
-    pub slices: Vec<Range<usize>>,
-    /// Per micro-batch, `[b, S]` weights of the targets (a loss mask: 0 drops a target); none
-    /// means every target counts. Targets with weight > 0 are also scored for accuracy.
-    pub masks: Option<Vec<Tensor>>,
-    /// Scored targets of the whole iteration (all tokens, or the mask's sum): every slice's loss
-    /// is divided by it, so the sum over all slices and micro-batches is the mean loss of the batch.
-    pub normaliser: f64,
-}
 
 /// Static description of a stage.
 #[derive(Debug, Clone)]
@@ -398,34 +384,7 @@ impl StageWorker {
         }
         let mut head = None;
         if k + 1 == self.spec.virtual_stages {
-            let targets = tokens
-                .narrow(1, offset + 1, len)?
-                .to_device(&self.device)?
-                .contiguous()?;
-            let mask = match &input.masks {
-                Some(masks) => Some(
-                    masks
-                        .get(a.mb.index())
-                        .ok_or_else(|| anyhow!("micro-batch {} has no loss mask", a.mb.0))?
-                        .narrow(1, offset, len)?
-                        .to_device(&self.device)?
-                        .contiguous()?,
-                ),
-                None => None,
-            };
-            let (loss, saved) = head_forward(
-                self.head,
-                &self.params[FINAL_NORM],
-                self.lm_head()?,
-                &x,
-                &targets,
-                mask.as_ref(),
-                input.normaliser,
-            )?;
-            if mask.is_some() {
-                let hits = answer_hits(self.lm_head()?, &saved)?;
-                st.answers.add(hits);
-            }
+            let (loss, saved) = self.head_forward(input, a, tokens, &x, &mut st.answers)?;
             st.loss += loss;
             head = Some(saved);
         } else {
@@ -440,6 +399,48 @@ impl StageWorker {
             },
         );
         Ok(())
+    }
+
+    /// The final norm, LM head and loss of a slice on the last virtual stage: its loss share
+    /// and what its backward needs; masked tasks also count the answers scored right.
+    fn head_forward(
+        &self,
+        input: &IterationInput,
+        a: &Action,
+        tokens: &Tensor,
+        x: &Tensor,
+        answers: &mut Answers,
+    ) -> anyhow::Result<(f64, HeadSaved)> {
+        let range = &input.slices[a.slice.index()];
+        let (offset, len) = (range.start, range.len());
+        let targets = tokens
+            .narrow(1, offset + 1, len)?
+            .to_device(&self.device)?
+            .contiguous()?;
+        let mask = match &input.masks {
+            Some(masks) => Some(
+                masks
+                    .get(a.mb.index())
+                    .ok_or_else(|| anyhow!("micro-batch {} has no loss mask", a.mb.0))?
+                    .narrow(1, offset, len)?
+                    .to_device(&self.device)?
+                    .contiguous()?,
+            ),
+            None => None,
+        };
+        let (loss, saved) = head_forward(
+            self.head,
+            &self.params[FINAL_NORM],
+            self.lm_head()?,
+            x,
+            &targets,
+            mask.as_ref(),
+            input.normaliser,
+        )?;
+        if mask.is_some() {
+            answers.add(answer_hits(self.lm_head()?, &saved)?);
+        }
+        Ok((loss, saved))
     }
 
     fn backward_input(
