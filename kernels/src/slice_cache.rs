@@ -47,7 +47,8 @@ impl SliceKvCache {
     }
 
     /// Forward of the next slice: `q [b, h, s, d]`, its own `k`, `v [b, hkv, s, d]` (after RoPE at
-    /// positions `cached_tokens()..+s`). Returns `(out, lse)` of attention against the whole prefix.
+    /// positions `cached_tokens()..+s`). Returns `(out, lse)` of attention against the whole prefix,
+    /// and the slice's K/V join the cache ([`SliceKvCache::attend`], then [`SliceKvCache::append`]).
     /// The cache is unchanged if an error is returned.
     pub fn forward(
         &mut self,
@@ -56,17 +57,54 @@ impl SliceKvCache {
         v: &Tensor,
         opts: &AttentionOptions,
     ) -> Result<(Tensor, Tensor)> {
-        if self.grad.is_some() {
-            return Err(walk(
-                "forward called while a backward walk is in progress".to_string(),
-            ));
-        }
+        let result = self.attend(q, k, v, opts)?;
+        self.append(k, v)?;
+        Ok(result)
+    }
+
+    /// Attention of the next slice against the cached prefix and its own `k`, `v`, leaving the
+    /// cache as it is: a pure function of the prefix, so a forward can be run again (recomputed)
+    /// or its K/V kept elsewhere. Returns `(out, lse)`.
+    pub fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Tensor)> {
+        self.check_next(k)?;
         if q.dims().get(2) != k.dims().get(2) {
             return Err(walk(format!(
                 "forward: a slice's q {:?} and its own k {:?} must have the same token count (dim 2)",
                 q.dims(),
                 k.dims()
             )));
+        }
+        let (k_all, v_all) = self.prefix_with(k, v)?;
+        attention_forward(q, &k_all, &v_all, opts)
+    }
+
+    /// Adds the next slice's post-RoPE `k`, `v` to the prefix (after its [`SliceKvCache::attend`]).
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        self.check_next(k)?;
+        if k.dims() != v.dims() {
+            return Err(walk(format!(
+                "append: k {:?} and v {:?} must have the same shape",
+                k.dims(),
+                v.dims()
+            )));
+        }
+        self.k.push(k.clone());
+        self.v.push(v.clone());
+        Ok(())
+    }
+
+    /// A next slice's `k` must fit the cached slices, and no backward walk may be under way.
+    fn check_next(&self, k: &Tensor) -> Result<()> {
+        if self.grad.is_some() {
+            return Err(walk(
+                "forward called while a backward walk is in progress".to_string(),
+            ));
         }
         if let Some(first) = self.k.first() {
             let (fd, kd) = (first.dims(), k.dims());
@@ -84,11 +122,7 @@ impl SliceKvCache {
                 )));
             }
         }
-        let (k_all, v_all) = self.prefix_with(k, v)?;
-        let result = attention_forward(q, &k_all, &v_all, opts)?;
-        self.k.push(k.clone());
-        self.v.push(v.clone());
-        Ok(result)
+        Ok(())
     }
 
     /// Backward of the last cached slice: `q`, `out`, `lse`, `d_out` of that slice. Returns `(dq,

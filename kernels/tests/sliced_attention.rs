@@ -40,7 +40,15 @@ fn walk(c: &Case, lengths: &[usize], opts: &AttentionOptions) -> [Tensor; 5] {
         let q = c.q.narrow(2, start, len).unwrap();
         let k = c.k.narrow(2, start, len).unwrap();
         let v = c.v.narrow(2, start, len).unwrap();
-        fwd.push(cache.forward(&q, &k, &v, opts).unwrap());
+        // Odd slices take the two-step path (attend, which must leave the cache alone, then
+        // append); both must walk to full attention's results.
+        if starts.len() % 2 == 1 {
+            fwd.push(cache.attend(&q, &k, &v, opts).unwrap());
+            assert_eq!(cache.cached_tokens(), start, "attend changed the cache");
+            cache.append(&k, &v).unwrap();
+        } else {
+            fwd.push(cache.forward(&q, &k, &v, opts).unwrap());
+        }
         starts.push(start);
         start += len;
     }

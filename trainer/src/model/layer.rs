@@ -145,14 +145,26 @@ fn merge_heads(t: &Tensor) -> Result<Tensor> {
     t.transpose(1, 2)?.contiguous()?.reshape((b, s, heads * d))
 }
 
-/// Forward of one slice `x [b, s, H]` starting at token `offset`; its K/V join `cache`.
+/// The post-RoPE keys and values of one slice in one layer, `[b, kv_heads, s, d]` each: what its
+/// forward adds to the layer's K/V prefix.
+#[derive(Debug, Clone)]
+pub struct SliceKv {
+    /// Keys.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+}
+
+/// Forward of one slice `x [b, s, H]` starting at token `offset`, against the K/V of the earlier
+/// slices in `prefix`, which it leaves unchanged (a forward can run again: recomputation).
+/// Returns the output, what the backward needs, and the slice's own K/V for the caller to append.
 pub fn forward(
     ctx: &LayerCtx,
     w: &LayerWeights,
-    cache: &mut SliceKvCache,
+    prefix: &SliceKvCache,
     x: &Tensor,
     offset: usize,
-) -> Result<(Tensor, LayerSaved)> {
+) -> Result<(Tensor, LayerSaved, SliceKv)> {
     let (cfg, d) = (ctx.cfg, ctx.cfg.head_dim());
     let [attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down] = &w.w;
     let (h1, inv1) = rms_norm_forward(x, attn_norm, cfg.norm_eps).map_err(k)?;
@@ -161,7 +173,7 @@ pub fn forward(
     let v = split_heads(&linear_forward(&h1, wv).map_err(k)?, cfg.kv_heads, d)?;
     let q = ctx.rope.forward(&q, offset).map_err(k)?;
     let kk = ctx.rope.forward(&kk, offset).map_err(k)?;
-    let (o, lse) = cache.forward(&q, &kk, &v, &ctx.attention).map_err(k)?;
+    let (o, lse) = prefix.attend(&q, &kk, &v, &ctx.attention).map_err(k)?;
     let x2 = (x + linear_forward(&merge_heads(&o)?, wo).map_err(k)?)?;
     let (h2, inv2) = rms_norm_forward(&x2, mlp_norm, cfg.norm_eps).map_err(k)?;
     let gate = linear_forward(&h2, w_gate).map_err(k)?;
@@ -183,7 +195,7 @@ pub fn forward(
         act,
         offset,
     };
-    Ok((y, saved))
+    Ok((y, saved, SliceKv { k: kk, v }))
 }
 
 /// Input half of the backward of the slice `saved` came from (the last slice in `cache`).

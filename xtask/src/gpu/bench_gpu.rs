@@ -176,7 +176,9 @@ fn layer_walk(gpu: &Device, m: &ModelConfig, context: usize, slices: usize) -> R
         let mut cache = SliceKvCache::new();
         let mut saved = Vec::with_capacity(slices);
         for (i, x) in xs.iter().enumerate() {
-            saved.push(layer::forward(&ctx, &w, &mut cache, x, i * len)?.1);
+            let (_, s, kv) = layer::forward(&ctx, &w, &cache, x, i * len)?;
+            cache.append(&kv.k, &kv.v)?;
+            saved.push(s);
         }
         for s in saved.iter().rev() {
             let (_, _, inputs) = layer::backward_input(&ctx, &w, &mut cache, s, &dy)?;

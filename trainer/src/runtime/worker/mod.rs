@@ -12,20 +12,19 @@ use seqpipe_comm::{TagKind, Transport};
 use seqpipe_kernels::{AttentionOptions, Rope, SliceKvCache};
 use seqpipe_schedule::{Action, Lowered, Op, Unit};
 
-use super::inbox::{incoming_order, message_tag, Inbox};
+use super::inbox::{incoming_order, Inbox};
 pub use super::input::IterationInput;
+
+mod compute;
+mod link;
+
 use super::record::{Recorder, StageReport};
-use super::tensor_msg::{from_message, to_message};
-use crate::model::ends::{
-    answer_hits, embed_backward, embed_forward, head_backward_input, head_backward_weight,
-    head_forward, Answers, HeadCtx, HeadSaved,
-};
-use crate::model::layer::{
-    self, LayerCtx, LayerSaved, LayerWeights, WeightGradInputs, MATRIX_SLOTS,
-};
-use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_PARTS, LM_HEAD};
+use crate::model::ends::{Answers, HeadCtx, HeadSaved};
+use crate::model::layer::{self, LayerCtx, LayerSaved, LayerWeights, WeightGradInputs};
+use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
+use link::Link;
 
 /// Static description of a stage.
 #[derive(Debug, Clone)]
@@ -101,14 +100,6 @@ fn unit(a: &Action) -> Unit {
         slice: a.slice,
         chunk: a.chunk,
     }
-}
-
-fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> anyhow::Result<()> {
-    let acc = map
-        .get_mut(name)
-        .ok_or_else(|| anyhow!("no gradient slot for {name}"))?;
-    *acc = (&*acc + g.to_dtype(acc.dtype())?)?;
-    Ok(())
 }
 
 impl StageWorker {
@@ -230,6 +221,14 @@ impl StageWorker {
             self.spec.stage,
             self.spec.rank_offset,
         )?);
+        let device = self.device.clone();
+        let mut link = Link {
+            schedule,
+            transport,
+            inbox: &mut inbox,
+            rank_offset: self.spec.rank_offset,
+            device: &device,
+        };
         let dtype = self
             .params
             .values()
@@ -247,7 +246,7 @@ impl StageWorker {
         for (step, a) in program.iter().enumerate() {
             let text = schedule.text(a);
             let start = clock.elapsed().as_secs_f64();
-            self.exec(schedule, input, transport, &mut inbox, &mut st, a)
+            self.exec(&mut link, input, &mut st, a)
                 .with_context(|| format!("stage {} step {step} ({text})", self.spec.stage))?;
             let end = clock.elapsed().as_secs_f64();
             rec.action(text, a.op, start, end, held_bytes(&st));
@@ -261,286 +260,58 @@ impl StageWorker {
         Ok(rec.finish(st.loss, st.answers))
     }
 
+    /// Runs one action: an exhaustive match whose arms call the compute ops (`compute.rs`) and
+    /// the communication ops (`link.rs`). Memory ops have no executor yet; `admit` refuses them
+    /// when the schedule is loaded, so reaching one here is a bug there.
     fn exec(
         &mut self,
-        schedule: &Lowered,
+        link: &mut Link,
         input: &IterationInput,
-        transport: &mut dyn Transport,
-        inbox: &mut Inbox,
         st: &mut IterState,
         a: &Action,
     ) -> anyhow::Result<()> {
         let u = unit(a);
         let k = self.vstage(a);
-        let peer = || {
-            schedule
-                .peer(a)
-                .map(|s| s.index() + self.spec.rank_offset)
-                .ok_or_else(|| anyhow!("no peer stage"))
-        };
         match a.op {
             Op::Forward => self.forward(input, st, a, k),
             Op::Backward | Op::BackwardInput => self.backward_input(st, a, k, a.op == Op::Backward),
             Op::BackwardWeight => {
-                let pending = st
-                    .pending
-                    .remove(&u)
-                    .ok_or_else(|| anyhow!("weight backward before input backward"))?;
+                let pending = take(&mut st.pending, &u, "weight backward before input backward")?;
                 self.backward_weight(pending)
             }
             Op::SendAct => {
-                let t = st
-                    .act_out
-                    .remove(&u)
-                    .ok_or_else(|| anyhow!("nothing to send: forward has not run"))?;
-                transport.send(
-                    peer()?,
-                    message_tag(TagKind::Act, a, k + 1)?,
-                    to_message(&t)?,
-                )?;
-                Ok(())
+                let t = take(&mut st.act_out, &u, "nothing to send: forward has not run")?;
+                link.send(TagKind::Act, a, k + 1, &t)
             }
             Op::SendGrad => {
-                let t = st
-                    .grad_out
-                    .remove(&u)
-                    .ok_or_else(|| anyhow!("nothing to send: backward has not run"))?;
-                transport.send(
-                    peer()?,
-                    message_tag(TagKind::Grad, a, k - 1)?,
-                    to_message(&t)?,
+                let t = take(
+                    &mut st.grad_out,
+                    &u,
+                    "nothing to send: backward has not run",
                 )?;
-                Ok(())
+                link.send(TagKind::Grad, a, k - 1, &t)
             }
             Op::RecvAct => {
-                let msg = inbox.recv(transport, peer()?, message_tag(TagKind::Act, a, k)?)?;
-                st.act_in.insert(u, from_message(msg, &self.device)?);
+                let t = link.recv(TagKind::Act, a, k)?;
+                st.act_in.insert(u, t);
                 Ok(())
             }
             Op::RecvGrad => {
-                let msg = inbox.recv(transport, peer()?, message_tag(TagKind::Grad, a, k)?)?;
-                st.grad_in.insert(u, from_message(msg, &self.device)?);
+                let t = link.recv(TagKind::Grad, a, k)?;
+                st.grad_in.insert(u, t);
                 Ok(())
             }
-            // `admit` refuses these when the schedule is loaded; reaching one is a bug there.
-            Op::Offload | Op::Reload | Op::Recompute => {
-                bail!(
-                    "{} reached the executor, which does not run it (admit must refuse it)",
-                    a.op
-                )
-            }
-        }
-    }
-
-    fn forward(
-        &mut self,
-        input: &IterationInput,
-        st: &mut IterState,
-        a: &Action,
-        k: usize,
-    ) -> anyhow::Result<()> {
-        let u = unit(a);
-        let range = input
-            .slices
-            .get(a.slice.index())
-            .ok_or_else(|| anyhow!("slice {} is not in the plan", a.slice.0))?;
-        let tokens = input
-            .tokens
-            .get(a.mb.index())
-            .ok_or_else(|| anyhow!("micro-batch {} has no data", a.mb.0))?;
-        let (offset, len) = (range.start, range.len());
-        let (mut x, ids) = if k == 0 {
-            let ids = tokens
-                .narrow(1, offset, len)?
-                .to_device(&self.device)?
-                .contiguous()?;
-            (embed_forward(&self.params[EMBED], &ids)?, Some(ids))
-        } else {
-            let received = st
-                .act_in
-                .remove(&u)
-                .or_else(|| st.act_out.remove(&self.local_neighbour(&u, -1)?));
-            (
-                received.ok_or_else(|| anyhow!("input activation was not received"))?,
-                None,
-            )
-        };
-        let chunk = a.chunk.index();
-        let layers = self.weights[chunk].len();
-        let caches = st
-            .caches
-            .entry((a.mb.0, a.chunk.0))
-            .or_insert_with(|| vec![SliceKvCache::new(); layers]);
-        let mut saved_layers = Vec::with_capacity(layers);
-        let ctx = LayerCtx {
-            cfg: &self.model,
-            rope: &self.rope,
-            attention: self.attention,
-        };
-        for (w, cache) in self.weights[chunk].iter().zip(caches.iter_mut()) {
-            let (y, saved) = layer::forward(&ctx, w, cache, &x, offset)?;
-            saved_layers.push(saved);
-            x = y;
-        }
-        let mut head = None;
-        if k + 1 == self.spec.virtual_stages {
-            let (loss, saved) = self.head_forward(input, a, tokens, &x, &mut st.answers)?;
-            st.loss += loss;
-            head = Some(saved);
-        } else {
-            st.act_out.insert(u, x);
-        }
-        st.saved.insert(
-            u,
-            UnitSaved {
-                layers: saved_layers,
-                head,
-                tokens: ids,
-            },
-        );
-        Ok(())
-    }
-
-    /// The final norm, LM head and loss of a slice on the last virtual stage: its loss share
-    /// and what its backward needs; masked tasks also count the answers scored right.
-    fn head_forward(
-        &self,
-        input: &IterationInput,
-        a: &Action,
-        tokens: &Tensor,
-        x: &Tensor,
-        answers: &mut Answers,
-    ) -> anyhow::Result<(f64, HeadSaved)> {
-        let range = &input.slices[a.slice.index()];
-        let (offset, len) = (range.start, range.len());
-        let targets = tokens
-            .narrow(1, offset + 1, len)?
-            .to_device(&self.device)?
-            .contiguous()?;
-        let mask = match &input.masks {
-            Some(masks) => Some(
-                masks
-                    .get(a.mb.index())
-                    .ok_or_else(|| anyhow!("micro-batch {} has no loss mask", a.mb.0))?
-                    .narrow(1, offset, len)?
-                    .to_device(&self.device)?
-                    .contiguous()?,
+            Op::Offload | Op::Reload | Op::Recompute => bail!(
+                "{} reached the executor, which does not run it (admit must refuse it)",
+                a.op
             ),
-            None => None,
-        };
-        let (loss, saved) = head_forward(
-            self.head,
-            &self.params[FINAL_NORM],
-            self.lm_head()?,
-            x,
-            &targets,
-            mask.as_ref(),
-            input.normaliser,
-        )?;
-        if mask.is_some() {
-            answers.add(answer_hits(self.lm_head()?, &saved)?);
         }
-        Ok((loss, saved))
     }
+}
 
-    fn backward_input(
-        &mut self,
-        st: &mut IterState,
-        a: &Action,
-        k: usize,
-        with_weights: bool,
-    ) -> anyhow::Result<()> {
-        let u = unit(a);
-        let saved = st
-            .saved
-            .remove(&u)
-            .ok_or_else(|| anyhow!("backward before forward"))?;
-        let mut pending = PendingWeight::default();
-        let mut dy = match &saved.head {
-            Some(h) => {
-                let (dx, d_norm) =
-                    head_backward_input(self.head, &self.params[FINAL_NORM], self.lm_head()?, h)?;
-                add_into(&mut self.grads, FINAL_NORM, &d_norm)?;
-                pending.head = Some(h.clone());
-                dx
-            }
-            None => {
-                let received = st
-                    .grad_in
-                    .remove(&u)
-                    .or_else(|| st.grad_out.remove(&self.local_neighbour(&u, 1)?));
-                received.ok_or_else(|| anyhow!("output gradient was not received"))?
-            }
-        };
-        let chunk = a.chunk.index();
-        let caches = st
-            .caches
-            .get_mut(&(a.mb.0, a.chunk.0))
-            .ok_or_else(|| anyhow!("no KV cache for this micro-batch"))?;
-        let ctx = self.ctx();
-        let mut norm_grads = Vec::new();
-        for ((w, cache), s) in self.weights[chunk]
-            .iter()
-            .zip(caches.iter_mut())
-            .zip(&saved.layers)
-            .rev()
-        {
-            let (dx, norms, wgi) = layer::backward_input(&ctx, w, cache, s, &dy)?;
-            norm_grads.push((w.index, norms));
-            pending.layers.push((w.index, wgi));
-            dy = dx;
-        }
-        for (index, [d_attn, d_mlp]) in norm_grads {
-            add_into(
-                &mut self.grads,
-                &layer_param(index, LAYER_PARTS[0]),
-                &d_attn,
-            )?;
-            add_into(&mut self.grads, &layer_param(index, LAYER_PARTS[5]), &d_mlp)?;
-        }
-        if caches.iter().all(|c| c.slices() == 0) {
-            st.caches.remove(&(a.mb.0, a.chunk.0));
-        }
-        match saved.tokens {
-            Some(ids) => pending.embed = Some((ids, dy)),
-            None if k > 0 => {
-                st.grad_out.insert(u, dy);
-            }
-            None => bail!("virtual stage 0 ran a forward without token ids"),
-        }
-        if with_weights {
-            self.backward_weight(pending)
-        } else {
-            st.pending.insert(u, pending);
-            Ok(())
-        }
-    }
-
-    fn backward_weight(&mut self, pending: PendingWeight) -> anyhow::Result<()> {
-        for (index, wgi) in &pending.layers {
-            let grads = layer::backward_weight(wgi)?;
-            for (slot, g) in MATRIX_SLOTS.iter().zip(&grads) {
-                add_into(&mut self.grads, &layer_param(*index, LAYER_PARTS[*slot]), g)?;
-            }
-        }
-        if let Some(h) = &pending.head {
-            let g = head_backward_weight(self.head, self.lm_head()?, h)?;
-            add_into(
-                &mut self.grads,
-                if self.model.tie_embeddings {
-                    EMBED
-                } else {
-                    LM_HEAD
-                },
-                &g,
-            )?;
-        }
-        if let Some((ids, dx)) = &pending.embed {
-            let g = embed_backward(&self.params[EMBED], ids, dx)?;
-            add_into(&mut self.grads, EMBED, &g)?;
-        }
-        Ok(())
-    }
+/// Removes what a unit left in `map`, or fails with `missing`.
+fn take<T>(map: &mut HashMap<Unit, T>, u: &Unit, missing: &str) -> anyhow::Result<T> {
+    map.remove(u).ok_or_else(|| anyhow!("{missing}"))
 }
 
 /// Activation bytes a stage holds, by kind; each tensor counted once however many records

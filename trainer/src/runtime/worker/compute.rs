@@ -1,0 +1,253 @@
+//! The compute ops of a stage: a unit's forward (a pure function of its input, the weights and
+//! the K/V prefix, whose results the caller stores: K/V through the sink, the loss into the
+//! iteration's sum), the input half of its backward and the weight half.
+
+use anyhow::{anyhow, bail};
+use candle_core::Tensor;
+use seqpipe_kernels::SliceKvCache;
+use seqpipe_schedule::Action;
+
+use super::{unit, IterState, IterationInput, PendingWeight, StageWorker, UnitSaved};
+use crate::model::ends::{
+    answer_hits, embed_backward, embed_forward, head_backward_input, head_backward_weight,
+    head_forward, Answers, HeadSaved,
+};
+use crate::model::layer::{self, LayerSaved, SliceKv, MATRIX_SLOTS};
+use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_PARTS, LM_HEAD};
+use crate::model::params::TensorMap;
+
+fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> anyhow::Result<()> {
+    let acc = map
+        .get_mut(name)
+        .ok_or_else(|| anyhow!("no gradient slot for {name}"))?;
+    *acc = (&*acc + g.to_dtype(acc.dtype())?)?;
+    Ok(())
+}
+
+impl StageWorker {
+    pub(super) fn forward(
+        &mut self,
+        input: &IterationInput,
+        st: &mut IterState,
+        a: &Action,
+        k: usize,
+    ) -> anyhow::Result<()> {
+        let u = unit(a);
+        let range = input
+            .slices
+            .get(a.slice.index())
+            .ok_or_else(|| anyhow!("slice {} is not in the plan", a.slice.0))?;
+        let tokens = input
+            .tokens
+            .get(a.mb.index())
+            .ok_or_else(|| anyhow!("micro-batch {} has no data", a.mb.0))?;
+        let (offset, len) = (range.start, range.len());
+        let (x, ids) = if k == 0 {
+            let ids = tokens
+                .narrow(1, offset, len)?
+                .to_device(&self.device)?
+                .contiguous()?;
+            (embed_forward(&self.params[EMBED], &ids)?, Some(ids))
+        } else {
+            let received = st
+                .act_in
+                .remove(&u)
+                .or_else(|| st.act_out.remove(&self.local_neighbour(&u, -1)?));
+            (
+                received.ok_or_else(|| anyhow!("input activation was not received"))?,
+                None,
+            )
+        };
+        let chunk = a.chunk.index();
+        let layers = self.weights[chunk].len();
+        let caches = st
+            .caches
+            .entry((a.mb.0, a.chunk.0))
+            .or_insert_with(|| vec![SliceKvCache::new(); layers]);
+        let (x, saved_layers, kv) = self.chunk_forward(chunk, caches, x, offset)?;
+        // The K/V sink: the slice's keys and values join the prefix of the later slices.
+        for (cache, kv) in caches.iter_mut().zip(&kv) {
+            cache.append(&kv.k, &kv.v)?;
+        }
+        let mut head = None;
+        if k + 1 == self.spec.virtual_stages {
+            let (loss, saved) = self.head_forward(input, a, tokens, &x, &mut st.answers)?;
+            st.loss += loss;
+            head = Some(saved);
+        } else {
+            st.act_out.insert(u, x);
+        }
+        st.saved.insert(
+            u,
+            UnitSaved {
+                layers: saved_layers,
+                head,
+                tokens: ids,
+            },
+        );
+        Ok(())
+    }
+
+    /// A unit's forward through the layers of `chunk`: a function of its input `x`, the weights
+    /// and the K/V prefix of the earlier slices, with no side effect. Returns the output, each
+    /// layer's saved record, and each layer's K/V of this slice (for the caller's K/V sink).
+    fn chunk_forward(
+        &self,
+        chunk: usize,
+        prefix: &[SliceKvCache],
+        mut x: Tensor,
+        offset: usize,
+    ) -> anyhow::Result<(Tensor, Vec<LayerSaved>, Vec<SliceKv>)> {
+        let ctx = self.ctx();
+        let layers = &self.weights[chunk];
+        let (mut saved, mut kv) = (Vec::with_capacity(layers.len()), Vec::new());
+        for (w, cache) in layers.iter().zip(prefix) {
+            let (y, s, slice_kv) = layer::forward(&ctx, w, cache, &x, offset)?;
+            saved.push(s);
+            kv.push(slice_kv);
+            x = y;
+        }
+        Ok((x, saved, kv))
+    }
+
+    /// The final norm, LM head and loss of a slice on the last virtual stage: its loss share
+    /// and what its backward needs; masked tasks also count the answers scored right.
+    fn head_forward(
+        &self,
+        input: &IterationInput,
+        a: &Action,
+        tokens: &Tensor,
+        x: &Tensor,
+        answers: &mut Answers,
+    ) -> anyhow::Result<(f64, HeadSaved)> {
+        let range = &input.slices[a.slice.index()];
+        let (offset, len) = (range.start, range.len());
+        let targets = tokens
+            .narrow(1, offset + 1, len)?
+            .to_device(&self.device)?
+            .contiguous()?;
+        let mask = match &input.masks {
+            Some(masks) => Some(
+                masks
+                    .get(a.mb.index())
+                    .ok_or_else(|| anyhow!("micro-batch {} has no loss mask", a.mb.0))?
+                    .narrow(1, offset, len)?
+                    .to_device(&self.device)?
+                    .contiguous()?,
+            ),
+            None => None,
+        };
+        let (loss, saved) = head_forward(
+            self.head,
+            &self.params[FINAL_NORM],
+            self.lm_head()?,
+            x,
+            &targets,
+            mask.as_ref(),
+            input.normaliser,
+        )?;
+        if mask.is_some() {
+            answers.add(answer_hits(self.lm_head()?, &saved)?);
+        }
+        Ok((loss, saved))
+    }
+
+    pub(super) fn backward_input(
+        &mut self,
+        st: &mut IterState,
+        a: &Action,
+        k: usize,
+        with_weights: bool,
+    ) -> anyhow::Result<()> {
+        let u = unit(a);
+        let saved = st
+            .saved
+            .remove(&u)
+            .ok_or_else(|| anyhow!("backward before forward"))?;
+        let mut pending = PendingWeight::default();
+        let mut dy = match &saved.head {
+            Some(h) => {
+                let (dx, d_norm) =
+                    head_backward_input(self.head, &self.params[FINAL_NORM], self.lm_head()?, h)?;
+                add_into(&mut self.grads, FINAL_NORM, &d_norm)?;
+                pending.head = Some(h.clone());
+                dx
+            }
+            None => {
+                let received = st
+                    .grad_in
+                    .remove(&u)
+                    .or_else(|| st.grad_out.remove(&self.local_neighbour(&u, 1)?));
+                received.ok_or_else(|| anyhow!("output gradient was not received"))?
+            }
+        };
+        let chunk = a.chunk.index();
+        let caches = st
+            .caches
+            .get_mut(&(a.mb.0, a.chunk.0))
+            .ok_or_else(|| anyhow!("no KV cache for this micro-batch"))?;
+        let ctx = self.ctx();
+        let mut norm_grads = Vec::new();
+        for ((w, cache), s) in self.weights[chunk]
+            .iter()
+            .zip(caches.iter_mut())
+            .zip(&saved.layers)
+            .rev()
+        {
+            let (dx, norms, wgi) = layer::backward_input(&ctx, w, cache, s, &dy)?;
+            norm_grads.push((w.index, norms));
+            pending.layers.push((w.index, wgi));
+            dy = dx;
+        }
+        for (index, [d_attn, d_mlp]) in norm_grads {
+            add_into(
+                &mut self.grads,
+                &layer_param(index, LAYER_PARTS[0]),
+                &d_attn,
+            )?;
+            add_into(&mut self.grads, &layer_param(index, LAYER_PARTS[5]), &d_mlp)?;
+        }
+        if caches.iter().all(|c| c.slices() == 0) {
+            st.caches.remove(&(a.mb.0, a.chunk.0));
+        }
+        match saved.tokens {
+            Some(ids) => pending.embed = Some((ids, dy)),
+            None if k > 0 => {
+                st.grad_out.insert(u, dy);
+            }
+            None => bail!("virtual stage 0 ran a forward without token ids"),
+        }
+        if with_weights {
+            self.backward_weight(pending)
+        } else {
+            st.pending.insert(u, pending);
+            Ok(())
+        }
+    }
+
+    pub(super) fn backward_weight(&mut self, pending: PendingWeight) -> anyhow::Result<()> {
+        for (index, wgi) in &pending.layers {
+            let grads = layer::backward_weight(wgi)?;
+            for (slot, g) in MATRIX_SLOTS.iter().zip(&grads) {
+                add_into(&mut self.grads, &layer_param(*index, LAYER_PARTS[*slot]), g)?;
+            }
+        }
+        if let Some(h) = &pending.head {
+            let g = head_backward_weight(self.head, self.lm_head()?, h)?;
+            add_into(
+                &mut self.grads,
+                if self.model.tie_embeddings {
+                    EMBED
+                } else {
+                    LM_HEAD
+                },
+                &g,
+            )?;
+        }
+        if let Some((ids, dx)) = &pending.embed {
+            let g = embed_backward(&self.params[EMBED], ids, dx)?;
+            add_into(&mut self.grads, EMBED, &g)?;
+        }
+        Ok(())
+    }
+}
