@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::Action;
 
-use super::{unit, IterState, IterationInput, PendingWeight, StageWorker, UnitSaved};
+use super::{unit, IterState, IterationInput, PendingWeight, Slot, StageWorker, UnitSaved};
 use crate::model::ends::{
     answer_hits, embed_backward, embed_forward, head_backward_input, head_backward_weight,
     head_forward, Answers, HeadSaved,
@@ -49,10 +49,10 @@ impl StageWorker {
                 .contiguous()?;
             (embed_forward(&self.params[EMBED], &ids)?, Some(ids))
         } else {
-            let received = st
-                .act_in
-                .remove(&u)
-                .or_else(|| st.act_out.remove(&self.local_neighbour(&u, -1)?));
+            let received = st.store.take(Slot::ActIn, &u).or_else(|| {
+                let before = self.local_neighbour(&u, -1)?;
+                st.store.take(Slot::ActOut, &before)
+            });
             (
                 received.ok_or_else(|| anyhow!("input activation was not received"))?,
                 None,
@@ -60,10 +60,7 @@ impl StageWorker {
         };
         let chunk = a.chunk.index();
         let layers = self.weights[chunk].len();
-        let caches = st
-            .caches
-            .entry((a.mb.0, a.chunk.0))
-            .or_insert_with(|| vec![SliceKvCache::new(); layers]);
+        let caches = st.store.caches(&u, layers);
         let (x, saved_layers, kv) = self.chunk_forward(chunk, caches, x, offset)?;
         // The K/V sink: the slice's keys and values join the prefix of the later slices.
         for (cache, kv) in caches.iter_mut().zip(&kv) {
@@ -75,9 +72,9 @@ impl StageWorker {
             st.loss += loss;
             head = Some(saved);
         } else {
-            st.act_out.insert(u, x);
+            st.store.put(Slot::ActOut, u, x);
         }
-        st.saved.insert(
+        st.store.save(
             u,
             UnitSaved {
                 layers: saved_layers,
@@ -161,8 +158,8 @@ impl StageWorker {
     ) -> anyhow::Result<()> {
         let u = unit(a);
         let saved = st
-            .saved
-            .remove(&u)
+            .store
+            .take_saved(&u)
             .ok_or_else(|| anyhow!("backward before forward"))?;
         let mut pending = PendingWeight::default();
         let mut dy = match &saved.head {
@@ -174,17 +171,17 @@ impl StageWorker {
                 dx
             }
             None => {
-                let received = st
-                    .grad_in
-                    .remove(&u)
-                    .or_else(|| st.grad_out.remove(&self.local_neighbour(&u, 1)?));
+                let received = st.store.take(Slot::GradIn, &u).or_else(|| {
+                    let after = self.local_neighbour(&u, 1)?;
+                    st.store.take(Slot::GradOut, &after)
+                });
                 received.ok_or_else(|| anyhow!("output gradient was not received"))?
             }
         };
         let chunk = a.chunk.index();
         let caches = st
-            .caches
-            .get_mut(&(a.mb.0, a.chunk.0))
+            .store
+            .existing_caches(&u)
             .ok_or_else(|| anyhow!("no KV cache for this micro-batch"))?;
         let ctx = self.ctx();
         let mut norm_grads = Vec::new();
@@ -207,20 +204,18 @@ impl StageWorker {
             )?;
             add_into(&mut self.grads, &layer_param(index, LAYER_PARTS[5]), &d_mlp)?;
         }
-        if caches.iter().all(|c| c.slices() == 0) {
-            st.caches.remove(&(a.mb.0, a.chunk.0));
-        }
+        st.store.release_emptied_caches(&u);
         match saved.tokens {
             Some(ids) => pending.embed = Some((ids, dy)),
             None if k > 0 => {
-                st.grad_out.insert(u, dy);
+                st.store.put(Slot::GradOut, u, dy);
             }
             None => bail!("virtual stage 0 ran a forward without token ids"),
         }
         if with_weights {
             self.backward_weight(pending)
         } else {
-            st.pending.insert(u, pending);
+            st.store.park(u, pending);
             Ok(())
         }
     }

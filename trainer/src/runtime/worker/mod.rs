@@ -2,14 +2,13 @@
 //! list. There is one interpreter for every schedule kind: it only knows how to run each [`Op`]
 //! on a unit, never which schedule produced the list.
 
-use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{TagKind, Transport};
-use seqpipe_kernels::{AttentionOptions, Rope, SliceKvCache};
+use seqpipe_kernels::{AttentionOptions, Rope};
 use seqpipe_schedule::{Action, Lowered, Op, Unit};
 
 use super::inbox::{incoming_order, Inbox};
@@ -17,14 +16,17 @@ pub use super::input::IterationInput;
 
 mod compute;
 mod link;
+mod store;
 
 use super::record::{Recorder, StageReport};
-use crate::model::ends::{Answers, HeadCtx, HeadSaved};
-use crate::model::layer::{self, LayerCtx, LayerSaved, LayerWeights, WeightGradInputs};
+use crate::model::ends::{Answers, HeadCtx};
+use crate::model::layer::{LayerCtx, LayerWeights};
 use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
 use link::Link;
+pub use store::Held;
+use store::{ActivationStore, KvSizes, PendingWeight, Slot, UnitSaved};
 
 /// Static description of a stage.
 #[derive(Debug, Clone)]
@@ -42,38 +44,12 @@ pub struct StageSpec {
     pub rank_offset: usize,
 }
 
-/// What the backward of a unit left for its weight half.
-#[derive(Debug, Default)]
-struct PendingWeight {
-    layers: Vec<(usize, WeightGradInputs)>,
-    head: Option<HeadSaved>,
-    embed: Option<(Tensor, Tensor)>,
-}
-
-/// What the forward of a unit keeps until its backward.
-#[derive(Debug)]
-struct UnitSaved {
-    layers: Vec<LayerSaved>,
-    head: Option<HeadSaved>,
-    tokens: Option<Tensor>,
-}
-
-/// Per-iteration state of a stage.
-#[derive(Default)]
+/// What one iteration accumulates besides the stored tensors: the loss share and answer counts
+/// of the head (the loss sink).
 struct IterState {
-    caches: HashMap<(u32, u32), Vec<SliceKvCache>>,
-    saved: HashMap<Unit, UnitSaved>,
-    pending: HashMap<Unit, PendingWeight>,
-    act_in: HashMap<Unit, Tensor>,
-    act_out: HashMap<Unit, Tensor>,
-    grad_in: HashMap<Unit, Tensor>,
-    grad_out: HashMap<Unit, Tensor>,
+    store: ActivationStore,
     loss: f64,
     answers: Answers,
-    /// Elements of one token's K (or V) over the micro-batch: `b · kv_heads · head_dim`.
-    kv_row_elems: usize,
-    kv_elem_bytes: usize,
-    grad_elem_bytes: usize,
 }
 
 /// A stage's model piece and gradient accumulators.
@@ -237,10 +213,13 @@ impl StageWorker {
             .unwrap_or(DType::F32);
         let batch = input.tokens.first().map_or(Ok(0), |t| t.dim(0))?;
         let mut st = IterState {
-            kv_row_elems: batch * self.model.kv_heads * self.model.head_dim(),
-            kv_elem_bytes: dtype.size_in_bytes(),
-            grad_elem_bytes: if dtype == DType::F64 { 8 } else { 4 },
-            ..IterState::default()
+            store: ActivationStore::new(KvSizes {
+                row_elems: batch * self.model.kv_heads * self.model.head_dim(),
+                elem_bytes: dtype.size_in_bytes(),
+                grad_elem_bytes: if dtype == DType::F64 { 8 } else { 4 },
+            }),
+            loss: 0.0,
+            answers: Answers::default(),
         };
         let mut rec = Recorder::new(self.spec.stage);
         for (step, a) in program.iter().enumerate() {
@@ -249,9 +228,9 @@ impl StageWorker {
             self.exec(&mut link, input, &mut st, a)
                 .with_context(|| format!("stage {} step {step} ({text})", self.spec.stage))?;
             let end = clock.elapsed().as_secs_f64();
-            rec.action(text, a.op, start, end, held_bytes(&st));
+            rec.action(text, a.op, start, end, st.store.held());
         }
-        if !st.saved.is_empty() || !st.pending.is_empty() {
+        if !st.store.is_drained() {
             bail!(
                 "stage {}: the program ended with units still holding activations",
                 self.spec.stage
@@ -276,16 +255,25 @@ impl StageWorker {
             Op::Forward => self.forward(input, st, a, k),
             Op::Backward | Op::BackwardInput => self.backward_input(st, a, k, a.op == Op::Backward),
             Op::BackwardWeight => {
-                let pending = take(&mut st.pending, &u, "weight backward before input backward")?;
+                let pending = st
+                    .store
+                    .take_pending(&u)
+                    .ok_or_else(|| anyhow!("weight backward before input backward"))?;
                 self.backward_weight(pending)
             }
             Op::SendAct => {
-                let t = take(&mut st.act_out, &u, "nothing to send: forward has not run")?;
+                let t = take(
+                    &mut st.store,
+                    Slot::ActOut,
+                    &u,
+                    "nothing to send: forward has not run",
+                )?;
                 link.send(TagKind::Act, a, k + 1, &t)
             }
             Op::SendGrad => {
                 let t = take(
-                    &mut st.grad_out,
+                    &mut st.store,
+                    Slot::GradOut,
                     &u,
                     "nothing to send: backward has not run",
                 )?;
@@ -293,12 +281,12 @@ impl StageWorker {
             }
             Op::RecvAct => {
                 let t = link.recv(TagKind::Act, a, k)?;
-                st.act_in.insert(u, t);
+                st.store.put(Slot::ActIn, u, t);
                 Ok(())
             }
             Op::RecvGrad => {
                 let t = link.recv(TagKind::Grad, a, k)?;
-                st.grad_in.insert(u, t);
+                st.store.put(Slot::GradIn, u, t);
                 Ok(())
             }
             Op::Offload | Op::Reload | Op::Recompute => bail!(
@@ -309,62 +297,12 @@ impl StageWorker {
     }
 }
 
-/// Removes what a unit left in `map`, or fails with `missing`.
-fn take<T>(map: &mut HashMap<Unit, T>, u: &Unit, missing: &str) -> anyhow::Result<T> {
-    map.remove(u).ok_or_else(|| anyhow!("{missing}"))
-}
-
-/// Activation bytes a stage holds, by kind; each tensor counted once however many records
-/// share it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Held {
-    /// Saved records of forwards awaiting their backward, the KV caches and the dK/dV
-    /// accumulators: what the memory model predicts.
-    pub saved: usize,
-    /// Inputs of pending weight-gradient halves (zero-bubble schedules) and activation/gradient
-    /// buffers between a compute and its send or after a receive.
-    pub transient: usize,
-}
-
-fn held_bytes(st: &IterState) -> Held {
-    let mut seen = HashSet::new();
-    let mut sum = |tensors: &mut dyn Iterator<Item = &Tensor>| {
-        tensors
-            .filter(|t| seen.insert(t.id()))
-            .map(layer::bytes)
-            .sum::<usize>()
-    };
-    let saved = sum(&mut st.saved.values().flat_map(|s| {
-        s.layers
-            .iter()
-            .flat_map(LayerSaved::tensors)
-            .chain(s.head.iter().flat_map(HeadSaved::tensors))
-    }));
-    let pending = sum(&mut st.pending.values().flat_map(|p| {
-        let layers = p.layers.iter().flat_map(|(_, w)| w.tensors());
-        let head = p.head.iter().flat_map(HeadSaved::tensors);
-        layers
-            .chain(head)
-            .chain(p.embed.iter().flat_map(|(ids, dx)| [ids, dx]))
-    }));
-    let buffers = sum(&mut [&st.act_in, &st.act_out, &st.grad_in, &st.grad_out]
-        .into_iter()
-        .flat_map(|m| m.values()));
-    // K and V of every cached token, and the dK/dV accumulators (compute precision) of the slices
-    // whose backward has begun: [b, kv_heads, tokens, head_dim] each.
-    let row = st.kv_row_elems;
-    let caches: usize = st
-        .caches
-        .values()
-        .flatten()
-        .map(|c| {
-            2 * row
-                * (c.cached_tokens() * st.kv_elem_bytes
-                    + c.pending_grad_tokens() * st.grad_elem_bytes)
-        })
-        .sum();
-    Held {
-        saved: saved + caches,
-        transient: pending + buffers,
-    }
+/// Takes a unit's buffer from `slot`, or fails with `missing`.
+fn take(
+    store: &mut ActivationStore,
+    slot: Slot,
+    u: &Unit,
+    missing: &str,
+) -> anyhow::Result<Tensor> {
+    store.take(slot, u).ok_or_else(|| anyhow!("{missing}"))
 }
