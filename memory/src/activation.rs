@@ -200,6 +200,45 @@ impl ActivationModel {
         terms
     }
 
+    /// What a split backward keeps for its weight half, per token of one layer: the input and
+    /// the output gradient of every weight matrix (the input `x` of `y = x·Wᵀ` and `dy` give
+    /// `dW = dyᵀ·x`). Inputs shared by several matrices (the attention norm output feeds Q, K
+    /// and V; the FFN norm output feeds gate and up) are one tensor. With the forward's saved
+    /// tensors dropped at the input-gradient half, these are what a zero-bubble schedule holds
+    /// from `I` to `W`: `4H + 2·q + 2·kv + 3F` elements for a gated FFN (`2F` otherwise).
+    pub fn weight_grad_inputs(&self) -> Vec<TensorTerm> {
+        let s = &self.shape;
+        let (h, kv, f) = (s.hidden, s.kv_width(), s.ffn_hidden);
+        let t = |name, elements| TensorTerm {
+            name,
+            elements,
+            kept: true,
+        };
+        let mut terms = vec![
+            t("q/k/v input (attention norm out)", h),
+            t("q output gradient", s.q_width()),
+            t("k output gradient", kv),
+            t("v output gradient", kv),
+            t("o input (attention out)", s.q_width()),
+            t("o output gradient", h),
+            t("ffn input (ffn norm out)", h),
+        ];
+        if s.ffn == FfnKind::Gated {
+            terms.push(t("gate output gradient", f));
+        }
+        terms.push(t("up output gradient", f));
+        terms.push(t("down input (activation)", f));
+        terms.push(t("down output gradient (layer output gradient)", h));
+        terms
+    }
+
+    /// Bytes per token per layer a split backward holds from `I` to `W`:
+    /// `Σ weight_grad_inputs elements · dtype / (t·c)`.
+    pub fn weight_grad_input_bytes_per_token_layer(&self) -> f64 {
+        let elements: u64 = self.weight_grad_inputs().iter().map(|t| t.elements).sum();
+        (elements * self.dtype.bytes()) as f64 / self.parallel.activation_divisor()
+    }
+
     /// Saved bytes per token per layer: `Σ kept elements · dtype / (t·c)`.
     pub fn bytes_per_token_layer(&self) -> f64 {
         let elements: u64 = self

@@ -60,5 +60,7 @@ pub use pipeline::{PipelineKind, StageLayout};
 pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
 pub use search::{candidates, evaluate, search, Candidate, Evaluation, SearchSpace};
 pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};
-pub use timeline::{ledger_of_simulation, pipeline_kind, spans_from_simulation};
+pub use timeline::{
+    ledger_of_simulation, pipeline_kind, spans_from_simulation, spans_in_program_order, unit_key,
+};
 pub use window::{alive_after_forwards, uniform_checkpoints, window, window_problem, WindowInputs};

@@ -1,36 +1,72 @@
-//! Adapter from the `schedule` crate: a simulated timeline becomes compute spans, lives and a
-//! ledger report; a schedule configuration maps to the closed-form [`PipelineKind`].
+//! Adapter from the `schedule` crate: a simulated timeline (or a schedule's program order)
+//! becomes compute spans, lives and a ledger report; a schedule configuration maps to the
+//! closed-form [`PipelineKind`].
 
-use seqpipe_schedule::{Op, ScheduleConfig, ScheduleKind, Simulation};
+use seqpipe_schedule::{Action, Op, Schedule, ScheduleConfig, ScheduleKind, Simulation};
 
 use crate::error::{MemoryError, Result};
 use crate::ledger::{run_ledger, LedgerReport};
 use crate::lives::{events_from_lives, lives_from_spans, ComputeSpan, Phase, UnitKey, UnitSizer};
 use crate::pipeline::PipelineKind;
 
+/// The ledger phase of a compute op; `None` for sends, receives and memory ops.
+fn phase(op: Op) -> Option<Phase> {
+    match op {
+        Op::Forward => Some(Phase::Forward),
+        Op::Backward => Some(Phase::Backward),
+        Op::BackwardInput => Some(Phase::BackwardInput),
+        Op::BackwardWeight => Some(Phase::BackwardWeight),
+        _ => None,
+    }
+}
+
+/// The unit an action works on.
+pub fn unit_key(action: &Action) -> UnitKey {
+    UnitKey {
+        mb: action.mb.0,
+        slice: action.slice.0,
+        chunk: action.chunk.0,
+    }
+}
+
 /// Every compute action of a simulation as a span (sends, receives and memory ops are skipped).
 pub fn spans_from_simulation(sim: &Simulation) -> Vec<ComputeSpan> {
     let mut spans = Vec::new();
     for (stage, list) in sim.timeline.iter().enumerate() {
         for t in list {
-            let phase = match t.action.op {
-                Op::Forward => Phase::Forward,
-                Op::Backward => Phase::Backward,
-                Op::BackwardInput => Phase::BackwardInput,
-                Op::BackwardWeight => Phase::BackwardWeight,
-                _ => continue,
-            };
-            spans.push(ComputeSpan {
-                stage,
-                unit: UnitKey {
-                    mb: t.action.mb.0,
-                    slice: t.action.slice.0,
-                    chunk: t.action.chunk.0,
-                },
-                phase,
-                start: t.start,
-                end: t.end,
-            });
+            if let Some(phase) = phase(t.action.op) {
+                spans.push(ComputeSpan {
+                    stage,
+                    unit: unit_key(&t.action),
+                    phase,
+                    start: t.start,
+                    end: t.end,
+                });
+            }
+        }
+    }
+    spans
+}
+
+/// Every compute action of a schedule as a span placed at its index in its stage's program
+/// (`start = end = index`). A stage's memory changes only at its own actions, in its program's
+/// order, so this axis gives what a stage holds after each of its actions with no cost model.
+/// Unlike a simulation's clock it also keeps apart actions that take no simulated time: a
+/// buffer made by a compute and freed by the send right after it would otherwise be allocated
+/// and released at one instant.
+pub fn spans_in_program_order(schedule: &Schedule) -> Vec<ComputeSpan> {
+    let mut spans = Vec::new();
+    for (stage, program) in schedule.actions.iter().enumerate() {
+        for (index, action) in program.iter().enumerate() {
+            if let Some(phase) = phase(action.op) {
+                spans.push(ComputeSpan {
+                    stage,
+                    unit: unit_key(action),
+                    phase,
+                    start: index as f64,
+                    end: index as f64,
+                });
+            }
         }
     }
     spans

@@ -49,6 +49,19 @@ fn per_token_bytes_follow_the_slimpipe_estimator() {
     assert_eq!(names.len(), 11, "{names:?}");
 }
 
+/// What a split backward keeps from `I` to `W`: each matrix's input and output gradient, shared
+/// inputs once: `4H + 2·q + 2·kv + 3F` elements (bf16: 2 bytes), divided by `t·c` like the rest.
+#[test]
+fn weight_gradient_inputs_are_each_matrix_input_and_output_gradient() {
+    let (h, q, kv, f) = (8192.0, 8192.0, 8.0 * 128.0, 28672.0);
+    for (t, c) in [(1, 1), (8, 1), (2, 4)] {
+        let act = ActivationModel::new(llama70b(), Parallelism::new(t, c, 1).unwrap()).unwrap();
+        let expected = 2.0 * (4.0 * h + 2.0 * q + 2.0 * kv + 3.0 * f) / (t * c) as f64;
+        assert_eq!(act.weight_grad_input_bytes_per_token_layer(), expected);
+        assert_eq!(act.weight_grad_inputs().len(), 11);
+    }
+}
+
 #[test]
 fn slimpipe_llama70b_64k_is_24_60_gib() {
     let kind = PipelineKind::SlimPipe {

@@ -1,8 +1,20 @@
 //! The `seqpipe` command line: thin clap wiring over the library crates.
+//!
+//! Every allocation of the process goes through `seqpipe_trainer::heap`'s counting allocator,
+//! the independent measure of the memory that `seqpipe_trainer::predict` predicts. With
+//! `SEQPIPE_HEAP_REPORT=path` set, the process writes its heap report (process peak, bytes
+//! still held, phase marks) there as JSON when its command has succeeded.
 
 mod cmd;
 
 use clap::{Parser, Subcommand};
+use seqpipe_trainer::heap;
+
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
+
+/// The environment variable naming where to write the process's heap report.
+const HEAP_REPORT: &str = "SEQPIPE_HEAP_REPORT";
 
 /// Sequence-sliced pipeline parallelism for long-context LLM training.
 #[derive(Parser)]
@@ -36,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Schedule(args) => cmd::schedule::run(&args),
         Command::Simulate(args) => cmd::simulate::run(&args),
     };
+    let result = result.and_then(|()| write_heap_report());
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -44,4 +57,19 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the heap report where `SEQPIPE_HEAP_REPORT` says, if it is set.
+fn write_heap_report() -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os(HEAP_REPORT) else {
+        return Ok(());
+    };
+    // Taken before serialising, which allocates.
+    let report = heap::report();
+    std::fs::write(&path, serde_json::to_string(&report)?).map_err(|e| {
+        anyhow::anyhow!(
+            "{HEAP_REPORT}: writing {}: {e}",
+            std::path::Path::new(&path).display()
+        )
+    })
 }

@@ -166,6 +166,8 @@ pub fn train_rank(
     let tokens = crate::train::step_tokens(cfg) * at.replicas;
     let flops = crate::train::step_flops(cfg)? * at.replicas as f64;
     for step in run.first_step..cfg.steps {
+        // The allocator's phase boundary: what is held between steps, and each step's peak.
+        crate::heap::mark(format!("step {step}"));
         let input = next_input(cfg, &mut run)?;
         let started = Instant::now();
         let (report, figures) = run
@@ -219,6 +221,7 @@ pub fn train_rank(
         on_step(&event)?;
         summary.last_step = Some(report);
     }
+    crate::heap::mark("end");
     Ok(summary)
 }
 

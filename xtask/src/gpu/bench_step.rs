@@ -14,7 +14,7 @@ use seqpipe_trainer::config::{SlicingMethod, TrainConfig};
 use seqpipe_trainer::data::MarkovSource;
 use seqpipe_trainer::model::ModelConfig;
 use seqpipe_trainer::optim::OptimConfig;
-use seqpipe_trainer::predict::{predicted_peaks, PredictInput};
+use seqpipe_trainer::predict::{predicted_peaks, stage_states, PredictInput};
 use seqpipe_trainer::runtime::{IterationInput, Pipeline, Weights};
 use seqpipe_trainer::train::{schedule_config, slice_ranges};
 
@@ -156,9 +156,16 @@ pub fn training_step(
         Duration::from_secs(600),
         gpu,
     )?;
-    let params: usize = pl.parameters().values().map(|t| t.elem_count()).sum();
-    // bf16 parameters; f32 gradients and two f32 AdamW moments (runtime/worker.rs, optim.rs).
-    let state_bytes = params * (2 + 4 + 4 + 4);
+    // Both stages live on this GPU: bf16 parameters, f32 gradients, f32 master weights and two
+    // f32 AdamW moments per stage (`predict::stage_states`).
+    let states = stage_states(
+        &cfg.model,
+        DType::BF16,
+        cfg.parallel.stages,
+        cfg.parallel.chunks,
+    )?
+    .expect("bf16 has model states");
+    let state_bytes = states.iter().sum::<f64>() as usize;
     let saved_predicted = predicted_peaks(&PredictInput {
         model: &cfg.model,
         dtype: DType::BF16,
