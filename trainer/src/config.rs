@@ -1,6 +1,7 @@
 //! `seqpipe train`'s configuration: a TOML file, every field with a default, so that no file at
 //! all means "train the tiny model on generated data with 4 SlimPipe stages".
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
@@ -190,8 +191,8 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Parses a TOML file's text; unknown keys are errors naming them.
-    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
     }
 }
 

@@ -1,23 +1,27 @@
 //! Where a threaded run puts its stages: `cpu`, or `cuda` / `cuda:N` in a build with the `cuda`
 //! feature, and the matmul ceiling MFU is measured against on that device.
 
+use crate::error::{fail, Context, Result};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 
 /// Opens the device a configuration names, or explains what would be valid.
-pub fn open(spec: &str) -> anyhow::Result<Device> {
+pub fn open(spec: &str) -> Result<Device> {
     let index = match spec {
         "cpu" => return Ok(Device::Cpu),
         "cuda" => 0,
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => i,
-            _ => bail!("device = {spec:?} is not a device; use \"cpu\", \"cuda\" or \"cuda:N\""),
+            _ => fail!(
+                Config,
+                "device = {spec:?} is not a device; use \"cpu\", \"cuda\" or \"cuda:N\""
+            ),
         },
     };
     if !cfg!(feature = "cuda") {
-        bail!(
+        fail!(
+            Config,
             "device = {spec:?} needs a seqpipe built with the `cuda` feature (`cargo xtask \
              gpu-build`, see docs/gpu.md); this one runs on \"cpu\" only"
         );
@@ -31,7 +35,7 @@ pub fn open(spec: &str) -> anyhow::Result<Device> {
 
 /// Dense matmul FLOP/s of one device in `dtype` (4096³, repeated for 0.4 s after a warm-up):
 /// the MFU ceiling of a GPU run. The CPU uses [`crate::train::measure_matmul_peak`] instead.
-pub fn matmul_peak(device: &Device, dtype: DType) -> anyhow::Result<f64> {
+pub fn matmul_peak(device: &Device, dtype: DType) -> Result<f64> {
     let n = 4096;
     let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;

@@ -3,6 +3,7 @@
 //! while the loss is not (a dead model) stops the run with the step and the likely cause. In a
 //! multi-process run every rank checks the same all-reduced figures, so every rank stops.
 
+use crate::error::{fail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::OptimConfig;
@@ -55,14 +56,14 @@ impl Health {
     }
 
     /// Judges `step` from its loss and squared global gradient norm.
-    pub fn check(&mut self, step: u64, loss: f64, grad_sq: f64) -> anyhow::Result<Verdict> {
+    pub fn check(&mut self, step: u64, loss: f64, grad_sq: f64) -> Result<Verdict> {
         if !(loss.is_finite() && grad_sq.is_finite()) {
             return self.non_finite(step, loss, grad_sq);
         }
         self.skips_in_a_row = 0;
         let first = *self.first_loss.get_or_insert(loss);
         if loss > DIVERGED_FACTOR * first.max(1.0) {
-            anyhow::bail!(
+            fail!(Diverged,
                 "step {step}: the run diverged: loss {loss:.4} is more than {DIVERGED_FACTOR}× the \
                  first step's {first:.4}; lower optim.lr (now {}){}",
                 self.lr,
@@ -70,7 +71,8 @@ impl Health {
             );
         }
         if grad_sq == 0.0 && loss > 0.0 {
-            anyhow::bail!(
+            fail!(
+                Diverged,
                 "step {step}: the gradient is exactly zero while the loss is {loss:.4}: the model \
                  is dead (its activations saturated, usually after a too-large update); lower \
                  optim.lr (now {}) and restart",
@@ -80,7 +82,7 @@ impl Health {
         Ok(Verdict::Apply)
     }
 
-    fn non_finite(&mut self, step: u64, loss: f64, grad_sq: f64) -> anyhow::Result<Verdict> {
+    fn non_finite(&mut self, step: u64, loss: f64, grad_sq: f64) -> Result<Verdict> {
         let what = if loss.is_finite() {
             format!(
                 "the gradient norm is {} (the loss, {loss:.4}, is finite)",
@@ -115,7 +117,7 @@ impl Health {
         } else {
             String::new()
         };
-        anyhow::bail!("step {step}: {what}{skipped}: {cause}")
+        fail!(Diverged, "step {step}: {what}{skipped}: {cause}")
     }
 
     fn clip_hint(&self) -> &'static str {

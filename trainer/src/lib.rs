@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod error;
 pub mod health;
 pub mod heap;
 pub mod model;

@@ -5,6 +5,7 @@
 //! stages' gradients: each stage contributes [`sum_of_squares`], the trainer all-reduces the sums
 //! and passes the resulting scale to [`AdamW::step`].
 
+use crate::error::Error;
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -272,12 +273,12 @@ impl AdamW {
         weights: &TensorMap,
         steps: u64,
         state: &TensorMap,
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         for (name, p) in params.iter_mut() {
             let find = |map: &TensorMap, key: &str| {
                 map.get(key)
                     .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("checkpoint lacks {key}"))
+                    .ok_or_else(|| Error::Checkpoint(format!("checkpoint lacks {key}")))
             };
             let device = p.device().clone();
             let place = |t: Tensor, dtype: DType| -> Result<Tensor> {

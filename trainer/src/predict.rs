@@ -49,6 +49,7 @@
 //! **Model states** ([`stage_states`]): parameters, f32 gradients, f32 AdamW moments and, for
 //! bf16, f32 master weights, per stage.
 
+use crate::error::{fail, Error, Result};
 use candle_core::DType;
 use seqpipe_kernels::AttentionOptions;
 use seqpipe_memory::{
@@ -144,7 +145,7 @@ fn memory_dtype(dtype: DType) -> Option<Dtype> {
 impl<'a> Setup<'a> {
     /// `None` when the layers are not split evenly over virtual stages (the unit sizer assumes
     /// one chunk size) or the precision is one the memory model does not describe (f64).
-    fn new(input: &'a PredictInput<'a>) -> anyhow::Result<Option<Self>> {
+    fn new(input: &'a PredictInput<'a>) -> Result<Option<Self>> {
         let chunk_layers = input.partition.ranges[0].len();
         let Some(saved_dtype) = memory_dtype(input.dtype) else {
             return Ok(None);
@@ -197,22 +198,22 @@ impl<'a> Setup<'a> {
     }
 
     /// The token range of `unit`'s slice in its sequence.
-    fn slice(&self, unit: &UnitKey) -> anyhow::Result<&std::ops::Range<usize>> {
+    fn slice(&self, unit: &UnitKey) -> Result<&std::ops::Range<usize>> {
         self.input
             .slices
             .get(unit.slice as usize)
-            .ok_or_else(|| anyhow::anyhow!("slice {} is not in the plan", unit.slice))
+            .ok_or_else(|| Error::Runtime(format!("slice {} is not in the plan", unit.slice)))
     }
 
     /// Tokens of `unit`'s slice over the micro-batch.
-    fn tokens(&self, unit: &UnitKey) -> anyhow::Result<f64> {
+    fn tokens(&self, unit: &UnitKey) -> Result<f64> {
         Ok((self.slice(unit)?.len() * self.input.batch) as f64)
     }
 
     /// Bytes a backward of `unit` keeps for its weight half: every layer's matrix inputs and
     /// output gradients, the head record on the last virtual stage, the token ids and the
     /// embedding's output gradient on virtual stage 0.
-    fn weight_inputs(&self, stage: usize, unit: &UnitKey) -> anyhow::Result<f64> {
+    fn weight_inputs(&self, stage: usize, unit: &UnitKey) -> Result<f64> {
         let (pt, tokens) = (self.per_token, self.tokens(unit)?);
         let k = self.vstage(stage, unit);
         let mut bytes = pt.weight_inputs_per_layer * self.layers * tokens;
@@ -230,7 +231,7 @@ impl<'a> Setup<'a> {
     /// min(len, block), min(prefix + len, block)]` (one query block against one key block, the
     /// runtime's `AttentionOptions::causal` block). Computed in f32 whatever the activations'
     /// dtype; the largest compute temporaries of a backward.
-    fn attention_backward_tiles(&self, unit: &UnitKey) -> anyhow::Result<f64> {
+    fn attention_backward_tiles(&self, unit: &UnitKey) -> Result<f64> {
         const TILES: f64 = 5.0;
         let range = self.slice(unit)?;
         let block = AttentionOptions::causal(self.input.model.head_dim()).block_size;
@@ -246,7 +247,7 @@ impl<'a> Setup<'a> {
     /// the records share with the weight-gradient inputs are counted there (the attention norm
     /// output, the FFN norm output, the SwiGLU product, the head record):
     /// `unit − (2kv·a + (2H + F)·a − (2 + heads)·4) · T · layers`.
-    fn records_beyond_weight_inputs(&self, unit: &UnitKey) -> anyhow::Result<f64> {
+    fn records_beyond_weight_inputs(&self, unit: &UnitKey) -> Result<f64> {
         let (pt, tokens) = (self.per_token, self.tokens(unit)?);
         let released = pt.kv_per_layer + pt.shared_per_layer - pt.stats_per_layer;
         Ok(self.sizer.unit_bytes(unit)? - released * tokens * self.layers)
@@ -259,7 +260,7 @@ impl<'a> Setup<'a> {
 
 /// Predicted saved and total bytes of every stage, peaks and after each action, or `None` when
 /// the layers are not split evenly over virtual stages or the precision is f64.
-pub fn predict(input: &PredictInput) -> anyhow::Result<Option<Vec<StagePrediction>>> {
+pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
     let Some(setup) = Setup::new(input)? else {
         return Ok(None);
     };
@@ -296,7 +297,7 @@ pub fn predict(input: &PredictInput) -> anyhow::Result<Option<Vec<StagePredictio
 /// when the input halves of every layer have run, the stage holds what it holds after the
 /// action, plus the unit's records not yet dropped, plus (full backward `B`) the weight-gradient
 /// inputs its weight half is about to use; on top, one layer's attention-backward tiles.
-fn working_peak(setup: &Setup, program: &[Action], total: &[f64]) -> anyhow::Result<f64> {
+fn working_peak(setup: &Setup, program: &[Action], total: &[f64]) -> Result<f64> {
     let mut peak: f64 = 0.0;
     for (action, after) in program.iter().zip(total) {
         let unit = unit_key(action);
@@ -322,7 +323,7 @@ pub fn stage_states(
     dtype: DType,
     stages: u32,
     chunks: u32,
-) -> anyhow::Result<Option<Vec<f64>>> {
+) -> Result<Option<Vec<f64>>> {
     let precision = match dtype {
         DType::F32 => Precision::FP32,
         DType::BF16 => Precision::MIXED_BF16,
@@ -345,7 +346,7 @@ pub fn stage_states(
 }
 
 /// Predicted peak saved-activation bytes per stage (see [`predict`]).
-pub fn predicted_peaks(input: &PredictInput) -> anyhow::Result<Option<Vec<f64>>> {
+pub fn predicted_peaks(input: &PredictInput) -> Result<Option<Vec<f64>>> {
     Ok(predict(input)?.map(|p| p.iter().map(|s| s.peaks.saved).collect()))
 }
 
@@ -376,7 +377,7 @@ fn event(time: f64, stage: usize, op: MemOp, unit: String, bytes: f64) -> MemEve
 
 /// The memory crate's units (activations and dK/dV accumulators) plus the runtime's statistics
 /// and head record, each held from the forward to the end of the first backward piece.
-fn saved_events(setup: &Setup, lives: &[UnitLife]) -> anyhow::Result<Vec<MemEvent>> {
+fn saved_events(setup: &Setup, lives: &[UnitLife]) -> Result<Vec<MemEvent>> {
     // The runtime drops a unit's record and pops its K/V at `I`; what `W` needs is the transient
     // weight-gradient-inputs term. For a full backward the two ends are the same action.
     let dropped_at_input_grad: Vec<UnitLife> = lives
@@ -441,7 +442,7 @@ fn backward_input(setup: &Setup, u: &UnitKey) -> String {
 
 /// Buffers between a compute and its consumer, and the weight-gradient inputs from `I` to `W`,
 /// at each action's index in its stage's program.
-fn transient_events(setup: &Setup) -> anyhow::Result<Vec<MemEvent>> {
+fn transient_events(setup: &Setup) -> Result<Vec<MemEvent>> {
     let mut events = Vec::new();
     for (stage, program) in setup.input.schedule.actions.iter().enumerate() {
         for (index, action) in program.iter().enumerate() {
@@ -457,7 +458,7 @@ fn transient_at(
     time: f64,
     action: &Action,
     events: &mut Vec<MemEvent>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let u = unit_key(action);
     let k = setup.vstage(stage, &u);
     let (first, last) = (k == 0, k == setup.last_vstage);
@@ -497,7 +498,11 @@ fn transient_at(
         Op::RecvGrad => alloc(format!("gradient in {u}"), row),
         Op::SendGrad => frees.push(gradient_out(&u)),
         Op::Offload | Op::Reload | Op::Recompute => {
-            anyhow::bail!("{} is planned only: the runtime does not run it", action.op)
+            fail!(
+                Runtime,
+                "{} is planned only: the runtime does not run it",
+                action.op
+            )
         }
     }
     events.extend(

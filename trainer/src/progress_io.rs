@@ -1,10 +1,10 @@
 //! What the training loop writes besides the progress bar: per-step metrics as JSON lines and
 //! when checkpoints are due (the ranks write them: `runtime::rank_checkpoint`).
 
+use crate::error::{Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::TrainConfig;
@@ -38,7 +38,7 @@ pub struct MetricsWriter {
 
 impl MetricsWriter {
     /// Opens `cfg.output.metrics` for appending, if set.
-    pub fn open(cfg: &TrainConfig) -> anyhow::Result<Option<Self>> {
+    pub fn open(cfg: &TrainConfig) -> Result<Option<Self>> {
         let Some(path) = &cfg.output.metrics else {
             return Ok(None);
         };
@@ -51,7 +51,7 @@ impl MetricsWriter {
     }
 
     /// Writes one line.
-    pub fn write(&mut self, line: &MetricsLine) -> anyhow::Result<()> {
+    pub fn write(&mut self, line: &MetricsLine) -> Result<()> {
         writeln!(self.file, "{}", serde_json::to_string(line)?)?;
         Ok(())
     }

@@ -2,10 +2,10 @@
 //! builds the pipeline, runs the steps, and summarises throughput, MFU, bubble and memory against
 //! the planners' predictions.
 
+use crate::error::{fail, Error, Result};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind};
@@ -16,7 +16,7 @@ use crate::config::{DataKind, SlicingMethod, TrainConfig};
 use crate::data::{entropy, RetrievalSource};
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::runtime::admit::load_schedule;
-use crate::runtime::error::{combine, RuntimeError};
+use crate::runtime::error::combine;
 use crate::runtime::rank_loop::{plan, train_rank, RankSummary};
 use crate::runtime::record::measured_bubble;
 use crate::runtime::{Partition, StageReport};
@@ -75,18 +75,18 @@ pub struct TrainSummary {
 }
 
 /// The schedule configuration the train config asks for.
-pub fn schedule_config(cfg: &TrainConfig) -> anyhow::Result<ScheduleConfig> {
+pub fn schedule_config(cfg: &TrainConfig) -> Result<ScheduleConfig> {
     let par = &cfg.parallel;
     let kind = ScheduleKind::ALL
         .into_iter()
         .find(|k| k.name() == par.schedule)
         .ok_or_else(|| {
             let names: Vec<&str> = ScheduleKind::ALL.iter().map(|k| k.name()).collect();
-            anyhow!(
+            Error::Config(format!(
                 "unknown schedule `{}`; known: {}",
                 par.schedule,
                 names.join(", ")
-            )
+            ))
         })?;
     let mut c = ScheduleConfig::new(kind, par.stages, par.microbatches)
         .with_slices(par.slices)
@@ -98,7 +98,7 @@ pub fn schedule_config(cfg: &TrainConfig) -> anyhow::Result<ScheduleConfig> {
 }
 
 /// Token ranges of the slices.
-pub fn slice_ranges(cfg: &TrainConfig) -> anyhow::Result<Vec<Range<usize>>> {
+pub fn slice_ranges(cfg: &TrainConfig) -> Result<Vec<Range<usize>>> {
     let cost = CostModel::flops(&cfg.model.shape())?;
     let (seq, n) = (cfg.data.seq_len as u64, cfg.parallel.slices as usize);
     let plan = match cfg.parallel.slicing {
@@ -113,7 +113,7 @@ pub fn slice_ranges(cfg: &TrainConfig) -> anyhow::Result<Vec<Range<usize>>> {
 }
 
 /// Every problem with the configuration, found before any work starts.
-pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
+pub fn check(cfg: &TrainConfig) -> Result<()> {
     let mut problems = cfg.model.problems();
     problems.extend(cfg.optim.problems());
     if cfg.steps == 0 {
@@ -157,7 +157,11 @@ pub fn check(cfg: &TrainConfig) -> anyhow::Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        fail!(
+            Config,
+            "invalid configuration:\n  - {}",
+            problems.join("\n  - ")
+        )
     }
 }
 
@@ -281,7 +285,7 @@ pub fn simulated_bubble(
     schedule: &Schedule,
     partition: &Partition,
     slices: &[Range<usize>],
-) -> anyhow::Result<f64> {
+) -> Result<f64> {
     let shape = cfg.model.shape();
     let layer = CostModel {
         per_pair: shape.layer_attention_flops_per_pair(),
@@ -330,13 +334,13 @@ pub fn one_thread_per_op() {
 
 /// Dense f32 matmul FLOP/s of this machine through candle, all cores busy at once (one matmul
 /// loop per core, as the stages run): the MFU ceiling on CPU.
-pub fn measure_matmul_peak() -> anyhow::Result<f64> {
+pub fn measure_matmul_peak() -> Result<f64> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let n = 512;
-    let per_core: Vec<anyhow::Result<f64>> = std::thread::scope(|scope| {
+    let per_core: Vec<Result<f64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..cores)
             .map(|_| {
-                scope.spawn(move || -> anyhow::Result<f64> {
+                scope.spawn(move || -> Result<f64> {
                     let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
                     let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
                     a.matmul(&b)?; // warm up caches
@@ -353,7 +357,7 @@ pub fn measure_matmul_peak() -> anyhow::Result<f64> {
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("matmul probe panicked")))
+                    .unwrap_or_else(|_| Err(Error::Runtime("matmul probe panicked".into())))
             })
             .collect()
     });
@@ -377,7 +381,7 @@ pub fn step_tokens(cfg: &TrainConfig) -> usize {
 }
 
 /// Model FLOPs of one replica's step: 3 × the cost model's forward FLOPs.
-pub fn step_flops(cfg: &TrainConfig) -> anyhow::Result<f64> {
+pub fn step_flops(cfg: &TrainConfig) -> Result<f64> {
     let per_sequence = CostModel::flops(&cfg.model.shape())?.sequence(cfg.data.seq_len as u64);
     Ok(3.0 * per_sequence * (cfg.parallel.microbatches as usize * cfg.data.batch) as f64)
 }
@@ -386,8 +390,8 @@ pub fn step_flops(cfg: &TrainConfig) -> anyhow::Result<f64> {
 /// error it returns, such as a closed output, stops the run).
 pub fn train(
     cfg: &TrainConfig,
-    on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
-) -> anyhow::Result<TrainSummary> {
+    on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<TrainSummary> {
     train_with(cfg, &RunOptions::default(), on_step)
 }
 
@@ -397,8 +401,8 @@ pub fn train(
 pub fn train_with(
     cfg: &TrainConfig,
     opts: &RunOptions,
-    on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
-) -> anyhow::Result<TrainSummary> {
+    on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<TrainSummary> {
     check(cfg)?;
     if let Some(dir) = &cfg.output.checkpoint_dir {
         // Refuse a directory seqpipe may not write before any work is done, not at step N.
@@ -422,22 +426,22 @@ fn run_threads(
     cfg: &TrainConfig,
     opts: &RunOptions,
     device: &Device,
-    on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
-) -> anyhow::Result<Vec<RankSummary>> {
+    on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<Vec<RankSummary>> {
     let world = cfg.parallel.replicas.unwrap_or(1) as usize * cfg.parallel.stages as usize;
     let comm = CommOptions::with_timeout(Duration::from_secs(cfg.parallel.timeout_secs));
     let mut transports = LocalTransport::mesh(world, comm)?;
     let others = transports.split_off(1);
     let mut first = transports
         .pop()
-        .ok_or_else(|| anyhow!("a run has rank 0"))?;
+        .ok_or_else(|| Error::Runtime("a run has rank 0".into()))?;
     // The ranks share this process: only rank 0 (which writes the files) takes the crash hook,
     // so the crash comes after its metrics line, as in a multi-process run.
     let others_opts = RunOptions {
         abort_after_step: None,
         ..opts.clone()
     };
-    let results: Vec<anyhow::Result<RankSummary>> = std::thread::scope(|scope| {
+    let results: Vec<Result<RankSummary>> = std::thread::scope(|scope| {
         let handles: Vec<_> = others
             .into_iter()
             .map(|mut t| {
@@ -452,7 +456,7 @@ fn run_threads(
         for (i, h) in handles.into_iter().enumerate() {
             all.push(
                 h.join()
-                    .unwrap_or_else(|_| Err(RuntimeError::Panicked { rank: i + 1 }.into())),
+                    .unwrap_or_else(|_| Err(Error::Panicked { rank: i + 1 })),
             );
         }
         all
@@ -471,11 +475,7 @@ fn run_threads(
 }
 
 /// The run's figures from its ranks' summaries, beside the planners' predictions.
-fn summarise(
-    cfg: &TrainConfig,
-    ranks: &[RankSummary],
-    peak_flops: f64,
-) -> anyhow::Result<TrainSummary> {
+fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Result<TrainSummary> {
     let slices = slice_ranges(cfg)?;
     let (schedule, partition) = plan(cfg)?;
     let dtype = cfg.precision.dtype();

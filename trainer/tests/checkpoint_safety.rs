@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use candle_core::DType;
 use rand::{Rng, SeedableRng};
 use seqpipe_trainer::checkpoint::{hf, manifest, resume};
+use seqpipe_trainer::error::Error;
 
 use common::{step_losses as losses, SMALL_RUN as SMALL};
 
@@ -143,7 +144,7 @@ fn a_flipped_bit_or_an_edit_is_found_and_named() {
     let last = bytes.len() - 3;
     bytes[last] ^= 0x10;
     std::fs::write(&weights, &bytes).unwrap();
-    let err = format!("{:#}", resume::load(&step, DType::F32).unwrap_err());
+    let err = refused(&step);
     assert!(
         err.contains("model.safetensors") && err.contains("SHA-256"),
         "{err}"
@@ -154,7 +155,7 @@ fn a_flipped_bit_or_an_edit_is_found_and_named() {
     let config = step.join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("10000.0", "500000.0")).unwrap();
-    let err = format!("{:#}", resume::load(&step, DType::F32).unwrap_err());
+    let err = refused(&step);
     assert!(err.contains("config.json"), "{err}");
 }
 
@@ -174,7 +175,7 @@ fn files_that_disagree_are_refused_even_with_a_matching_manifest() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("10000.0", "500000.0")).unwrap();
     manifest::write(&step, &files).unwrap();
-    let err = format!("{:#}", resume::load(&step, DType::F32).unwrap_err());
+    let err = refused(&step);
     assert!(err.contains("another model"), "{err}");
 
     // An extra tensor in the weights.
@@ -191,7 +192,7 @@ fn files_that_disagree_are_refused_even_with_a_matching_manifest() {
     )
     .unwrap();
     manifest::write(&step, &files).unwrap();
-    let err = format!("{:#}", resume::load(&step, DType::F32).unwrap_err());
+    let err = refused(&step);
     assert!(err.contains("model.layers.0.surprise"), "{err}");
 
     // A data position no data source can reach.
@@ -218,7 +219,7 @@ fn a_checkpoint_file_that_is_a_link_to_a_device_is_refused_not_read_forever() {
     let weights = step.join("model.safetensors");
     std::fs::remove_file(&weights).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &weights).unwrap();
-    let err = format!("{:#}", resume::load(&step, DType::F32).unwrap_err());
+    let err = refused(&step);
     assert!(err.contains("not a regular file"), "{err}");
 }
 
@@ -236,8 +237,15 @@ fn a_damaged_newest_checkpoint_names_the_older_one() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     std::fs::write(ck.join("step-00000004/optimizer.safetensors"), b"damaged").unwrap();
-    let err = format!("{:#}", resume::load(&ck, DType::F32).unwrap_err());
+    let err = refused(&ck);
     assert!(err.contains("step-00000002"), "{err}");
+}
+
+/// The error of loading a checkpoint that must be refused; a bad checkpoint is its own kind.
+fn refused(path: &Path) -> String {
+    let e = resume::load(path, DType::F32).expect_err("the checkpoint must be refused");
+    assert!(matches!(e.kind(), Error::Checkpoint(_)), "{e:?}");
+    e.to_string()
 }
 
 /// Whether a published checkpoint exists in `ck`.

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{data, tiny_model};
 use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::config::TrainConfig;
+use seqpipe_trainer::error::Error;
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 use seqpipe_trainer::train::check;
@@ -18,10 +19,12 @@ use seqpipe_trainer::train::check;
 fn problem(edit: impl FnOnce(&mut TrainConfig)) -> String {
     let mut cfg = TrainConfig::default();
     edit(&mut cfg);
-    format!(
-        "{:#}",
-        check(&cfg).expect_err("the configuration must be refused")
-    )
+    let e = check(&cfg).expect_err("the configuration must be refused");
+    assert!(
+        matches!(e.kind(), Error::Config(_)),
+        "a configuration error: {e:?}"
+    );
+    e.to_string()
 }
 
 #[test]
@@ -73,7 +76,8 @@ fn invalid_configurations_are_refused_up_front() {
 #[test]
 fn unknown_toml_keys_are_errors() {
     let e = TrainConfig::from_toml("[parallel]\nstagez = 4\n").unwrap_err();
-    assert!(format!("{e:#}").contains("stagez"), "{e:#}");
+    assert!(matches!(e.kind(), Error::Config(_)), "{e:?}");
+    assert!(e.to_string().contains("stagez"), "{e}");
     let cfg = TrainConfig::from_toml("steps = 3\n[parallel]\nstages = 2\n").unwrap();
     assert_eq!(
         (
@@ -112,7 +116,22 @@ fn a_failing_stage_stops_every_stage_and_is_named() {
         normaliser: 32.0,
     };
     let started = Instant::now();
-    let err = format!("{:#}", pl.run_iteration(&input).unwrap_err());
+    let err = pl.run_iteration(&input).unwrap_err();
+    // Typed: the root cause first, then the stages that lost it as a peer.
+    let Error::Ranks { failures } = err.kind() else {
+        panic!("every stage fails: {err:?}");
+    };
+    assert!(
+        matches!(failures[0].kind(), Error::Tensor(_) | Error::Runtime(_)),
+        "{err:?}"
+    );
+    assert!(
+        failures[1..]
+            .iter()
+            .all(|f| matches!(f.kind(), Error::PeerLost(_))),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -128,6 +147,10 @@ fn a_failing_stage_stops_every_stage_and_is_named() {
         "the waiting stages must name stage 3:\n{err}"
     );
     // The pipeline refuses to run again rather than hanging on a missing transport.
-    let again = format!("{:#}", pl.run_iteration(&input).unwrap_err());
-    assert!(again.contains("transport was lost"), "{again}");
+    let again = pl.run_iteration(&input).unwrap_err();
+    assert!(
+        matches!(again.kind(), Error::TransportLost { .. }),
+        "{again:?}"
+    );
+    assert!(again.to_string().contains("transport was lost"), "{again}");
 }

@@ -1,11 +1,10 @@
 //! Writing files so that a crash never leaves a half-written one under the final name: write a
 //! temporary file beside it, flush it to disk, then rename over the target.
 
+use crate::error::{Context, Result};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-use anyhow::Context;
 
 /// The temporary name used while `path` is being written.
 pub fn temp_path(path: &Path) -> PathBuf {
@@ -18,7 +17,7 @@ pub fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Flushes the finished temporary file `tmp` to disk and renames it to `path`.
-pub fn commit_file(tmp: &Path, path: &Path) -> anyhow::Result<()> {
+pub fn commit_file(tmp: &Path, path: &Path) -> Result<()> {
     File::open(tmp)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("flushing {}", tmp.display()))?;
@@ -27,7 +26,7 @@ pub fn commit_file(tmp: &Path, path: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(bytes)

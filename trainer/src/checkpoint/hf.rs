@@ -2,10 +2,10 @@
 //! `model.safetensors.index.json`. Tensor names and the RoPE convention (`rotate_half`) are
 //! Hugging Face's own, so a checkpoint from `transformers` loads as is and one we save loads there.
 
+use crate::error::{fail, Context, Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
@@ -16,58 +16,68 @@ use crate::model::ModelConfig;
 /// Architectures whose checkpoints this trainer runs (Llama-style decoders).
 pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
 
-fn field(cfg: &Value, name: &str) -> anyhow::Result<usize> {
-    optional_field(cfg, name)?.ok_or_else(|| anyhow!("config.json: missing field `{name}`"))
+fn field(cfg: &Value, name: &str) -> Result<usize> {
+    optional_field(cfg, name)?
+        .ok_or_else(|| Error::Checkpoint(format!("config.json: missing field `{name}`")))
 }
 
 /// An integer field that may be absent (or null); present with another type is an error.
-fn optional_field(cfg: &Value, name: &str) -> anyhow::Result<Option<usize>> {
+fn optional_field(cfg: &Value, name: &str) -> Result<Option<usize>> {
     match cfg.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
             .and_then(|v| usize::try_from(v).ok())
             .map(Some)
-            .ok_or_else(|| anyhow!("config.json: `{name}` = {v} is not a non-negative integer")),
+            .ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "config.json: `{name}` = {v} is not a non-negative integer"
+                ))
+            }),
     }
 }
 
 /// A number field that may be absent; present with another type is an error.
-fn optional_number(cfg: &Value, name: &str) -> anyhow::Result<Option<f64>> {
+fn optional_number(cfg: &Value, name: &str) -> Result<Option<f64>> {
     match cfg.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| anyhow!("config.json: `{name}` = {v} is not a number")),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+            Error::Checkpoint(format!("config.json: `{name}` = {v} is not a number"))
+        }),
     }
 }
 
 /// Fields that change the model's computation in ways this trainer does not implement: a
 /// checkpoint that sets them would load and silently compute another model, so it is refused.
-fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> anyhow::Result<()> {
+fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> Result<()> {
     let set = |name: &str| !matches!(cfg.get(name), None | Some(Value::Null));
     if set("rope_scaling") {
-        bail!(
+        fail!(
+            Checkpoint,
             "config.json: rope_scaling = {} is not supported (RoPE scaling would change the \
              model's positions); only plain RoPE with rope_theta runs",
             cfg["rope_scaling"]
         );
     }
     if set("sliding_window") && cfg.get("use_sliding_window") != Some(&Value::Bool(false)) {
-        bail!(
+        fail!(
+            Checkpoint,
             "config.json: sliding_window = {} is not supported (attention here is full causal)",
             cfg["sliding_window"]
         );
     }
     for bias in ["attention_bias", "mlp_bias"] {
         if cfg.get(bias) == Some(&Value::Bool(true)) {
-            bail!("config.json: {bias} = true is not supported (the layers have no biases)");
+            fail!(
+                Checkpoint,
+                "config.json: {bias} = true is not supported (the layers have no biases)"
+            );
         }
     }
     if let Some(d) = optional_field(cfg, "head_dim")? {
         if d.checked_mul(heads) != Some(hidden) || heads == 0 {
-            bail!(
+            fail!(
+                Checkpoint,
                 "config.json: head_dim = {d} differs from hidden_size / num_attention_heads = \
                  {hidden} / {heads}; separate head dims are not supported"
             );
@@ -77,7 +87,7 @@ fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> anyhow::Resul
 }
 
 /// Parses a Hugging Face Llama `config.json`.
-pub fn config_from_json(text: &str) -> anyhow::Result<ModelConfig> {
+pub fn config_from_json(text: &str) -> Result<ModelConfig> {
     let cfg: Value = serde_json::from_str(text).context("config.json is not valid JSON")?;
     let archs: Vec<&str> = cfg
         .get("architectures")
@@ -85,14 +95,18 @@ pub fn config_from_json(text: &str) -> anyhow::Result<ModelConfig> {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if !archs.iter().any(|a| SUPPORTED.contains(a)) {
-        bail!(
+        fail!(
+            Checkpoint,
             "config.json: unsupported architecture {archs:?}; this trainer runs {}",
             SUPPORTED.join(", ")
         );
     }
     if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str) {
         if act != "silu" {
-            bail!("config.json: hidden_act = {act:?}; only \"silu\" (SwiGLU) is supported");
+            fail!(
+                Checkpoint,
+                "config.json: hidden_act = {act:?}; only \"silu\" (SwiGLU) is supported"
+            );
         }
     }
     let heads = field(&cfg, "num_attention_heads")?;
@@ -111,12 +125,15 @@ pub fn config_from_json(text: &str) -> anyhow::Result<ModelConfig> {
         tie_embeddings: match cfg.get("tie_word_embeddings") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(v) => bail!("config.json: `tie_word_embeddings` = {v} is not true or false"),
+            Some(v) => fail!(
+                Checkpoint,
+                "config.json: `tie_word_embeddings` = {v} is not true or false"
+            ),
         },
     };
     let problems = model.problems();
     if !problems.is_empty() {
-        bail!("config.json: {}", problems.join("; "));
+        fail!(Checkpoint, "config.json: {}", problems.join("; "));
     }
     Ok(model)
 }
@@ -152,7 +169,7 @@ pub fn config_to_json(model: &ModelConfig, dtype: DType) -> String {
 
 /// Saves `params` (the whole model) as `dir/config.json` and `dir/model.safetensors`, each
 /// written atomically.
-pub fn save(dir: &Path, model: &ModelConfig, params: &TensorMap) -> anyhow::Result<()> {
+pub fn save(dir: &Path, model: &ModelConfig, params: &TensorMap) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dtype = params.values().next().map_or(DType::F32, Tensor::dtype);
     let tensors: HashMap<String, Tensor> =
@@ -170,7 +187,7 @@ pub fn save(dir: &Path, model: &ModelConfig, params: &TensorMap) -> anyhow::Resu
 }
 
 /// The safetensors files of a checkpoint directory: the index's shards, or the single file.
-fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index)
@@ -180,7 +197,9 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
         let map = v
             .get("weight_map")
             .and_then(Value::as_object)
-            .ok_or_else(|| anyhow!("{}: no `weight_map` object", index.display()))?;
+            .ok_or_else(|| {
+                Error::Checkpoint(format!("{}: no `weight_map` object", index.display()))
+            })?;
         let mut files: Vec<String> = map
             .values()
             .filter_map(Value::as_str)
@@ -192,7 +211,8 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     }
     let single = dir.join("model.safetensors");
     if !single.exists() {
-        bail!(
+        fail!(
+            Checkpoint,
             "{} has neither model.safetensors nor model.safetensors.index.json",
             dir.display()
         );
@@ -203,16 +223,13 @@ fn weight_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
 /// Loads a checkpoint directory: its config and every parameter the model needs, converted to
 /// `dtype`. Missing or mis-shaped tensors are errors naming them; extra tensors (e.g. rotary
 /// `inv_freq` buffers of a `transformers` checkpoint) are ignored.
-pub fn load(dir: &Path, dtype: DType) -> anyhow::Result<(ModelConfig, TensorMap)> {
+pub fn load(dir: &Path, dtype: DType) -> Result<(ModelConfig, TensorMap)> {
     load_with_extras(dir, dtype).map(|(model, params, _)| (model, params))
 }
 
 /// [`load`], also returning the names of the tensors the model does not use (sorted), for
 /// callers that must refuse them (seqpipe's own checkpoints hold exactly the model's tensors).
-pub fn load_with_extras(
-    dir: &Path,
-    dtype: DType,
-) -> anyhow::Result<(ModelConfig, TensorMap, Vec<String>)> {
+pub fn load_with_extras(dir: &Path, dtype: DType) -> Result<(ModelConfig, TensorMap, Vec<String>)> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
@@ -234,11 +251,16 @@ pub fn load_with_extras(
     };
     let mut params = TensorMap::new();
     for spec in param_specs(&model, &whole) {
-        let t = found
-            .remove(&spec.name)
-            .ok_or_else(|| anyhow!("checkpoint {} lacks tensor {}", dir.display(), spec.name))?;
+        let t = found.remove(&spec.name).ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "checkpoint {} lacks tensor {}",
+                dir.display(),
+                spec.name
+            ))
+        })?;
         if t.dims() != spec.shape.as_slice() {
-            bail!(
+            fail!(
+                Checkpoint,
                 "tensor {} has shape {:?}; the config implies {:?}",
                 spec.name,
                 t.dims(),

@@ -2,12 +2,12 @@
 //! and checked first, so a bit flip, a truncation, a hand edit (of `config.json`, say) or a file
 //! swapped for a link to a device is found before anything is trusted.
 
+use crate::error::{fail, Context, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -36,10 +36,11 @@ pub struct Manifest {
 
 /// Opens `path` for reading only if it is a regular file (not a directory, a FIFO or a link to a
 /// device such as `/dev/zero`, which would be read forever), with its size.
-fn open_regular(path: &Path) -> anyhow::Result<(File, u64)> {
+fn open_regular(path: &Path) -> Result<(File, u64)> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if !meta.is_file() {
-        bail!(
+        fail!(
+            Checkpoint,
             "{} is not a regular file; a checkpoint holds only regular files",
             path.display()
         );
@@ -49,7 +50,7 @@ fn open_regular(path: &Path) -> anyhow::Result<(File, u64)> {
 }
 
 /// Size and SHA-256 of a regular file, reading at most the size it had when opened.
-pub fn entry_of(path: &Path) -> anyhow::Result<FileEntry> {
+pub fn entry_of(path: &Path) -> Result<FileEntry> {
     let (file, bytes) = open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut reader = file.take(bytes);
@@ -66,7 +67,8 @@ pub fn entry_of(path: &Path) -> anyhow::Result<FileEntry> {
         read += n as u64;
     }
     if read != bytes {
-        bail!(
+        fail!(
+            Checkpoint,
             "{} changed size while it was read ({bytes} bytes, then {read})",
             path.display()
         );
@@ -80,7 +82,7 @@ pub fn entry_of(path: &Path) -> anyhow::Result<FileEntry> {
 }
 
 /// Writes the manifest of `files` (names inside `dir`), atomically.
-pub fn write(dir: &Path, files: &[&str]) -> anyhow::Result<()> {
+pub fn write(dir: &Path, files: &[&str]) -> Result<()> {
     let mut entries = BTreeMap::new();
     for name in files {
         entries.insert(name.to_string(), entry_of(&dir.join(name))?);
@@ -96,7 +98,7 @@ pub fn write(dir: &Path, files: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Reads `dir`'s manifest (bounded: a manifest is small), or `None` when there is none.
-pub fn read(dir: &Path) -> anyhow::Result<Option<Manifest>> {
+pub fn read(dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
     if !path.exists() {
         return Ok(None);
@@ -104,7 +106,8 @@ pub fn read(dir: &Path) -> anyhow::Result<Option<Manifest>> {
     let (file, bytes) = open_regular(&path)?;
     const LIMIT: u64 = 1 << 20;
     if bytes > LIMIT {
-        bail!(
+        fail!(
+            Checkpoint,
             "{} is {bytes} bytes; a manifest is at most {LIMIT}",
             path.display()
         );
@@ -116,7 +119,8 @@ pub fn read(dir: &Path) -> anyhow::Result<Option<Manifest>> {
     let manifest: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a seqpipe manifest", path.display()))?;
     if manifest.version != 1 {
-        bail!(
+        fail!(
+            Checkpoint,
             "{}: manifest version {} is not supported (expected 1)",
             path.display(),
             manifest.version
@@ -127,10 +131,11 @@ pub fn read(dir: &Path) -> anyhow::Result<Option<Manifest>> {
 
 /// Checks every file the manifest lists against its size and checksum; the first mismatch is an
 /// error naming the file and what differs.
-pub fn verify(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+pub fn verify(dir: &Path, manifest: &Manifest) -> Result<()> {
     for (name, want) in &manifest.files {
         if name.contains('/') || name.contains('\\') || name.starts_with('.') {
-            bail!(
+            fail!(
+                Checkpoint,
                 "{}: file name {name:?} is not a plain name",
                 dir.join(MANIFEST).display()
             );
@@ -138,7 +143,8 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
         let path = dir.join(name);
         let got = entry_of(&path)?;
         if got.bytes != want.bytes {
-            bail!(
+            fail!(
+                Checkpoint,
                 "{} is {} bytes but the checkpoint's manifest says {}: the file was truncated, \
                  extended or replaced after it was written",
                 path.display(),
@@ -147,7 +153,8 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
             );
         }
         if got.sha256 != want.sha256 {
-            bail!(
+            fail!(
+                Checkpoint,
                 "{}: SHA-256 {} differs from the manifest's {}: the file was damaged or edited \
                  after it was written",
                 path.display(),

@@ -8,10 +8,10 @@
 //! (`store.rs`), so a crash at any moment leaves complete checkpoints only. Loading checks the
 //! manifest before reading anything, then that the files agree with each other.
 
+use crate::error::{fail, Context, Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -49,12 +49,12 @@ pub struct TrainerState {
 
 impl TrainerState {
     /// The data stream position.
-    pub fn position(&self) -> anyhow::Result<u128> {
-        self.data_position.parse().with_context(|| {
-            format!(
-                "trainer_state.json: data_position {:?} is not a number",
+    pub fn position(&self) -> Result<u128> {
+        self.data_position.parse().map_err(|e| {
+            Error::Checkpoint(format!(
+                "trainer_state.json: data_position {:?} is not a number: {e}",
                 self.data_position
-            )
+            ))
         })
     }
 }
@@ -87,12 +87,13 @@ pub fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
 /// Reads the checkpoint `path` names (a checkpoint directory: its newest checkpoint; or one
 /// checkpoint) for a run configured by `cfg`: an error unless it was written by a run with the
 /// same settings, naming the settings that differ.
-pub fn load_for(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Checkpoint> {
+pub fn load_for(path: &Path, cfg: &TrainConfig) -> Result<Checkpoint> {
     // bf16 runs train f32 master weights, and their checkpoints hold those: keep them in f32.
     let ck = load(path, crate::optim::master_dtype(cfg.precision.dtype()))?;
     let differences = config_differences(&ck.state.config, cfg);
     if !differences.is_empty() {
-        bail!(
+        fail!(
+            Checkpoint,
             "checkpoint {} was written by a run with another configuration; resume with the \
              same settings. They differ in:\n  {}",
             ck.dir.display(),
@@ -100,7 +101,8 @@ pub fn load_for(path: &Path, cfg: &TrainConfig) -> anyhow::Result<Checkpoint> {
         );
     }
     if ck.state.next_step >= cfg.steps {
-        bail!(
+        fail!(
+            Config,
             "the checkpoint is already at step {} of {}: nothing left to train (raise steps)",
             ck.state.next_step,
             cfg.steps
@@ -128,7 +130,7 @@ pub fn save(
     state: &TrainerState,
     params: &TensorMap,
     optimizer: &TensorMap,
-) -> anyhow::Result<PathBuf> {
+) -> Result<PathBuf> {
     let staged = dir.staging(state.next_step)?;
     hf::save(&staged, &state.config.model, params)?;
     let moments: HashMap<String, Tensor> = optimizer
@@ -150,7 +152,7 @@ pub fn save(
 
 /// Reads the checkpoint `path` names (see [`store::resolve`]); parameters come back in `dtype`.
 /// When the newest checkpoint of a directory fails to load, the error names the older ones.
-pub fn load(path: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
+pub fn load(path: &Path, dtype: DType) -> Result<Checkpoint> {
     let (dir, older) = store::resolve(path)?;
     load_one(&dir, dtype).map_err(|e| {
         if older.is_empty() {
@@ -168,14 +170,15 @@ pub fn load(path: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
 }
 
 /// Reads `trainer_state.json` (bounded: it is small) and checks its version.
-fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
+fn read_state(dir: &Path) -> Result<TrainerState> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("reading {}", state_path.display()))?;
     let state: TrainerState = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a seqpipe trainer state", state_path.display()))?;
     if state.version != 1 && state.version != VERSION {
-        bail!(
+        fail!(
+            Checkpoint,
             "{}: checkpoint format version {} is not supported (expected 1 or {VERSION})",
             state_path.display(),
             state.version
@@ -185,13 +188,14 @@ fn read_state(dir: &Path) -> anyhow::Result<TrainerState> {
 }
 
 /// One checkpoint directory: manifest first, then the files, then their agreement.
-fn load_one(dir: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
+fn load_one(dir: &Path, dtype: DType) -> Result<Checkpoint> {
     match manifest::read(dir)? {
         Some(m) => manifest::verify(dir, &m)?,
         None => {
             // Only version-1 checkpoints (written before manifests existed) may lack one.
             if read_state(dir)?.version != 1 {
-                bail!(
+                fail!(
+                    Checkpoint,
                     "{} has no manifest.json: the checkpoint is incomplete or was altered",
                     dir.display()
                 );
@@ -202,14 +206,16 @@ fn load_one(dir: &Path, dtype: DType) -> anyhow::Result<Checkpoint> {
     state.position()?;
     let (model, params, extras) = hf::load_with_extras(dir, dtype)?;
     if !extras.is_empty() {
-        bail!(
+        fail!(
+            Checkpoint,
             "{}: model.safetensors holds tensors this model does not have: {}",
             dir.display(),
             extras.join(", ")
         );
     }
     if model != state.config.model {
-        bail!(
+        fail!(
+            Checkpoint,
             "{}: config.json describes another model than trainer_state.json's configuration \
              ({model:?} against {:?})",
             dir.display(),

@@ -14,9 +14,8 @@
 //! `step-*` directory is complete. A directory that is neither empty nor marked is refused before
 //! training starts; inside a marked one, seqpipe touches only the names above.
 
+use crate::error::{fail, Context, Result};
 use std::path::{Path, PathBuf};
-
-use anyhow::{bail, Context};
 
 use super::atomic::write_atomic;
 
@@ -62,7 +61,7 @@ fn step_of(name: &str) -> Option<u64> {
     name.strip_prefix(STEP_PREFIX)?.parse().ok()
 }
 
-fn entries(dir: &Path) -> anyhow::Result<Vec<String>> {
+fn entries(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
@@ -74,7 +73,7 @@ fn entries(dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Makes durable the renames and creations inside `dir` (POSIX: the directory entry itself
 /// must be flushed too).
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("flushing directory {}", dir.display()))
@@ -84,9 +83,10 @@ impl CheckpointDir {
     /// Opens `root` for writing checkpoints: creates it (and its marker) when it does not exist
     /// or is empty; accepts it when it carries the marker; refuses anything else, naming it.
     /// Leftovers of crashed saves (staging and replaced directories) are removed.
-    pub fn open_for_writing(root: &Path) -> anyhow::Result<CheckpointDir> {
+    pub fn open_for_writing(root: &Path) -> Result<CheckpointDir> {
         if root.exists() && !root.is_dir() {
-            bail!(
+            fail!(
+                Config,
                 "--checkpoint-dir {} is a file, not a directory; give a new or empty directory",
                 root.display()
             );
@@ -95,7 +95,8 @@ impl CheckpointDir {
         if root.is_dir() && !marker.exists() {
             let names = entries(root)?;
             if !names.is_empty() {
-                bail!(
+                fail!(
+                    Config,
                     "--checkpoint-dir {} is not empty and is not a seqpipe checkpoint directory \
                      (it has no {MARKER}; it holds {}). seqpipe never writes into a directory it \
                      did not create: give a new or empty directory",
@@ -128,7 +129,7 @@ impl CheckpointDir {
         &self.root
     }
 
-    fn remove_leftovers(&self) -> anyhow::Result<()> {
+    fn remove_leftovers(&self) -> Result<()> {
         for name in entries(&self.root)? {
             if name.starts_with(STAGING_PREFIX) || name.starts_with(REPLACED_PREFIX) {
                 let path = self.root.join(&name);
@@ -140,7 +141,7 @@ impl CheckpointDir {
     }
 
     /// A fresh staging directory for the checkpoint that resumes at `next_step`.
-    pub fn staging(&self, next_step: u64) -> anyhow::Result<PathBuf> {
+    pub fn staging(&self, next_step: u64) -> Result<PathBuf> {
         let path = self.root.join(format!(
             "{STAGING_PREFIX}{}-{}",
             step_name(next_step),
@@ -156,7 +157,7 @@ impl CheckpointDir {
 
     /// Publishes the finished `staged` checkpoint as the one resuming at `next_step`, points
     /// `latest` at it and removes the complete checkpoints older than the newest [`KEEP`].
-    pub fn publish(&self, staged: &Path, next_step: u64) -> anyhow::Result<PathBuf> {
+    pub fn publish(&self, staged: &Path, next_step: u64) -> Result<PathBuf> {
         let name = step_name(next_step);
         let target = self.root.join(&name);
         crash_point("before publishing");
@@ -185,7 +186,7 @@ impl CheckpointDir {
         Ok(target)
     }
 
-    fn prune(&self) -> anyhow::Result<()> {
+    fn prune(&self) -> Result<()> {
         let steps = complete_steps(&self.root)?;
         for (_, name) in steps.iter().rev().skip(KEEP) {
             let path = self.root.join(name);
@@ -209,7 +210,7 @@ fn preview(names: &[String]) -> String {
 }
 
 /// The `step-*` directories of a checkpoint root, oldest first.
-fn complete_steps(root: &Path) -> anyhow::Result<Vec<(u64, String)>> {
+fn complete_steps(root: &Path) -> Result<Vec<(u64, String)>> {
     let mut steps: Vec<(u64, String)> = entries(root)?
         .into_iter()
         .filter_map(|n| step_of(&n).map(|s| (s, n)))
@@ -221,12 +222,13 @@ fn complete_steps(root: &Path) -> anyhow::Result<Vec<(u64, String)>> {
 
 /// What `--resume PATH` names: a checkpoint root (its newest checkpoint, and the older ones to
 /// offer if that one fails to load), or one checkpoint directory itself.
-pub fn resolve(path: &Path) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+pub fn resolve(path: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     if path.join(MARKER).is_file() {
         let steps = complete_steps(path)?;
         let mut dirs: Vec<PathBuf> = steps.iter().rev().map(|(_, n)| path.join(n)).collect();
         if dirs.is_empty() {
-            bail!(
+            fail!(
+                Checkpoint,
                 "--resume {}: the checkpoint directory holds no complete checkpoint yet \
                  (no step-* directory): the run that writes it has not finished a checkpoint",
                 path.display()
@@ -239,9 +241,10 @@ pub fn resolve(path: &Path) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
         return Ok((path.to_path_buf(), Vec::new()));
     }
     if !path.exists() {
-        bail!("--resume {}: no such directory", path.display());
+        fail!(Checkpoint, "--resume {}: no such directory", path.display());
     }
-    bail!(
+    fail!(
+        Checkpoint,
         "--resume {}: neither a seqpipe checkpoint directory (with {MARKER}) nor one checkpoint \
          (with trainer_state.json)",
         path.display()

@@ -4,24 +4,26 @@
 //! (`seqpipe plan | head -1`) or a full disk (`> /dev/full`) is then an error that `main` reports,
 //! not a panic.
 
-/// `println!` that returns the write error (as `anyhow`) from the enclosing function.
+/// `println!` that returns the write error from the enclosing function, as an `io::Error` of the
+/// same kind (so it converts into `anyhow` in a command and into the library's error in a
+/// training callback).
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| {
-            anyhow::Error::new(e).context("writing to standard output")
+            std::io::Error::new(e.kind(), format!("writing to standard output: {e}"))
         })?
     }};
 }
 
-/// `print!` that returns the write error (as `anyhow`) from the enclosing function.
+/// `print!` that returns the write error from the enclosing function (see [`outln!`]).
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
         write!(stdout, $($arg)*)
             .and_then(|()| stdout.flush())
-            .map_err(|e| anyhow::Error::new(e).context("writing to standard output"))?
+            .map_err(|e| std::io::Error::new(e.kind(), format!("writing to standard output: {e}")))?
     }};
 }
 

@@ -7,6 +7,7 @@ pub mod retrieval;
 pub mod stream;
 pub mod text;
 
+use crate::error::{fail, Error, Result};
 use candle_core::{Device, Tensor};
 
 pub use markov::{entropy, MarkovSource, SUCCESSOR_PROBS};
@@ -26,7 +27,7 @@ pub struct Batch {
 
 impl Batch {
     /// Targets that count in micro-batches `range`: the loss normaliser of a mean over them.
-    pub fn scored_targets(&self, range: std::ops::Range<usize>) -> anyhow::Result<f64> {
+    pub fn scored_targets(&self, range: std::ops::Range<usize>) -> Result<f64> {
         match &self.masks {
             Some(masks) => masks[range]
                 .iter()
@@ -59,11 +60,11 @@ pub enum DataSource {
 
 impl DataSource {
     /// Opens the configured source for a model of `vocab` tokens.
-    pub fn open(cfg: &DataConfig, vocab: usize, seed: u64) -> anyhow::Result<Self> {
+    pub fn open(cfg: &DataConfig, vocab: usize, seed: u64) -> Result<Self> {
         let path = || {
             cfg.path
                 .as_deref()
-                .ok_or_else(|| anyhow::anyhow!("data.kind = {:?} needs data.path", cfg.kind))
+                .ok_or_else(|| Error::Config(format!("data.kind = {:?} needs data.path", cfg.kind)))
         };
         Ok(match cfg.kind {
             DataKind::Markov => DataSource::Markov(Box::new(MarkovSource::new(vocab, seed))),
@@ -75,7 +76,9 @@ impl DataSource {
             }
             DataKind::Text => {
                 let tokenizer_path = cfg.tokenizer.as_deref().ok_or_else(|| {
-                    anyhow::anyhow!("data.kind = \"text\" needs data.tokenizer (a tokenizer.json)")
+                    Error::Config(
+                        "data.kind = \"text\" needs data.tokenizer (a tokenizer.json)".into(),
+                    )
                 })?;
                 let tokenizer = text::load_tokenizer(tokenizer_path)?;
                 let docs = text::documents(path()?, &cfg.jsonl_field)?;
@@ -97,7 +100,7 @@ impl DataSource {
         batch: usize,
         seq_len: usize,
         device: &Device,
-    ) -> anyhow::Result<Batch> {
+    ) -> Result<Batch> {
         if let DataSource::Retrieval(r) = self {
             let (tokens, masks) = r.batch(microbatches, batch, seq_len, device)?;
             return Ok(Batch {
@@ -118,7 +121,7 @@ impl DataSource {
         batch: usize,
         seq_len: usize,
         device: &Device,
-    ) -> anyhow::Result<Vec<Tensor>> {
+    ) -> Result<Vec<Tensor>> {
         match self {
             DataSource::Markov(m) => Ok(m.batch(microbatches, batch, seq_len, device)?),
             DataSource::Retrieval(r) => Ok(r.batch(microbatches, batch, seq_len, device)?.0),
@@ -145,11 +148,12 @@ impl DataSource {
 
     /// Moves to a saved position; a position this source cannot have reached is an error (the
     /// generated sources' ChaCha stream counts 2^68 words, then wraps; a token stream ends).
-    pub fn seek(&mut self, position: u128) -> anyhow::Result<()> {
+    pub fn seek(&mut self, position: u128) -> Result<()> {
         const CHACHA_WORDS: u128 = 1 << 68;
         match self {
             DataSource::Markov(_) | DataSource::Retrieval(_) if position >= CHACHA_WORDS => {
-                anyhow::bail!(
+                fail!(
+                    Data,
                     "data position {position} is past the generated stream's end (2^68 words): \
                      the checkpoint's data_position is corrupt"
                 )

@@ -18,6 +18,7 @@
 //! form. The vocabulary is `n` query tokens, `n²` fact tokens and `n` answer tokens, with `n` the
 //! largest that fits the model's vocabulary; the remaining tokens are unused.
 
+use crate::error::{fail, Result};
 use candle_core::{Device, Tensor};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -47,9 +48,9 @@ pub struct RetrievalSource {
 
 impl RetrievalSource {
     /// The generator for a model of `vocab` tokens, or an error naming what would be valid.
-    pub fn new(vocab: usize, seed: u64) -> anyhow::Result<Self> {
+    pub fn new(vocab: usize, seed: u64) -> Result<Self> {
         if vocab < MIN_VOCAB {
-            anyhow::bail!(
+            fail!(Config,
                 "the retrieval task needs model.vocab ≥ {MIN_VOCAB} (n queries + n² facts + n answers, n ≥ 2), got {vocab}"
             );
         }
@@ -104,9 +105,9 @@ impl RetrievalSource {
     }
 
     /// One sequence of `seq_len + 1` tokens (`seq_len ≥ 2`).
-    pub fn sequence(&mut self, seq_len: usize) -> anyhow::Result<RetrievalSequence> {
+    pub fn sequence(&mut self, seq_len: usize) -> Result<RetrievalSequence> {
         if seq_len < MIN_SEQ_LEN {
-            anyhow::bail!(
+            fail!(Config,
                 "the retrieval task needs data.seq_len ≥ {MIN_SEQ_LEN} (one fact and one query), got {seq_len}"
             );
         }
@@ -138,7 +139,7 @@ impl RetrievalSource {
         batch: usize,
         seq_len: usize,
         device: &Device,
-    ) -> anyhow::Result<(Vec<Tensor>, Vec<Tensor>)> {
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
         let mut all_tokens = Vec::with_capacity(microbatches);
         let mut all_masks = Vec::with_capacity(microbatches);
         for _ in 0..microbatches {

@@ -6,10 +6,10 @@
 //! `seq_len + 1` tokens (inputs and shifted targets); at the end the stream wraps to the start. The
 //! position is the offset of the next window, which is what a checkpoint saves.
 
+use crate::error::{fail, Context, Result};
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use memmap2::Mmap;
 
 /// Where the tokens live.
@@ -38,9 +38,12 @@ impl TokenStream {
     /// (checked here, over the whole file, not when training reaches it). An llm.c file (its
     /// 1024-byte header) is recognised and its header checked; a u32 file opened as u16 is
     /// recognised by its zero high halves.
-    pub fn open_file(path: &Path, width: usize, vocab: usize) -> anyhow::Result<Self> {
+    pub fn open_file(path: &Path, width: usize, vocab: usize) -> Result<Self> {
         if width != 2 && width != 4 {
-            bail!("data.token_bytes = {width}: token files hold u16 (2) or u32 (4) tokens");
+            fail!(
+                Data,
+                "data.token_bytes = {width}: token files hold u16 (2) or u32 (4) tokens"
+            );
         }
         let file =
             File::open(path).with_context(|| format!("opening token file {}", path.display()))?;
@@ -49,7 +52,7 @@ impl TokenStream {
         let offset = llmc_header(&map, width, &name)?;
         let body = map.len() - offset;
         if body % width != 0 {
-            bail!(
+            fail!(Data,
                 "token file {name} has {body} bytes of tokens, not a multiple of the token size {width} ({}); is data.token_bytes right?",
                 if width == 2 { "u16" } else { "u32" }
             );
@@ -68,7 +71,7 @@ impl TokenStream {
 
     /// u32 tokens read as u16 show as every second u16 being zero (the high halves): refuse that
     /// rather than train on interleaved zeros.
-    fn check_width(&self, width: usize) -> anyhow::Result<()> {
+    fn check_width(&self, width: usize) -> Result<()> {
         let sample = self.len.min(1 << 16) & !1;
         if width != 2 || sample < 64 {
             return Ok(());
@@ -76,7 +79,8 @@ impl TokenStream {
         let odd_zero = (1..sample).step_by(2).all(|i| self.token(i) == 0);
         let even_nonzero = (0..sample).step_by(2).any(|i| self.token(i) != 0);
         if odd_zero && even_nonzero {
-            bail!(
+            fail!(
+                Data,
                 "token file {}: every second u16 of its first {sample} is zero, as in a file of \
                  u32 tokens read as u16; set data.token_bytes = 4",
                 self.name
@@ -86,12 +90,13 @@ impl TokenStream {
     }
 
     /// The first token at or above the vocabulary, over the whole stream.
-    fn check_vocabulary(&self) -> anyhow::Result<()> {
+    fn check_vocabulary(&self) -> Result<()> {
         if let Some((i, t)) = (0..self.len)
             .map(|i| (i, self.token(i)))
             .find(|&(_, t)| t as usize >= self.vocab)
         {
-            bail!(
+            fail!(
+                Data,
                 "{}: token {t} at position {i} is outside the model's vocabulary of {} (raise \
                  model.vocab, or check data.token_bytes)",
                 self.name,
@@ -102,13 +107,16 @@ impl TokenStream {
     }
 
     /// A stream over tokens already in memory.
-    pub fn from_tokens(tokens: Vec<u32>, vocab: usize, name: String) -> anyhow::Result<Self> {
+    pub fn from_tokens(tokens: Vec<u32>, vocab: usize, name: String) -> Result<Self> {
         if let Some((i, t)) = tokens
             .iter()
             .enumerate()
             .find(|(_, &t)| t as usize >= vocab)
         {
-            bail!("{name}: token {t} at position {i} is outside the model's vocabulary of {vocab}");
+            fail!(
+                Data,
+                "{name}: token {t} at position {i} is outside the model's vocabulary of {vocab}"
+            );
         }
         let len = tokens.len();
         Ok(TokenStream {
@@ -149,9 +157,10 @@ impl TokenStream {
     }
 
     /// The next window of `n` tokens.
-    pub fn next_window(&mut self, n: usize) -> anyhow::Result<Vec<u32>> {
+    pub fn next_window(&mut self, n: usize) -> Result<Vec<u32>> {
         if n > self.len {
-            bail!(
+            fail!(
+                Data,
                 "{} holds {} tokens, fewer than one sequence of {n} (data.seq_len + 1)",
                 self.name,
                 self.len
@@ -167,7 +176,8 @@ impl TokenStream {
             .enumerate()
             .find(|(_, &t)| t as usize >= self.vocab)
         {
-            bail!(
+            fail!(
+                Data,
                 "{}: token {t} at position {} is outside the model's vocabulary of {}",
                 self.name,
                 start + i,
@@ -185,13 +195,14 @@ impl TokenStream {
 
     /// Moves to an offset from [`TokenStream::position`]; one past the end of the tokens is an
     /// error (it cannot come from this file).
-    pub fn seek(&mut self, position: u128) -> anyhow::Result<()> {
+    pub fn seek(&mut self, position: u128) -> Result<()> {
         match usize::try_from(position) {
             Ok(p) if p <= self.len => {
                 self.position = p;
                 Ok(())
             }
-            _ => anyhow::bail!(
+            _ => fail!(
+                Data,
                 "data position {position} is past the end of the token data ({} tokens): the \
                  checkpoint belongs to other data or is corrupt",
                 self.len
@@ -216,7 +227,7 @@ const LLMC_MAGIC: i32 = 20240520;
 const LLMC_HEADER: usize = 1024;
 
 /// Bytes to skip: the llm.c header's size when the file has one (checked), else 0.
-fn llmc_header(map: &[u8], width: usize, name: &str) -> anyhow::Result<usize> {
+fn llmc_header(map: &[u8], width: usize, name: &str) -> Result<usize> {
     let word =
         |k: usize| i32::from_le_bytes([map[4 * k], map[4 * k + 1], map[4 * k + 2], map[4 * k + 3]]);
     if map.len() < LLMC_HEADER || word(0) != LLMC_MAGIC {
@@ -224,14 +235,21 @@ fn llmc_header(map: &[u8], width: usize, name: &str) -> anyhow::Result<usize> {
     }
     let (version, count) = (word(1), word(2));
     if version != 1 {
-        bail!("{name}: llm.c token file version {version}; only version 1 (u16 tokens) is known");
+        fail!(
+            Data,
+            "{name}: llm.c token file version {version}; only version 1 (u16 tokens) is known"
+        );
     }
     if width != 2 {
-        bail!("{name} is an llm.c token file of u16 tokens; set data.token_bytes = 2");
+        fail!(
+            Data,
+            "{name} is an llm.c token file of u16 tokens; set data.token_bytes = 2"
+        );
     }
     let body = map.len() - LLMC_HEADER;
     if count < 0 || count as usize * 2 != body {
-        bail!(
+        fail!(
+            Data,
             "{name}: the llm.c header says {count} tokens but {body} bytes ({} tokens) follow it: \
              the file is truncated or damaged",
             body / 2

@@ -4,9 +4,9 @@
 //! run (offload, reload, recomputation: planned, not yet executed) is an error naming it, never
 //! skipped mid-run.
 
+use crate::error::{fail, Context, Result};
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use seqpipe_schedule::{csv, generate, Lowered, Op, Schedule, ScheduleConfig};
 
 use crate::config::TrainConfig;
@@ -17,10 +17,11 @@ pub fn runs(op: Op) -> bool {
 }
 
 /// Refuses a schedule the executor cannot run as given, naming the first offending action.
-pub fn admit(schedule: &Lowered) -> anyhow::Result<()> {
+pub fn admit(schedule: &Lowered) -> Result<()> {
     for (stage, program) in schedule.actions.iter().enumerate() {
         if let Some((i, a)) = program.iter().enumerate().find(|(_, a)| !runs(a.op)) {
-            bail!(
+            fail!(
+                Config,
                 "stage {stage}, action {i}: {} ({}: micro-batch {}, slice {}, chunk {}) is not \
                  run by this executor yet; plan without offload and recomputation",
                 schedule.text(a),
@@ -39,7 +40,7 @@ const MAX_SCHEDULE_FILE: u64 = 64 << 20;
 
 /// The schedule a run executes: `parallel.schedule_file` when set, else generated from `config`;
 /// lowered (or, if the file says it is lowered, validated) and admitted.
-pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> anyhow::Result<Lowered> {
+pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> Result<Lowered> {
     let schedule = match &cfg.parallel.schedule_file {
         None => return admitted(Lowered::lower(&generate(config)?)?),
         Some(path) => read_schedule(path, config)
@@ -52,7 +53,7 @@ pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> anyhow::Resu
     admitted(lowered)
 }
 
-fn admitted(lowered: Lowered) -> anyhow::Result<Lowered> {
+fn admitted(lowered: Lowered) -> Result<Lowered> {
     admit(&lowered)?;
     Ok(lowered)
 }
@@ -60,16 +61,20 @@ fn admitted(lowered: Lowered) -> anyhow::Result<Lowered> {
 /// A schedule file: JSON (`seqpipe schedule --format json`, which carries its configuration,
 /// required to equal the run's) or CSV (one row per stage, read with the run's configuration; it
 /// counts as lowered when it holds a send or receive).
-fn read_schedule(path: &Path, config: &ScheduleConfig) -> anyhow::Result<Schedule> {
+fn read_schedule(path: &Path, config: &ScheduleConfig) -> Result<Schedule> {
     let size = std::fs::metadata(path)?.len();
     if size > MAX_SCHEDULE_FILE {
-        bail!("{size} bytes: a schedule file is at most {MAX_SCHEDULE_FILE} bytes");
+        fail!(
+            Config,
+            "{size} bytes: a schedule file is at most {MAX_SCHEDULE_FILE} bytes"
+        );
     }
     let text = std::fs::read_to_string(path)?;
     if text.trim_start().starts_with('{') {
         let schedule = Schedule::from_json(&text)?;
         if !same_shape(&schedule.config, config) {
-            bail!(
+            fail!(
+                Config,
                 "the file's schedule is for {:?}, the run is configured for {config:?}",
                 schedule.config
             );

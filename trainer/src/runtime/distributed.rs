@@ -7,9 +7,8 @@
 //! on its own micro-batches; the gradients of each stage are averaged over its replicas, so
 //! replicas hold identical weights (see [`super::rank`]).
 
+use crate::error::{fail, Result};
 use std::time::Duration;
-
-use anyhow::bail;
 
 use crate::config::TrainConfig;
 
@@ -27,9 +26,9 @@ pub struct Placement {
 }
 
 /// Rank `rank` of `world` ranks running a `stages`-stage pipeline.
-pub fn placement(rank: usize, world: usize, stages: usize) -> anyhow::Result<Placement> {
+pub fn placement(rank: usize, world: usize, stages: usize) -> Result<Placement> {
     if stages == 0 || world % stages != 0 {
-        bail!("WORLD_SIZE = {world} is not a multiple of parallel.stages = {stages}: use {stages}, {}, {}, ... ranks", 2 * stages, 3 * stages);
+        fail!(Config, "WORLD_SIZE = {world} is not a multiple of parallel.stages = {stages}: use {stages}, {}, {}, ... ranks", 2 * stages, 3 * stages);
     }
     Ok(Placement {
         rank,
@@ -50,13 +49,14 @@ pub const MAX_WORLD: usize = 1 << 20;
 /// Whether the launcher asked for several processes (`WORLD_SIZE` > 1). A `WORLD_SIZE` that is
 /// set but not a whole number from 1 to [`MAX_WORLD`] is an error: ignoring it would let each
 /// process train alone, silently.
-pub fn launched_multi_process() -> anyhow::Result<bool> {
+pub fn launched_multi_process() -> Result<bool> {
     let Ok(text) = std::env::var("WORLD_SIZE") else {
         return Ok(false);
     };
     match text.trim().parse::<usize>() {
         Ok(w) if (1..=MAX_WORLD).contains(&w) => Ok(w > 1),
-        _ => bail!(
+        _ => fail!(
+            Config,
             "WORLD_SIZE = {text:?} (from the launcher's environment) is not a number of \
              processes from 1 to {MAX_WORLD}; unset it for a single-process run"
         ),

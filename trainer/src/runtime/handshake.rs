@@ -3,7 +3,7 @@
 //! started with another vocabulary, data kind, weight decay or step count stops every rank with a
 //! message naming it and the settings, instead of training "successfully" on its own terms.
 
-use anyhow::bail;
+use crate::error::{fail, Result};
 use seqpipe_comm::{Group, Message, Transport};
 
 use crate::config::{json_differences, TrainConfig};
@@ -25,7 +25,7 @@ pub fn agree_on_configuration(
     resuming: bool,
     transport: &mut dyn Transport,
     world: &mut Group,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let mine = comparable(cfg, resuming);
     let bytes = serde_json::to_vec(&mine)?;
     let rank = transport.rank();
@@ -58,7 +58,8 @@ pub fn agree_on_configuration(
             differences.join("\n  ")
         )
     };
-    bail!(
+    fail!(
+        Config,
         "rank(s) {disagreeing:?} were started with another configuration than rank 0; every \
          rank must run the same settings{detail}"
     )

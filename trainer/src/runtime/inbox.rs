@@ -7,6 +7,7 @@
 //! arrive before they are wanted. This never deadlocks where the schedule does not: everything a
 //! peer sent before the wanted message has been sent already.
 
+use crate::error::{fail, Result};
 use std::collections::{HashMap, VecDeque};
 
 use seqpipe_comm::{Message, Tag, TagKind, Transport};
@@ -38,13 +39,14 @@ impl Inbox {
         transport: &mut dyn Transport,
         peer: usize,
         tag: Tag,
-    ) -> anyhow::Result<Message> {
+    ) -> Result<Message> {
         if let Some(msg) = self.early.remove(&(peer, tag)) {
             return Ok(msg);
         }
         loop {
             let Some(next) = self.expected.get_mut(&peer).and_then(VecDeque::pop_front) else {
-                anyhow::bail!(
+                fail!(
+                    Runtime,
                     "stage {} waits for {tag} from stage {peer}, which the schedule never sends",
                     transport.rank()
                 );
@@ -64,7 +66,7 @@ impl Inbox {
 }
 
 /// The tag of unit `a`'s message of `kind` to or from virtual stage `vstage`.
-pub(crate) fn message_tag(kind: TagKind, a: &Action, vstage: usize) -> anyhow::Result<Tag> {
+pub(crate) fn message_tag(kind: TagKind, a: &Action, vstage: usize) -> Result<Tag> {
     Ok(Tag::new(kind, a.mb.0, a.slice.0, vstage as u32)?)
 }
 
@@ -73,7 +75,7 @@ pub(crate) fn incoming_order(
     schedule: &Schedule,
     stage: usize,
     rank_offset: usize,
-) -> anyhow::Result<Vec<(usize, Tag)>> {
+) -> Result<Vec<(usize, Tag)>> {
     let p = schedule.config.stages;
     let mut order = Vec::new();
     for (sender, program) in schedule.actions.iter().enumerate() {

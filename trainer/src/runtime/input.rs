@@ -1,8 +1,8 @@
 //! The data of one iteration, shared by every stage, and its check against the schedule.
 
+use crate::error::{fail, Result};
 use std::ops::Range;
 
-use anyhow::bail;
 use candle_core::Tensor;
 use seqpipe_schedule::Schedule;
 
@@ -24,17 +24,19 @@ pub struct IterationInput {
 impl IterationInput {
     /// The input must fit the schedule: one token tensor per micro-batch, slices covering the
     /// sequence, a loss mask (if any) per target.
-    pub fn check(&self, schedule: &Schedule) -> anyhow::Result<()> {
+    pub fn check(&self, schedule: &Schedule) -> Result<()> {
         let c = &schedule.config;
         if self.tokens.len() != c.microbatches as usize {
-            bail!(
+            fail!(
+                Data,
                 "{} micro-batches of data for a schedule of {} micro-batches",
                 self.tokens.len(),
                 c.microbatches
             );
         }
         if self.slices.len() != c.slices as usize {
-            bail!(
+            fail!(
+                Data,
                 "{} slices in the plan for a schedule of {} slices",
                 self.slices.len(),
                 c.slices
@@ -43,7 +45,8 @@ impl IterationInput {
         let seq = self.tokens[0].dim(1)?.saturating_sub(1);
         if let Some(masks) = &self.masks {
             if masks.len() != self.tokens.len() {
-                bail!(
+                fail!(
+                    Data,
                     "{} loss masks for {} micro-batches of tokens",
                     masks.len(),
                     self.tokens.len()
@@ -52,7 +55,8 @@ impl IterationInput {
             for (mb, (mask, tokens)) in masks.iter().zip(&self.tokens).enumerate() {
                 let want = [tokens.dim(0)?, seq];
                 if mask.dims() != want {
-                    bail!(
+                    fail!(
+                        Data,
                         "micro-batch {mb}: loss mask {:?} must be {want:?} (one weight per target)",
                         mask.dims()
                     );
@@ -61,7 +65,11 @@ impl IterationInput {
         }
         let covered = self.slices.last().map_or(0, |r| r.end);
         if self.slices.first().map(|r| r.start) != Some(0) || covered != seq {
-            bail!("slices {:?} must cover the sequence 0..{seq}", self.slices);
+            fail!(
+                Data,
+                "slices {:?} must cover the sequence 0..{seq}",
+                self.slices
+            );
         }
         Ok(())
     }

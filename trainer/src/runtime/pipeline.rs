@@ -2,16 +2,16 @@
 //! transport, each running the same [`Rank`] code a training run's ranks run. Tests, benchmarks
 //! and the GPU oracle drive iterations with their own inputs through it.
 
+use crate::error::{fail, Error, Result};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
 use candle_core::{DType, Device};
 use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{generate, Lowered, ScheduleConfig};
 
 use super::admit::admit;
 use super::distributed::placement;
-use super::error::{combine, RuntimeError};
+use super::error::combine;
 use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::record::{Answers, StageReport};
@@ -61,7 +61,7 @@ impl Pipeline {
         seed: u64,
         dtype: DType,
         timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         Self::with_weights(
             model,
             config,
@@ -83,7 +83,7 @@ impl Pipeline {
         weights: Weights,
         dtype: DType,
         timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         Self::on_device(
             model,
             config,
@@ -108,10 +108,10 @@ impl Pipeline {
         dtype: DType,
         timeout: Duration,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let problems = model.problems();
         if !problems.is_empty() {
-            bail!("invalid model: {}", problems.join("; "));
+            fail!(Config, "invalid model: {}", problems.join("; "));
         }
         let schedule = Lowered::lower(&generate(&config)?)?;
         admit(&schedule)?;
@@ -120,9 +120,10 @@ impl Pipeline {
             Some(counts) => Partition::from_counts(model.layers, counts),
             None => Partition::even(model.layers, p * v),
         }
-        .map_err(|e| anyhow!(e))?;
+        .map_err(Error::Config)?;
         if partition.ranges.len() != p * v {
-            bail!(
+            fail!(
+                Config,
                 "{} layer counts given for {} virtual stages ({p} stages × {v} chunks)",
                 partition.ranges.len(),
                 p * v
@@ -158,16 +159,13 @@ impl Pipeline {
     }
 
     /// Runs one forward/backward iteration on every stage (gradients accumulate into the ranks).
-    pub fn run_iteration(
-        &mut self,
-        input: &IterationInput,
-    ) -> anyhow::Result<(Vec<StageReport>, f64)> {
+    pub fn run_iteration(&mut self, input: &IterationInput) -> Result<(Vec<StageReport>, f64)> {
         let report = self.compute_gradients(input)?;
         Ok((report.stages, report.iteration_seconds))
     }
 
     /// One training step: iteration, global-norm clip, AdamW with learning rate `lr`.
-    pub fn step(&mut self, input: &IterationInput, lr: f64) -> anyhow::Result<StepReport> {
+    pub fn step(&mut self, input: &IterationInput, lr: f64) -> Result<StepReport> {
         let report = self.compute_gradients(input)?;
         self.update(lr)?;
         Ok(report)
@@ -175,11 +173,11 @@ impl Pipeline {
 
     /// The iteration of a step: loss, reduced gradients and their global norm, no update (so a
     /// caller can judge the figures before [`Pipeline::update`]).
-    pub fn compute_gradients(&mut self, input: &IterationInput) -> anyhow::Result<StepReport> {
+    pub fn compute_gradients(&mut self, input: &IterationInput) -> Result<StepReport> {
         input.check(&self.schedule)?;
         let mut transports = Vec::with_capacity(self.transports.len());
         for (rank, t) in self.transports.iter_mut().enumerate() {
-            transports.push(t.take().ok_or(RuntimeError::TransportLost { rank })?);
+            transports.push(t.take().ok_or(Error::TransportLost { rank })?);
         }
         let clock = Instant::now();
         let schedule = &self.schedule;
@@ -205,7 +203,7 @@ impl Pipeline {
                 .enumerate()
                 .map(|(rank, h)| {
                     h.join()
-                        .unwrap_or_else(|_| (None, Err(RuntimeError::Panicked { rank }.into())))
+                        .unwrap_or_else(|_| (None, Err(Error::Panicked { rank })))
                 })
                 .collect()
         });
@@ -224,7 +222,8 @@ impl Pipeline {
         if !errors.is_empty() {
             return Err(combine(errors).context("pipeline iteration failed"));
         }
-        let f: StepFigures = figures.ok_or_else(|| anyhow!("a pipeline has at least one stage"))?;
+        let f: StepFigures =
+            figures.ok_or_else(|| Error::Runtime("a pipeline has at least one stage".into()))?;
         self.last_grad_sq = f.grad_sq;
         Ok(StepReport {
             loss: f.loss,
@@ -237,7 +236,7 @@ impl Pipeline {
 
     /// Global-norm clip and AdamW with learning rate `lr`, from the gradients and the norm of the
     /// last [`Pipeline::compute_gradients`].
-    pub fn update(&mut self, lr: f64) -> anyhow::Result<()> {
+    pub fn update(&mut self, lr: f64) -> Result<()> {
         for rank in &mut self.ranks {
             rank.update(lr, self.last_grad_sq)?;
             // The update ran on this thread's CUDA stream; the stage threads read it next.
@@ -257,12 +256,7 @@ impl Pipeline {
     }
 
     /// Restores what [`Pipeline::optimizer_state`] returned, and the parameters (whole model).
-    pub fn restore(
-        &mut self,
-        params: &TensorMap,
-        steps: u64,
-        state: &TensorMap,
-    ) -> anyhow::Result<()> {
+    pub fn restore(&mut self, params: &TensorMap, steps: u64, state: &TensorMap) -> Result<()> {
         for rank in &mut self.ranks {
             rank.restore(params, steps, state)?;
         }

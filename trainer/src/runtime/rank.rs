@@ -8,9 +8,9 @@
 //! peak bytes) over the world, then — after the caller has judged them — clip and step AdamW.
 //! Because every rank ends with the same figures, every rank takes the same decision.
 
+use crate::error::{Context, Error, Result};
 use std::time::Instant;
 
-use anyhow::{anyhow, Context};
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{Group, Transport};
 use seqpipe_schedule::Lowered;
@@ -55,7 +55,7 @@ pub fn stage_params(
     weights: Weights,
     dtype: DType,
     device: &Device,
-) -> anyhow::Result<TensorMap> {
+) -> Result<TensorMap> {
     let specs = param_specs(model, hold);
     specs
         .iter()
@@ -64,11 +64,13 @@ pub fn stage_params(
                 Weights::Seed(seed) => {
                     init_params(std::slice::from_ref(spec), seed, dtype, &Device::Cpu)?
                         .remove(&spec.name)
-                        .ok_or_else(|| anyhow!("initialisation lost {}", spec.name))?
+                        .ok_or_else(|| {
+                            Error::Runtime(format!("initialisation lost {}", spec.name))
+                        })?
                 }
                 Weights::Loaded(all) => all
                     .get(&spec.name)
-                    .ok_or_else(|| anyhow!("loaded weights lack {}", spec.name))?
+                    .ok_or_else(|| Error::Runtime(format!("loaded weights lack {}", spec.name)))?
                     .to_dtype(dtype)?,
             };
             Ok((spec.name.clone(), t.to_device(device)?))
@@ -131,7 +133,7 @@ pub struct Rank {
 
 impl Rank {
     /// Builds the rank's stage with its initial weights and a fresh optimizer.
-    pub fn new(setup: &RankSetup) -> anyhow::Result<Rank> {
+    pub fn new(setup: &RankSetup) -> Result<Rank> {
         let (at, p) = (setup.at, setup.stages);
         let hold = holding(setup.partition, at.stage, p, setup.chunks);
         let params = stage_params(setup.model, &hold, setup.weights, setup.dtype, setup.device)?;
@@ -171,7 +173,7 @@ impl Rank {
         input: &IterationInput,
         transport: &mut dyn Transport,
         clock: Instant,
-    ) -> anyhow::Result<(StageReport, StepFigures)> {
+    ) -> Result<(StageReport, StepFigures)> {
         self.worker.zero_grads()?;
         let report = self.worker.run(schedule, input, transport, clock)?;
         self.reduce_gradients(transport)?;
@@ -181,7 +183,7 @@ impl Rank {
 
     /// Averages gradients over the replicas, then gives both copies of a tied embedding the sum
     /// of their gradients (each copy saw only its own use of the matrix).
-    fn reduce_gradients(&mut self, transport: &mut dyn Transport) -> anyhow::Result<()> {
+    fn reduce_gradients(&mut self, transport: &mut dyn Transport) -> Result<()> {
         let d = self.at.replicas;
         if d > 1 {
             for g in self.worker.grads.values_mut() {
@@ -189,11 +191,9 @@ impl Rank {
             }
         }
         if let Some(group) = &mut self.tied {
-            let g = self
-                .worker
-                .grads
-                .get_mut(EMBED)
-                .ok_or_else(|| anyhow!("stage {} holds no {EMBED} gradient", self.at.stage))?;
+            let g = self.worker.grads.get_mut(EMBED).ok_or_else(|| {
+                Error::Runtime(format!("stage {} holds no {EMBED} gradient", self.at.stage))
+            })?;
             *g = all_reduce(transport, group, g).context("summing the tied embedding")?;
         }
         Ok(())
@@ -201,7 +201,7 @@ impl Rank {
 
     /// Σ g² of the parameters this rank owns for the norm: the last stage's copy of a tied
     /// embedding is the first stage's, so only the first counts it.
-    fn own_sum_of_squares(&self) -> anyhow::Result<f64> {
+    fn own_sum_of_squares(&self) -> Result<f64> {
         let skip_embed = self.tied.is_some() && self.at.stage > 0;
         let owned: TensorMap = self
             .worker
@@ -218,7 +218,7 @@ impl Rank {
         &mut self,
         transport: &mut dyn Transport,
         report: &StageReport,
-    ) -> anyhow::Result<StepFigures> {
+    ) -> Result<StepFigures> {
         let (at, p) = (self.at, self.stages);
         let mut v = vec![
             self.own_sum_of_squares()?,
@@ -248,12 +248,7 @@ impl Rank {
 
     /// Restores this rank's parameters (from a whole-model map of the trained weights) and its
     /// optimizer state after `steps` steps.
-    pub fn restore(
-        &mut self,
-        weights: &TensorMap,
-        steps: u64,
-        state: &TensorMap,
-    ) -> anyhow::Result<()> {
+    pub fn restore(&mut self, weights: &TensorMap, steps: u64, state: &TensorMap) -> Result<()> {
         self.optimizer
             .restore(&mut self.worker.params, weights, steps, state)?;
         self.worker.refresh_weights()
@@ -265,7 +260,7 @@ impl Rank {
     }
 
     /// Clips by the global norm and steps AdamW with learning rate `lr`.
-    pub fn update(&mut self, lr: f64, grad_sq: f64) -> anyhow::Result<()> {
+    pub fn update(&mut self, lr: f64, grad_sq: f64) -> Result<()> {
         let scale = clip_scale(grad_sq, self.optimizer.cfg.clip_norm);
         self.optimizer
             .step(&mut self.worker.params, &self.worker.grads, lr, scale)?;
@@ -275,11 +270,7 @@ impl Rank {
 
 /// Sum `t` over `group` (every rank of the group calls this in the same order); the result is
 /// on `t`'s device.
-pub fn all_reduce(
-    transport: &mut dyn Transport,
-    group: &mut Group,
-    t: &Tensor,
-) -> anyhow::Result<Tensor> {
+pub fn all_reduce(transport: &mut dyn Transport, group: &mut Group, t: &Tensor) -> Result<Tensor> {
     let summed = transport.all_reduce_sum(group, to_message(t)?)?;
     Ok(from_message(summed, t.device())?.reshape(t.dims())?)
 }

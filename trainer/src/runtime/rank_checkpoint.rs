@@ -8,7 +8,7 @@
 //! reads the checkpoint directory (a path all ranks see: one machine, or a shared file system) and
 //! keeps its own stage's tensors.
 
-use anyhow::{anyhow, bail, Context};
+use crate::error::{fail, Context, Error, Result};
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{Tag, Transport};
 
@@ -24,8 +24,9 @@ use crate::optim::AdamW;
 /// User tag of the checkpoint gather; the per-peer FIFO keeps its tensors in order.
 const GATHER_TAG: u64 = 0xC4EC_0001;
 
-fn moments<'o>(name: &str, optimizer: &'o AdamW) -> anyhow::Result<[&'o Tensor; 2]> {
-    let missing = |what: &str| anyhow!("optimizer has no {what} moment for {name}");
+fn moments<'o>(name: &str, optimizer: &'o AdamW) -> Result<[&'o Tensor; 2]> {
+    let missing =
+        |what: &str| Error::Checkpoint(format!("optimizer has no {what} moment for {name}"));
     Ok([
         optimizer.m.get(name).ok_or_else(|| missing("first"))?,
         optimizer.v.get(name).ok_or_else(|| missing("second"))?,
@@ -40,7 +41,7 @@ pub fn save(
     partition: &Partition,
     rank: &mut Rank,
     transport: &mut dyn Transport,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let Some(dir) = &cfg.output.checkpoint_dir else {
         return Ok(());
     };
@@ -83,7 +84,7 @@ fn gather(
     optimizer_0: &AdamW,
     transport: &mut dyn Transport,
     tag: Tag,
-) -> anyhow::Result<(TensorMap, TensorMap)> {
+) -> Result<(TensorMap, TensorMap)> {
     let (p, v) = (cfg.parallel.stages as usize, cfg.parallel.chunks as usize);
     let mut params = TensorMap::new();
     let mut optimizer = TensorMap::new();
@@ -105,7 +106,8 @@ fn gather(
             for _ in 0..3 {
                 let t = from_message(transport.recv(stage, tag)?, &Device::Cpu)?;
                 if t.dims() != spec.shape {
-                    bail!(
+                    fail!(
+                        Checkpoint,
                         "checkpoint gather: stage {stage} sent {:?} for {} (expected {:?})",
                         t.dims(),
                         spec.name,
@@ -116,7 +118,7 @@ fn gather(
             }
             let three: [Tensor; 3] = three
                 .try_into()
-                .map_err(|_| anyhow!("three tensors per parameter"))?;
+                .map_err(|_| Error::Checkpoint("three tensors per parameter".into()))?;
             keep(&spec.name, three);
         }
     }
@@ -124,6 +126,6 @@ fn gather(
 }
 
 /// Puts a loaded checkpoint's tensors for this rank's stage into the rank.
-pub fn restore(ck: &Checkpoint, rank: &mut Rank) -> anyhow::Result<()> {
+pub fn restore(ck: &Checkpoint, rank: &mut Rank) -> Result<()> {
     rank.restore(&ck.params, ck.state.optimizer_steps, &ck.optimizer)
 }

@@ -8,9 +8,9 @@
 //! rank draws the whole global batch and keeps its replica's share, so all replicas see disjoint
 //! data and every data stream stays in step.
 
+use crate::error::{fail, Context, Error, Result};
 use std::time::Instant;
 
-use anyhow::{anyhow, Context};
 use candle_core::Device;
 use seqpipe_comm::{Group, Transport};
 use seqpipe_schedule::Lowered;
@@ -57,14 +57,14 @@ struct RankRun {
 }
 
 /// The lowered schedule and the layer partition of a configuration.
-pub fn plan(cfg: &TrainConfig) -> anyhow::Result<(Lowered, Partition)> {
+pub fn plan(cfg: &TrainConfig) -> Result<(Lowered, Partition)> {
     let schedule = load_schedule(cfg, &schedule_config(cfg)?)?;
     let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
     let partition = match &cfg.parallel.layers {
         Some(counts) => Partition::from_counts(cfg.model.layers, counts),
         None => Partition::even(cfg.model.layers, vstages),
     }
-    .map_err(|e| anyhow!(e))?;
+    .map_err(Error::Config)?;
     Ok((schedule, partition))
 }
 
@@ -74,13 +74,14 @@ fn start(
     transport: &mut dyn Transport,
     opts: &RunOptions,
     device: &Device,
-) -> anyhow::Result<RankRun> {
+) -> Result<RankRun> {
     check(cfg)?;
     let p = cfg.parallel.stages as usize;
     let at = placement(transport.rank(), transport.world_size(), p)?;
     if let Some(d) = cfg.parallel.replicas {
         if d as usize != at.replicas {
-            anyhow::bail!(
+            fail!(
+                Config,
                 "parallel.replicas = {d} with {p} stages needs {} ranks, but the run has {}",
                 d as usize * p,
                 transport.world_size()
@@ -124,7 +125,7 @@ fn start(
 }
 
 /// This replica's share of the next global batch.
-fn next_input(cfg: &TrainConfig, run: &mut RankRun) -> anyhow::Result<IterationInput> {
+fn next_input(cfg: &TrainConfig, run: &mut RankRun) -> Result<IterationInput> {
     let (m, b, s) = (
         cfg.parallel.microbatches as usize,
         cfg.data.batch,
@@ -150,8 +151,8 @@ pub fn train_rank(
     transport: &mut dyn Transport,
     opts: &RunOptions,
     device: &Device,
-    mut on_step: impl FnMut(&StepEvent) -> anyhow::Result<()>,
-) -> anyhow::Result<RankSummary> {
+    mut on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<RankSummary> {
     let mut run = start(cfg, transport, opts, device)?;
     let at = run.at;
     let mut metrics = match at.rank {

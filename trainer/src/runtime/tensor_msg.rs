@@ -1,11 +1,12 @@
 //! Tensors to transport messages and back: the only place the runtime crosses the `comm` seam,
 //! which knows buffers and shapes but not candle.
 
+use crate::error::{fail, Result};
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::Message;
 
 /// Packs a tensor (f32, f64 or bf16) into a message with its shape.
-pub fn to_message(t: &Tensor) -> anyhow::Result<Message> {
+pub fn to_message(t: &Tensor) -> Result<Message> {
     let shape = t.dims().to_vec();
     let flat = t.flatten_all()?;
     Ok(match t.dtype() {
@@ -19,14 +20,15 @@ pub fn to_message(t: &Tensor) -> anyhow::Result<Message> {
                 .collect();
             Message::from_bf16_bits(shape, bits)?
         }
-        other => anyhow::bail!(
+        other => fail!(
+            Runtime,
             "cannot send a {other:?} tensor between stages: activations are f32, f64 or bf16"
         ),
     })
 }
 
 /// Unpacks a message into a tensor on `device`.
-pub fn from_message(msg: Message, device: &Device) -> anyhow::Result<Tensor> {
+pub fn from_message(msg: Message, device: &Device) -> Result<Tensor> {
     let shape = msg.shape().to_vec();
     let tensor = match msg.dtype() {
         seqpipe_comm::DType::F32 => Tensor::from_vec(msg.into_f32()?, shape, device)?,
@@ -39,7 +41,8 @@ pub fn from_message(msg: Message, device: &Device) -> anyhow::Result<Tensor> {
                 .collect();
             Tensor::from_vec(values, shape, device)?
         }
-        other => anyhow::bail!(
+        other => fail!(
+            Runtime,
             "received a {other:?} message where an f32, f64 or bf16 activation was expected"
         ),
     };

@@ -2,7 +2,7 @@
 //! the K/V prefix, whose results the caller stores: K/V through the sink, the loss into the
 //! iteration's sum), the input half of its backward and the weight half.
 
-use anyhow::{anyhow, bail};
+use crate::error::{fail, Error, Result};
 use candle_core::Tensor;
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::Action;
@@ -16,10 +16,10 @@ use crate::model::layer::{self, LayerSaved, SliceKv, MATRIX_SLOTS};
 use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_PARTS, LM_HEAD};
 use crate::model::params::TensorMap;
 
-fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> anyhow::Result<()> {
+fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> Result<()> {
     let acc = map
         .get_mut(name)
-        .ok_or_else(|| anyhow!("no gradient slot for {name}"))?;
+        .ok_or_else(|| Error::Runtime(format!("no gradient slot for {name}")))?;
     *acc = (&*acc + g.to_dtype(acc.dtype())?)?;
     Ok(())
 }
@@ -31,16 +31,16 @@ impl StageWorker {
         st: &mut IterState,
         a: &Action,
         k: usize,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let u = unit(a);
         let range = input
             .slices
             .get(a.slice.index())
-            .ok_or_else(|| anyhow!("slice {} is not in the plan", a.slice.0))?;
+            .ok_or_else(|| Error::Runtime(format!("slice {} is not in the plan", a.slice.0)))?;
         let tokens = input
             .tokens
             .get(a.mb.index())
-            .ok_or_else(|| anyhow!("micro-batch {} has no data", a.mb.0))?;
+            .ok_or_else(|| Error::Runtime(format!("micro-batch {} has no data", a.mb.0)))?;
         let (offset, len) = (range.start, range.len());
         let (x, ids) = if k == 0 {
             let ids = tokens
@@ -54,7 +54,8 @@ impl StageWorker {
                 st.store.take(Slot::ActOut, &before)
             });
             (
-                received.ok_or_else(|| anyhow!("input activation was not received"))?,
+                received
+                    .ok_or_else(|| Error::Runtime("input activation was not received".into()))?,
                 None,
             )
         };
@@ -94,7 +95,7 @@ impl StageWorker {
         prefix: &[SliceKvCache],
         mut x: Tensor,
         offset: usize,
-    ) -> anyhow::Result<(Tensor, Vec<LayerSaved>, Vec<SliceKv>)> {
+    ) -> Result<(Tensor, Vec<LayerSaved>, Vec<SliceKv>)> {
         let ctx = self.ctx();
         let layers = &self.weights[chunk];
         let (mut saved, mut kv) = (Vec::with_capacity(layers.len()), Vec::new());
@@ -116,7 +117,7 @@ impl StageWorker {
         tokens: &Tensor,
         x: &Tensor,
         answers: &mut Answers,
-    ) -> anyhow::Result<(f64, HeadSaved)> {
+    ) -> Result<(f64, HeadSaved)> {
         let range = &input.slices[a.slice.index()];
         let (offset, len) = (range.start, range.len());
         let targets = tokens
@@ -127,7 +128,9 @@ impl StageWorker {
             Some(masks) => Some(
                 masks
                     .get(a.mb.index())
-                    .ok_or_else(|| anyhow!("micro-batch {} has no loss mask", a.mb.0))?
+                    .ok_or_else(|| {
+                        Error::Runtime(format!("micro-batch {} has no loss mask", a.mb.0))
+                    })?
                     .narrow(1, offset, len)?
                     .to_device(&self.device)?
                     .contiguous()?,
@@ -155,12 +158,12 @@ impl StageWorker {
         a: &Action,
         k: usize,
         with_weights: bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let u = unit(a);
         let saved = st
             .store
             .take_saved(&u)
-            .ok_or_else(|| anyhow!("backward before forward"))?;
+            .ok_or_else(|| Error::Runtime("backward before forward".into()))?;
         let mut pending = PendingWeight::default();
         let mut dy = match &saved.head {
             Some(h) => {
@@ -175,14 +178,14 @@ impl StageWorker {
                     let after = self.local_neighbour(&u, 1)?;
                     st.store.take(Slot::GradOut, &after)
                 });
-                received.ok_or_else(|| anyhow!("output gradient was not received"))?
+                received.ok_or_else(|| Error::Runtime("output gradient was not received".into()))?
             }
         };
         let chunk = a.chunk.index();
         let caches = st
             .store
             .existing_caches(&u)
-            .ok_or_else(|| anyhow!("no KV cache for this micro-batch"))?;
+            .ok_or_else(|| Error::Runtime("no KV cache for this micro-batch".into()))?;
         let ctx = self.ctx();
         let mut norm_grads = Vec::new();
         for ((w, cache), s) in self.weights[chunk]
@@ -210,7 +213,7 @@ impl StageWorker {
             None if k > 0 => {
                 st.store.put(Slot::GradOut, u, dy);
             }
-            None => bail!("virtual stage 0 ran a forward without token ids"),
+            None => fail!(Runtime, "virtual stage 0 ran a forward without token ids"),
         }
         if with_weights {
             self.backward_weight(pending)
@@ -220,7 +223,7 @@ impl StageWorker {
         }
     }
 
-    pub(super) fn backward_weight(&mut self, pending: PendingWeight) -> anyhow::Result<()> {
+    pub(super) fn backward_weight(&mut self, pending: PendingWeight) -> Result<()> {
         for (index, wgi) in &pending.layers {
             let grads = layer::backward_weight(wgi)?;
             for (slot, g) in MATRIX_SLOTS.iter().zip(&grads) {

@@ -2,7 +2,7 @@
 //! peer the action names (any rank may talk to any rank), through the one inbox that keeps each
 //! peer's messages in its send order.
 
-use anyhow::anyhow;
+use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{TagKind, Transport};
 use seqpipe_schedule::{Action, Lowered};
@@ -22,22 +22,22 @@ pub(super) struct Link<'a> {
 
 impl Link<'_> {
     /// The transport rank of the action's peer stage.
-    fn peer(&self, a: &Action) -> anyhow::Result<usize> {
+    fn peer(&self, a: &Action) -> Result<usize> {
         self.schedule
             .peer(a)
             .map(|s| s.index() + self.rank_offset)
-            .ok_or_else(|| anyhow!("{} has no peer stage", self.schedule.text(a)))
+            .ok_or_else(|| Error::Runtime(format!("{} has no peer stage", self.schedule.text(a))))
     }
 
     /// Sends `t` for virtual stage `to` (a send never waits for its receiver).
-    pub fn send(&mut self, kind: TagKind, a: &Action, to: usize, t: &Tensor) -> anyhow::Result<()> {
+    pub fn send(&mut self, kind: TagKind, a: &Action, to: usize, t: &Tensor) -> Result<()> {
         let peer = self.peer(a)?;
         let tag = message_tag(kind, a, to)?;
         Ok(self.transport.send(peer, tag, to_message(t)?)?)
     }
 
     /// Receives the tensor virtual stage `at` expects for `a`, on this stage's device.
-    pub fn recv(&mut self, kind: TagKind, a: &Action, at: usize) -> anyhow::Result<Tensor> {
+    pub fn recv(&mut self, kind: TagKind, a: &Action, at: usize) -> Result<Tensor> {
         let peer = self.peer(a)?;
         let msg = self
             .inbox

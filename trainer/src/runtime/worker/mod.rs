@@ -2,10 +2,10 @@
 //! list. There is one interpreter for every schedule kind: it only knows how to run each [`Op`]
 //! on a unit, never which schedule produced the list.
 
+use crate::error::{fail, Context, Error, Result};
 use std::ops::Range;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{TagKind, Transport};
 use seqpipe_kernels::{AttentionOptions, Rope};
@@ -85,7 +85,7 @@ impl StageWorker {
         model: ModelConfig,
         params: TensorMap,
         device: Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let dtype = params
             .values()
             .next()
@@ -125,7 +125,7 @@ impl StageWorker {
     }
 
     /// Rebuilds the per-layer weight views after the parameters changed.
-    pub fn refresh_weights(&mut self) -> anyhow::Result<()> {
+    pub fn refresh_weights(&mut self) -> Result<()> {
         self.weights = self
             .spec
             .chunk_layers
@@ -140,7 +140,7 @@ impl StageWorker {
     }
 
     /// Zeroes the gradient accumulators.
-    pub fn zero_grads(&mut self) -> anyhow::Result<()> {
+    pub fn zero_grads(&mut self) -> Result<()> {
         for g in self.grads.values_mut() {
             *g = g.zeros_like()?;
         }
@@ -169,17 +169,17 @@ impl StageWorker {
         }
     }
 
-    fn lm_head(&self) -> anyhow::Result<&Tensor> {
+    fn lm_head(&self) -> Result<&Tensor> {
         let name = if self.model.tie_embeddings {
             EMBED
         } else {
             LM_HEAD
         };
         self.params.get(name).ok_or_else(|| {
-            anyhow!(
+            Error::Runtime(format!(
                 "stage {} runs the head but holds no {name}",
                 self.spec.stage
-            )
+            ))
         })
     }
 
@@ -190,7 +190,7 @@ impl StageWorker {
         input: &IterationInput,
         transport: &mut dyn Transport,
         clock: Instant,
-    ) -> anyhow::Result<StageReport> {
+    ) -> Result<StageReport> {
         let program = &schedule.actions[self.spec.stage];
         let mut inbox = Inbox::new(incoming_order(
             schedule,
@@ -231,7 +231,8 @@ impl StageWorker {
             rec.action(text, a.op, start, end, st.store.held());
         }
         if !st.store.is_drained() {
-            bail!(
+            fail!(
+                Runtime,
                 "stage {}: the program ended with units still holding activations",
                 self.spec.stage
             );
@@ -248,17 +249,16 @@ impl StageWorker {
         input: &IterationInput,
         st: &mut IterState,
         a: &Action,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let u = unit(a);
         let k = self.vstage(a);
         match a.op {
             Op::Forward => self.forward(input, st, a, k),
             Op::Backward | Op::BackwardInput => self.backward_input(st, a, k, a.op == Op::Backward),
             Op::BackwardWeight => {
-                let pending = st
-                    .store
-                    .take_pending(&u)
-                    .ok_or_else(|| anyhow!("weight backward before input backward"))?;
+                let pending = st.store.take_pending(&u).ok_or_else(|| {
+                    Error::Runtime("weight backward before input backward".into())
+                })?;
                 self.backward_weight(pending)
             }
             Op::SendAct => {
@@ -289,7 +289,8 @@ impl StageWorker {
                 st.store.put(Slot::GradIn, u, t);
                 Ok(())
             }
-            Op::Offload | Op::Reload | Op::Recompute => bail!(
+            Op::Offload | Op::Reload | Op::Recompute => fail!(
+                Runtime,
                 "{} reached the executor, which does not run it (admit must refuse it)",
                 a.op
             ),
@@ -298,11 +299,8 @@ impl StageWorker {
 }
 
 /// Takes a unit's buffer from `slot`, or fails with `missing`.
-fn take(
-    store: &mut ActivationStore,
-    slot: Slot,
-    u: &Unit,
-    missing: &str,
-) -> anyhow::Result<Tensor> {
-    store.take(slot, u).ok_or_else(|| anyhow!("{missing}"))
+fn take(store: &mut ActivationStore, slot: Slot, u: &Unit, missing: &str) -> Result<Tensor> {
+    store
+        .take(slot, u)
+        .ok_or_else(|| Error::Runtime(missing.to_string()))
 }
