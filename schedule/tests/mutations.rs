@@ -171,3 +171,35 @@ fn comm_in_an_unlowered_schedule_is_flagged() {
     let v = validate(&s);
     assert!(!v.is_empty() && v.iter().all(|x| x.rule == Rule::UnexpectedComm));
 }
+
+/// `s` with `op` of stage 0's unit (micro-batch 0, slice 0) inserted before the action `before`.
+fn insert_memory_op(s: &mut Schedule, op: Op, before: &str) {
+    let at = position(s, 0, before);
+    let mut a = s.actions[0][position(s, 0, "0F0.0")];
+    a.op = op;
+    s.actions[0].insert(at, a);
+}
+
+#[test]
+fn an_offloaded_unit_must_be_reloaded_before_its_backward() {
+    let mut s = seq1f1b();
+    insert_memory_op(&mut s, Op::Offload, "0F1.0");
+    insert_memory_op(&mut s, Op::Reload, "0B0.0");
+    assert!(validate(&s).is_empty(), "{:?}", validate(&s));
+
+    let mut s = seq1f1b();
+    insert_memory_op(&mut s, Op::Offload, "0F1.0");
+    let backward = position(&s, 0, "0B0.0");
+    assert!(has(&validate(&s), 0, backward, Rule::BackwardOnHost));
+
+    let mut s = seq1f1b();
+    insert_memory_op(&mut s, Op::Offload, "0F1.0");
+    insert_memory_op(&mut s, Op::Offload, "0F1.0");
+    let second = position(&s, 0, "0F1.0") - 1;
+    assert!(has(&validate(&s), 0, second, Rule::MemoryOpOutOfPlace));
+
+    let mut s = seq1f1b();
+    insert_memory_op(&mut s, Op::Reload, "0B0.0");
+    let reload = position(&s, 0, "0B0.0") - 1;
+    assert!(has(&validate(&s), 0, reload, Rule::MemoryOpOutOfPlace));
+}

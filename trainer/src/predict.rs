@@ -46,6 +46,12 @@
 //! inputs; and while a layer's attention backward runs, its five f32 score tiles
 //! (`5 · b · heads · min(len, 128) · min(prefix + len, 128) · 4`).
 //!
+//! **Offload** (`OFFLOAD`/`RELOAD` in the schedule): a unit's saved records move to the host
+//! tier at its `OFFLOAD` and back at its `RELOAD` — the memory crate's activation unit less its
+//! K and V (`2kv · a` per token and layer, kept in the device's cache for later slices), and
+//! the statistics and head record. [`StagePrediction::host_after_action`] is the host tier
+//! (`Held::host`). `RECOMPUTE` is planned only and refused.
+//!
 //! **Model states** ([`stage_states`]): parameters, f32 gradients, f32 AdamW moments and, for
 //! bf16, f32 master weights, per stage.
 
@@ -97,8 +103,10 @@ pub struct StagePeaks {
 pub struct StagePrediction {
     /// Peaks over the program.
     pub peaks: StagePeaks,
-    /// `(saved, saved + transient)` bytes after each action, in program order.
+    /// `(saved, saved + transient)` device bytes after each action, in program order.
     pub after_action: Vec<(f64, f64)>,
+    /// Offloaded bytes in host memory after each action (the runtime's `Held::host`).
+    pub host_after_action: Vec<f64>,
 }
 
 /// Statistics, accumulators and token ids are 4-byte elements (f32 or u32) in f32 and bf16 runs.
@@ -253,6 +261,17 @@ impl<'a> Setup<'a> {
         Ok(self.sizer.unit_bytes(unit)? - released * tokens * self.layers)
     }
 
+    /// Bytes of `unit`'s norm statistics and log-sum-exps, and its head record on the last
+    /// virtual stage.
+    fn statistics_and_head(&self, stage: usize, unit: &UnitKey) -> Result<f64> {
+        let (pt, tokens) = (self.per_token, self.tokens(unit)?);
+        let mut bytes = pt.stats_per_layer * self.layers * tokens;
+        if self.vstage(stage, unit) == self.last_vstage {
+            bytes += pt.head * tokens;
+        }
+        Ok(bytes)
+    }
+
     fn vstage(&self, stage: usize, unit: &UnitKey) -> usize {
         unit.chunk as usize * self.stages + stage
     }
@@ -265,7 +284,8 @@ pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
         return Ok(None);
     };
     let lives = lives_from_spans(&spans_in_program_order(input.schedule))?;
-    let saved = saved_events(&setup, &lives)?;
+    let mut saved = saved_events(&setup, &lives)?;
+    saved.extend(memory_op_events(&setup)?);
     let transient = transient_events(&setup)?;
     let floor = vec![0.0; setup.stages];
     let saved_ledger = run_ledger(&floor, &saved)?;
@@ -280,14 +300,20 @@ pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
     {
         let saved = after_each_action(s, program.len());
         let total = after_each_action(t, program.len());
-        let working = working_peak(&setup, program, &total)?.max(t.peak);
+        let total_device: Vec<f64> = total.iter().map(|&(device, _)| device).collect();
+        let working = working_peak(&setup, program, &total_device)?.max(t.peak);
         stages.push(StagePrediction {
             peaks: StagePeaks {
                 saved: s.peak,
                 total: t.peak,
                 working,
             },
-            after_action: saved.into_iter().zip(total).collect(),
+            after_action: saved
+                .iter()
+                .zip(&total_device)
+                .map(|(s, &t)| (s.0, t))
+                .collect(),
+            host_after_action: saved.iter().map(|&(_, host)| host).collect(),
         });
     }
     Ok(Some(stages))
@@ -350,15 +376,15 @@ pub fn predicted_peaks(input: &PredictInput) -> Result<Option<Vec<f64>>> {
     Ok(predict(input)?.map(|p| p.iter().map(|s| s.peaks.saved).collect()))
 }
 
-/// The ledger's device bytes after each of `actions` actions: its curve is a step function with
-/// a point at every action index where something changed.
-fn after_each_action(stage: &StageMemory, actions: usize) -> Vec<f64> {
+/// The ledger's (device, host) bytes after each of `actions` actions: its curve is a step
+/// function with a point at every action index where something changed.
+fn after_each_action(stage: &StageMemory, actions: usize) -> Vec<(f64, f64)> {
     let mut points = stage.curve.iter().peekable();
-    let mut now = stage.model_states;
+    let mut now = (stage.model_states, 0.0);
     (0..actions)
         .map(|index| {
             while let Some(p) = points.next_if(|p| p.time <= index as f64) {
-                now = p.device;
+                now = (p.device, p.host);
             }
             now
         })
@@ -392,14 +418,9 @@ fn saved_events(setup: &Setup, lives: &[UnitLife]) -> Result<Vec<MemEvent>> {
         // The fused cross-entropy holds no logits; its record is the head term below.
         .filter(|e| !e.unit.starts_with("logits "))
         .collect();
-    let pt = setup.per_token;
     for life in lives {
-        let tokens = setup.tokens(&life.unit)?;
-        let mut bytes = pt.stats_per_layer * setup.layers * tokens;
-        if setup.vstage(life.stage, &life.unit) == setup.last_vstage {
-            bytes += pt.head * tokens;
-        }
-        let name = format!("statistics and head record {}", life.unit);
+        let bytes = setup.statistics_and_head(life.stage, &life.unit)?;
+        let name = statistics_and_head(&life.unit);
         events.push(event(
             life.forward.0,
             life.stage,
@@ -408,6 +429,34 @@ fn saved_events(setup: &Setup, lives: &[UnitLife]) -> Result<Vec<MemEvent>> {
             bytes,
         ));
         events.push(event(life.backward.1, life.stage, MemOp::Free, name, 0.0));
+    }
+    Ok(events)
+}
+
+fn statistics_and_head(u: &UnitKey) -> String {
+    format!("statistics and head record {u}")
+}
+
+/// `OFFLOAD` and `RELOAD` move a unit's forward records between device and host at their
+/// action's index: the memory crate's `act` unit less its K and V (which stay in the device's
+/// cache for later slices), and the statistics and head record.
+fn memory_op_events(setup: &Setup) -> Result<Vec<MemEvent>> {
+    let mut events = Vec::new();
+    for (stage, program) in setup.input.schedule.actions.iter().enumerate() {
+        for (index, action) in program.iter().enumerate() {
+            let op = match action.op {
+                Op::Offload => MemOp::Offload,
+                Op::Reload => MemOp::Reload,
+                _ => continue,
+            };
+            let u = unit_key(action);
+            let kv = setup.per_token.kv_per_layer * setup.layers * setup.tokens(&u)?;
+            let records = setup.sizer.unit_bytes(&u)? - kv;
+            let time = index as f64;
+            events.push(event(time, stage, op, format!("act {u}"), records));
+            let extra = setup.statistics_and_head(stage, &u)?;
+            events.push(event(time, stage, op, statistics_and_head(&u), extra));
+        }
     }
     Ok(events)
 }
@@ -497,7 +546,9 @@ fn transient_at(
         Op::RecvAct => alloc(format!("activation in {u}"), row),
         Op::RecvGrad => alloc(format!("gradient in {u}"), row),
         Op::SendGrad => frees.push(gradient_out(&u)),
-        Op::Offload | Op::Reload | Op::Recompute => {
+        // Moves of saved records: `memory_op_events`.
+        Op::Offload | Op::Reload => {}
+        Op::Recompute => {
             fail!(
                 Runtime,
                 "{} is planned only: the runtime does not run it",

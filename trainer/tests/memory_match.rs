@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use candle_core::DType;
 use common::{data, slice_ranges, tiny_model, Slicing};
-use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
+use seqpipe_schedule::{Action, Lowered, Op, Schedule, ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::predict::{predict, PredictInput, StagePrediction};
 use seqpipe_trainer::runtime::{IterationInput, Pipeline, StageReport};
@@ -25,6 +25,16 @@ fn measure_and_predict(
     slicing: Slicing,
     dtype: DType,
 ) -> (Vec<StageReport>, Vec<StagePrediction>) {
+    measure_and_predict_edited(cfg, slicing, dtype, Schedule::clone)
+}
+
+/// As [`measure_and_predict`], running the generated lowered schedule after `edit`.
+fn measure_and_predict_edited(
+    cfg: ScheduleConfig,
+    slicing: Slicing,
+    dtype: DType,
+    edit: impl Fn(&Schedule) -> Schedule,
+) -> (Vec<StageReport>, Vec<StagePrediction>) {
     let model = tiny_model();
     let mut pl = Pipeline::new(
         &model,
@@ -36,6 +46,8 @@ fn measure_and_predict(
         Duration::from_secs(30),
     )
     .unwrap();
+    let edited = Lowered::check(edit(pl.schedule.schedule())).unwrap();
+    pl.set_schedule(edited).unwrap();
     let slices = slice_ranges(&model, slicing, SEQ, cfg.slices as usize);
     let m = cfg.microbatches as usize;
     let input = IterationInput {
@@ -176,6 +188,81 @@ fn zero_bubble_weight_inputs_are_transient_and_predicted() {
                 (p.peaks.saved, p.peaks.total)
             );
             assert_eq!(first_difference(r, p), None);
+        }
+    }
+}
+
+/// `s` with every unit's records offloaded right after its forward and reloaded right before
+/// its backward (`B`, or `I` of a split backward), on every stage.
+fn offload_everything(s: &Schedule) -> Schedule {
+    let mut out = s.clone();
+    for program in &mut out.actions {
+        let mut edited = Vec::with_capacity(program.len() * 2);
+        for a in program.iter() {
+            if matches!(a.op, Op::Backward | Op::BackwardInput) {
+                edited.push(Action {
+                    op: Op::Reload,
+                    ..*a
+                });
+            }
+            edited.push(*a);
+            if a.op == Op::Forward {
+                edited.push(Action {
+                    op: Op::Offload,
+                    ..*a
+                });
+            }
+        }
+        *program = edited;
+    }
+    out
+}
+
+/// With every unit offloaded, the device bytes after each action still equal the prediction,
+/// the host bytes equal the ledger's host tier, the device peak drops below the plain run's,
+/// and the loss is the plain run's bit for bit.
+#[test]
+fn offloaded_records_leave_the_device_and_the_prediction_follows_them() {
+    use ScheduleKind::*;
+    let c = ScheduleConfig::new;
+    let cases = [
+        (c(OneFOneB, 2, 4), Slicing::None),
+        (c(Seq1F1B, 2, 4).with_slices(2), Slicing::Uniform),
+        (c(ZbH1, 2, 4), Slicing::None),
+        (c(Gis, 2, 4).with_chunks(2).with_group(2), Slicing::None),
+    ];
+    for (cfg, slicing) in cases {
+        for dtype in [DType::F32, DType::BF16] {
+            let case = format!("{:?} {dtype:?}", cfg.kind);
+            let (plain, _) = measure_and_predict(cfg, slicing, dtype);
+            let (reports, predicted) =
+                measure_and_predict_edited(cfg, slicing, dtype, offload_everything);
+            for ((r, p), q) in reports.iter().zip(&predicted).zip(&plain) {
+                let stage = format!("{case} stage {}", r.stage);
+                assert_eq!(first_difference(r, p), None, "{stage}");
+                let host: Vec<f64> = r.events.iter().map(|e| e.held.host as f64).collect();
+                assert_eq!(host, p.host_after_action, "{stage}: host bytes");
+                let host_peak = host.iter().copied().fold(0.0, f64::max);
+                assert!(host_peak > 0.0, "{stage}: nothing was offloaded");
+                // The figures, for the record (`--nocapture`).
+                println!(
+                    "{stage}: device saved peak {} (without offload {}), host peak {host_peak}",
+                    r.peak_saved_bytes, q.peak_saved_bytes
+                );
+                // Stage 0 holds several units at once; the last stage of 1F1B runs each
+                // backward right after its forward, so its peak (after the forward, before
+                // the offload) cannot drop.
+                let lower = match r.stage {
+                    0 => r.peak_saved_bytes < q.peak_saved_bytes,
+                    _ => r.peak_saved_bytes <= q.peak_saved_bytes,
+                };
+                assert!(
+                    lower,
+                    "{stage}: device peak {} vs the plain run's {}",
+                    r.peak_saved_bytes, q.peak_saved_bytes
+                );
+                assert_eq!(r.loss.to_bits(), q.loss.to_bits(), "{stage}: loss");
+            }
         }
     }
 }

@@ -64,8 +64,10 @@ pub enum Rule {
     /// `W` before the unit's `I`.
     WeightBeforeInput,
     /// Offload / reload / recompute outside the unit's forward..backward window (or a reload
-    /// without an offload).
+    /// of a unit that is not offloaded, or a second offload before its reload).
     MemoryOpOutOfPlace,
+    /// Backward (or `I`) of a unit whose activations are offloaded and not reloaded yet.
+    BackwardOnHost,
     /// A compute whose input comes from another stage has no receive before it.
     ComputeBeforeRecv,
     /// A send before the compute that produces its data.
@@ -246,7 +248,8 @@ struct Seen {
     backward: bool,
     input: bool,
     weight: bool,
-    offloaded: bool,
+    /// Offloaded and not yet reloaded.
+    on_host: bool,
 }
 
 impl Seen {
@@ -312,7 +315,9 @@ fn stage_violations(s: &Schedule, counts: &[u32], r: usize, out: &mut Vec<Violat
             Op::Offload | Op::Recompute if !me.forward || me.grad_done() => {
                 Some(Rule::MemoryOpOutOfPlace)
             }
-            Op::Reload if !me.offloaded || me.grad_done() => Some(Rule::MemoryOpOutOfPlace),
+            Op::Offload if me.on_host => Some(Rule::MemoryOpOutOfPlace),
+            Op::Reload if !me.on_host || me.grad_done() => Some(Rule::MemoryOpOutOfPlace),
+            Op::Backward | Op::BackwardInput if me.on_host => Some(Rule::BackwardOnHost),
             _ => None,
         };
         if let Some(rule) = rule {
@@ -324,7 +329,8 @@ fn stage_violations(s: &Schedule, counts: &[u32], r: usize, out: &mut Vec<Violat
             Op::Backward => me.backward = true,
             Op::BackwardInput => me.input = true,
             Op::BackwardWeight => me.weight = true,
-            Op::Offload => me.offloaded = true,
+            Op::Offload => me.on_host = true,
+            Op::Reload => me.on_host = false,
             _ => {}
         }
     }

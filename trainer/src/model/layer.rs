@@ -7,7 +7,7 @@
 //! (small: computed at once) and a [`WeightGradInputs`] record from which the weight half computes
 //! the seven matrix gradients later.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use seqpipe_kernels::{
     linear_backward_input, linear_backward_weight, linear_forward, rms_norm_backward,
     rms_norm_forward, swiglu_backward, swiglu_forward, AttentionOptions, Rope, SliceKvCache,
@@ -103,6 +103,26 @@ impl LayerSaved {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.tensors().into_iter().map(bytes).sum()
+    }
+
+    /// The record with every tensor on `device` (a copy where it is elsewhere).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let to = |t: &Tensor| t.to_device(device);
+        Ok(LayerSaved {
+            x: to(&self.x)?,
+            inv1: to(&self.inv1)?,
+            h1: to(&self.h1)?,
+            q: to(&self.q)?,
+            o: to(&self.o)?,
+            lse: to(&self.lse)?,
+            x2: to(&self.x2)?,
+            inv2: to(&self.inv2)?,
+            h2: to(&self.h2)?,
+            gate: to(&self.gate)?,
+            up: to(&self.up)?,
+            act: to(&self.act)?,
+            offset: self.offset,
+        })
     }
 }
 

@@ -158,6 +158,23 @@ impl Pipeline {
         })
     }
 
+    /// Runs `schedule` from now on instead of the generated one: a schedule for the same
+    /// configuration that a pass or a hand has changed (memory ops inserted, actions moved),
+    /// checked and admitted like a schedule file.
+    pub fn set_schedule(&mut self, schedule: Lowered) -> Result<()> {
+        if schedule.config != self.schedule.config {
+            fail!(
+                Config,
+                "the schedule is for {:?}, the pipeline was built for {:?}",
+                schedule.config,
+                self.schedule.config
+            );
+        }
+        admit(&schedule)?;
+        self.schedule = schedule;
+        Ok(())
+    }
+
     /// Runs one forward/backward iteration on every stage (gradients accumulate into the ranks).
     pub fn run_iteration(&mut self, input: &IterationInput) -> Result<(Vec<StageReport>, f64)> {
         let report = self.compute_gradients(input)?;

@@ -160,10 +160,7 @@ impl StageWorker {
         with_weights: bool,
     ) -> Result<()> {
         let u = unit(a);
-        let saved = st
-            .store
-            .take_saved(&u)
-            .ok_or_else(|| Error::Runtime("backward before forward".into()))?;
+        let saved = st.store.take_saved(&u)?;
         let mut pending = PendingWeight::default();
         let mut dy = match &saved.head {
             Some(h) => {

@@ -240,8 +240,9 @@ impl StageWorker {
         Ok(rec.finish(st.loss, st.answers))
     }
 
-    /// Runs one action: an exhaustive match whose arms call the compute ops (`compute.rs`) and
-    /// the communication ops (`link.rs`). Memory ops have no executor yet; `admit` refuses them
+    /// Runs one action: an exhaustive match whose arms call the compute ops (`compute.rs`), the
+    /// communication ops (`link.rs`) and the store's moves between device and host (offload and
+    /// reload run synchronously here). Recomputation has no executor yet; `admit` refuses it
     /// when the schedule is loaded, so reaching one here is a bug there.
     fn exec(
         &mut self,
@@ -289,7 +290,9 @@ impl StageWorker {
                 st.store.put(Slot::GradIn, u, t);
                 Ok(())
             }
-            Op::Offload | Op::Reload | Op::Recompute => fail!(
+            Op::Offload => st.store.offload(&u, &Device::Cpu),
+            Op::Reload => st.store.reload(&u, &self.device),
+            Op::Recompute => fail!(
                 Runtime,
                 "{} reached the executor, which does not run it (admit must refuse it)",
                 a.op

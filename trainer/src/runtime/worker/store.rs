@@ -3,13 +3,19 @@
 //! prefixes and dK/dV accumulators of each (micro-batch, chunk), and the activation and gradient
 //! buffers between a compute and its send (or a receive and its compute). The memory figures
 //! ([`Held`]) are counted from it alone, so what is stored is what is measured.
+//!
+//! A unit's saved records have a [`Residence`]: on the compute device from its forward, on the
+//! host between an `OFFLOAD` and its `RELOAD`. Its backward takes them only from the device, so a
+//! schedule that reloads too late fails naming the unit (the validator refuses such a schedule
+//! before the run). K/V caches stay on the device: later slices' forwards read them.
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::Unit;
 
+use crate::error::{fail, Result};
 use crate::model::ends::HeadSaved;
 use crate::model::layer::{self, LayerSaved, WeightGradInputs};
 
@@ -27,6 +33,52 @@ pub(super) struct UnitSaved {
     pub layers: Vec<LayerSaved>,
     pub head: Option<HeadSaved>,
     pub tokens: Option<Tensor>,
+}
+
+impl UnitSaved {
+    /// The records with every tensor on `device`.
+    fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+        Ok(UnitSaved {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.to_device(device))
+                .collect::<candle_core::Result<_>>()?,
+            head: self
+                .head
+                .as_ref()
+                .map(|h| h.to_device(device))
+                .transpose()?,
+            tokens: self
+                .tokens
+                .as_ref()
+                .map(|t| t.to_device(device))
+                .transpose()?,
+        })
+    }
+
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.layers
+            .iter()
+            .flat_map(LayerSaved::tensors)
+            .chain(self.head.iter().flat_map(HeadSaved::tensors))
+    }
+}
+
+/// Where a unit's saved records are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    /// On the stage's compute device, where its backward reads them.
+    Device,
+    /// In host memory, moved by `OFFLOAD` until its `RELOAD`.
+    Host,
+}
+
+/// A unit's saved records and where they are.
+#[derive(Debug)]
+struct Kept {
+    residence: Residence,
+    saved: UnitSaved,
 }
 
 /// Which buffer of a unit: the activation or gradient received for it or produced by it.
@@ -57,7 +109,7 @@ pub(super) struct KvSizes {
 #[derive(Default)]
 pub(super) struct ActivationStore {
     caches: HashMap<(u32, u32), Vec<SliceKvCache>>,
-    saved: HashMap<Unit, UnitSaved>,
+    saved: HashMap<Unit, Kept>,
     pending: HashMap<Unit, PendingWeight>,
     buffers: HashMap<(Slot, Unit), Tensor>,
     sizes: KvSizes,
@@ -92,14 +144,54 @@ impl ActivationStore {
         }
     }
 
-    /// Keeps a unit's forward records until its backward.
+    /// Keeps a unit's forward records, on the device, until its backward.
     pub fn save(&mut self, u: Unit, saved: UnitSaved) {
-        self.saved.insert(u, saved);
+        let residence = Residence::Device;
+        self.saved.insert(u, Kept { residence, saved });
     }
 
-    /// A unit's forward records, leaving the store.
-    pub fn take_saved(&mut self, u: &Unit) -> Option<UnitSaved> {
-        self.saved.remove(u)
+    /// A unit's forward records, leaving the store; they must be on the device.
+    pub fn take_saved(&mut self, u: &Unit) -> Result<UnitSaved> {
+        match self.saved.get(u).map(|k| k.residence) {
+            None => fail!(Runtime, "backward of {u:?} before its forward"),
+            Some(Residence::Host) => fail!(
+                Runtime,
+                "backward of {u:?} while its activations are offloaded: RELOAD it first"
+            ),
+            Some(Residence::Device) => Ok(self.saved.remove(u).expect("present").saved),
+        }
+    }
+
+    /// Moves a unit's records from the device to `host` (`OFFLOAD`).
+    pub fn offload(&mut self, u: &Unit, host: &Device) -> Result<()> {
+        self.move_records(u, Residence::Device, Residence::Host, host)
+    }
+
+    /// Moves a unit's records from the host back to `device` (`RELOAD`).
+    pub fn reload(&mut self, u: &Unit, device: &Device) -> Result<()> {
+        self.move_records(u, Residence::Host, Residence::Device, device)
+    }
+
+    fn move_records(
+        &mut self,
+        u: &Unit,
+        from: Residence,
+        to: Residence,
+        device: &Device,
+    ) -> Result<()> {
+        let Some(kept) = self.saved.get_mut(u) else {
+            fail!(Runtime, "{u:?} holds no activations to move to the {to:?}");
+        };
+        if kept.residence != from {
+            fail!(
+                Runtime,
+                "{u:?}'s activations are on the {:?}, not the {from:?}",
+                kept.residence
+            );
+        }
+        kept.saved = kept.saved.to_device(device)?;
+        kept.residence = to;
+        Ok(())
     }
 
     /// Keeps the inputs of a unit's weight backward until it runs.
@@ -138,6 +230,8 @@ pub struct Held {
     /// Inputs of pending weight-gradient halves (zero-bubble schedules) and activation/gradient
     /// buffers between a compute and its send or after a receive.
     pub transient: usize,
+    /// Saved records offloaded to host memory (not in `saved`).
+    pub host: usize,
 }
 
 impl ActivationStore {
@@ -155,12 +249,9 @@ fn held_bytes(st: &ActivationStore) -> Held {
             .map(layer::bytes)
             .sum::<usize>()
     };
-    let saved = sum(&mut st.saved.values().flat_map(|s| {
-        s.layers
-            .iter()
-            .flat_map(LayerSaved::tensors)
-            .chain(s.head.iter().flat_map(HeadSaved::tensors))
-    }));
+    let on = |r: Residence| st.saved.values().filter(move |k| k.residence == r);
+    let saved = sum(&mut on(Residence::Device).flat_map(|k| k.saved.tensors()));
+    let host = sum(&mut on(Residence::Host).flat_map(|k| k.saved.tensors()));
     let pending = sum(&mut st.pending.values().flat_map(|p| {
         let layers = p.layers.iter().flat_map(|(_, w)| w.tensors());
         let head = p.head.iter().flat_map(HeadSaved::tensors);
@@ -185,5 +276,6 @@ fn held_bytes(st: &ActivationStore) -> Held {
     Held {
         saved: saved + caches,
         transient: pending + buffers,
+        host,
     }
 }
