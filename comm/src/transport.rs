@@ -114,6 +114,13 @@ pub trait Transport: Send {
     fn barrier(&mut self, group: &mut Group) -> Result<()> {
         collective::barrier(self, group)
     }
+
+    /// The NCCL transport behind this one, whose device-buffer calls move GPU tensors without a
+    /// host copy; `None` for host backends, which only move [`Message`]s.
+    #[cfg(feature = "nccl")]
+    fn as_nccl(&mut self) -> Option<&mut crate::NcclTransport> {
+        None
+    }
 }
 
 /// A boxed transport is a transport, so a trainer can hold `Box<dyn Transport>` and never know the
@@ -169,6 +176,10 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn barrier(&mut self, group: &mut Group) -> Result<()> {
         (**self).barrier(group)
+    }
+    #[cfg(feature = "nccl")]
+    fn as_nccl(&mut self) -> Option<&mut crate::NcclTransport> {
+        (**self).as_nccl()
     }
 }
 

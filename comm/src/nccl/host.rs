@@ -45,6 +45,12 @@ impl Transport for NcclTransport {
         self.control.progress()
     }
 
+    /// This transport: its device-buffer calls (`device.rs`) are open to a caller that holds it
+    /// as `dyn Transport`.
+    fn as_nccl(&mut self) -> Option<&mut NcclTransport> {
+        Some(self)
+    }
+
     /// Never waits for the receiver: the payload is copied to the device and queued on this
     /// direction's own lane. The handle completes when the header has been written.
     fn isend(&mut self, peer: usize, tag: Tag, msg: Message) -> Result<SendHandle> {

@@ -4,20 +4,21 @@
 //! another order than the peer sent them (in interleaved schedules one link carries activations
 //! and gradients of different chunks). Each stage knows, from the lowered schedule, the exact
 //! order in which every peer sends to it; the inbox receives in that order and keeps messages that
-//! arrive before they are wanted. This never deadlocks where the schedule does not: everything a
-//! peer sent before the wanted message has been sent already.
+//! arrive before they are wanted, as tensors (a GPU's stay on it). This never deadlocks where the
+//! schedule does not: everything a peer sent before the wanted message has been sent already.
 
 use crate::error::{fail, Result};
 use std::collections::{HashMap, VecDeque};
 
-use seqpipe_comm::{Message, Tag, TagKind, Transport};
+use candle_core::Tensor;
+use seqpipe_comm::{Tag, TagKind};
 use seqpipe_schedule::{Action, Op, Schedule};
 
 /// Per-peer expected send order plus messages received early.
 #[derive(Debug, Default)]
 pub struct Inbox {
     expected: HashMap<usize, VecDeque<Tag>>,
-    early: HashMap<(usize, Tag), Message>,
+    early: HashMap<(usize, Tag), Tensor>,
 }
 
 impl Inbox {
@@ -33,13 +34,15 @@ impl Inbox {
         }
     }
 
-    /// The message `tag` from `peer`, receiving and keeping earlier ones from that peer.
+    /// The tensor `tag` from `peer`, receiving (with `receive(peer, tag)`) and keeping earlier
+    /// ones from that peer; `rank` names this stage in errors.
     pub fn recv(
         &mut self,
-        transport: &mut dyn Transport,
+        rank: usize,
         peer: usize,
         tag: Tag,
-    ) -> Result<Message> {
+        mut receive: impl FnMut(usize, Tag) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         if let Some(msg) = self.early.remove(&(peer, tag)) {
             return Ok(msg);
         }
@@ -47,11 +50,10 @@ impl Inbox {
             let Some(next) = self.expected.get_mut(&peer).and_then(VecDeque::pop_front) else {
                 fail!(
                     Runtime,
-                    "stage {} waits for {tag} from stage {peer}, which the schedule never sends",
-                    transport.rank()
+                    "stage {rank} waits for {tag} from stage {peer}, which the schedule never sends"
                 );
             };
-            let msg = transport.recv(peer, next)?;
+            let msg = receive(peer, next)?;
             if next == tag {
                 return Ok(msg);
             }
@@ -59,9 +61,9 @@ impl Inbox {
         }
     }
 
-    /// Bytes of messages received early and not yet used.
+    /// Bytes of tensors received early and not yet used.
     pub fn held_bytes(&self) -> usize {
-        self.early.values().map(Message::size_in_bytes).sum()
+        self.early.values().map(crate::model::layer::bytes).sum()
     }
 }
 

@@ -6,6 +6,8 @@ pub mod error;
 pub mod handshake;
 pub mod inbox;
 pub mod input;
+#[cfg(all(feature = "cuda", feature = "nccl"))]
+pub mod nccl_tensor;
 pub mod partition;
 pub mod pipeline;
 pub mod rank;

@@ -1,9 +1,37 @@
 //! Tensors to transport messages and back: the only place the runtime crosses the `comm` seam,
-//! which knows buffers and shapes but not candle.
+//! which knows buffers and shapes but not candle. A GPU tensor on an NCCL transport skips the
+//! message and moves device to device (`nccl_tensor.rs`, `cuda,nccl` build).
 
 use crate::error::{fail, Result};
 use candle_core::{DType, Device, Tensor};
-use seqpipe_comm::Message;
+use seqpipe_comm::{Message, Tag, Transport};
+
+/// Sends `t` to `peer` as `tag`: over NCCL device to device where `t` is on a GPU and the
+/// transport is NCCL, else as a host message.
+pub fn send_tensor(transport: &mut dyn Transport, peer: usize, tag: Tag, t: &Tensor) -> Result<()> {
+    #[cfg(all(feature = "cuda", feature = "nccl"))]
+    if let (Device::Cuda(dev), Some(nccl)) = (t.device(), transport.as_nccl()) {
+        return super::nccl_tensor::send(nccl, dev, peer, tag, t);
+    }
+    Ok(transport.send(peer, tag, to_message(t)?)?)
+}
+
+/// Receives `tag` from `peer` as a tensor on `device`. `dtype` is what the NCCL device path
+/// receives (its buffers are typed); a host message carries its own dtype.
+#[cfg_attr(not(all(feature = "cuda", feature = "nccl")), allow(unused_variables))]
+pub fn recv_tensor(
+    transport: &mut dyn Transport,
+    peer: usize,
+    tag: Tag,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    #[cfg(all(feature = "cuda", feature = "nccl"))]
+    if let (Device::Cuda(dev), Some(nccl)) = (device, transport.as_nccl()) {
+        return super::nccl_tensor::recv(nccl, dev, peer, tag, dtype);
+    }
+    from_message(transport.recv(peer, tag)?, device)
+}
 
 /// Packs a tensor (f32, f64 or bf16) into a message with its shape.
 pub fn to_message(t: &Tensor) -> Result<Message> {

@@ -3,12 +3,12 @@
 //! peer's messages in its send order.
 
 use crate::error::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{TagKind, Transport};
 use seqpipe_schedule::{Action, Lowered};
 
 use super::super::inbox::{message_tag, Inbox};
-use super::super::tensor_msg::{from_message, to_message};
+use super::super::tensor_msg::{recv_tensor, send_tensor};
 
 /// A stage's side of the links of one iteration.
 pub(super) struct Link<'a> {
@@ -18,6 +18,8 @@ pub(super) struct Link<'a> {
     /// Transport rank of this replica's stage 0.
     pub rank_offset: usize,
     pub device: &'a Device,
+    /// The dtype of activations and gradients between stages (the stage's parameters').
+    pub dtype: DType,
 }
 
 impl Link<'_> {
@@ -33,15 +35,17 @@ impl Link<'_> {
     pub fn send(&mut self, kind: TagKind, a: &Action, to: usize, t: &Tensor) -> Result<()> {
         let peer = self.peer(a)?;
         let tag = message_tag(kind, a, to)?;
-        Ok(self.transport.send(peer, tag, to_message(t)?)?)
+        send_tensor(self.transport, peer, tag, t)
     }
 
     /// Receives the tensor virtual stage `at` expects for `a`, on this stage's device.
     pub fn recv(&mut self, kind: TagKind, a: &Action, at: usize) -> Result<Tensor> {
         let peer = self.peer(a)?;
-        let msg = self
-            .inbox
-            .recv(self.transport, peer, message_tag(kind, a, at)?)?;
-        from_message(msg, self.device)
+        let tag = message_tag(kind, a, at)?;
+        let (transport, device, dtype) = (&mut *self.transport, self.device, self.dtype);
+        let rank = transport.rank();
+        self.inbox.recv(rank, peer, tag, |peer, tag| {
+            recv_tensor(transport, peer, tag, dtype, device)
+        })
     }
 }

@@ -198,19 +198,20 @@ impl StageWorker {
             self.spec.rank_offset,
         )?);
         let device = self.device.clone();
-        let mut link = Link {
-            schedule,
-            transport,
-            inbox: &mut inbox,
-            rank_offset: self.spec.rank_offset,
-            device: &device,
-        };
         let dtype = self
             .params
             .values()
             .next()
             .map(Tensor::dtype)
             .unwrap_or(DType::F32);
+        let mut link = Link {
+            schedule,
+            transport,
+            inbox: &mut inbox,
+            rank_offset: self.spec.rank_offset,
+            device: &device,
+            dtype,
+        };
         let batch = input.tokens.first().map_or(Ok(0), |t| t.dim(0))?;
         let mut st = IterState {
             store: ActivationStore::new(KvSizes {
