@@ -2,6 +2,7 @@
 //! all means "train the tiny model on generated data with 4 SlimPipe stages".
 
 use crate::error::{Error, Result};
+use crate::runtime::offload::Offload;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
@@ -68,6 +69,9 @@ pub struct ParallelConfig {
     /// Data-parallel replicas of the pipeline (default: 1 in one process; `WORLD_SIZE / stages`
     /// in a multi-process run, which must agree when this is set).
     pub replicas: Option<u32>,
+    /// Activations offloaded to host memory (PipeOffload): `"none"`, `"auto"` or a fraction of
+    /// each stage's units, placed by the planner (`runtime::offload`).
+    pub offload: Offload,
 }
 
 impl Default for ParallelConfig {
@@ -84,6 +88,7 @@ impl Default for ParallelConfig {
             timeout_secs: 60,
             replicas: None,
             schedule_file: None,
+            offload: Offload::None,
         }
     }
 }

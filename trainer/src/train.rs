@@ -17,6 +17,7 @@ use crate::data::{entropy, RetrievalSource};
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::runtime::admit::load_schedule;
 use crate::runtime::error::combine;
+use crate::runtime::offload::Offload;
 use crate::runtime::rank_loop::{plan, train_rank, RankSummary};
 use crate::runtime::record::measured_bubble;
 use crate::runtime::{Partition, StageReport};
@@ -70,6 +71,8 @@ pub struct TrainSummary {
     pub peak_saved_bytes: Vec<usize>,
     /// The `memory` crate's prediction of `peak_saved_bytes` (none for uneven partitions or f64).
     pub predicted_saved_bytes: Option<Vec<f64>>,
+    /// Units each stage offloads to host memory per step (`parallel.offload`).
+    pub offloaded_units: Vec<usize>,
     /// The last step's per-stage records (for a Chrome trace).
     pub last_step: Vec<StageReport>,
 }
@@ -137,6 +140,13 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
         problems.push(format!(
             "parallel.slices = {} is more than the {} tokens of a sequence: use 1..={}",
             cfg.parallel.slices, cfg.data.seq_len, cfg.data.seq_len
+        ));
+    }
+    if cfg.parallel.offload != Offload::None && cfg.parallel.schedule_file.is_some() {
+        problems.push(format!(
+            "parallel.offload = {} plans offloads for the generated schedule, but \
+             parallel.schedule_file places its own OFFLOAD/RELOAD actions: set offload = \"none\"",
+            cfg.parallel.offload
         ));
     }
     let sizes = size_problems(cfg);
@@ -530,6 +540,11 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
         peak_saved_bytes: last_step.iter().map(|r| r.peak_saved_bytes).collect(),
         predicted_saved_bytes,
+        offloaded_units: schedule
+            .actions
+            .iter()
+            .map(|program| program.iter().filter(|a| a.op == Op::Offload).count())
+            .collect(),
         last_step,
     })
 }

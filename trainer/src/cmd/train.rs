@@ -11,6 +11,7 @@ use seqpipe_comm::{CommOptions, TcpTransport, Transport};
 use seqpipe_trainer::config::{DataKind, Precision, SlicingMethod, TrainConfig};
 use seqpipe_trainer::health::OnNonFinite;
 use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout};
+use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::rank_loop::train_rank;
 use seqpipe_trainer::runtime::record::chrome_trace;
 use seqpipe_trainer::train::{train_with, RunOptions, TrainSummary};
@@ -47,6 +48,10 @@ pub struct TrainArgs {
     /// takes WORLD_SIZE / stages, which must agree).
     #[arg(long)]
     replicas: Option<u32>,
+    /// Activations to offload to host memory: none, auto (every unit whose offload saves memory)
+    /// or a fraction of each stage's units, longest-lived first.
+    #[arg(long, value_name = "none|auto|FRACTION")]
+    offload: Option<Offload>,
     /// Slicing method.
     #[arg(long, value_enum)]
     slicing: Option<SlicingMethod>,
@@ -129,6 +134,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = args.replicas {
         par.replicas = Some(v);
+    }
+    if let Some(v) = args.offload {
+        par.offload = v;
     }
     if let Some(v) = args.chunks {
         par.chunks = v;
@@ -386,6 +394,13 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
         100.0 * s.measured_bubble,
         100.0 * s.simulated_bubble
     );
+    if s.offloaded_units.iter().any(|&n| n > 0) {
+        let units: Vec<String> = s.offloaded_units.iter().map(usize::to_string).collect();
+        outln!(
+            "| units offloaded to host per step, by stage (synchronous moves) | {} |",
+            units.join(", ")
+        );
+    }
     for (stage, saved) in s.peak_saved_bytes.iter().enumerate() {
         let predicted = match &s.predicted_saved_bytes {
             Some(p) => format!("{:.0}", p[stage]),

@@ -8,6 +8,7 @@ pub mod inbox;
 pub mod input;
 #[cfg(all(feature = "cuda", feature = "nccl"))]
 pub mod nccl_tensor;
+pub mod offload;
 pub mod partition;
 pub mod pipeline;
 pub mod rank;

@@ -18,6 +18,7 @@ use seqpipe_schedule::Lowered;
 use super::admit::load_schedule;
 use super::distributed::{placement, Placement};
 use super::handshake::agree_on_configuration;
+use super::offload::with_planned_offload;
 use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::rank_checkpoint;
@@ -65,6 +66,7 @@ pub fn plan(cfg: &TrainConfig) -> Result<(Lowered, Partition)> {
         None => Partition::even(cfg.model.layers, vstages),
     }
     .map_err(Error::Config)?;
+    let schedule = with_planned_offload(schedule, cfg, &partition, &slice_ranges(cfg)?)?;
     Ok((schedule, partition))
 }
 

@@ -1,0 +1,125 @@
+//! `parallel.offload` at run time: the planner's OFFLOAD/RELOAD actions are in the schedule the
+//! ranks run, the losses are those of the run without offload bit for bit, the measured device
+//! peak of saved activations equals the prediction and drops, and bad settings are refused
+//! before any work.
+
+use seqpipe_schedule::Op;
+use seqpipe_trainer::config::{Precision, TrainConfig};
+use seqpipe_trainer::runtime::offload::Offload;
+use seqpipe_trainer::runtime::rank_loop::plan;
+use seqpipe_trainer::train::{check, train, TrainSummary};
+
+/// A short run of `schedule` on 4 stages (deep enough that stage 0 holds several units in
+/// flight, which offloading can thin out) with `offload`.
+fn config(schedule: &str, slices: u32, chunks: u32, offload: Offload) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        steps: 2,
+        precision: Precision::F32,
+        ..TrainConfig::default()
+    };
+    cfg.data.seq_len = 32;
+    let p = &mut cfg.parallel;
+    (p.stages, p.microbatches, p.slices, p.chunks) = (4, 8, slices, chunks);
+    p.schedule = schedule.into();
+    p.group = (schedule == "gis").then_some(2);
+    p.offload = offload;
+    cfg
+}
+
+fn run(cfg: &TrainConfig) -> (Vec<f64>, TrainSummary) {
+    let mut losses = Vec::new();
+    let summary = train(cfg, |e| {
+        losses.push(e.loss);
+        Ok(())
+    })
+    .unwrap();
+    (losses, summary)
+}
+
+fn offloads(cfg: &TrainConfig) -> Vec<usize> {
+    let (schedule, _) = plan(cfg).unwrap();
+    let count = |program: &Vec<seqpipe_schedule::Action>| {
+        program.iter().filter(|a| a.op == Op::Offload).count()
+    };
+    schedule.actions.iter().map(count).collect()
+}
+
+#[test]
+fn planned_offload_leaves_the_losses_unchanged_and_lowers_the_measured_peak() {
+    let cases = [
+        ("1f1b", 1, 1),
+        ("seq1f1b", 2, 1),
+        ("slimpipe", 4, 2),
+        ("zb-h1", 1, 1),
+        ("gis", 1, 2),
+        ("interleaved", 1, 2),
+    ];
+    for (schedule, slices, chunks) in cases {
+        let (plain, base) = run(&config(schedule, slices, chunks, Offload::None));
+        for offload in [Offload::Fraction(0.5), Offload::Auto] {
+            let cfg = config(schedule, slices, chunks, offload);
+            let case = format!("{schedule} offload {offload}");
+            let planned = offloads(&cfg);
+            assert!(
+                planned[0] > 0,
+                "{case}: nothing planned on stage 0: {planned:?}"
+            );
+            let (losses, summary) = run(&cfg);
+            assert_eq!(losses, plain, "{case}: losses");
+            let predicted = summary.predicted_saved_bytes.clone().unwrap();
+            let measured: Vec<f64> = summary.peak_saved_bytes.iter().map(|&b| b as f64).collect();
+            assert_eq!(
+                measured, predicted,
+                "{case}: measured vs predicted saved peak"
+            );
+            // Every unit whose offload saves memory goes: stage 0's peak must drop. A fraction
+            // may pick units whose reload comes back before the peak.
+            let (with, without) = (summary.peak_saved_bytes[0], base.peak_saved_bytes[0]);
+            match offload {
+                Offload::Auto => {
+                    assert!(with < without, "{case}: stage 0 peak {with} vs {without}")
+                }
+                _ => assert!(with <= without, "{case}: stage 0 peak {with} vs {without}"),
+            }
+            println!(
+                "{case}: offloads per stage {planned:?}, saved peaks {:?} (without {:?})",
+                summary.peak_saved_bytes, base.peak_saved_bytes
+            );
+        }
+    }
+}
+
+#[test]
+fn offload_settings_outside_the_valid_ones_are_refused_naming_them() {
+    for bad in ["1.5", "-0.1", "half", "NaN"] {
+        let e = bad.parse::<Offload>().unwrap_err().to_string();
+        assert!(e.contains(bad) && e.contains("[0, 1]"), "{bad}: {e}");
+    }
+    let e = TrainConfig::from_toml("[parallel]\noffload = 2.0\n").unwrap_err();
+    assert!(e.to_string().contains("offload"), "{e}");
+    let mut cfg = config("1f1b", 1, 1, Offload::Auto);
+    cfg.parallel.schedule_file = Some("schedule.csv".into());
+    let e = check(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("parallel.offload = auto") && e.contains("schedule_file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_setting_round_trips_through_toml() {
+    for (text, want) in [
+        ("\"none\"", Offload::None),
+        ("\"auto\"", Offload::Auto),
+        ("0.25", Offload::Fraction(0.25)),
+        ("\"0.5\"", Offload::Fraction(0.5)),
+    ] {
+        let cfg = TrainConfig::from_toml(&format!("[parallel]\noffload = {text}\n")).unwrap();
+        assert_eq!(cfg.parallel.offload, want, "{text}");
+        let again = toml::to_string(&cfg).unwrap();
+        assert_eq!(
+            TrainConfig::from_toml(&again).unwrap().parallel.offload,
+            want
+        );
+    }
+}
