@@ -149,6 +149,15 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
             cfg.parallel.offload
         ));
     }
+    if let Offload::Chunks(k) = cfg.parallel.offload {
+        if k > cfg.parallel.chunks {
+            problems.push(format!(
+                "parallel.offload = chunks:{k}, but the stages hold {} model chunks: use chunks:0 \
+                 to chunks:{}",
+                cfg.parallel.chunks, cfg.parallel.chunks
+            ));
+        }
+    }
     let sizes = size_problems(cfg);
     // A schedule is generated only for sizes that bound its time and memory.
     if sizes.is_empty() {

@@ -48,9 +48,9 @@ pub struct TrainArgs {
     /// takes WORLD_SIZE / stages, which must agree).
     #[arg(long)]
     replicas: Option<u32>,
-    /// Activations to offload to host memory: none, auto (every unit whose offload saves memory)
-    /// or a fraction of each stage's units, longest-lived first.
-    #[arg(long, value_name = "none|auto|FRACTION")]
+    /// Activations to offload to host memory: none, auto (every unit whose offload saves memory),
+    /// a fraction of each stage's units (longest-lived first), or chunks:K (model chunks 0..K).
+    #[arg(long, value_name = "none|auto|FRACTION|chunks:K")]
     offload: Option<Offload>,
     /// Slicing method.
     #[arg(long, value_enum)]

@@ -34,6 +34,9 @@ pub enum Offload {
     Auto,
     /// This fraction of each stage's units, longest-lived first (rounded down).
     Fraction(f64),
+    /// Every unit of model chunks `0..k` (`chunks:k`), the earliest and longest-lived: PipeOffload's
+    /// "offload chunk 0" is `chunks:1`.
+    Chunks(u32),
 }
 
 impl Offload {
@@ -43,6 +46,7 @@ impl Offload {
             Offload::None => None,
             Offload::Auto => Some(OffloadKnob::Fraction(1.0)),
             Offload::Fraction(f) => Some(OffloadKnob::Fraction(f)),
+            Offload::Chunks(k) => Some(OffloadKnob::ModelChunks(k)),
         }
     }
 }
@@ -54,13 +58,17 @@ impl FromStr for Offload {
         match s.trim() {
             "none" => Ok(Offload::None),
             "auto" => Ok(Offload::Auto),
-            other => match other.parse::<f64>() {
-                Ok(f) if (0.0..=1.0).contains(&f) => Ok(Offload::Fraction(f)),
-                _ => Err(Error::Config(format!(
-                    "offload = {other:?}: use \"none\", \"auto\" or a fraction of each stage's \
-                     units in [0, 1]"
-                ))),
-            },
+            other => {
+                let chunks = other.strip_prefix("chunks:").map(str::parse::<u32>);
+                match (chunks, other.parse::<f64>()) {
+                    (Some(Ok(k)), _) => Ok(Offload::Chunks(k)),
+                    (None, Ok(f)) if (0.0..=1.0).contains(&f) => Ok(Offload::Fraction(f)),
+                    _ => Err(Error::Config(format!(
+                        "offload = {other:?}: use \"none\", \"auto\", a fraction of each \
+                         stage's units in [0, 1], or chunks:K (every unit of model chunks 0..K)"
+                    ))),
+                }
+            }
         }
     }
 }
@@ -71,6 +79,7 @@ impl fmt::Display for Offload {
             Offload::None => write!(f, "none"),
             Offload::Auto => write!(f, "auto"),
             Offload::Fraction(x) => write!(f, "{x}"),
+            Offload::Chunks(k) => write!(f, "chunks:{k}"),
         }
     }
 }
