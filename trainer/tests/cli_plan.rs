@@ -84,3 +84,38 @@ fn json_output_and_errors() {
     ]);
     assert!(!ok && err.contains("-3"), "{err}");
 }
+
+/// Every configuration the planner prices with a feature `seqpipe train` does not run is marked
+/// with it (JSON `planned_only`, a note under the row in text); what the trainer runs is not.
+#[test]
+fn features_the_trainer_does_not_run_are_marked_planner_only() {
+    let args = ["plan", "--model", "llama-7b", "--seq", "32k", "--gpus", "8"];
+    let (ok, out, err) = seqpipe(&[&args[..], &["--format", "json"]].concat());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut unmarked = 0;
+    for e in v.as_array().unwrap() {
+        let c = &e["candidate"];
+        let marks: Vec<&str> = e["planned_only"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        let expect = [
+            ("tensor parallelism", c["parallel"]["tp"].as_u64() > Some(1)),
+            ("context parallelism", c["parallel"]["cp"].as_u64() > Some(1)),
+            ("recomputation", c["recompute"] != "none"),
+            ("offload overlapped with compute", c["offload_fraction"].as_f64() > Some(0.0)),
+            ("vocabulary-parallel head", c["kind"].get("slim_pipe").is_some()),
+        ];
+        for (mark, priced) in expect {
+            assert_eq!(marks.contains(&mark), priced, "{mark}: {e}");
+        }
+        unmarked += usize::from(marks.is_empty());
+    }
+    assert!(unmarked > 0, "some configurations are ones the trainer runs");
+    let (ok, text, err) = seqpipe(&args);
+    assert!(ok, "{err}");
+    assert!(text.contains("planner only, not run by seqpipe train yet: "), "{text}");
+}

@@ -6,6 +6,8 @@ use clap::{Args, ValueEnum};
 use seqpipe_memory::{gpu_preset, search, Evaluation, RecomputePolicy, SearchSpace, GIB};
 use seqpipe_slicing::parse_token_count;
 
+use seqpipe_trainer::runtime::capabilities::planned_only;
+
 use super::model::{describe, resolve_model};
 use super::plan_elastic::ElasticArgs;
 
@@ -158,7 +160,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         );
     }
     if let Format::Json = args.format {
-        outln!("{}", serde_json::to_string_pretty(&evals)?);
+        outln!("{}", serde_json::to_string_pretty(&marked(&evals))?);
         return Ok(());
     }
     outln!("model {}: {}", args.model, describe(&shape));
@@ -208,6 +210,35 @@ fn header() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An evaluation with what of it `seqpipe train` does not run yet (JSON output).
+#[derive(serde::Serialize)]
+struct Marked<'a> {
+    #[serde(flatten)]
+    evaluation: &'a Evaluation,
+    planned_only: Vec<&'static str>,
+}
+
+fn marked(evals: &[Evaluation]) -> Vec<Marked<'_>> {
+    evals
+        .iter()
+        .map(|e| Marked {
+            evaluation: e,
+            planned_only: planned_only(&e.candidate),
+        })
+        .collect()
+}
+
+/// The row's features the trainer does not run, as a note under it (empty when it runs all).
+fn planned_only_note(e: &Evaluation) -> Option<String> {
+    let missing = planned_only(&e.candidate);
+    (!missing.is_empty()).then(|| {
+        format!(
+            "    ↳ planner only, not run by seqpipe train yet: {}",
+            missing.join(", ")
+        )
+    })
+}
+
 fn row(e: &Evaluation) -> String {
     let c = &e.candidate;
     let recompute = match c.recompute {
@@ -237,6 +268,9 @@ fn print_table<'a>(evals: impl Iterator<Item = &'a Evaluation>) -> anyhow::Resul
     header()?;
     for e in evals {
         outln!("{}", row(e));
+        if let Some(note) = planned_only_note(e) {
+            outln!("{note}");
+        }
     }
     Ok(())
 }
@@ -270,6 +304,9 @@ fn print_rejections(evals: &[Evaluation]) -> anyhow::Result<()> {
         };
         outln!("  {name:<12} {verdict}");
         outln!("    {}", row(best));
+        if let Some(note) = planned_only_note(best) {
+            outln!("    {note}");
+        }
     }
     Ok(())
 }

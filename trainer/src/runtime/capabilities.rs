@@ -1,0 +1,56 @@
+//! What `seqpipe train` runs, for the planner's output: a planned configuration whose features
+//! the trainer does not run yet is marked with them, so a plan is never read as a promise the
+//! trainer breaks ("the planner prices only what the trainer runs").
+
+use seqpipe_memory::{Candidate, PipelineKind, RecomputePolicy};
+
+/// The features of `c` that the planner priced but `seqpipe train` does not run yet, in words.
+pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    if c.parallel.tp > 1 {
+        missing.push("tensor parallelism");
+    }
+    if c.parallel.cp > 1 {
+        missing.push("context parallelism");
+    }
+    if c.recompute != RecomputePolicy::None {
+        missing.push("recomputation");
+    }
+    if c.offload_fraction > 0.0 {
+        // The trainer moves activations synchronously; the planner hides the moves behind compute.
+        missing.push("offload overlapped with compute");
+    }
+    if matches!(c.kind, PipelineKind::SlimPipe { .. }) {
+        // The planner prices SlimPipe with the LM head and loss sharded over the vocabulary.
+        missing.push("vocabulary-parallel head");
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seqpipe_memory::Parallelism;
+
+    fn candidate(kind: PipelineKind, tp: u64, recompute: RecomputePolicy) -> Candidate {
+        Candidate {
+            kind,
+            stages: 4,
+            parallel: Parallelism::new(tp, 1, 1).unwrap(),
+            microbatches: 8,
+            recompute,
+            offload_fraction: 0.0,
+        }
+    }
+
+    #[test]
+    fn what_the_trainer_runs_is_unmarked_and_the_rest_is_named() {
+        let plain = candidate(PipelineKind::OneF1B, 1, RecomputePolicy::None);
+        assert!(planned_only(&plain).is_empty());
+        let tp = candidate(PipelineKind::OneF1B, 2, RecomputePolicy::Full);
+        assert_eq!(planned_only(&tp), ["tensor parallelism", "recomputation"]);
+        let mut offload = plain;
+        offload.offload_fraction = 0.5;
+        assert_eq!(planned_only(&offload), ["offload overlapped with compute"]);
+    }
+}
