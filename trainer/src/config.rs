@@ -72,6 +72,9 @@ pub struct ParallelConfig {
     /// Activations offloaded to host memory (PipeOffload): `"none"`, `"auto"` or a fraction of
     /// each stage's units, placed by the planner (`runtime::offload`).
     pub offload: Offload,
+    /// Bytes per stage the predicted peak (model states + activations) must fit: the least
+    /// offload that fits is chosen (`runtime::budget`), or the run is refused with the shortfall.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for ParallelConfig {
@@ -89,6 +92,7 @@ impl Default for ParallelConfig {
             replicas: None,
             schedule_file: None,
             offload: Offload::None,
+            memory_budget: None,
         }
     }
 }

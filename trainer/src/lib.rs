@@ -5,6 +5,7 @@
 //! of `seqpipe-schedule` op by op; a new schedule kind needs no change here.
 
 pub mod checkpoint;
+pub mod checks;
 pub mod config;
 pub mod data;
 pub mod device;

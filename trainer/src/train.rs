@@ -2,7 +2,7 @@
 //! builds the pipeline, runs the steps, and summarises throughput, MFU, bubble and memory against
 //! the planners' predictions.
 
-use crate::error::{fail, Error, Result};
+use crate::error::{Error, Result};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,10 @@ use crate::checkpoint::store::CheckpointDir;
 use crate::config::{DataKind, SlicingMethod, TrainConfig};
 use crate::data::{entropy, RetrievalSource};
 use crate::predict::{predicted_peaks, PredictInput};
-use crate::runtime::admit::load_schedule;
+use crate::runtime::budget::predicted_stage_peaks;
 use crate::runtime::error::combine;
 use crate::runtime::offload::Offload;
-use crate::runtime::rank_loop::{plan, train_rank, RankSummary};
+use crate::runtime::rank_loop::{plan_with_offload, train_rank, RankSummary};
 use crate::runtime::record::measured_bubble;
 use crate::runtime::{Partition, StageReport};
 
@@ -73,6 +73,11 @@ pub struct TrainSummary {
     pub predicted_saved_bytes: Option<Vec<f64>>,
     /// Units each stage offloads to host memory per step (`parallel.offload`).
     pub offloaded_units: Vec<usize>,
+    /// The offload the run used: the configured one, or the memory budget's choice.
+    pub offload: Offload,
+    /// With a memory budget: the budget, and the predicted peak per stage (model states +
+    /// activations).
+    pub budget: Option<(u64, Vec<f64>)>,
     /// The last step's per-stage records (for a Chrome trace).
     pub last_step: Vec<StageReport>,
 }
@@ -115,188 +120,7 @@ pub fn slice_ranges(cfg: &TrainConfig) -> Result<Vec<Range<usize>>> {
         .collect())
 }
 
-/// Every problem with the configuration, found before any work starts.
-pub fn check(cfg: &TrainConfig) -> Result<()> {
-    let mut problems = cfg.model.problems();
-    problems.extend(cfg.optim.problems());
-    if cfg.steps == 0 {
-        problems.push("steps = 0: must be at least 1".into());
-    }
-    if cfg.data.batch == 0 || cfg.data.seq_len == 0 {
-        problems.push(format!(
-            "data.batch = {} and data.seq_len = {} must both be at least 1",
-            cfg.data.batch, cfg.data.seq_len
-        ));
-    }
-    if cfg.data.seq_len + 1 > cfg.model.max_positions {
-        problems.push(format!(
-            "data.seq_len = {} needs RoPE positions up to {}, but model.max_positions = {}",
-            cfg.data.seq_len,
-            cfg.data.seq_len + 1,
-            cfg.model.max_positions
-        ));
-    }
-    if cfg.parallel.slices as usize > cfg.data.seq_len {
-        problems.push(format!(
-            "parallel.slices = {} is more than the {} tokens of a sequence: use 1..={}",
-            cfg.parallel.slices, cfg.data.seq_len, cfg.data.seq_len
-        ));
-    }
-    if cfg.parallel.offload != Offload::None && cfg.parallel.schedule_file.is_some() {
-        problems.push(format!(
-            "parallel.offload = {} plans offloads for the generated schedule, but \
-             parallel.schedule_file places its own OFFLOAD/RELOAD actions: set offload = \"none\"",
-            cfg.parallel.offload
-        ));
-    }
-    if let Offload::Chunks(k) = cfg.parallel.offload {
-        if k > cfg.parallel.chunks {
-            problems.push(format!(
-                "parallel.offload = chunks:{k}, but the stages hold {} model chunks: use chunks:0 \
-                 to chunks:{}",
-                cfg.parallel.chunks, cfg.parallel.chunks
-            ));
-        }
-    }
-    let sizes = size_problems(cfg);
-    // A schedule is generated only for sizes that bound its time and memory.
-    if sizes.is_empty() {
-        let loaded = schedule_config(cfg).and_then(|c| load_schedule(cfg, &c));
-        if let Err(e) = loaded {
-            problems.push(format!("schedule: {e:#}"));
-        }
-    }
-    let sizes_ok = sizes.is_empty();
-    problems.extend(sizes);
-    if sizes_ok {
-        problems.extend(partition_problem(cfg));
-    }
-    problems.extend(output_problems(cfg));
-    problems.extend(data_problems(cfg));
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        fail!(
-            Config,
-            "invalid configuration:\n  - {}",
-            problems.join("\n  - ")
-        )
-    }
-}
-
-/// Whether the layers split over the virtual stages as configured (sizes already bounded).
-fn partition_problem(cfg: &TrainConfig) -> Option<String> {
-    let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
-    let partition = match &cfg.parallel.layers {
-        Some(counts) if counts.len() != vstages => Err(format!(
-            "parallel.layers has {} counts for {vstages} virtual stages (stages × chunks)",
-            counts.len()
-        )),
-        Some(counts) => Partition::from_counts(cfg.model.layers, counts),
-        None => Partition::even(cfg.model.layers, vstages),
-    };
-    partition.err()
-}
-
-/// Bounds that keep a run's memory and the schedule's size sane; each is far above real use.
-const MAX_STAGES: u32 = 1024;
-const MAX_CHUNKS: u32 = 64;
-const MAX_MICROBATCHES: u32 = 1 << 16;
-const MAX_BATCH: usize = 1 << 16;
-/// Schedule units (stages × chunks × micro-batches × slices): the executor's action lists.
-const MAX_UNITS: u64 = 1 << 22;
-/// Tokens in one step (micro-batches × batch × sequence length).
-const MAX_STEP_TOKENS: u64 = 1 << 32;
-/// A week: longer waits for a peer are a configuration error, not patience.
-const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
-
-/// Counts whose product sizes memory or time, checked without overflow.
-fn size_problems(cfg: &TrainConfig) -> Vec<String> {
-    let (p, d) = (&cfg.parallel, &cfg.data);
-    let mut problems = Vec::new();
-    for (name, value, max) in [
-        ("parallel.stages", p.stages as u64, MAX_STAGES as u64),
-        ("parallel.chunks", p.chunks as u64, MAX_CHUNKS as u64),
-        (
-            "parallel.microbatches",
-            p.microbatches as u64,
-            MAX_MICROBATCHES as u64,
-        ),
-        ("data.batch", d.batch as u64, MAX_BATCH as u64),
-    ] {
-        if value > max {
-            problems.push(format!("{name} = {value}: at most {max} is supported"));
-        }
-    }
-    let units = [p.stages, p.chunks, p.microbatches, p.slices]
-        .iter()
-        .try_fold(1u64, |acc, &x| acc.checked_mul(x as u64));
-    if units.is_none_or(|u| u > MAX_UNITS) {
-        problems.push(format!(
-            "stages × chunks × micro-batches × slices = {} × {} × {} × {} is more than the \
-             {MAX_UNITS} schedule units supported",
-            p.stages, p.chunks, p.microbatches, p.slices
-        ));
-    }
-    let tokens = [p.microbatches as u64, d.batch as u64, d.seq_len as u64]
-        .iter()
-        .try_fold(1u64, |acc, &x| acc.checked_mul(x));
-    if tokens.is_none_or(|t| t > MAX_STEP_TOKENS) {
-        problems.push(format!(
-            "micro-batches × batch × seq_len = {} × {} × {} tokens per step is more than the \
-             {MAX_STEP_TOKENS} supported",
-            p.microbatches, d.batch, d.seq_len
-        ));
-    }
-    if !(1..=MAX_TIMEOUT_SECS).contains(&p.timeout_secs) {
-        problems.push(format!(
-            "parallel.timeout_secs = {}: give 1 to {MAX_TIMEOUT_SECS} seconds",
-            p.timeout_secs
-        ));
-    }
-    problems
-}
-
-/// Data options that cannot take effect with the chosen source.
-fn data_problems(cfg: &TrainConfig) -> Vec<String> {
-    let d = &cfg.data;
-    let mut problems = Vec::new();
-    let generated = matches!(d.kind, DataKind::Markov | DataKind::Retrieval);
-    if generated && d.path.is_some() {
-        problems.push(format!(
-            "data.path is set but data.kind = {:?} generates its data; use --data-kind tokens \
-             or text to read the file",
-            d.kind
-        ));
-    }
-    if d.kind != DataKind::Text && d.tokenizer.is_some() {
-        problems.push(format!(
-            "data.tokenizer is set but data.kind = {:?} does not tokenize text; use --data-kind text",
-            d.kind
-        ));
-    }
-    if !generated && d.path.is_none() {
-        problems.push(format!("data.kind = {:?} needs data.path", d.kind));
-    }
-    problems
-}
-
-/// Output options that cannot take effect as given.
-fn output_problems(cfg: &TrainConfig) -> Vec<String> {
-    let mut problems = Vec::new();
-    match (&cfg.output.checkpoint_dir, cfg.output.checkpoint_every) {
-        (_, Some(0)) => problems.push(
-            "output.checkpoint_every = 0: give the number of steps between checkpoints (≥ 1)"
-                .into(),
-        ),
-        (None, Some(every)) => problems.push(format!(
-            "output.checkpoint_every = {every} without output.checkpoint_dir: nothing would be \
-             written; add --checkpoint-dir DIR"
-        )),
-        _ => {}
-    }
-    problems
-}
+pub use crate::checks::check;
 
 /// Simulated bubble of the configuration with costs proportional to each action's FLOPs.
 pub fn simulated_bubble(
@@ -496,7 +320,14 @@ fn run_threads(
 /// The run's figures from its ranks' summaries, beside the planners' predictions.
 fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Result<TrainSummary> {
     let slices = slice_ranges(cfg)?;
-    let (schedule, partition) = plan(cfg)?;
+    let (schedule, partition, offload) = plan_with_offload(cfg)?;
+    let budget = match cfg.parallel.memory_budget {
+        Some(b) => Some((
+            b,
+            predicted_stage_peaks(cfg, &schedule, &partition, &slices)?,
+        )),
+        None => None,
+    };
     let dtype = cfg.precision.dtype();
     let predicted_saved_bytes = predicted_peaks(&PredictInput {
         model: &cfg.model,
@@ -549,6 +380,8 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
         peak_saved_bytes: last_step.iter().map(|r| r.peak_saved_bytes).collect(),
         predicted_saved_bytes,
+        offload,
+        budget,
         offloaded_units: schedule
             .actions
             .iter()

@@ -104,18 +104,33 @@ fn features_the_trainer_does_not_run_are_marked_planner_only() {
             .collect();
         let expect = [
             ("tensor parallelism", c["parallel"]["tp"].as_u64() > Some(1)),
-            ("context parallelism", c["parallel"]["cp"].as_u64() > Some(1)),
+            (
+                "context parallelism",
+                c["parallel"]["cp"].as_u64() > Some(1),
+            ),
             ("recomputation", c["recompute"] != "none"),
-            ("offload overlapped with compute", c["offload_fraction"].as_f64() > Some(0.0)),
-            ("vocabulary-parallel head", c["kind"].get("slim_pipe").is_some()),
+            (
+                "offload overlapped with compute",
+                c["offload_fraction"].as_f64() > Some(0.0),
+            ),
+            (
+                "vocabulary-parallel head",
+                c["kind"].get("slim_pipe").is_some(),
+            ),
         ];
         for (mark, priced) in expect {
             assert_eq!(marks.contains(&mark), priced, "{mark}: {e}");
         }
         unmarked += usize::from(marks.is_empty());
     }
-    assert!(unmarked > 0, "some configurations are ones the trainer runs");
+    assert!(
+        unmarked > 0,
+        "some configurations are ones the trainer runs"
+    );
     let (ok, text, err) = seqpipe(&args);
     assert!(ok, "{err}");
-    assert!(text.contains("planner only, not run by seqpipe train yet: "), "{text}");
+    assert!(
+        text.contains("planner only, not run by seqpipe train yet: "),
+        "{text}"
+    );
 }

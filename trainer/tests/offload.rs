@@ -5,7 +5,9 @@
 
 use seqpipe_schedule::Op;
 use seqpipe_trainer::config::{Precision, TrainConfig};
-use seqpipe_trainer::predict::{predict, PredictInput};
+use seqpipe_trainer::error::Error;
+use seqpipe_trainer::predict::{predict, stage_states, PredictInput};
+use seqpipe_trainer::runtime::budget::predicted_stage_peaks;
 use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::rank_loop::plan;
 use seqpipe_trainer::train::{check, slice_ranges, train, TrainSummary};
@@ -187,4 +189,65 @@ fn gis_offload_reproduces_the_shape_of_spec_5_1() {
         peaks.windows(2).all(|w| w[1] < w[0]),
         "each row must hold less than the one before: {peaks:?}"
     );
+}
+
+/// `--memory-budget`: between the predicted peaks without offload and with every unit offloaded,
+/// an offload is chosen and its predicted peaks (and the measured activation bytes on top of the
+/// model states) fit; a generous budget offloads nothing; a budget below the model states, or one
+/// nothing fits, is refused naming the shortfall.
+#[test]
+fn a_memory_budget_chooses_the_least_offload_that_fits() {
+    let base = config("gis", 1, 2, Offload::None);
+    let slices = slice_ranges(&base).unwrap();
+    let worst_peak = |cfg: &TrainConfig| {
+        let (schedule, partition) = plan(cfg).unwrap();
+        let peaks = predicted_stage_peaks(cfg, &schedule, &partition, &slices).unwrap();
+        peaks.into_iter().fold(0.0, f64::max)
+    };
+    let none = worst_peak(&base);
+    let auto = worst_peak(&config("gis", 1, 2, Offload::Auto));
+    assert!(
+        auto < none,
+        "offloading everything must lower the peak: {auto} vs {none}"
+    );
+
+    let mut cfg = base.clone();
+    cfg.parallel.memory_budget = Some(((none + auto) / 2.0) as u64);
+    let (_, summary) = run(&cfg);
+    let (budget, peaks) = summary.budget.clone().unwrap();
+    assert_ne!(summary.offload, Offload::None);
+    assert!(
+        peaks.iter().all(|&p| p <= budget as f64),
+        "{peaks:?} vs {budget}"
+    );
+    let states = stage_states(&cfg.model, cfg.precision.dtype(), 4, 2)
+        .unwrap()
+        .unwrap();
+    for (stage, (held, s)) in summary.peak_bytes.iter().zip(&states).enumerate() {
+        assert!(
+            *held as f64 + s <= budget as f64,
+            "stage {stage}: {held} + {s} > {budget}"
+        );
+    }
+    println!(
+        "budget {budget}: offload = {}, predicted peaks {peaks:?} (without offload {none:.0}, \
+         everything offloaded {auto:.0})",
+        summary.offload
+    );
+
+    cfg.parallel.memory_budget = Some(none as u64 + 1);
+    let (_, generous) = run(&cfg);
+    assert_eq!(generous.offload, Offload::None);
+    assert!(generous.offloaded_units.iter().all(|&n| n == 0));
+
+    let largest_states = states.iter().copied().fold(0.0, f64::max);
+    for (budget, needle) in [
+        (1000, "model states"),
+        (largest_states as u64 + 1, "does not fit"),
+    ] {
+        cfg.parallel.memory_budget = Some(budget);
+        let e = plan(&cfg).unwrap_err();
+        assert!(matches!(e.kind(), Error::Config(_)), "{e:?}");
+        assert!(e.to_string().contains(needle), "{budget}: {e}");
+    }
 }

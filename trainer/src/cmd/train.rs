@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use seqpipe_comm::{CommOptions, TcpTransport, Transport};
 use seqpipe_trainer::config::{DataKind, Precision, SlicingMethod, TrainConfig};
 use seqpipe_trainer::health::OnNonFinite;
+use seqpipe_trainer::runtime::budget::parse_bytes;
 use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout};
 use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::rank_loop::train_rank;
@@ -52,6 +53,10 @@ pub struct TrainArgs {
     /// a fraction of each stage's units (longest-lived first), or chunks:K (model chunks 0..K).
     #[arg(long, value_name = "none|auto|FRACTION|chunks:K")]
     offload: Option<Offload>,
+    /// Bytes per stage the predicted peak must fit (e.g. 512MiB): the least offload that fits
+    /// is chosen, or the run is refused with the shortfall.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
     /// Slicing method.
     #[arg(long, value_enum)]
     slicing: Option<SlicingMethod>,
@@ -137,6 +142,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = args.offload {
         par.offload = v;
+    }
+    if let Some(v) = args.memory_budget {
+        par.memory_budget = Some(v);
     }
     if let Some(v) = args.chunks {
         par.chunks = v;
@@ -394,6 +402,14 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
         100.0 * s.measured_bubble,
         100.0 * s.simulated_bubble
     );
+    if let Some((budget, peaks)) = &s.budget {
+        let peaks: Vec<String> = peaks.iter().map(|p| format!("{p:.0}")).collect();
+        outln!(
+            "| memory budget {budget} bytes per stage | offload = {}; predicted peak per stage (states + activations) {} |",
+            s.offload,
+            peaks.join(", ")
+        );
+    }
     if s.offloaded_units.iter().any(|&n| n > 0) {
         let units: Vec<String> = s.offloaded_units.iter().map(usize::to_string).collect();
         outln!(

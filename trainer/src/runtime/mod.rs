@@ -1,6 +1,7 @@
 //! The pipeline runtime: one executor that runs any lowered schedule, stage by stage.
 
 pub mod admit;
+pub mod budget;
 pub mod capabilities;
 pub mod distributed;
 pub mod error;

@@ -16,9 +16,10 @@ use seqpipe_comm::{Group, Transport};
 use seqpipe_schedule::Lowered;
 
 use super::admit::load_schedule;
+use super::budget::fit;
 use super::distributed::{placement, Placement};
 use super::handshake::agree_on_configuration;
-use super::offload::with_planned_offload;
+use super::offload::{with_planned_offload, Offload};
 use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::rank_checkpoint;
@@ -59,6 +60,12 @@ struct RankRun {
 
 /// The lowered schedule and the layer partition of a configuration.
 pub fn plan(cfg: &TrainConfig) -> Result<(Lowered, Partition)> {
+    plan_with_offload(cfg).map(|(schedule, partition, _)| (schedule, partition))
+}
+
+/// As [`plan`], with the offload the schedule carries: the configured one, or the memory
+/// budget's choice.
+pub fn plan_with_offload(cfg: &TrainConfig) -> Result<(Lowered, Partition, Offload)> {
     let schedule = load_schedule(cfg, &schedule_config(cfg)?)?;
     let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
     let partition = match &cfg.parallel.layers {
@@ -66,8 +73,18 @@ pub fn plan(cfg: &TrainConfig) -> Result<(Lowered, Partition)> {
         None => Partition::even(cfg.model.layers, vstages),
     }
     .map_err(Error::Config)?;
-    let schedule = with_planned_offload(schedule, cfg, &partition, &slice_ranges(cfg)?)?;
-    Ok((schedule, partition))
+    let slices = slice_ranges(cfg)?;
+    let (schedule, offload) = match cfg.parallel.memory_budget {
+        None => (
+            with_planned_offload(schedule, cfg, &partition, &slices)?,
+            cfg.parallel.offload,
+        ),
+        Some(budget) => {
+            let fitted = fit(schedule, cfg, &partition, &slices, budget)?;
+            (fitted.schedule, fitted.offload)
+        }
+    };
+    Ok((schedule, partition, offload))
 }
 
 /// Checks, agrees with the other ranks, and builds this rank from a seed or a checkpoint.

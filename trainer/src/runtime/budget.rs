@@ -1,0 +1,189 @@
+//! `--memory-budget`: the least offload whose predicted per-stage peak fits a budget of bytes
+//! per stage, chosen before the ranks start, or a refusal that names the shortfall.
+//!
+//! A stage's predicted peak is its model states (`predict::stage_states`: parameters, f32
+//! gradients, AdamW moments, f32 master copies for bf16) plus its activations' working peak
+//! (`predict::StagePeaks::working`: saved and transient bytes and the inside of a backward),
+//! for the exact schedule the ranks would run. The process's other holdings (data tables,
+//! RoPE tables, library buffers) are not in it. With `offload = "none"` the ladder is tried in
+//! order — nothing, chunks `0..k` for `k < v`, fractions 0.25, 0.5, 0.75, then every unit worth
+//! offloading — and the first that fits wins; an explicit offload setting is only checked.
+//! Recomputation is not offered: the trainer does not run it yet.
+
+use std::ops::Range;
+
+use seqpipe_schedule::Lowered;
+
+use super::offload::{with_planned_offload, Offload};
+use super::partition::Partition;
+use crate::config::TrainConfig;
+use crate::error::{fail, Error, Result};
+use crate::predict::{predict, stage_states, PredictInput};
+
+/// What the budget chose.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// The schedule with the chosen offload's actions.
+    pub schedule: Lowered,
+    /// The chosen offload.
+    pub offload: Offload,
+    /// Predicted peak bytes per stage (model states + activations' working peak).
+    pub peaks: Vec<f64>,
+}
+
+/// Parses a byte count: a number with an optional unit (`B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`,
+/// `GB`), e.g. `512MiB`.
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = (t[..split].trim(), t[split..].trim());
+    let scale: f64 = match unit {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => f64::NAN,
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && (n * scale).is_finite() => Ok((n * scale) as u64),
+        _ => fail!(
+            Config,
+            "memory budget {text:?}: give a positive number of bytes, optionally with a unit \
+             (B, KiB, MiB, GiB, KB, MB, GB), e.g. 512MiB"
+        ),
+    }
+}
+
+/// Predicted peak bytes per stage of `schedule` (see the module docs).
+pub fn predicted_stage_peaks(
+    cfg: &TrainConfig,
+    schedule: &Lowered,
+    partition: &Partition,
+    slices: &[Range<usize>],
+) -> Result<Vec<f64>> {
+    let dtype = cfg.precision.dtype();
+    let (p, v) = (cfg.parallel.stages, cfg.parallel.chunks);
+    let unsupported = || {
+        Error::Config(
+            "parallel.memory_budget needs the memory model, which covers f32 and bf16 runs with \
+             layers split evenly over the virtual stages"
+                .into(),
+        )
+    };
+    let states = stage_states(&cfg.model, dtype, p, v)?.ok_or_else(unsupported)?;
+    let activations = predict(&PredictInput {
+        model: &cfg.model,
+        dtype,
+        batch: cfg.data.batch,
+        slices,
+        schedule,
+        partition,
+    })?
+    .ok_or_else(unsupported)?;
+    Ok(states
+        .iter()
+        .zip(&activations)
+        .map(|(s, a)| s + a.peaks.working)
+        .collect())
+}
+
+/// The offloads tried for a budget, least first (see the module docs).
+fn ladder(cfg: &TrainConfig) -> Vec<Offload> {
+    match cfg.parallel.offload {
+        Offload::None => {
+            let chunks = (1..cfg.parallel.chunks).map(Offload::Chunks);
+            let fractions = [0.25, 0.5, 0.75].map(Offload::Fraction);
+            std::iter::once(Offload::None)
+                .chain(chunks)
+                .chain(fractions)
+                .chain([Offload::Auto])
+                .collect()
+        }
+        given => vec![given],
+    }
+}
+
+/// The first offload of the ladder whose predicted peak fits `budget` bytes on every stage.
+pub fn fit(
+    schedule: Lowered,
+    cfg: &TrainConfig,
+    partition: &Partition,
+    slices: &[Range<usize>],
+    budget: u64,
+) -> Result<Fitted> {
+    let states = stage_states(
+        &cfg.model,
+        cfg.precision.dtype(),
+        cfg.parallel.stages,
+        cfg.parallel.chunks,
+    )?;
+    if let Some((stage, s)) = states
+        .iter()
+        .flatten()
+        .enumerate()
+        .find(|(_, &s)| s > budget as f64)
+    {
+        fail!(
+            Config,
+            "memory budget {budget} bytes per stage is below stage {stage}'s model states, \
+             {s:.0} bytes (parameters, gradients, AdamW moments): no offload can fit"
+        );
+    }
+    let mut closest: Option<(Offload, usize, f64)> = None;
+    for offload in ladder(cfg) {
+        let mut tried = cfg.clone();
+        tried.parallel.offload = offload;
+        let planned = with_planned_offload(schedule.clone(), &tried, partition, slices)?;
+        let peaks = predicted_stage_peaks(&tried, &planned, partition, slices)?;
+        let (stage, worst) = worst(&peaks);
+        if worst <= budget as f64 {
+            return Ok(Fitted {
+                schedule: planned,
+                offload,
+                peaks,
+            });
+        }
+        if closest.is_none_or(|(_, _, w)| worst < w) {
+            closest = Some((offload, stage, worst));
+        }
+    }
+    let (offload, stage, worst) = closest.expect("the ladder is never empty");
+    fail!(
+        Config,
+        "memory budget {budget} bytes per stage does not fit: the closest, offload = {offload}, \
+         predicts {worst:.0} bytes on stage {stage}, {:.0} over (recomputation, which would \
+         save more, is not run by the trainer yet)",
+        worst - budget as f64
+    )
+}
+
+/// The stage with the highest peak, and the peak.
+fn worst(peaks: &[f64]) -> (usize, f64) {
+    peaks
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5 GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        for bad in ["", "0", "-1MiB", "12 parsecs", "MiB"] {
+            let e = parse_bytes(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains("MiB"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
