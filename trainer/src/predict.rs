@@ -65,10 +65,12 @@ use seqpipe_memory::{
 };
 use seqpipe_schedule::{Action, Op, Schedule};
 
+use crate::config::TrainConfig;
 use crate::model::ModelConfig;
 use crate::runtime::Partition;
 
 /// What to predict for.
+#[derive(Clone, Copy)]
 pub struct PredictInput<'a> {
     /// Model sizes.
     pub model: &'a ModelConfig,
@@ -82,6 +84,26 @@ pub struct PredictInput<'a> {
     pub schedule: &'a Schedule,
     /// Layers per virtual stage.
     pub partition: &'a Partition,
+}
+
+impl<'a> PredictInput<'a> {
+    /// The input for a training configuration's run of `schedule` over `partition`, its
+    /// sequences cut into `slices`.
+    pub fn of(
+        cfg: &'a TrainConfig,
+        schedule: &'a Schedule,
+        partition: &'a Partition,
+        slices: &'a [std::ops::Range<usize>],
+    ) -> Self {
+        PredictInput {
+            model: &cfg.model,
+            dtype: cfg.precision.dtype(),
+            batch: cfg.data.batch,
+            slices,
+            schedule,
+            partition,
+        }
+    }
 }
 
 /// Predicted peaks of one stage, in bytes.

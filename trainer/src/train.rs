@@ -328,15 +328,8 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         )),
         None => None,
     };
-    let dtype = cfg.precision.dtype();
-    let predicted_saved_bytes = predicted_peaks(&PredictInput {
-        model: &cfg.model,
-        dtype,
-        batch: cfg.data.batch,
-        slices: &slices,
-        schedule: &schedule,
-        partition: &partition,
-    })?;
+    let predicted_saved_bytes =
+        predicted_peaks(&PredictInput::of(cfg, &schedule, &partition, &slices))?;
     let (loss_floor, chance_accuracy) = match cfg.data.kind {
         DataKind::Markov => (Some(entropy()), None),
         DataKind::Retrieval => (

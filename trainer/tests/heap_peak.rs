@@ -162,16 +162,9 @@ fn predicted(cfg: &TrainConfig) -> Vec<(f64, f64)> {
     let (schedule, partition) = plan(cfg).unwrap();
     let slices = slice_ranges(cfg).unwrap();
     let dtype = cfg.precision.dtype();
-    let activations = predict(&PredictInput {
-        model: &cfg.model,
-        dtype,
-        batch: cfg.data.batch,
-        slices: &slices,
-        schedule: &schedule,
-        partition: &partition,
-    })
-    .unwrap()
-    .expect("an even partition in f32 or bf16 has a prediction");
+    let activations = predict(&PredictInput::of(cfg, &schedule, &partition, &slices))
+        .unwrap()
+        .expect("an even partition in f32 or bf16 has a prediction");
     let states = stage_states(&cfg.model, dtype, cfg.parallel.stages, cfg.parallel.chunks)
         .unwrap()
         .expect("f32 and bf16 have model states");

@@ -152,16 +152,9 @@ fn gis_offload_reproduces_the_shape_of_spec_5_1() {
     cfg.parallel.group = Some(4);
     let (schedule, partition) = plan(&cfg).unwrap();
     let slices = slice_ranges(&cfg).unwrap();
-    let prediction = predict(&PredictInput {
-        model: &cfg.model,
-        dtype: cfg.precision.dtype(),
-        batch: cfg.data.batch,
-        slices: &slices,
-        schedule: &schedule,
-        partition: &partition,
-    })
-    .unwrap()
-    .unwrap();
+    let prediction = predict(&PredictInput::of(&cfg, &schedule, &partition, &slices))
+        .unwrap()
+        .unwrap();
     let first_forward = schedule.actions[0]
         .iter()
         .position(|a| a.op == Op::Forward)

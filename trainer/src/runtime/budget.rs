@@ -74,15 +74,8 @@ pub fn predicted_stage_peaks(
         )
     };
     let states = stage_states(&cfg.model, dtype, p, v)?.ok_or_else(unsupported)?;
-    let activations = predict(&PredictInput {
-        model: &cfg.model,
-        dtype,
-        batch: cfg.data.batch,
-        slices,
-        schedule,
-        partition,
-    })?
-    .ok_or_else(unsupported)?;
+    let activations =
+        predict(&PredictInput::of(cfg, schedule, partition, slices))?.ok_or_else(unsupported)?;
     Ok(states
         .iter()
         .zip(&activations)
