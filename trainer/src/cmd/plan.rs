@@ -163,14 +163,29 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         outln!("{}", serde_json::to_string_pretty(&marked(&evals))?);
         return Ok(());
     }
-    outln!("model {}: {}", args.model, describe(&shape));
+    print_context(args, &space, &evals)?;
+    let fitting = evals.iter().filter(|e| e.fits()).count();
+    if fitting == 0 {
+        outln!("no configuration fits the budget");
+    } else {
+        outln!("\nbest plans:");
+        print_table(evals.iter().filter(|e| e.fits()).take(args.top))?;
+    }
+    print_rejections(&evals)
+}
+
+/// What was searched: the model, the sequence and cluster, and how many configurations fit.
+fn print_context(args: &PlanArgs, space: &SearchSpace, evals: &[Evaluation]) -> anyhow::Result<()> {
+    let (shape, gpu) = (&space.shape, &space.gpu);
+    outln!("model {}: {}", args.model, describe(shape));
     outln!(
-        "sequence {seq_len} tokens, {} × {} ({:.0} TFLOP/s peak, offload k = {:.3}), budget {:.2} GiB/GPU, kernel efficiency {:.0}%, global batch {}",
-        gpus,
+        "sequence {} tokens, {} × {} ({:.0} TFLOP/s peak, offload k = {:.3}), budget {:.2} GiB/GPU, kernel efficiency {:.0}%, global batch {}",
+        space.seq_len,
+        space.gpus,
         gpu.name,
         gpu.peak_flops / 1e12,
-        gpu.offload_k(&shape, seq_len)?,
-        budget_bytes / GIB,
+        gpu.offload_k(shape, space.seq_len)?,
+        space.budget_bytes / GIB,
         100.0 * args.efficiency,
         args.global_batch
     );
@@ -182,13 +197,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         args.max_tp,
         args.max_cp
     );
-    if fitting == 0 {
-        outln!("no configuration fits the budget");
-    } else {
-        outln!("\nbest plans:");
-        print_table(evals.iter().filter(|e| e.fits()).take(args.top))?;
-    }
-    print_rejections(&evals)
+    Ok(())
 }
 
 fn header() -> anyhow::Result<()> {

@@ -3,8 +3,10 @@
 
 use clap::{Args, ValueEnum};
 use seqpipe_schedule::render::{write_chrome_trace, write_svg};
-use seqpipe_schedule::{simulate, CostTable, MessageBytes, P2p};
-use seqpipe_slicing::{balanced, parse_token_count, uniform, CostModel, Padding};
+use seqpipe_schedule::{simulate, CostTable, MessageBytes, P2p, Simulation};
+use seqpipe_slicing::{
+    balanced, parse_token_count, uniform, CostModel, ModelShape, Padding, SlicePlan,
+};
 
 use super::model::{describe, resolve_model};
 use super::schedule::ScheduleSpec;
@@ -112,43 +114,53 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         Format::Json => outln!("{}", serde_json::to_string(&sim)?),
         Format::Chrome => write_chrome_trace(&sim, 1e6, &mut out)?,
         Format::Svg => write_svg(&sim, &mut out)?,
-        Format::Text => {
-            outln!("model {}: {}", args.model, describe(&shape));
-            outln!(
-                "sequence {} tokens, {} {} slices (lengths {:?}), max/min slice cost {:.3}",
-                plan.seq_len,
-                plan.len(),
-                plan.method,
-                plan.lengths(),
-                plan.max_min_cost_ratio()
-            );
-            outln!(
-                "{} p={} m={} n={} v={}{}: makespan {:.3} ms, bubble ratio {:.2} %",
-                c.kind,
-                c.stages,
-                c.microbatches,
-                c.slices,
-                c.chunks,
-                c.group.map(|g| format!(" g={g}")).unwrap_or_default(),
-                sim.makespan * 1e3,
-                100.0 * sim.bubble_ratio
-            );
-            outln!(
-                "{:>5} {:>11} {:>9} {:>17}",
-                "stage",
-                "busy ms",
-                "bubble",
-                "units in flight"
-            );
-            for (r, st) in sim.stages.iter().enumerate() {
-                outln!(
-                    "{r:>5} {:>11.3} {:>8.2}% {:>17}",
-                    st.busy * 1e3,
-                    100.0 * st.bubble_ratio,
-                    st.max_in_flight
-                );
-            }
-        }
+        Format::Text => print_text(args, &shape, &plan, &sim)?,
+    }
+    Ok(())
+}
+
+/// The text report: the model, the slicing, the makespan and bubble, and each stage's figures.
+fn print_text(
+    args: &SimulateArgs,
+    shape: &ModelShape,
+    plan: &SlicePlan,
+    sim: &Simulation,
+) -> anyhow::Result<()> {
+    let c = sim.config;
+    outln!("model {}: {}", args.model, describe(shape));
+    outln!(
+        "sequence {} tokens, {} {} slices (lengths {:?}), max/min slice cost {:.3}",
+        plan.seq_len,
+        plan.len(),
+        plan.method,
+        plan.lengths(),
+        plan.max_min_cost_ratio()
+    );
+    outln!(
+        "{} p={} m={} n={} v={}{}: makespan {:.3} ms, bubble ratio {:.2} %",
+        c.kind,
+        c.stages,
+        c.microbatches,
+        c.slices,
+        c.chunks,
+        c.group.map(|g| format!(" g={g}")).unwrap_or_default(),
+        sim.makespan * 1e3,
+        100.0 * sim.bubble_ratio
+    );
+    outln!(
+        "{:>5} {:>11} {:>9} {:>17}",
+        "stage",
+        "busy ms",
+        "bubble",
+        "units in flight"
+    );
+    for (r, st) in sim.stages.iter().enumerate() {
+        outln!(
+            "{r:>5} {:>11.3} {:>8.2}% {:>17}",
+            st.busy * 1e3,
+            100.0 * st.bubble_ratio,
+            st.max_in_flight
+        );
     }
     Ok(())
 }
