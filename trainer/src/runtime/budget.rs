@@ -48,11 +48,12 @@ pub fn parse_bytes(text: &str) -> Result<u64> {
         _ => f64::NAN,
     };
     match number.parse::<f64>() {
-        Ok(n) if n > 0.0 && (n * scale).is_finite() => Ok((n * scale) as u64),
+        // `as u64` would saturate a larger figure silently: refuse it instead.
+        Ok(n) if n * scale >= 1.0 && n * scale < u64::MAX as f64 => Ok((n * scale) as u64),
         _ => fail!(
             Config,
-            "memory budget {text:?}: give a positive number of bytes, optionally with a unit \
-             (B, KiB, MiB, GiB, KB, MB, GB), e.g. 512MiB"
+            "memory budget {text:?}: give a positive number of bytes below 2^64, optionally \
+             with a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. 512MiB"
         ),
     }
 }
@@ -171,7 +172,15 @@ mod tests {
         assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
         assert_eq!(parse_bytes("1.5 GB").unwrap(), 1_500_000_000);
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
-        for bad in ["", "0", "-1MiB", "12 parsecs", "MiB"] {
+        for bad in [
+            "",
+            "0",
+            "-1MiB",
+            "12 parsecs",
+            "MiB",
+            "99999999999GiB",
+            "0.1",
+        ] {
             let e = parse_bytes(bad).unwrap_err().to_string();
             assert!(
                 e.contains(&format!("{bad:?}")) && e.contains("MiB"),
