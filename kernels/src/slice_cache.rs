@@ -84,6 +84,29 @@ impl SliceKvCache {
         attention_forward(q, &k_all, &v_all, opts)
     }
 
+    /// The prefix the last cached slice's forward attended to: this cache without that slice and
+    /// without any pending prefix gradient. Recomputing the slice during the backward walk
+    /// attends to it with the slice's own K/V (still cached: a checkpointed slice keeps them),
+    /// reproducing its forward exactly while the walk itself is left as it is.
+    pub fn without_last(&self) -> Result<SliceKvCache> {
+        let n = self.k.len();
+        if n == 0 {
+            return Err(walk(
+                "recompute: no cached slice to recompute the forward of".to_string(),
+            ));
+        }
+        Ok(SliceKvCache {
+            k: self.k[..n - 1].to_vec(),
+            v: self.v[..n - 1].to_vec(),
+            grad: None,
+        })
+    }
+
+    /// Tokens of the last cached slice (0 when none): the slice the next backward walks.
+    pub fn last_slice_tokens(&self) -> usize {
+        self.k.last().map_or(0, |k| k.dims()[2])
+    }
+
     /// Adds the next slice's post-RoPE `k`, `v` to the prefix (after its [`SliceKvCache::attend`]).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
         self.check_next(k)?;

@@ -54,10 +54,27 @@ fn walk(c: &Case, lengths: &[usize], opts: &AttentionOptions) -> [Tensor; 5] {
     }
     let mut grads = Vec::new();
     for (j, &len) in lengths.iter().enumerate().rev() {
-        let (out, lse) = &fwd[j];
         let q = c.q.narrow(2, starts[j], len).unwrap();
         let d_out = c.d_out.narrow(2, starts[j], len).unwrap();
-        grads.push(cache.backward(&q, out, lse, &d_out, opts).unwrap());
+        // Even slices are recomputed mid-walk (a checkpointed slice): attending to the prefix
+        // before it with its own K/V must give its forward's results bit for bit.
+        let (out, lse) = if j % 2 == 0 {
+            assert_eq!(cache.last_slice_tokens(), len);
+            let k = c.k.narrow(2, starts[j], len).unwrap();
+            let v = c.v.narrow(2, starts[j], len).unwrap();
+            let again = cache
+                .without_last()
+                .unwrap()
+                .attend(&q, &k, &v, opts)
+                .unwrap();
+            for (a, b) in [(&again.0, &fwd[j].0), (&again.1, &fwd[j].1)] {
+                assert_eq!(rel_err(a, b), 0.0, "recomputed slice {j} differs");
+            }
+            again
+        } else {
+            fwd[j].clone()
+        };
+        grads.push(cache.backward(&q, &out, &lse, &d_out, opts).unwrap());
         assert_eq!(cache.pending_grad_tokens(), starts[j]);
     }
     assert_eq!(cache.slices(), 0);

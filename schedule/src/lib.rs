@@ -48,7 +48,7 @@ pub use ids::{
     next_virtual_stage, placement, previous_virtual_stage, virtual_stage, Chunk, MicroBatch, Slice,
     Stage, VirtualStage,
 };
-pub use lower::{insert_comm, lower, strip_comm};
+pub use lower::{insert_comm, insert_recompute, lower, strip_comm};
 pub use lowered::Lowered;
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};
 pub use simulate::{simulate, MessageBytes, P2p, Simulation, StageStats, Timed};

@@ -81,3 +81,63 @@ pub(crate) fn insert_comm_mapped(schedule: &Schedule) -> Result<(Schedule, Vec<V
     };
     Ok((lowered, origins))
 }
+
+/// Inserts `RECOMPUTE` immediately before the input-gradient backward (`B` or `I`) of every unit
+/// `checkpointed(action)` selects (called with that backward), the latest point its recomputed
+/// records can be made: they then live only through the backward that uses them. A pass on any
+/// schedule, lowered or not; existing `RECOMPUTE` actions are kept and not doubled.
+pub fn insert_recompute(schedule: &Schedule, checkpointed: impl Fn(&Action) -> bool) -> Schedule {
+    let actions = schedule
+        .actions
+        .iter()
+        .map(|list| {
+            let mut out = Vec::with_capacity(list.len() * 2);
+            for a in list {
+                let already = out
+                    .last()
+                    .is_some_and(|b: &Action| b.op == Op::Recompute && b.unit() == a.unit());
+                if a.op.makes_input_grad() && !already && checkpointed(a) {
+                    out.push(a.with_op(Op::Recompute));
+                }
+                out.push(*a);
+            }
+            out
+        })
+        .collect();
+    Schedule {
+        config: schedule.config,
+        lowered: schedule.lowered,
+        actions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{generate, validate, ScheduleConfig, ScheduleKind};
+
+    #[test]
+    fn recompute_goes_right_before_each_selected_backward_and_validates() {
+        let config = ScheduleConfig::new(ScheduleKind::ZbH1, 3, 6);
+        let lowered = lower(&generate(&config).unwrap()).unwrap();
+        let even = |a: &Action| a.mb.0 % 2 == 0;
+        let out = insert_recompute(&lowered, even);
+        assert!(validate(&out).is_empty(), "{:?}", validate(&out));
+        for list in &out.actions {
+            let recomputes: Vec<usize> = (0..list.len())
+                .filter(|&i| list[i].op == Op::Recompute)
+                .collect();
+            assert_eq!(recomputes.len(), 3, "three even micro-batches per stage");
+            for i in recomputes {
+                let next = list[i + 1];
+                assert!(next.op == Op::BackwardInput && next.unit() == list[i].unit());
+                assert!(even(&next));
+            }
+        }
+        assert_eq!(
+            insert_recompute(&out, even),
+            out,
+            "a second pass adds nothing"
+        );
+    }
+}

@@ -7,8 +7,10 @@ use crate::error::{fail, Result};
 use crate::runtime::admit::load_schedule;
 use crate::runtime::offload::Offload;
 use crate::runtime::partition::Partition;
-use crate::runtime::rank_loop::plan_with_offload;
+use crate::runtime::rank_loop::plan_as_run;
+use crate::runtime::recompute::Recompute;
 use crate::train::schedule_config;
+use seqpipe_schedule::{Lowered, Op};
 
 /// Every problem with the configuration, found before any work starts.
 pub fn check(cfg: &TrainConfig) -> Result<()> {
@@ -63,18 +65,22 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
     // A schedule is generated only for sizes that bound its time and memory.
     if sizes.is_empty() {
         let loaded = schedule_config(cfg).and_then(|c| load_schedule(cfg, &c));
-        if let Err(e) = loaded {
-            problems.push(format!("schedule: {e:#}"));
+        match loaded {
+            Err(e) => problems.push(format!("schedule: {e:#}")),
+            Ok(s) => problems.extend(unused_recompute(cfg, &s)),
         }
     }
     let sizes_ok = sizes.is_empty();
     problems.extend(sizes);
     if sizes_ok {
-        problems.extend(partition_problem(cfg));
+        match partition_problem(cfg) {
+            Some(p) => problems.push(p),
+            None => problems.extend(recompute_problems(cfg)),
+        }
     }
     // A budget nothing fits is a configuration error, found once here rather than by each rank.
     if sizes_ok && problems.is_empty() && cfg.parallel.memory_budget.is_some() {
-        if let Err(e) = plan_with_offload(cfg) {
+        if let Err(e) = plan_as_run(cfg) {
             problems.push(e.to_string());
         }
     }
@@ -91,18 +97,62 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
     }
 }
 
+/// A recomputation setting a schedule file gives no `RECOMPUTE` to act on (the generated
+/// schedule gets them from the setting).
+fn unused_recompute(cfg: &TrainConfig, schedule: &Lowered) -> Option<String> {
+    let par = &cfg.parallel;
+    let recomputes = schedule
+        .actions
+        .iter()
+        .flatten()
+        .any(|a| a.op == Op::Recompute);
+    (par.schedule_file.is_some() && par.recompute != Recompute::None && !recomputes).then(|| {
+        format!(
+            "parallel.recompute = {}, but parallel.schedule_file holds no RECOMPUTE action: a \
+             schedule file places its own; set recompute = \"none\" or add them",
+            par.recompute
+        )
+    })
+}
+
 /// Whether the layers split over the virtual stages as configured (sizes already bounded).
 fn partition_problem(cfg: &TrainConfig) -> Option<String> {
+    configured_partition(cfg).err()
+}
+
+fn configured_partition(cfg: &TrainConfig) -> std::result::Result<Partition, String> {
     let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
-    let partition = match &cfg.parallel.layers {
+    match &cfg.parallel.layers {
         Some(counts) if counts.len() != vstages => Err(format!(
             "parallel.layers has {} counts for {vstages} virtual stages (stages × chunks)",
             counts.len()
         )),
         Some(counts) => Partition::from_counts(cfg.model.layers, counts),
         None => Partition::even(cfg.model.layers, vstages),
+    }
+}
+
+/// The recomputation setting against the stages and their chunks' layers (partition valid),
+/// and against the other memory settings.
+fn recompute_problems(cfg: &TrainConfig) -> Vec<String> {
+    let par = &cfg.parallel;
+    if par.recompute == Recompute::None {
+        return Vec::new();
+    }
+    let Ok(partition) = configured_partition(cfg) else {
+        return Vec::new();
     };
-    partition.err()
+    let mut problems = par
+        .recompute
+        .problems(par.stages as usize, par.chunks as usize, &partition);
+    if par.offload != Offload::None {
+        problems.push(format!(
+            "parallel.recompute = {} with parallel.offload = {}: offload and recomputation are \
+             not run together yet; choose one",
+            par.recompute, par.offload
+        ));
+    }
+    problems
 }
 
 /// Bounds that keep a run's memory and the schedule's size sane; each is far above real use.

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::runtime::offload::Offload;
+use crate::runtime::recompute::Recompute;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
@@ -72,6 +73,9 @@ pub struct ParallelConfig {
     /// Activations offloaded to host memory (PipeOffload): `"none"`, `"auto"` or a fraction of
     /// each stage's units, placed by the planner (`runtime::offload`).
     pub offload: Offload,
+    /// Records recomputed before their backward instead of kept: `"none"`, `"selective"`,
+    /// `"full"`, `"full:N"` or `"full:N0,N1,…"` (`runtime::recompute`).
+    pub recompute: Recompute,
     /// Bytes per stage the predicted peak (model states + activations) must fit: the least
     /// offload that fits is chosen (`runtime::budget`), or the run is refused with the shortfall.
     pub memory_budget: Option<u64>,
@@ -92,6 +96,7 @@ impl Default for ParallelConfig {
             replicas: None,
             schedule_file: None,
             offload: Offload::None,
+            recompute: Recompute::None,
             memory_budget: None,
         }
     }

@@ -50,7 +50,13 @@
 //! tier at its `OFFLOAD` and back at its `RELOAD` — the memory crate's activation unit less its
 //! K and V (`2kv · a` per token and layer, kept in the device's cache for later slices), and
 //! the statistics and head record. [`StagePrediction::host_after_action`] is the host tier
-//! (`Held::host`). `RECOMPUTE` is planned only and refused.
+//! (`Held::host`).
+//!
+//! **Recomputation** (`RECOMPUTE`, before a unit's backward): from its forward to that action
+//! a recomputed unit lacks what its stage's granularity drops — selective: both norm outputs
+//! and the SwiGLU product, `(2H + F) · a` per token and layer; full: all but the input (and,
+//! when later slices read them, the K/V in the cache) of its first `N` layers, and their
+//! statistics; from the action on it holds its whole record again.
 //!
 //! **Model states** ([`stage_states`]): parameters, f32 gradients, f32 AdamW moments and, for
 //! bf16, f32 master weights, per stage.
@@ -67,6 +73,8 @@ use seqpipe_schedule::{Action, Op, Schedule};
 
 use crate::config::TrainConfig;
 use crate::model::ModelConfig;
+use crate::runtime::recompute::{fewest_layers, Recompute};
+use crate::runtime::worker::Granularity;
 use crate::runtime::Partition;
 
 /// What to predict for.
@@ -84,6 +92,8 @@ pub struct PredictInput<'a> {
     pub schedule: &'a Schedule,
     /// Layers per virtual stage.
     pub partition: &'a Partition,
+    /// What the units the schedule recomputes drop after their forward.
+    pub recompute: &'a Recompute,
 }
 
 impl<'a> PredictInput<'a> {
@@ -102,6 +112,7 @@ impl<'a> PredictInput<'a> {
             slices,
             schedule,
             partition,
+            recompute: &cfg.parallel.recompute,
         }
     }
 }
@@ -162,6 +173,8 @@ struct Setup<'a> {
     layers: f64,
     stages: usize,
     last_vstage: usize,
+    /// What each stage's recomputed units drop.
+    granularity: Vec<Option<Granularity>>,
 }
 
 fn memory_dtype(dtype: DType) -> Option<Dtype> {
@@ -217,13 +230,22 @@ impl<'a> Setup<'a> {
             stages: input.schedule.config.stages as usize,
             chunks: input.schedule.config.chunks,
         };
+        let stages = input.schedule.config.stages as usize;
+        let chunks = input.schedule.config.chunks as usize;
+        let granularity = (0..stages)
+            .map(|s| {
+                let fewest = fewest_layers(input.partition, s, stages, chunks);
+                input.recompute.granularity(s, fewest)
+            })
+            .collect::<Result<_>>()?;
         Ok(Some(Setup {
             input,
             sizer,
             per_token,
             layers: chunk_layers as f64,
-            stages: input.schedule.config.stages as usize,
+            stages,
             last_vstage: input.partition.ranges.len() - 1,
+            granularity,
         }))
     }
 
@@ -294,6 +316,33 @@ impl<'a> Setup<'a> {
         Ok(bytes)
     }
 
+    /// Bytes a recomputed unit's forward record lacks until its `RECOMPUTE`, as (layer tensors,
+    /// statistics): selective drops both norm outputs and the SwiGLU product (`(2H + F) · a` per
+    /// token and layer); full keeps of its first `N` layers only the input (and, for a slice with
+    /// later slices, its K/V in the cache), dropping `(3H + 2q + 3F) · a` (plus `2kv · a` on a
+    /// sequence's last slice) and the statistics `(2 + heads) · 4`.
+    fn dropped_by_recompute(&self, stage: usize, unit: &UnitKey) -> Result<(f64, f64)> {
+        let (pt, tokens) = (self.per_token, self.tokens(unit)?);
+        Ok(match self.granularity[stage] {
+            None => fail!(
+                Runtime,
+                "stage {stage} recomputes {unit} but the recomputation setting gives it nothing \
+                 to drop"
+            ),
+            Some(Granularity::Selective) => (pt.shared_per_layer * self.layers * tokens, 0.0),
+            Some(Granularity::Full { layers }) => {
+                // K and V stay cached for the later slices of the sequence, if any.
+                let later_slices = (unit.slice as usize) + 1 < self.input.slices.len();
+                let kept = pt.row + if later_slices { pt.kv_per_layer } else { 0.0 };
+                let n = layers as f64 * tokens;
+                (
+                    (pt.weight_inputs_per_layer - kept) * n,
+                    pt.stats_per_layer * n,
+                )
+            }
+        })
+    }
+
     fn vstage(&self, stage: usize, unit: &UnitKey) -> usize {
         unit.chunk as usize * self.stages + stage
     }
@@ -308,6 +357,7 @@ pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
     let lives = lives_from_spans(&spans_in_program_order(input.schedule))?;
     let mut saved = saved_events(&setup, &lives)?;
     saved.extend(memory_op_events(&setup)?);
+    recompute_events(&setup, &lives, &mut saved)?;
     let transient = transient_events(&setup)?;
     let floor = vec![0.0; setup.stages];
     let saved_ledger = run_ledger(&floor, &saved)?;
@@ -455,6 +505,58 @@ fn saved_events(setup: &Setup, lives: &[UnitLife]) -> Result<Vec<MemEvent>> {
     Ok(events)
 }
 
+/// A recomputed unit holds, from its forward to its `RECOMPUTE`, its record less what the
+/// stage's granularity drops ([`Setup::dropped_by_recompute`]); from its `RECOMPUTE` to its
+/// backward, the whole record again (the dropped part is its own "recomputed" term).
+fn recompute_events(setup: &Setup, lives: &[UnitLife], events: &mut Vec<MemEvent>) -> Result<()> {
+    for (stage, program) in setup.input.schedule.actions.iter().enumerate() {
+        let offloaded: Vec<UnitKey> = program
+            .iter()
+            .filter(|a| a.op == Op::Offload)
+            .map(unit_key)
+            .collect();
+        for (index, action) in program.iter().enumerate() {
+            if action.op != Op::Recompute {
+                continue;
+            }
+            let u = unit_key(action);
+            if offloaded.contains(&u) {
+                fail!(
+                    Runtime,
+                    "stage {stage} both offloads and recomputes {u}: not predicted (not run \
+                     together)"
+                );
+            }
+            let life = lives
+                .iter()
+                .find(|l| l.stage == stage && l.unit == u)
+                .ok_or_else(|| Error::Runtime(format!("RECOMPUTE of {u} without a forward")))?;
+            let (tensors, stats) = setup.dropped_by_recompute(stage, &u)?;
+            let forward = |e: &MemEvent| {
+                e.stage == stage && e.op == MemOp::Allocate && e.time == life.forward.0
+            };
+            for e in events.iter_mut().filter(|e| forward(e)) {
+                if e.unit == format!("act {u}") {
+                    e.bytes -= tensors;
+                } else if e.unit == statistics_and_head(&u) {
+                    e.bytes -= stats;
+                }
+            }
+            let name = format!("recomputed {u}");
+            let dropped = tensors + stats;
+            events.push(event(
+                index as f64,
+                stage,
+                MemOp::Allocate,
+                name.clone(),
+                dropped,
+            ));
+            events.push(event(life.backward.1, stage, MemOp::Free, name, 0.0));
+        }
+    }
+    Ok(())
+}
+
 fn statistics_and_head(u: &UnitKey) -> String {
     format!("statistics and head record {u}")
 }
@@ -568,15 +670,8 @@ fn transient_at(
         Op::RecvAct => alloc(format!("activation in {u}"), row),
         Op::RecvGrad => alloc(format!("gradient in {u}"), row),
         Op::SendGrad => frees.push(gradient_out(&u)),
-        // Moves of saved records: `memory_op_events`.
-        Op::Offload | Op::Reload => {}
-        Op::Recompute => {
-            fail!(
-                Runtime,
-                "{} is planned only: the runtime does not run it",
-                action.op
-            )
-        }
+        // Moves and rebuilds of saved records: `memory_op_events`, `recompute_events`.
+        Op::Offload | Op::Reload | Op::Recompute => {}
     }
     events.extend(
         frees

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use crate::runtime::recompute::Recompute;
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind};
@@ -18,7 +19,7 @@ use crate::predict::{predicted_peaks, PredictInput};
 use crate::runtime::budget::predicted_stage_peaks;
 use crate::runtime::error::combine;
 use crate::runtime::offload::Offload;
-use crate::runtime::rank_loop::{plan_with_offload, train_rank, RankSummary};
+use crate::runtime::rank_loop::{plan_as_run, train_rank, RankSummary};
 use crate::runtime::record::measured_bubble;
 use crate::runtime::{Partition, StageReport};
 
@@ -73,6 +74,10 @@ pub struct TrainSummary {
     pub predicted_saved_bytes: Option<Vec<f64>>,
     /// Units each stage offloads to host memory per step (`parallel.offload`).
     pub offloaded_units: Vec<usize>,
+    /// Units each stage recomputes per step (`parallel.recompute`).
+    pub recomputed_units: Vec<usize>,
+    /// The recomputation setting of the run.
+    pub recompute: Recompute,
     /// The offload the run used: the configured one, or the memory budget's choice.
     pub offload: Offload,
     /// With a memory budget: the budget, and the predicted peak per stage (model states +
@@ -320,16 +325,16 @@ fn run_threads(
 /// The run's figures from its ranks' summaries, beside the planners' predictions.
 fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Result<TrainSummary> {
     let slices = slice_ranges(cfg)?;
-    let (schedule, partition, offload) = plan_with_offload(cfg)?;
+    let (schedule, partition, as_run) = plan_as_run(cfg)?;
     let budget = match cfg.parallel.memory_budget {
         Some(b) => Some((
             b,
-            predicted_stage_peaks(cfg, &schedule, &partition, &slices)?,
+            predicted_stage_peaks(&as_run, &schedule, &partition, &slices)?,
         )),
         None => None,
     };
     let predicted_saved_bytes =
-        predicted_peaks(&PredictInput::of(cfg, &schedule, &partition, &slices))?;
+        predicted_peaks(&PredictInput::of(&as_run, &schedule, &partition, &slices))?;
     let (loss_floor, chance_accuracy) = match cfg.data.kind {
         DataKind::Markov => (Some(entropy()), None),
         DataKind::Retrieval => (
@@ -373,13 +378,17 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
         peak_saved_bytes: last_step.iter().map(|r| r.peak_saved_bytes).collect(),
         predicted_saved_bytes,
-        offload,
+        offload: as_run.parallel.offload,
         budget,
-        offloaded_units: schedule
-            .actions
-            .iter()
-            .map(|program| program.iter().filter(|a| a.op == Op::Offload).count())
-            .collect(),
+        offloaded_units: per_stage_count(&schedule, Op::Offload),
+        recomputed_units: per_stage_count(&schedule, Op::Recompute),
+        recompute: as_run.parallel.recompute.clone(),
         last_step,
     })
+}
+
+/// How many `op` actions each stage's program holds.
+fn per_stage_count(schedule: &Schedule, op: Op) -> Vec<usize> {
+    let count = |program: &Vec<Action>| program.iter().filter(|a| a.op == op).count();
+    schedule.actions.iter().map(count).collect()
 }

@@ -108,7 +108,8 @@ fn features_the_trainer_does_not_run_are_marked_planner_only() {
                 "context parallelism",
                 c["parallel"]["cp"].as_u64() > Some(1),
             ),
-            ("recomputation", c["recompute"] != "none"),
+            // Selective and full recomputation run: never marked.
+            ("recomputation", false),
             (
                 "offload overlapped with compute",
                 c["offload_fraction"].as_f64() > Some(0.0),

@@ -1,7 +1,7 @@
 //! The counting allocator against the prediction: in one-stage-per-process runs over TCP (the
 //! ranks started the way torchrun starts them), each process's heap peak during a training step
 //! is within 10 % of the predicted per-stage total, for 1F1B, Seq1F1B, SlimPipe, ZB-H1 and GIS
-//! in f32 and bf16.
+//! in f32 and bf16, and with selective and full recomputation.
 //!
 //! Each rank is this test binary run again (`rank_process`), with `seqpipe_trainer::heap`'s
 //! counting allocator registered below: it trains its stage through the library's rank loop and
@@ -144,7 +144,13 @@ const BINARY_1F1B_F32: &str = "train --steps 2 --stages 2 --schedule 1f1b --micr
 
 /// Two steps of the default model on two stages: step 0 warms up (the matmul library allocates
 /// its packing buffer at the first product), step 1 is measured from the mark after step 0.
-fn config(schedule: &str, slices: u32, chunks: u32, precision: Precision) -> TrainConfig {
+fn config(
+    schedule: &str,
+    slices: u32,
+    chunks: u32,
+    precision: Precision,
+    recompute: &str,
+) -> TrainConfig {
     let mut cfg = TrainConfig {
         steps: 2,
         precision,
@@ -154,6 +160,7 @@ fn config(schedule: &str, slices: u32, chunks: u32, precision: Precision) -> Tra
     (p.stages, p.microbatches, p.slices, p.chunks) = (2, 4, slices, chunks);
     p.schedule = schedule.into();
     p.group = (schedule == "gis").then_some(2);
+    p.recompute = recompute.parse().unwrap();
     cfg
 }
 
@@ -205,26 +212,34 @@ fn step_one(what: &str, report: &Report) -> (f64, f64) {
 #[test]
 fn heap_peak_of_every_stage_is_within_ten_percent_of_the_prediction() {
     let cases = [
-        ("1f1b", 1, 1),
-        ("seq1f1b", 4, 1),
-        ("slimpipe", 4, 2),
-        ("zb-h1", 1, 1),
-        ("gis", 1, 2),
+        ("1f1b", 1, 1, "none"),
+        ("seq1f1b", 4, 1, "none"),
+        ("slimpipe", 4, 2, "none"),
+        ("zb-h1", 1, 1, "none"),
+        ("gis", 1, 2, "none"),
+        // Recomputation: the reduced records until RECOMPUTE, the rebuilt ones in the backward.
+        ("1f1b", 1, 1, "selective"),
+        ("seq1f1b", 4, 1, "full"),
     ];
     let mut lines = Vec::new();
-    for (schedule, slices, chunks) in cases {
-        for precision in [Precision::F32, Precision::Bf16] {
-            let cfg = config(schedule, slices, chunks, precision);
+    for (schedule, slices, chunks, recompute) in cases {
+        let precisions = match recompute {
+            "none" => &[Precision::F32, Precision::Bf16][..],
+            _ => &[Precision::F32],
+        };
+        for &precision in precisions {
+            let cfg = config(schedule, slices, chunks, precision, recompute);
             let world = cfg.parallel.stages as usize;
             let reports = run_ranks(Launch::Test(&cfg), world);
             // The product binary, same configuration: the rank loop's marks are in its report.
             let args: Vec<&str> = BINARY_1F1B_F32.split_whitespace().collect();
-            let binary = (schedule == "1f1b" && precision == Precision::F32)
+            let binary = (schedule == "1f1b" && precision == Precision::F32 && recompute == "none")
                 .then(|| run_ranks(Launch::Binary(&args), world));
             for (stage, (report, (states, working))) in
                 reports.iter().zip(predicted(&cfg)).enumerate()
             {
-                let what = format!("{schedule:>8} {precision:?} stage {stage}");
+                let what =
+                    format!("{schedule:>8} {precision:?} recompute {recompute} stage {stage}");
                 let (baseline, peak) = step_one(&what, report);
                 let predicted = baseline + working;
                 let detail = format!(

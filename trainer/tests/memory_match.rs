@@ -14,6 +14,7 @@ use common::{data, slice_ranges, tiny_model, Slicing};
 use seqpipe_schedule::{Action, Lowered, Op, Schedule, ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::predict::{predict, PredictInput, StagePrediction};
+use seqpipe_trainer::runtime::recompute::Recompute;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline, StageReport};
 
 const SEQ: usize = 32;
@@ -25,15 +26,17 @@ fn measure_and_predict(
     slicing: Slicing,
     dtype: DType,
 ) -> (Vec<StageReport>, Vec<StagePrediction>) {
-    measure_and_predict_edited(cfg, slicing, dtype, Schedule::clone)
+    measure_and_predict_edited(cfg, slicing, dtype, Schedule::clone, Recompute::None)
 }
 
-/// As [`measure_and_predict`], running the generated lowered schedule after `edit`.
+/// As [`measure_and_predict`], running the generated lowered schedule after `edit`, with
+/// `recompute`.
 fn measure_and_predict_edited(
     cfg: ScheduleConfig,
     slicing: Slicing,
     dtype: DType,
     edit: impl Fn(&Schedule) -> Schedule,
+    recompute: Recompute,
 ) -> (Vec<StageReport>, Vec<StagePrediction>) {
     let model = tiny_model();
     let mut pl = Pipeline::new(
@@ -48,6 +51,7 @@ fn measure_and_predict_edited(
     .unwrap();
     let edited = Lowered::check(edit(pl.schedule.schedule())).unwrap();
     pl.set_schedule(edited).unwrap();
+    pl.set_recompute(recompute).unwrap();
     let slices = slice_ranges(&model, slicing, SEQ, cfg.slices as usize);
     let m = cfg.microbatches as usize;
     let input = IterationInput {
@@ -64,6 +68,7 @@ fn measure_and_predict_edited(
         slices: &slices,
         schedule: &pl.schedule,
         partition: &pl.partition,
+        recompute: pl.recompute(),
     })
     .unwrap()
     .expect("an even partition in f32 or bf16 has a prediction");
@@ -235,8 +240,13 @@ fn offloaded_records_leave_the_device_and_the_prediction_follows_them() {
         for dtype in [DType::F32, DType::BF16] {
             let case = format!("{:?} {dtype:?}", cfg.kind);
             let (plain, _) = measure_and_predict(cfg, slicing, dtype);
-            let (reports, predicted) =
-                measure_and_predict_edited(cfg, slicing, dtype, offload_everything);
+            let (reports, predicted) = measure_and_predict_edited(
+                cfg,
+                slicing,
+                dtype,
+                offload_everything,
+                Recompute::None,
+            );
             for ((r, p), q) in reports.iter().zip(&predicted).zip(&plain) {
                 let stage = format!("{case} stage {}", r.stage);
                 assert_eq!(first_difference(r, p), None, "{stage}");
@@ -262,6 +272,47 @@ fn offloaded_records_leave_the_device_and_the_prediction_follows_them() {
                     r.peak_saved_bytes, q.peak_saved_bytes
                 );
                 assert_eq!(r.loss.to_bits(), q.loss.to_bits(), "{stage}: loss");
+            }
+        }
+    }
+}
+
+/// With recomputation, the device bytes after every action still equal the prediction — a
+/// recomputed unit holds its reduced record until its `RECOMPUTE`, its whole record from there
+/// to its backward — the peak drops below the plain run's on stage 0, and the loss is the plain
+/// run's bit for bit. Every schedule family, selective, full and partial full.
+#[test]
+fn recomputed_records_are_predicted_after_every_action() {
+    for (cfg, slicing) in configurations() {
+        let (plain, _) = measure_and_predict(cfg, slicing, DType::F32);
+        let chunk_layers = 8 / (cfg.stages * cfg.chunks) as usize;
+        let mut settings = vec!["selective".to_string(), "full".to_string()];
+        if chunk_layers > 1 {
+            settings.push("full:1".into());
+        }
+        for setting in settings {
+            let recompute: Recompute = setting.parse().unwrap();
+            let (reports, predicted) =
+                measure_and_predict_edited(cfg, slicing, DType::F32, Schedule::clone, recompute);
+            for ((r, p), q) in reports.iter().zip(&predicted).zip(&plain) {
+                let case = format!(
+                    "{:?} p={} m={} n={} v={} recompute {setting} stage {}",
+                    cfg.kind, cfg.stages, cfg.microbatches, cfg.slices, cfg.chunks, r.stage
+                );
+                assert_eq!(first_difference(r, p), None, "{case}");
+                assert_eq!(r.loss.to_bits(), q.loss.to_bits(), "{case}: loss");
+                if r.stage == 0 {
+                    assert!(
+                        r.peak_saved_bytes < q.peak_saved_bytes,
+                        "{case}: peak {} vs the plain run's {}",
+                        r.peak_saved_bytes,
+                        q.peak_saved_bytes
+                    );
+                }
+                println!(
+                    "{case}: saved peak {} (without recomputation {})",
+                    r.peak_saved_bytes, q.peak_saved_bytes
+                );
             }
         }
     }

@@ -105,17 +105,34 @@ fn offload_and_reload_in_a_schedule_file_run_and_leave_the_losses_unchanged() {
 }
 
 #[test]
-fn an_op_the_executor_cannot_run_is_refused_before_step_0_with_its_text() {
+fn a_recompute_in_a_schedule_file_runs_with_a_granularity_and_is_refused_without() {
     let dir = tempfile::tempdir().unwrap();
-    let csv = with_offload().replacen("0RELOAD0.0,", "0RELOAD0.0,0RECOMPUTE0.0,", 1);
+    let (ok, err, generated) = train(dir.path(), "generated", &[]);
+    assert!(ok, "{err}");
+    let csv = schedule_text("csv", true);
+    let csv = csv.replacen("0RECV_B0.0,0B0.0", "0RECV_B0.0,0RECOMPUTE0.0,0B0.0", 1);
+    assert!(csv.contains("RECOMPUTE"), "{csv}");
     let file = write(dir.path(), "recompute.csv", &csv);
-    let (ok, err, losses) = train(dir.path(), "recompute", &["--schedule-file", &file]);
-    assert!(!ok, "a schedule with RECOMPUTE must be refused");
+    let (ok, err, losses) = train(dir.path(), "refused", &["--schedule-file", &file]);
+    assert!(!ok, "a RECOMPUTE without a granularity must be refused");
     assert!(
-        err.contains("0RECOMPUTE0.0") && err.contains("not run by this executor"),
+        err.contains("0RECOMPUTE0.0") && err.contains("selective or full"),
         "{err}"
     );
     assert_eq!(losses, None, "no step may run before the refusal");
+    for granularity in ["selective", "full"] {
+        let args = ["--schedule-file", file.as_str(), "--recompute", granularity];
+        let (ok, err, losses) = train(dir.path(), granularity, &args);
+        assert!(ok, "{granularity}: {err}");
+        assert_eq!(losses, generated, "{granularity}");
+    }
+    // One unit offloaded and recomputed: not run together yet, refused before step 0.
+    let both = with_offload().replacen("0RELOAD0.0,", "0RELOAD0.0,0RECOMPUTE0.0,", 1);
+    let file = write(dir.path(), "both.csv", &both);
+    let args = ["--schedule-file", file.as_str(), "--recompute", "full"];
+    let (ok, err, losses) = train(dir.path(), "both", &args);
+    assert!(!ok && err.contains("both offloads and recomputes"), "{err}");
+    assert_eq!(losses, None);
 }
 
 #[test]

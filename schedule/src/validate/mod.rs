@@ -315,7 +315,8 @@ fn stage_violations(s: &Schedule, counts: &[u32], r: usize, out: &mut Vec<Violat
             Op::Offload | Op::Recompute if !me.forward || me.grad_done() => {
                 Some(Rule::MemoryOpOutOfPlace)
             }
-            Op::Offload if me.on_host => Some(Rule::MemoryOpOutOfPlace),
+            // Recomputation reads the unit's kept records, which must be on the device.
+            Op::Offload | Op::Recompute if me.on_host => Some(Rule::MemoryOpOutOfPlace),
             Op::Reload if !me.on_host || me.grad_done() => Some(Rule::MemoryOpOutOfPlace),
             Op::Backward | Op::BackwardInput if me.on_host => Some(Rule::BackwardOnHost),
             _ => None,

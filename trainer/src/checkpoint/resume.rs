@@ -60,15 +60,21 @@ impl TrainerState {
 }
 
 /// The settings in which `saved` and `cfg` differ, as `key: saved … now` lines, ignoring what a
-/// continued run may change (the step count, the output paths, the device).
+/// continued run may change (the step count, the output paths, the device, and the memory
+/// settings: offload, recomputation, budget).
 pub fn config_differences(saved: &TrainConfig, cfg: &TrainConfig) -> Vec<String> {
     let normalise = |c: &TrainConfig| {
-        let c = TrainConfig {
+        let mut c = TrainConfig {
             steps: 0,
             output: Default::default(),
             device: String::new(),
             ..c.clone()
         };
+        // Where activations live between forward and backward leaves every number unchanged
+        // (the oracle tests): a run may resume with more or less offload or recomputation.
+        c.parallel.offload = Default::default();
+        c.parallel.recompute = Default::default();
+        c.parallel.memory_budget = None;
         serde_json::to_value(c).unwrap_or_default()
     };
     json_differences(
@@ -78,8 +84,8 @@ pub fn config_differences(saved: &TrainConfig, cfg: &TrainConfig) -> Vec<String>
     )
 }
 
-/// Whether a checkpoint's configuration can be continued by `cfg`: everything but the step count
-/// and the output paths must match.
+/// Whether a checkpoint's configuration can be continued by `cfg`: everything but the step count,
+/// the output paths and the memory settings (offload, recomputation, budget) must match.
 pub fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
     config_differences(saved, cfg).is_empty()
 }

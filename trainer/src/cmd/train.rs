@@ -14,6 +14,7 @@ use seqpipe_trainer::runtime::budget::parse_bytes;
 use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout};
 use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::rank_loop::train_rank;
+use seqpipe_trainer::runtime::recompute::Recompute;
 use seqpipe_trainer::runtime::record::chrome_trace;
 use seqpipe_trainer::train::{train_with, RunOptions, TrainSummary};
 
@@ -53,6 +54,11 @@ pub struct TrainArgs {
     /// a fraction of each stage's units (longest-lived first), or chunks:K (model chunks 0..K).
     #[arg(long, value_name = "none|auto|FRACTION|chunks:K")]
     offload: Option<Offload>,
+    /// Forward records to recompute before their backward instead of keeping: none, selective
+    /// (norm outputs and SwiGLU product), full (every layer keeps only its input), full:N (the
+    /// first N layers of each chunk) or full:N0,N1,… (one count per stage).
+    #[arg(long, value_name = "none|selective|full|full:N|full:N0,N1,…")]
+    recompute: Option<Recompute>,
     /// Bytes per stage the predicted peak must fit (e.g. 512MiB): the least offload that fits
     /// is chosen, or the run is refused with the shortfall.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -142,6 +148,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = args.offload {
         par.offload = v;
+    }
+    if let Some(v) = &args.recompute {
+        par.recompute = v.clone();
     }
     if let Some(v) = args.memory_budget {
         par.memory_budget = Some(v);
@@ -405,8 +414,9 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
     if let Some((budget, peaks)) = &s.budget {
         let peaks: Vec<String> = peaks.iter().map(|p| format!("{p:.0}")).collect();
         outln!(
-            "| memory budget {budget} bytes per stage | offload = {}; predicted peak per stage (states + activations) {} |",
+            "| memory budget {budget} bytes per stage | offload = {}, recompute = {}; predicted peak per stage (states + activations) {} |",
             s.offload,
+            s.recompute,
             peaks.join(", ")
         );
     }
@@ -414,6 +424,14 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
         let units: Vec<String> = s.offloaded_units.iter().map(usize::to_string).collect();
         outln!(
             "| units offloaded to host per step, by stage (synchronous moves) | {} |",
+            units.join(", ")
+        );
+    }
+    if s.recomputed_units.iter().any(|&n| n > 0) {
+        let units: Vec<String> = s.recomputed_units.iter().map(usize::to_string).collect();
+        outln!(
+            "| units recomputed before their backward per step, by stage (recompute = {}) | {} |",
+            s.recompute,
             units.join(", ")
         );
     }

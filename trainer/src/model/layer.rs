@@ -126,6 +126,86 @@ impl LayerSaved {
     }
 }
 
+/// A layer record without its cheap tensors (selective recomputation, the `memory` crate's
+/// `RecomputePolicy::Selective`): both norm outputs and the SwiGLU product are dropped after the
+/// forward and rebuilt from the kept inputs and statistics before the backward. The attention
+/// core keeps no score matrix to drop (its backward reruns it from `q`, K/V, `o` and `lse`).
+#[derive(Debug, Clone)]
+pub struct SelectiveSaved {
+    /// The record with `h1`, `h2` and `act` taken out.
+    kept: [Tensor; 9],
+    offset: usize,
+}
+
+impl LayerSaved {
+    /// The record with its cheap tensors dropped.
+    pub fn without_cheap(self) -> SelectiveSaved {
+        let LayerSaved {
+            x,
+            inv1,
+            q,
+            o,
+            lse,
+            x2,
+            inv2,
+            gate,
+            up,
+            offset,
+            ..
+        } = self;
+        SelectiveSaved {
+            kept: [x, inv1, q, o, lse, x2, inv2, gate, up],
+            offset,
+        }
+    }
+}
+
+impl SelectiveSaved {
+    /// The tensors held.
+    pub fn tensors(&self) -> &[Tensor; 9] {
+        &self.kept
+    }
+
+    /// The record with every tensor on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let kept = self.kept.each_ref().map(|t| t.to_device(device));
+        Ok(SelectiveSaved {
+            kept: kept
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?
+                .try_into()
+                .expect("nine"),
+            offset: self.offset,
+        })
+    }
+
+    /// The whole record again: the norm outputs from the kept inputs (the same kernels on the
+    /// same inputs, so the same values as the forward's) and the SwiGLU product from the kept
+    /// gate and up projections.
+    pub fn restore(self, ctx: &LayerCtx, w: &LayerWeights) -> Result<LayerSaved> {
+        let [x, inv1, q, o, lse, x2, inv2, gate, up] = self.kept;
+        let eps = ctx.cfg.norm_eps;
+        let (h1, _) = rms_norm_forward(&x, &w.w[0], eps).map_err(k)?;
+        let (h2, _) = rms_norm_forward(&x2, &w.w[5], eps).map_err(k)?;
+        let act = swiglu_forward(&gate, &up).map_err(k)?;
+        Ok(LayerSaved {
+            x,
+            inv1,
+            h1,
+            q,
+            o,
+            lse,
+            x2,
+            inv2,
+            h2,
+            gate,
+            up,
+            act,
+            offset: self.offset,
+        })
+    }
+}
+
 /// What the weight half of the backward needs: each matrix's input and output gradient.
 #[derive(Debug, Clone)]
 pub struct WeightGradInputs {

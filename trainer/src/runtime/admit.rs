@@ -1,7 +1,7 @@
-//! What the executor accepts: a [`Lowered`] schedule whose every op it runs, generated from the
-//! configuration or read from a schedule file (PyTorch's CSV layout, or seqpipe's JSON). A
-//! schedule is checked when it is loaded, before the first step, so an op the executor cannot
-//! run (recomputation: planned, not yet executed) is an error naming it, never skipped mid-run.
+//! What the executor accepts: a [`Lowered`] schedule generated from the configuration or read
+//! from a schedule file (PyTorch's CSV layout, or seqpipe's JSON). A schedule is checked when it
+//! is loaded, before the first step: every op it holds is one the executor runs, and a schedule
+//! that recomputes needs a recomputation granularity from the configuration.
 
 use crate::error::{fail, Context, Result};
 use std::path::Path;
@@ -9,25 +9,57 @@ use std::path::Path;
 use seqpipe_schedule::{csv, generate, Lowered, Op, Schedule, ScheduleConfig};
 
 use crate::config::TrainConfig;
+use crate::runtime::recompute::Recompute;
 
-/// The ops [`super::worker::StageWorker`] runs.
-pub fn runs(op: Op) -> bool {
-    op != Op::Recompute
-}
-
-/// Refuses a schedule the executor cannot run as given, naming the first offending action.
-pub fn admit(schedule: &Lowered) -> Result<()> {
+/// Refuses a schedule the run cannot execute as configured, naming the first offending action:
+/// a `RECOMPUTE` when `recompute` is `none` says nothing of what its unit drops.
+pub fn admit(schedule: &Lowered, recompute: &Recompute) -> Result<()> {
+    refuse_offloaded_and_recomputed(schedule)?;
+    if *recompute != Recompute::None {
+        return Ok(());
+    }
     for (stage, program) in schedule.actions.iter().enumerate() {
-        if let Some((i, a)) = program.iter().enumerate().find(|(_, a)| !runs(a.op)) {
+        if let Some((i, a)) = program
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.op == Op::Recompute)
+        {
             fail!(
                 Config,
-                "stage {stage}, action {i}: {} ({}: micro-batch {}, slice {}, chunk {}) is not \
-                 run by this executor yet; plan without recomputation",
+                "stage {stage}, action {i}: {} ({}: micro-batch {}, slice {}, chunk {}) needs a \
+                 recomputation granularity: set recompute to selective or full",
                 schedule.text(a),
                 a.op,
                 a.mb.index(),
                 a.slice.index(),
                 a.chunk.index()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a unit a stage both offloads and recomputes: not run together yet (the prediction
+/// does not cover it).
+fn refuse_offloaded_and_recomputed(schedule: &Lowered) -> Result<()> {
+    for (stage, program) in schedule.actions.iter().enumerate() {
+        let recomputed: Vec<_> = program
+            .iter()
+            .filter(|a| a.op == Op::Recompute)
+            .map(|a| a.unit())
+            .collect();
+        if let Some(a) = program
+            .iter()
+            .find(|a| a.op == Op::Offload && recomputed.contains(&a.unit()))
+        {
+            fail!(
+                Config,
+                "stage {stage} both offloads and recomputes micro-batch {}, slice {}, chunk {} \
+                 ({}): offload and recomputation of one unit are not run together yet",
+                a.mb.index(),
+                a.slice.index(),
+                a.chunk.index(),
+                schedule.text(a)
             );
         }
     }
@@ -41,7 +73,7 @@ const MAX_SCHEDULE_FILE: u64 = 64 << 20;
 /// lowered (or, if the file says it is lowered, validated) and admitted.
 pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> Result<Lowered> {
     let schedule = match &cfg.parallel.schedule_file {
-        None => return admitted(Lowered::lower(&generate(config)?)?),
+        None => return admitted(Lowered::lower(&generate(config)?)?, cfg),
         Some(path) => read_schedule(path, config)
             .with_context(|| format!("parallel.schedule_file = {}", path.display()))?,
     };
@@ -49,11 +81,11 @@ pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> Result<Lower
         true => Lowered::check(schedule)?,
         false => Lowered::lower(&schedule)?,
     };
-    admitted(lowered)
+    admitted(lowered, cfg)
 }
 
-fn admitted(lowered: Lowered) -> Result<Lowered> {
-    admit(&lowered)?;
+fn admitted(lowered: Lowered, cfg: &TrainConfig) -> Result<Lowered> {
+    admit(&lowered, &cfg.parallel.recompute)?;
     Ok(lowered)
 }
 
@@ -102,7 +134,7 @@ mod tests {
 
     #[test]
     fn generated_lowered_schedules_are_admitted() {
-        admit(&lowered()).unwrap();
+        admit(&lowered(), &Recompute::None).unwrap();
     }
 
     /// Inserts `ops` for micro-batch 2 on stage 1 where the schedule rules put memory ops (an
@@ -125,12 +157,14 @@ mod tests {
     }
 
     #[test]
-    fn recomputation_is_refused_with_its_text_and_offload_is_admitted() {
+    fn recomputation_needs_a_granularity_and_offload_is_admitted() {
         let (s, at) = with_memory_ops(&[Op::Recompute]);
-        let e = admit(&s).unwrap_err().to_string();
+        let e = admit(&s, &Recompute::None).unwrap_err().to_string();
         let text = format!("1{}2", Op::Recompute);
         assert!(e.contains(&format!("stage 1, action {at}: {text}")), "{e}");
+        assert!(e.contains("selective or full"), "{e}");
+        admit(&s, &Recompute::Selective).unwrap();
         let (s, _) = with_memory_ops(&[Op::Offload, Op::Reload]);
-        admit(&s).unwrap();
+        admit(&s, &Recompute::None).unwrap();
     }
 }

@@ -1,14 +1,17 @@
-//! `--memory-budget`: the least offload whose predicted per-stage peak fits a budget of bytes
-//! per stage, chosen before the ranks start, or a refusal that names the shortfall.
+//! `--memory-budget`: the least offload or recomputation whose predicted per-stage peak fits a
+//! budget of bytes per stage, chosen before the ranks start, or a refusal that names the
+//! shortfall.
 //!
 //! A stage's predicted peak is its model states (`predict::stage_states`: parameters, f32
 //! gradients, AdamW moments, f32 master copies for bf16) plus its activations' working peak
 //! (`predict::StagePeaks::working`: saved and transient bytes and the inside of a backward),
 //! for the exact schedule the ranks would run. The process's other holdings (data tables,
-//! RoPE tables, library buffers) are not in it. With `offload = "none"` the ladder is tried in
-//! order — nothing, chunks `0..k` for `k < v`, fractions 0.25, 0.5, 0.75, then every unit worth
-//! offloading — and the first that fits wins; an explicit offload setting is only checked.
-//! Recomputation is not offered: the trainer does not run it yet.
+//! RoPE tables, library buffers) are not in it. With neither offload nor recomputation set the
+//! ladder is tried in order — nothing; offload of chunks `0..k` for `k < v`, of fractions 0.25,
+//! 0.5, 0.75, then of every unit worth offloading (hidden behind compute, so tried first);
+//! then selective recomputation, full recomputation of the first `1, 2, …` layers of each
+//! chunk, and of every layer — and the first that fits wins; an explicit setting is only
+//! checked.
 
 use std::ops::Range;
 
@@ -16,6 +19,7 @@ use seqpipe_schedule::Lowered;
 
 use super::offload::{with_planned_offload, Offload};
 use super::partition::Partition;
+use super::recompute::{with_planned_recompute, Recompute};
 use crate::config::TrainConfig;
 use crate::error::{fail, Error, Result};
 use crate::predict::{predict, stage_states, PredictInput};
@@ -23,10 +27,10 @@ use crate::predict::{predict, stage_states, PredictInput};
 /// What the budget chose.
 #[derive(Debug, Clone)]
 pub struct Fitted {
-    /// The schedule with the chosen offload's actions.
+    /// The schedule with the chosen offload's and recomputation's actions.
     pub schedule: Lowered,
-    /// The chosen offload.
-    pub offload: Offload,
+    /// The configuration with the chosen offload and recomputation set.
+    pub config: TrainConfig,
     /// Predicted peak bytes per stage (model states + activations' working peak).
     pub peaks: Vec<f64>,
 }
@@ -84,23 +88,31 @@ pub fn predicted_stage_peaks(
         .collect())
 }
 
-/// The offloads tried for a budget, least first (see the module docs).
-fn ladder(cfg: &TrainConfig) -> Vec<Offload> {
-    match cfg.parallel.offload {
-        Offload::None => {
-            let chunks = (1..cfg.parallel.chunks).map(Offload::Chunks);
-            let fractions = [0.25, 0.5, 0.75].map(Offload::Fraction);
-            std::iter::once(Offload::None)
-                .chain(chunks)
-                .chain(fractions)
-                .chain([Offload::Auto])
-                .collect()
-        }
-        given => vec![given],
+/// The memory settings tried for a budget, least first (see the module docs).
+fn ladder(cfg: &TrainConfig, partition: &Partition) -> Vec<(Offload, Recompute)> {
+    let (offload, recompute) = (cfg.parallel.offload, &cfg.parallel.recompute);
+    if offload != Offload::None || *recompute != Recompute::None {
+        return vec![(offload, recompute.clone())];
     }
+    let chunks = (1..cfg.parallel.chunks).map(Offload::Chunks);
+    let fractions = [0.25, 0.5, 0.75].map(Offload::Fraction);
+    let offloads = std::iter::once(Offload::None)
+        .chain(chunks)
+        .chain(fractions)
+        .chain([Offload::Auto]);
+    let fewest = partition.ranges.iter().map(|r| r.len()).min().unwrap_or(0) as u32;
+    let partial = (1..fewest).map(|n| Recompute::Full { layers: vec![n] });
+    let recomputes = std::iter::once(Recompute::Selective)
+        .chain(partial)
+        .chain([Recompute::Full { layers: Vec::new() }]);
+    offloads
+        .map(|o| (o, Recompute::None))
+        .chain(recomputes.map(|r| (Offload::None, r)))
+        .collect()
 }
 
-/// The first offload of the ladder whose predicted peak fits `budget` bytes on every stage.
+/// The first memory setting of the ladder whose predicted peak fits `budget` bytes on every
+/// stage.
 pub fn fit(
     schedule: Lowered,
     cfg: &TrainConfig,
@@ -123,35 +135,49 @@ pub fn fit(
         fail!(
             Config,
             "memory budget {budget} bytes per stage is below stage {stage}'s model states, \
-             {s:.0} bytes (parameters, gradients, AdamW moments): no offload can fit"
+             {s:.0} bytes (parameters, gradients, AdamW moments): no offload or recomputation \
+             can fit"
         );
     }
-    let mut closest: Option<(Offload, usize, f64)> = None;
-    for offload in ladder(cfg) {
+    let mut closest: Option<(TrainConfig, usize, f64)> = None;
+    for (offload, recompute) in ladder(cfg, partition) {
         let mut tried = cfg.clone();
-        tried.parallel.offload = offload;
-        let planned = with_planned_offload(schedule.clone(), &tried, partition, slices)?;
+        (tried.parallel.offload, tried.parallel.recompute) = (offload, recompute);
+        let planned = with_memory_actions(schedule.clone(), &tried, partition, slices)?;
         let peaks = predicted_stage_peaks(&tried, &planned, partition, slices)?;
         let (stage, worst) = worst(&peaks);
         if worst <= budget as f64 {
             return Ok(Fitted {
                 schedule: planned,
-                offload,
+                config: tried,
                 peaks,
             });
         }
-        if closest.is_none_or(|(_, _, w)| worst < w) {
-            closest = Some((offload, stage, worst));
+        if closest.as_ref().is_none_or(|(_, _, w)| worst < *w) {
+            closest = Some((tried, stage, worst));
         }
     }
-    let (offload, stage, worst) = closest.expect("the ladder is never empty");
+    let (tried, stage, worst) = closest.expect("the ladder is never empty");
     fail!(
         Config,
-        "memory budget {budget} bytes per stage does not fit: the closest, offload = {offload}, \
-         predicts {worst:.0} bytes on stage {stage}, {:.0} over (recomputation, which would \
-         save more, is not run by the trainer yet)",
+        "memory budget {budget} bytes per stage does not fit: the closest, offload = {} and \
+         recompute = {}, predicts {worst:.0} bytes on stage {stage}, {:.0} over",
+        tried.parallel.offload,
+        tried.parallel.recompute,
         worst - budget as f64
     )
+}
+
+/// `schedule` with the actions of `cfg`'s offload and recomputation.
+pub fn with_memory_actions(
+    schedule: Lowered,
+    cfg: &TrainConfig,
+    partition: &Partition,
+    slices: &[Range<usize>],
+) -> Result<Lowered> {
+    let offloaded = with_planned_offload(schedule, cfg, partition, slices)?;
+    let chunks = cfg.parallel.chunks as usize;
+    with_planned_recompute(offloaded, &cfg.parallel.recompute, partition, chunks)
 }
 
 /// The stage with the highest peak, and the peak.

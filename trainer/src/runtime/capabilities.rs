@@ -2,7 +2,7 @@
 //! the trainer does not run yet is marked with them, so a plan is never read as a promise the
 //! trainer breaks ("the planner prices only what the trainer runs").
 
-use seqpipe_memory::{Candidate, PipelineKind, RecomputePolicy};
+use seqpipe_memory::{Candidate, PipelineKind};
 
 /// The features of `c` that the planner priced but `seqpipe train` does not run yet, in words.
 pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
@@ -12,9 +12,6 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
     }
     if c.parallel.cp > 1 {
         missing.push("context parallelism");
-    }
-    if c.recompute != RecomputePolicy::None {
-        missing.push("recomputation");
     }
     if c.offload_fraction > 0.0 {
         // The trainer moves activations synchronously; the planner hides the moves behind compute.
@@ -30,7 +27,7 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqpipe_memory::Parallelism;
+    use seqpipe_memory::{Parallelism, RecomputePolicy};
 
     fn candidate(kind: PipelineKind, tp: u64, recompute: RecomputePolicy) -> Candidate {
         Candidate {
@@ -47,8 +44,9 @@ mod tests {
     fn what_the_trainer_runs_is_unmarked_and_the_rest_is_named() {
         let plain = candidate(PipelineKind::OneF1B, 1, RecomputePolicy::None);
         assert!(planned_only(&plain).is_empty());
+        // Selective and full recomputation run (`--recompute selective|full`).
         let tp = candidate(PipelineKind::OneF1B, 2, RecomputePolicy::Full);
-        assert_eq!(planned_only(&tp), ["tensor parallelism", "recomputation"]);
+        assert_eq!(planned_only(&tp), ["tensor parallelism"]);
         let mut offload = plain;
         offload.offload_fraction = 0.5;
         assert_eq!(planned_only(&offload), ["offload overlapped with compute"]);

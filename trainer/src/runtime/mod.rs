@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod rank;
 pub mod rank_checkpoint;
 pub mod rank_loop;
+pub mod recompute;
 pub mod record;
 pub mod tensor_msg;
 pub mod worker;

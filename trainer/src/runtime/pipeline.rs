@@ -14,6 +14,7 @@ use super::distributed::placement;
 use super::error::combine;
 use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
+use super::recompute::{fewest_layers, with_planned_recompute, Recompute};
 use super::record::{Answers, StageReport};
 use super::worker::IterationInput;
 use crate::model::params::TensorMap;
@@ -46,6 +47,8 @@ pub struct Pipeline {
     transports: Vec<Option<LocalTransport>>,
     /// Layer ranges per virtual stage.
     pub partition: Partition,
+    /// What the stages recompute.
+    recompute: Recompute,
     /// Squared global gradient norm of the last [`Pipeline::compute_gradients`].
     last_grad_sq: f64,
 }
@@ -114,7 +117,7 @@ impl Pipeline {
             fail!(Config, "invalid model: {}", problems.join("; "));
         }
         let schedule = Lowered::lower(&generate(&config)?)?;
-        admit(&schedule)?;
+        admit(&schedule, &Recompute::None)?;
         let (p, v) = (config.stages as usize, config.chunks as usize);
         let partition = match partition {
             Some(counts) => Partition::from_counts(model.layers, counts),
@@ -154,6 +157,7 @@ impl Pipeline {
             ranks,
             transports,
             partition,
+            recompute: Recompute::None,
             last_grad_sq: 0.0,
         })
     }
@@ -170,8 +174,31 @@ impl Pipeline {
                 self.schedule.config
             );
         }
-        admit(&schedule)?;
+        admit(&schedule, &self.recompute)?;
         self.schedule = schedule;
+        Ok(())
+    }
+
+    /// What the stages recompute.
+    pub fn recompute(&self) -> &Recompute {
+        &self.recompute
+    }
+
+    /// Recomputes as `recompute` says from now on: each stage's granularity, and a `RECOMPUTE`
+    /// before every backward on the stages that recompute, put into the current schedule.
+    pub fn set_recompute(&mut self, recompute: Recompute) -> Result<()> {
+        let (p, v) = (self.ranks.len(), self.schedule.config.chunks as usize);
+        let problems = recompute.problems(p, v, &self.partition);
+        if !problems.is_empty() {
+            fail!(Config, "{}", problems.join("; "));
+        }
+        for (stage, rank) in self.ranks.iter_mut().enumerate() {
+            let fewest = fewest_layers(&self.partition, stage, p, v);
+            rank.worker.recompute = recompute.granularity(stage, fewest)?;
+        }
+        let schedule = self.schedule.clone();
+        self.schedule = with_planned_recompute(schedule, &recompute, &self.partition, v)?;
+        self.recompute = recompute;
         Ok(())
     }
 

@@ -16,13 +16,13 @@ use seqpipe_comm::{Group, Transport};
 use seqpipe_schedule::Lowered;
 
 use super::admit::load_schedule;
-use super::budget::fit;
+use super::budget::{fit, with_memory_actions};
 use super::distributed::{placement, Placement};
 use super::handshake::agree_on_configuration;
-use super::offload::{with_planned_offload, Offload};
 use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::rank_checkpoint;
+use super::recompute::fewest_layers;
 use super::record::StageReport;
 use super::worker::IterationInput;
 use crate::checkpoint::resume;
@@ -60,12 +60,12 @@ struct RankRun {
 
 /// The lowered schedule and the layer partition of a configuration.
 pub fn plan(cfg: &TrainConfig) -> Result<(Lowered, Partition)> {
-    plan_with_offload(cfg).map(|(schedule, partition, _)| (schedule, partition))
+    plan_as_run(cfg).map(|(schedule, partition, _)| (schedule, partition))
 }
 
-/// As [`plan`], with the offload the schedule carries: the configured one, or the memory
-/// budget's choice.
-pub fn plan_with_offload(cfg: &TrainConfig) -> Result<(Lowered, Partition, Offload)> {
+/// As [`plan`], with the configuration as it runs: a memory budget's choice of offload and
+/// recomputation in place of the configured ones.
+pub fn plan_as_run(cfg: &TrainConfig) -> Result<(Lowered, Partition, TrainConfig)> {
     let schedule = load_schedule(cfg, &schedule_config(cfg)?)?;
     let vstages = (cfg.parallel.stages * cfg.parallel.chunks) as usize;
     let partition = match &cfg.parallel.layers {
@@ -74,17 +74,18 @@ pub fn plan_with_offload(cfg: &TrainConfig) -> Result<(Lowered, Partition, Offlo
     }
     .map_err(Error::Config)?;
     let slices = slice_ranges(cfg)?;
-    let (schedule, offload) = match cfg.parallel.memory_budget {
-        None => (
-            with_planned_offload(schedule, cfg, &partition, &slices)?,
-            cfg.parallel.offload,
-        ),
-        Some(budget) => {
+    match (cfg.parallel.memory_budget, &cfg.parallel.schedule_file) {
+        (Some(budget), _) => {
             let fitted = fit(schedule, cfg, &partition, &slices, budget)?;
-            (fitted.schedule, fitted.offload)
+            Ok((fitted.schedule, partition, fitted.config))
         }
-    };
-    Ok((schedule, partition, offload))
+        // A schedule file places its own memory actions.
+        (None, Some(_)) => Ok((schedule, partition, cfg.clone())),
+        (None, None) => {
+            let schedule = with_memory_actions(schedule, cfg, &partition, &slices)?;
+            Ok((schedule, partition, cfg.clone()))
+        }
+    }
 }
 
 /// Checks, agrees with the other ranks, and builds this rank from a seed or a checkpoint.
@@ -113,7 +114,7 @@ fn start(
         // Rank 0 writes the checkpoints: refuse a directory it may not write before step 0.
         CheckpointDir::open_for_writing(dir)?;
     }
-    let (schedule, partition) = plan(cfg)?;
+    let (schedule, partition, as_run) = plan_as_run(cfg)?;
     let mut rank = Rank::new(&RankSetup {
         model: &cfg.model,
         partition: &partition,
@@ -125,6 +126,9 @@ fn start(
         device,
         optim: &cfg.optim,
     })?;
+    let chunks = cfg.parallel.chunks as usize;
+    let fewest = fewest_layers(&partition, at.stage, p, chunks);
+    rank.worker.recompute = as_run.parallel.recompute.granularity(at.stage, fewest)?;
     let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
     let mut first_step = 0;
     if let Some(dir) = &opts.resume {

@@ -41,11 +41,11 @@ pub struct StageReport {
 }
 
 impl StageReport {
-    /// Seconds spent in compute actions.
+    /// Seconds spent in compute actions (recomputation included: it runs forwards again).
     pub fn compute_seconds(&self) -> f64 {
         self.events
             .iter()
-            .filter(|e| e.op.is_compute())
+            .filter(|e| computes(e.op))
             .map(|e| e.end - e.start)
             .sum()
     }
@@ -103,6 +103,11 @@ impl Recorder {
     }
 }
 
+/// Whether `op` keeps the stage's compute busy.
+fn computes(op: Op) -> bool {
+    op.is_compute() || op == Op::Recompute
+}
+
 /// Measured bubble ratio: idle share of the makespan, over all stages (makespan = last end).
 pub fn measured_bubble(reports: &[StageReport]) -> f64 {
     let makespan = reports
@@ -123,7 +128,7 @@ pub fn chrome_trace(reports: &[StageReport]) -> serde_json::Value {
         .flat_map(|r| {
             r.events
                 .iter()
-                .filter(|e| e.op.is_compute() || e.op.is_comm())
+                .filter(|e| computes(e.op) || e.op.is_comm())
                 .map(move |e| {
                     serde_json::json!({
                         "name": e.text, "cat": e.op.code(), "ph": "X", "pid": 0, "tid": r.stage,

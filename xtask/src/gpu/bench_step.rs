@@ -173,6 +173,7 @@ pub fn training_step(
         slices: &slice_list,
         schedule: &pl.schedule,
         partition: &pl.partition,
+        recompute: pl.recompute(),
     })?;
     let mut saved_measured = Vec::new();
     let mut times = Vec::new();

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::Action;
 
+use super::recompute::{checkpoint, recomputed_whole, whole_records};
 use super::{unit, IterState, IterationInput, PendingWeight, Slot, StageWorker, UnitSaved};
 use crate::model::ends::{
     answer_hits, embed_backward, embed_forward, head_backward_input, head_backward_weight,
@@ -61,11 +62,20 @@ impl StageWorker {
         };
         let chunk = a.chunk.index();
         let layers = self.weights[chunk].len();
+        let granularity = self.recompute.filter(|_| st.recomputed.contains(&u));
+        let last_slice = a.slice.index() + 1 == input.slices.len();
         let caches = st.store.caches(&u, layers);
         let (x, saved_layers, kv) = self.chunk_forward(chunk, caches, x, offset)?;
-        // The K/V sink: the slice's keys and values join the prefix of the later slices.
-        for (cache, kv) in caches.iter_mut().zip(&kv) {
-            cache.append(&kv.k, &kv.v)?;
+        // The K/V sink: the slice's keys and values join the prefix of the later slices — but
+        // a layer recomputed whole on the last slice keeps none: no later slice reads them, and
+        // its RECOMPUTE makes them again.
+        let mut kv_cached = Vec::with_capacity(layers);
+        for (i, (cache, kv)) in caches.iter_mut().zip(&kv).enumerate() {
+            let keep = !(last_slice && recomputed_whole(granularity, i));
+            if keep {
+                cache.append(&kv.k, &kv.v)?;
+            }
+            kv_cached.push(keep);
         }
         let mut head = None;
         if k + 1 == self.spec.virtual_stages {
@@ -78,7 +88,7 @@ impl StageWorker {
         st.store.save(
             u,
             UnitSaved {
-                layers: saved_layers,
+                layers: checkpoint(saved_layers, granularity, &kv_cached),
                 head,
                 tokens: ids,
             },
@@ -161,6 +171,7 @@ impl StageWorker {
     ) -> Result<()> {
         let u = unit(a);
         let saved = st.store.take_saved(&u)?;
+        let layers = whole_records(&u, saved.layers)?;
         let mut pending = PendingWeight::default();
         let mut dy = match &saved.head {
             Some(h) => {
@@ -188,7 +199,7 @@ impl StageWorker {
         for ((w, cache), s) in self.weights[chunk]
             .iter()
             .zip(caches.iter_mut())
-            .zip(&saved.layers)
+            .zip(&layers)
             .rev()
         {
             let (dx, norms, wgi) = layer::backward_input(&ctx, w, cache, s, &dy)?;

@@ -3,6 +3,7 @@
 //! on a unit, never which schedule produced the list.
 
 use crate::error::{fail, Context, Error, Result};
+use std::collections::HashSet;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ pub use super::input::IterationInput;
 
 mod compute;
 mod link;
+mod recompute;
 mod store;
 
 use super::record::{Recorder, StageReport};
@@ -25,6 +27,7 @@ use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
 use link::Link;
+pub use recompute::Granularity;
 pub use store::Held;
 use store::{ActivationStore, KvSizes, PendingWeight, Slot, UnitSaved};
 
@@ -48,6 +51,8 @@ pub struct StageSpec {
 /// of the head (the loss sink).
 struct IterState {
     store: ActivationStore,
+    /// Units the program recomputes: their forwards keep reduced records.
+    recomputed: HashSet<Unit>,
     loss: f64,
     answers: Answers,
 }
@@ -68,6 +73,9 @@ pub struct StageWorker {
     head: HeadCtx,
     /// The device this stage computes on.
     pub device: Device,
+    /// What a unit with a `RECOMPUTE` in the program drops after its forward (`None`: the
+    /// program may hold no `RECOMPUTE`).
+    pub recompute: Option<Granularity>,
 }
 
 fn unit(a: &Action) -> Unit {
@@ -119,6 +127,7 @@ impl StageWorker {
             attention,
             head,
             device,
+            recompute: None,
         };
         worker.refresh_weights()?;
         Ok(worker)
@@ -219,6 +228,7 @@ impl StageWorker {
                 elem_bytes: dtype.size_in_bytes(),
                 grad_elem_bytes: if dtype == DType::F64 { 8 } else { 4 },
             }),
+            recomputed: self.recomputed_units(program)?,
             loss: 0.0,
             answers: Answers::default(),
         };
@@ -241,10 +251,29 @@ impl StageWorker {
         Ok(rec.finish(st.loss, st.answers))
     }
 
+    /// The units `program` recomputes; an error when it recomputes any but this stage was given
+    /// no granularity.
+    fn recomputed_units(&self, program: &[Action]) -> Result<HashSet<Unit>> {
+        let units: HashSet<Unit> = program
+            .iter()
+            .filter(|a| a.op == Op::Recompute)
+            .map(unit)
+            .collect();
+        if !units.is_empty() && self.recompute.is_none() {
+            fail!(
+                Config,
+                "stage {}'s program recomputes {} units, but no recomputation granularity was \
+                 set (selective or full)",
+                self.spec.stage,
+                units.len()
+            );
+        }
+        Ok(units)
+    }
+
     /// Runs one action: an exhaustive match whose arms call the compute ops (`compute.rs`), the
-    /// communication ops (`link.rs`) and the store's moves between device and host (offload and
-    /// reload run synchronously here). Recomputation has no executor yet; `admit` refuses it
-    /// when the schedule is loaded, so reaching one here is a bug there.
+    /// communication ops (`link.rs`), the store's moves between device and host (offload and
+    /// reload run synchronously here) and recomputation (`recompute.rs`).
     fn exec(
         &mut self,
         link: &mut Link,
@@ -293,11 +322,7 @@ impl StageWorker {
             }
             Op::Offload => st.store.offload(&u, &Device::Cpu),
             Op::Reload => st.store.reload(&u, &self.device),
-            Op::Recompute => fail!(
-                Runtime,
-                "{} reached the executor, which does not run it (admit must refuse it)",
-                a.op
-            ),
+            Op::Recompute => self.recompute(st, a),
         }
     }
 }

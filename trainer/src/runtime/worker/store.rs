@@ -15,9 +15,10 @@ use candle_core::{Device, Tensor};
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::Unit;
 
+use super::recompute::LayerRecord;
 use crate::error::{fail, Result};
 use crate::model::ends::HeadSaved;
-use crate::model::layer::{self, LayerSaved, WeightGradInputs};
+use crate::model::layer::{self, WeightGradInputs};
 
 /// What the backward of a unit left for its weight half.
 #[derive(Debug, Default)]
@@ -27,10 +28,11 @@ pub(super) struct PendingWeight {
     pub embed: Option<(Tensor, Tensor)>,
 }
 
-/// What the forward of a unit keeps until its backward.
+/// What the forward of a unit keeps until its backward (its layers' records reduced until a
+/// `RECOMPUTE` when the unit is checkpointed).
 #[derive(Debug)]
 pub(super) struct UnitSaved {
-    pub layers: Vec<LayerSaved>,
+    pub layers: Vec<LayerRecord>,
     pub head: Option<HeadSaved>,
     pub tokens: Option<Tensor>,
 }
@@ -60,7 +62,7 @@ impl UnitSaved {
     fn tensors(&self) -> impl Iterator<Item = &Tensor> {
         self.layers
             .iter()
-            .flat_map(LayerSaved::tensors)
+            .flat_map(LayerRecord::tensors)
             .chain(self.head.iter().flat_map(HeadSaved::tensors))
     }
 }
