@@ -52,6 +52,14 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
              parallel.schedule_file is given: drop one of them"
         ));
     }
+    if let Some(gbs) = cfg.parallel.host_link_bandwidth {
+        if !(gbs.is_finite() && gbs > 0.0) {
+            problems.push(format!(
+                "parallel.host_link_bandwidth = {gbs} GB/s: give a positive, finite figure, or \
+                 leave it unset for an unlimited link"
+            ));
+        }
+    }
     if let Offload::Chunks(k) = cfg.parallel.offload {
         if k > cfg.parallel.chunks {
             problems.push(format!(

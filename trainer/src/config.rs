@@ -76,6 +76,9 @@ pub struct ParallelConfig {
     /// Records recomputed before their backward instead of kept: `"none"`, `"selective"`,
     /// `"full"`, `"full:N"` or `"full:N0,N1,…"` (`runtime::recompute`).
     pub recompute: Recompute,
+    /// Host-link bandwidth in GB/s (10^9 bytes per second) for offloads and reloads; unset: as
+    /// fast as memory copies go. A figure emulates a PCIe link on a CPU run.
+    pub host_link_bandwidth: Option<f64>,
     /// Bytes per stage the predicted peak (model states + activations) must fit: the least
     /// offload that fits is chosen (`runtime::budget`), or the run is refused with the shortfall.
     pub memory_budget: Option<u64>,
@@ -97,6 +100,7 @@ impl Default for ParallelConfig {
             schedule_file: None,
             offload: Offload::None,
             recompute: Recompute::None,
+            host_link_bandwidth: None,
             memory_budget: None,
         }
     }

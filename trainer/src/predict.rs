@@ -47,7 +47,9 @@
 //! (`5 · b · heads · min(len, 128) · min(prefix + len, 128) · 4`).
 //!
 //! **Offload** (`OFFLOAD`/`RELOAD` in the schedule): a unit's saved records move to the host
-//! tier at its `OFFLOAD` and back at its `RELOAD` — the memory crate's activation unit less its
+//! tier when the executor joins its offload's copy — at the end of the first compute after the
+//! `OFFLOAD` (the copy overlaps it), or at the first `RELOAD` if that comes first — and back
+//! to the device at its `RELOAD` — the memory crate's activation unit less its
 //! K and V (`2kv · a` per token and layer, kept in the device's cache for later slices), and
 //! the statistics and head record. [`StagePrediction::host_after_action`] is the host tier
 //! (`Held::host`).
@@ -74,6 +76,7 @@ use seqpipe_schedule::{Action, Op, Schedule};
 use crate::config::TrainConfig;
 use crate::model::ModelConfig;
 use crate::runtime::recompute::{fewest_layers, Recompute};
+use crate::runtime::record::computes;
 use crate::runtime::worker::Granularity;
 use crate::runtime::Partition;
 
@@ -576,13 +579,28 @@ fn memory_op_events(setup: &Setup) -> Result<Vec<MemEvent>> {
             let u = unit_key(action);
             let kv = setup.per_token.kv_per_layer * setup.layers * setup.tokens(&u)?;
             let records = setup.sizer.unit_bytes(&u)? - kv;
-            let time = index as f64;
+            let time = match op {
+                MemOp::Offload => offload_joined_at(program, index),
+                _ => index,
+            } as f64;
             events.push(event(time, stage, op, format!("act {u}"), records));
             let extra = setup.statistics_and_head(stage, &u)?;
             events.push(event(time, stage, op, statistics_and_head(&u), extra));
         }
     }
     Ok(events)
+}
+
+/// Where the executor joins the offload at `index` and frees its device copy: at the end of
+/// the first compute after it, or at the first `RELOAD` after it if that comes first
+/// (`worker::tiers`).
+fn offload_joined_at(program: &[Action], index: usize) -> usize {
+    program
+        .iter()
+        .enumerate()
+        .skip(index + 1)
+        .find(|(_, a)| computes(a.op) || a.op == Op::Reload)
+        .map_or(program.len() - 1, |(j, _)| j)
 }
 
 /// Names of the transient buffers of a unit.

@@ -253,7 +253,12 @@ fn offloaded_records_leave_the_device_and_the_prediction_follows_them() {
                 let host: Vec<f64> = r.events.iter().map(|e| e.held.host as f64).collect();
                 assert_eq!(host, p.host_after_action, "{stage}: host bytes");
                 let host_peak = host.iter().copied().fold(0.0, f64::max);
-                assert!(host_peak > 0.0, "{stage}: nothing was offloaded");
+                // A unit reloaded before any compute follows its offload never reaches the host
+                // (the copy is joined at the reload): on the last stage of 1F1B every unit's
+                // backward follows its forward at once. Stage 0's units live long.
+                if r.stage == 0 {
+                    assert!(host_peak > 0.0, "{stage}: nothing was offloaded");
+                }
                 // The figures, for the record (`--nocapture`).
                 println!(
                     "{stage}: device saved peak {} (without offload {}), host peak {host_peak}",

@@ -244,3 +244,47 @@ fn a_memory_budget_chooses_the_least_offload_that_fits() {
         assert!(e.to_string().contains(needle), "{budget}: {e}");
     }
 }
+
+/// The host link's speed changes only how long the executor waits for copies: at an emulated
+/// 10 MB/s (each unit's copy takes milliseconds, longer than a forward of the tiny model) the
+/// losses, and the bytes held after every action, are those of the unlimited link, and the
+/// stages report time spent waiting. A bandwidth that is not a positive figure is refused.
+#[test]
+fn a_slow_host_link_changes_the_waiting_and_nothing_else() {
+    let fast = config("gis", 1, 2, Offload::Auto);
+    let mut slow = fast.clone();
+    slow.parallel.host_link_bandwidth = Some(0.01);
+    let (fast_losses, fast_run) = run(&fast);
+    let (slow_losses, slow_run) = run(&slow);
+    assert_eq!(slow_losses, fast_losses);
+    let held = |s: &TrainSummary| -> Vec<Vec<_>> {
+        s.last_step
+            .iter()
+            .map(|r| r.events.iter().map(|e| e.held).collect())
+            .collect()
+    };
+    assert_eq!(held(&slow_run), held(&fast_run));
+    let waited: f64 = slow_run.last_step.iter().map(|r| r.link_wait_seconds).sum();
+    assert!(waited > 0.0, "a 10 MB/s link must make the stages wait");
+    println!(
+        "link wait per stage at 10 MB/s: {:?} s; unlimited: {:?} s",
+        slow_run
+            .last_step
+            .iter()
+            .map(|r| r.link_wait_seconds)
+            .collect::<Vec<_>>(),
+        fast_run
+            .last_step
+            .iter()
+            .map(|r| r.link_wait_seconds)
+            .collect::<Vec<_>>()
+    );
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        slow.parallel.host_link_bandwidth = Some(bad);
+        let e = check(&slow).unwrap_err().to_string();
+        assert!(
+            e.contains("host_link_bandwidth") && e.contains("positive"),
+            "{bad}: {e}"
+        );
+    }
+}

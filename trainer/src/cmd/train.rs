@@ -59,6 +59,10 @@ pub struct TrainArgs {
     /// first N layers of each chunk) or full:N0,N1,… (one count per stage).
     #[arg(long, value_name = "none|selective|full|full:N|full:N0,N1,…")]
     recompute: Option<Recompute>,
+    /// Host-link bandwidth for offloads and reloads, in GB/s (default: as fast as memory copies
+    /// go); on a CPU run it emulates a PCIe link.
+    #[arg(long, value_name = "GB/s")]
+    host_link_bandwidth: Option<f64>,
     /// Bytes per stage the predicted peak must fit (e.g. 512MiB): the least offload that fits
     /// is chosen, or the run is refused with the shortfall.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -151,6 +155,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = &args.recompute {
         par.recompute = v.clone();
+    }
+    if let Some(v) = args.host_link_bandwidth {
+        par.host_link_bandwidth = Some(v);
     }
     if let Some(v) = args.memory_budget {
         par.memory_budget = Some(v);
@@ -422,9 +429,15 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
     }
     if s.offloaded_units.iter().any(|&n| n > 0) {
         let units: Vec<String> = s.offloaded_units.iter().map(usize::to_string).collect();
+        let waits: Vec<String> = s
+            .last_step
+            .iter()
+            .map(|r| format!("{:.1}", 1e3 * r.link_wait_seconds))
+            .collect();
         outln!(
-            "| units offloaded to host per step, by stage (synchronous moves) | {} |",
-            units.join(", ")
+            "| units offloaded to host per step, by stage; ms waited for the host link in the last step | {}; {} |",
+            units.join(", "),
+            waits.join(", ")
         );
     }
     if s.recomputed_units.iter().any(|&n| n > 0) {

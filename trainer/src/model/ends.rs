@@ -1,7 +1,7 @@
 //! The two ends of the model: the token embedding (first virtual stage) and the final norm, LM
 //! head and loss (last virtual stage), each with explicit forward and split backward.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use seqpipe_kernels::{
     cross_entropy_backward_input, cross_entropy_backward_weight, cross_entropy_forward,
     rms_norm_backward, rms_norm_forward, CrossEntropySaved,
@@ -55,9 +55,8 @@ impl HeadSaved {
         [&self.x, &self.inv, &self.h, &self.ce.lse]
     }
 
-    /// The record with every tensor on `device` (a copy where it is elsewhere).
-    pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let to = |t: &Tensor| t.to_device(device);
+    /// The record with `to` applied to every tensor (a move between memory tiers).
+    pub fn map(&self, to: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(HeadSaved {
             x: to(&self.x)?,
             inv: to(&self.inv)?,

@@ -7,7 +7,7 @@
 //! (small: computed at once) and a [`WeightGradInputs`] record from which the weight half computes
 //! the seven matrix gradients later.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use seqpipe_kernels::{
     linear_backward_input, linear_backward_weight, linear_forward, rms_norm_backward,
     rms_norm_forward, swiglu_backward, swiglu_forward, AttentionOptions, Rope, SliceKvCache,
@@ -105,9 +105,8 @@ impl LayerSaved {
         self.tensors().into_iter().map(bytes).sum()
     }
 
-    /// The record with every tensor on `device` (a copy where it is elsewhere).
-    pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let to = |t: &Tensor| t.to_device(device);
+    /// The record with `to` applied to every tensor (a move between memory tiers).
+    pub fn map(&self, to: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(LayerSaved {
             x: to(&self.x)?,
             inv1: to(&self.inv1)?,
@@ -166,9 +165,9 @@ impl SelectiveSaved {
         &self.kept
     }
 
-    /// The record with every tensor on `device`.
-    pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let kept = self.kept.each_ref().map(|t| t.to_device(device));
+    /// The record with `to` applied to every tensor (a move between memory tiers).
+    pub fn map(&self, to: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let kept = self.kept.each_ref().map(to);
         Ok(SelectiveSaved {
             kept: kept
                 .into_iter()

@@ -179,6 +179,13 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Sets every stage's host-link bandwidth in bytes per second (`None`: unlimited).
+    pub fn set_host_bandwidth(&mut self, bytes_per_second: Option<f64>) {
+        for rank in &mut self.ranks {
+            rank.worker.host_bandwidth = bytes_per_second;
+        }
+    }
+
     /// What the stages recompute.
     pub fn recompute(&self) -> &Recompute {
         &self.recompute

@@ -38,6 +38,9 @@ pub struct StageReport {
     pub peak_saved_bytes: usize,
     /// Largest total activation bytes (saved plus transient buffers).
     pub peak_bytes: usize,
+    /// Seconds the stage waited for host-link copies (offloads and reloads not yet done where
+    /// the program joins them).
+    pub link_wait_seconds: f64,
 }
 
 impl StageReport {
@@ -83,8 +86,8 @@ impl Recorder {
         });
     }
 
-    /// The report, with the stage's loss share.
-    pub fn finish(self, loss: f64, answers: Answers) -> StageReport {
+    /// The report, with the stage's loss share and its wait for the host link.
+    pub fn finish(self, loss: f64, answers: Answers, link_wait_seconds: f64) -> StageReport {
         let peak_saved_bytes = self.events.iter().map(|e| e.held.saved).max().unwrap_or(0);
         let peak_bytes = self
             .events
@@ -99,12 +102,13 @@ impl Recorder {
             events: self.events,
             peak_saved_bytes,
             peak_bytes,
+            link_wait_seconds,
         }
     }
 }
 
 /// Whether `op` keeps the stage's compute busy.
-fn computes(op: Op) -> bool {
+pub fn computes(op: Op) -> bool {
     op.is_compute() || op == Op::Recompute
 }
 

@@ -16,20 +16,24 @@ use super::inbox::{incoming_order, Inbox};
 pub use super::input::IterationInput;
 
 mod compute;
+mod host_link;
 mod link;
 mod recompute;
 mod store;
+mod tiers;
 
-use super::record::{Recorder, StageReport};
+use super::record::{computes, Recorder, StageReport};
 use crate::model::ends::{Answers, HeadCtx};
 use crate::model::layer::{LayerCtx, LayerWeights};
 use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
+use host_link::HostLink;
 use link::Link;
 pub use recompute::Granularity;
 pub use store::Held;
 use store::{ActivationStore, KvSizes, PendingWeight, Slot, UnitSaved};
+use tiers::{join_all, join_offloads, settle_reload};
 
 /// Static description of a stage.
 #[derive(Debug, Clone)]
@@ -51,6 +55,12 @@ pub struct StageSpec {
 /// of the head (the loss sink).
 struct IterState {
     store: ActivationStore,
+    /// The copier moving records between the device and host memory.
+    link: HostLink,
+    /// Offloads started and not joined yet (joined when the next compute ends).
+    offloads: Vec<Unit>,
+    /// Reloads started and not joined yet (joined when their unit's backward starts).
+    reloads: HashSet<Unit>,
     /// Units the program recomputes: their forwards keep reduced records.
     recomputed: HashSet<Unit>,
     loss: f64,
@@ -76,6 +86,8 @@ pub struct StageWorker {
     /// What a unit with a `RECOMPUTE` in the program drops after its forward (`None`: the
     /// program may hold no `RECOMPUTE`).
     pub recompute: Option<Granularity>,
+    /// Bytes per second of the host link (`None`: as fast as memory copies go).
+    pub host_bandwidth: Option<f64>,
 }
 
 fn unit(a: &Action) -> Unit {
@@ -128,6 +140,7 @@ impl StageWorker {
             head,
             device,
             recompute: None,
+            host_bandwidth: None,
         };
         worker.refresh_weights()?;
         Ok(worker)
@@ -228,6 +241,9 @@ impl StageWorker {
                 elem_bytes: dtype.size_in_bytes(),
                 grad_elem_bytes: if dtype == DType::F64 { 8 } else { 4 },
             }),
+            link: HostLink::start(self.spec.stage, self.host_bandwidth)?,
+            offloads: Vec::new(),
+            reloads: HashSet::new(),
             recomputed: self.recomputed_units(program)?,
             loss: 0.0,
             answers: Answers::default(),
@@ -236,11 +252,18 @@ impl StageWorker {
         for (step, a) in program.iter().enumerate() {
             let text = schedule.text(a);
             let start = clock.elapsed().as_secs_f64();
+            // Each offload's copy overlaps the next compute and is joined when it ends.
+            let joining = match computes(a.op) {
+                true => std::mem::take(&mut st.offloads),
+                false => Vec::new(),
+            };
             self.exec(&mut link, input, &mut st, a)
+                .and_then(|()| join_offloads(&mut st, &joining))
                 .with_context(|| format!("stage {} step {step} ({text})", self.spec.stage))?;
             let end = clock.elapsed().as_secs_f64();
             rec.action(text, a.op, start, end, st.store.held());
         }
+        join_all(&mut st)?;
         if !st.store.is_drained() {
             fail!(
                 Runtime,
@@ -248,7 +271,7 @@ impl StageWorker {
                 self.spec.stage
             );
         }
-        Ok(rec.finish(st.loss, st.answers))
+        Ok(rec.finish(st.loss, st.answers, st.link.wait_seconds))
     }
 
     /// The units `program` recomputes; an error when it recomputes any but this stage was given
@@ -272,8 +295,8 @@ impl StageWorker {
     }
 
     /// Runs one action: an exhaustive match whose arms call the compute ops (`compute.rs`), the
-    /// communication ops (`link.rs`), the store's moves between device and host (offload and
-    /// reload run synchronously here) and recomputation (`recompute.rs`).
+    /// communication ops (`link.rs`), the moves between device and host through the host link
+    /// (`tiers.rs`) and recomputation (`recompute.rs`).
     fn exec(
         &mut self,
         link: &mut Link,
@@ -283,6 +306,9 @@ impl StageWorker {
     ) -> Result<()> {
         let u = unit(a);
         let k = self.vstage(a);
+        if matches!(a.op, Op::Backward | Op::BackwardInput | Op::Recompute) {
+            settle_reload(st, &u)?;
+        }
         match a.op {
             Op::Forward => self.forward(input, st, a, k),
             Op::Backward | Op::BackwardInput => self.backward_input(st, a, k, a.op == Op::Backward),
@@ -320,8 +346,8 @@ impl StageWorker {
                 st.store.put(Slot::GradIn, u, t);
                 Ok(())
             }
-            Op::Offload => st.store.offload(&u, &Device::Cpu),
-            Op::Reload => st.store.reload(&u, &self.device),
+            Op::Offload => self.offload(st, u),
+            Op::Reload => self.reload(st, u),
             Op::Recompute => self.recompute(st, a),
         }
     }

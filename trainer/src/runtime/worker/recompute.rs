@@ -14,7 +14,7 @@
 //!
 //! The embedding's token ids and the head record are kept whole: they are not layers.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::{Action, Unit};
 
@@ -35,7 +35,7 @@ pub enum Granularity {
 }
 
 /// One layer's part of a unit's forward record.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum LayerRecord {
     /// Everything the backward needs.
     Whole(LayerSaved),
@@ -60,17 +60,20 @@ impl LayerRecord {
         }
     }
 
-    /// The record with every tensor on `device`.
-    pub fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+    /// The record with `to` applied to every tensor (a move between memory tiers).
+    pub fn map(
+        &self,
+        to: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Self> {
         Ok(match self {
-            LayerRecord::Whole(s) => LayerRecord::Whole(s.to_device(device)?),
-            LayerRecord::Selective(s) => LayerRecord::Selective(s.to_device(device)?),
+            LayerRecord::Whole(s) => LayerRecord::Whole(s.map(to)?),
+            LayerRecord::Selective(s) => LayerRecord::Selective(s.map(to)?),
             LayerRecord::Input {
                 x,
                 offset,
                 kv_cached,
             } => LayerRecord::Input {
-                x: x.to_device(device)?,
+                x: to(x)?,
                 offset: *offset,
                 kv_cached: *kv_cached,
             },

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::Unit;
 
@@ -30,7 +30,7 @@ pub(super) struct PendingWeight {
 
 /// What the forward of a unit keeps until its backward (its layers' records reduced until a
 /// `RECOMPUTE` when the unit is checkpointed).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct UnitSaved {
     pub layers: Vec<LayerRecord>,
     pub head: Option<HeadSaved>,
@@ -38,28 +38,24 @@ pub(super) struct UnitSaved {
 }
 
 impl UnitSaved {
-    /// The records with every tensor on `device`.
-    fn to_device(&self, device: &Device) -> candle_core::Result<Self> {
+    /// The records with `to` applied to every tensor (a move between memory tiers).
+    pub fn map(
+        &self,
+        to: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Self> {
         Ok(UnitSaved {
             layers: self
                 .layers
                 .iter()
-                .map(|l| l.to_device(device))
+                .map(|l| l.map(to))
                 .collect::<candle_core::Result<_>>()?,
-            head: self
-                .head
-                .as_ref()
-                .map(|h| h.to_device(device))
-                .transpose()?,
-            tokens: self
-                .tokens
-                .as_ref()
-                .map(|t| t.to_device(device))
-                .transpose()?,
+            head: self.head.as_ref().map(|h| h.map(to)).transpose()?,
+            tokens: self.tokens.as_ref().map(to).transpose()?,
         })
     }
 
-    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+    /// The tensors held (token ids aside: they are the embedding's, counted as its input).
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
         self.layers
             .iter()
             .flat_map(LayerRecord::tensors)
@@ -72,8 +68,13 @@ impl UnitSaved {
 pub enum Residence {
     /// On the stage's compute device, where its backward reads them.
     Device,
+    /// Being copied to host memory by `OFFLOAD`: still on the device until the copy is joined.
+    ToHost,
     /// In host memory, moved by `OFFLOAD` until its `RELOAD`.
     Host,
+    /// Being copied back by `RELOAD`: on the device from the action on (its bytes are taken
+    /// there), readable once the copy is joined.
+    ToDevice,
 }
 
 /// A unit's saved records and where they are.
@@ -156,44 +157,52 @@ impl ActivationStore {
     pub fn take_saved(&mut self, u: &Unit) -> Result<UnitSaved> {
         match self.saved.get(u).map(|k| k.residence) {
             None => fail!(Runtime, "backward of {u:?} before its forward"),
-            Some(Residence::Host) => fail!(
-                Runtime,
-                "backward of {u:?} while its activations are offloaded: RELOAD it first"
-            ),
             Some(Residence::Device) => Ok(self.saved.remove(u).expect("present").saved),
+            Some(other) => fail!(
+                Runtime,
+                "backward of {u:?} while its activations are {other:?}: RELOAD them and join \
+                 the copy first"
+            ),
         }
     }
 
-    /// Moves a unit's records from the device to `host` (`OFFLOAD`).
-    pub fn offload(&mut self, u: &Unit, host: &Device) -> Result<()> {
-        self.move_records(u, Residence::Device, Residence::Host, host)
+    /// Starts a unit's move between tiers (`OFFLOAD`: from the device, `RELOAD`: from the
+    /// host): its records, for the host link to copy.
+    pub fn begin_move(&mut self, u: &Unit, to: Residence) -> Result<UnitSaved> {
+        let (from, moving) = match to {
+            Residence::Host => (Residence::Device, Residence::ToHost),
+            _ => (Residence::Host, Residence::ToDevice),
+        };
+        let kept = self.kept_in(u, from, to)?;
+        kept.residence = moving;
+        Ok(kept.saved.clone())
     }
 
-    /// Moves a unit's records from the host back to `device` (`RELOAD`).
-    pub fn reload(&mut self, u: &Unit, device: &Device) -> Result<()> {
-        self.move_records(u, Residence::Host, Residence::Device, device)
+    /// Ends a unit's move: `copied` are its records in their new tier, the old ones go.
+    pub fn finish_move(&mut self, u: &Unit, to: Residence, copied: UnitSaved) -> Result<()> {
+        let moving = match to {
+            Residence::Host => Residence::ToHost,
+            _ => Residence::ToDevice,
+        };
+        let kept = self.kept_in(u, moving, to)?;
+        kept.saved = copied;
+        kept.residence = to;
+        Ok(())
     }
 
-    fn move_records(
-        &mut self,
-        u: &Unit,
-        from: Residence,
-        to: Residence,
-        device: &Device,
-    ) -> Result<()> {
+    /// A unit's records, which must be in `from` to move to `to`.
+    fn kept_in(&mut self, u: &Unit, from: Residence, to: Residence) -> Result<&mut Kept> {
         let Some(kept) = self.saved.get_mut(u) else {
             fail!(Runtime, "{u:?} holds no activations to move to the {to:?}");
         };
         if kept.residence != from {
             fail!(
                 Runtime,
-                "{u:?}'s activations are on the {:?}, not the {from:?}",
+                "{u:?}'s activations are {:?}, not {from:?}, so they cannot move to the {to:?}",
                 kept.residence
             );
         }
-        kept.saved = kept.saved.to_device(device)?;
-        kept.residence = to;
-        Ok(())
+        Ok(kept)
     }
 
     /// Keeps the inputs of a unit's weight backward until it runs.
@@ -251,9 +260,15 @@ fn held_bytes(st: &ActivationStore) -> Held {
             .map(layer::bytes)
             .sum::<usize>()
     };
-    let on = |r: Residence| st.saved.values().filter(move |k| k.residence == r);
-    let saved = sum(&mut on(Residence::Device).flat_map(|k| k.saved.tensors()));
-    let host = sum(&mut on(Residence::Host).flat_map(|k| k.saved.tensors()));
+    // Records in flight count on the device: an offload's device copy lives until its copy is
+    // joined, a reload's device bytes are taken when it starts.
+    let on_host = |host: bool| {
+        st.saved
+            .values()
+            .filter(move |k| (k.residence == Residence::Host) == host)
+    };
+    let saved = sum(&mut on_host(false).flat_map(|k| k.saved.tensors()));
+    let host = sum(&mut on_host(true).flat_map(|k| k.saved.tensors()));
     let pending = sum(&mut st.pending.values().flat_map(|p| {
         let layers = p.layers.iter().flat_map(|(_, w)| w.tensors());
         let head = p.head.iter().flat_map(HeadSaved::tensors);
