@@ -97,6 +97,14 @@ pub enum MemoryError {
         /// Combination limit.
         limit: u64,
     },
+    /// An iteration to a fixed point did not settle.
+    #[error("{what} did not settle in {rounds} rounds")]
+    Unsettled {
+        /// What was iterated.
+        what: &'static str,
+        /// Rounds run.
+        rounds: usize,
+    },
     /// The LP/MILP solver failed.
     #[error("solver: {0}")]
     Solver(String),
@@ -106,6 +114,9 @@ pub enum MemoryError {
     /// A model shape or cost model error from the slicing crate.
     #[error(transparent)]
     Slicing(#[from] seqpipe_slicing::SlicingError),
+    /// A schedule the simulator refused.
+    #[error(transparent)]
+    Schedule(#[from] seqpipe_schedule::ScheduleError),
 }
 
 /// Result alias of this crate.

@@ -4,7 +4,8 @@
 //! - [`states`]: weights, gradients and optimizer states per stage.
 //! - [`pipeline`] and [`peak`]: closed-form units in flight and the static per-stage peak.
 //! - [`gpu`]: GPU presets and PipeOffload's `k` criterion.
-//! - [`offload`]: PipeOffload's planner over a simulated timeline; [`timeline`] adapts the
+//! - [`offload`]: PipeOffload's planner over a simulated timeline; [`host_link`] times a
+//!   schedule's transfers as the trainer's in-order host link joins them; [`timeline`] adapts the
 //!   `schedule` crate's simulation.
 //! - [`recompute`]: InfiniPipe's recomputation planner, an exact MILP with a brute-force oracle.
 //! - [`window`], [`elastic_plan`], [`elastic_compare`]: InfiniPipe's window model and per-pipeline
@@ -29,6 +30,7 @@ pub mod elastic_plan;
 pub mod error;
 pub mod export;
 pub mod gpu;
+pub mod host_link;
 pub mod ledger;
 pub mod lives;
 pub mod offload;
@@ -50,6 +52,7 @@ pub use elastic_plan::{
 };
 pub use error::{MemoryError, Result};
 pub use gpu::{gpu_preset, GpuPreset, GPU_PRESETS};
+pub use host_link::simulate_with_host_link;
 pub use ledger::{run_ledger, CurvePoint, LedgerReport, MemEvent, MemOp, StageMemory};
 pub use lives::{
     events_from_lives, lives_from_spans, ComputeSpan, Phase, UnitKey, UnitLife, UnitSizer,

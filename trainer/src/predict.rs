@@ -346,6 +346,11 @@ impl<'a> Setup<'a> {
         })
     }
 
+    /// Bytes of `unit`'s K and V in the cache (which an offload leaves on the device).
+    fn cached_kv(&self, unit: &UnitKey) -> Result<f64> {
+        Ok(self.per_token.kv_per_layer * self.layers * self.tokens(unit)?)
+    }
+
     fn vstage(&self, stage: usize, unit: &UnitKey) -> usize {
         unit.chunk as usize * self.stages + stage
     }
@@ -392,6 +397,17 @@ pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
         });
     }
     Ok(Some(stages))
+}
+
+/// Bytes an `OFFLOAD` of `unit` on `stage` moves to the host (and its `RELOAD` back): its
+/// forward record less the K/V kept in the device's cache, with its statistics and head
+/// record. `None` where [`predict`] makes no prediction.
+pub fn moved_bytes(input: &PredictInput, stage: usize, unit: &UnitKey) -> Result<Option<f64>> {
+    let Some(setup) = Setup::new(input)? else {
+        return Ok(None);
+    };
+    let records = setup.sizer.unit_bytes(unit)? - setup.cached_kv(unit)?;
+    Ok(Some(records + setup.statistics_and_head(stage, unit)?))
 }
 
 /// The largest bytes inside a backward over a stage's program (see [`StagePeaks::working`]):
@@ -577,8 +593,7 @@ fn memory_op_events(setup: &Setup) -> Result<Vec<MemEvent>> {
                 _ => continue,
             };
             let u = unit_key(action);
-            let kv = setup.per_token.kv_per_layer * setup.layers * setup.tokens(&u)?;
-            let records = setup.sizer.unit_bytes(&u)? - kv;
+            let records = setup.sizer.unit_bytes(&u)? - setup.cached_kv(&u)?;
             let time = match op {
                 MemOp::Offload => offload_joined_at(program, index),
                 _ => index,

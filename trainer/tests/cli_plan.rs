@@ -111,7 +111,7 @@ fn features_the_trainer_does_not_run_are_marked_planner_only() {
             // Selective and full recomputation run: never marked.
             ("recomputation", false),
             (
-                "offload overlapped with compute",
+                "offload overlapped with GPU compute",
                 c["offload_fraction"].as_f64() > Some(0.0),
             ),
             (

@@ -54,6 +54,13 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// PipeOffload's overlap on this CPU: offload vs none over the emulated host link at
+    /// bandwidths for k = 0.5, 1, 2, measured beside the simulator's prediction.
+    Offload {
+        /// Output directory for CSV/JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Measured on the GPU machine (cuda build of xtask): attention vs PyTorch SDPA, a
     /// Llama-7B layer vs the matmul ceiling, a sliced training step; writes out/gpu/bench.md.
     Gpu {
@@ -79,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             Bench::Sim { out } => xtask::bench::run_sim(&out.unwrap_or(default_out)),
             Bench::Cpu { out } => xtask::bench::run_cpu(&out.unwrap_or(default_out)),
+            Bench::Offload { out } => xtask::bench::run_offload(&out.unwrap_or(default_out)),
             Bench::Gpu {
                 torch_script,
                 out,

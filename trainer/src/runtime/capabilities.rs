@@ -14,8 +14,10 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
         missing.push("context parallelism");
     }
     if c.offload_fraction > 0.0 {
-        // The trainer moves activations synchronously; the planner hides the moves behind compute.
-        missing.push("offload overlapped with compute");
+        // The planner hides the moves behind GPU compute. The trainer's host link copies on its
+        // own thread, which overlaps compute on the CPU, but on CUDA it shares the compute
+        // stream (no pinned buffers or copy stream yet), so a GPU run does not overlap.
+        missing.push("offload overlapped with GPU compute");
     }
     if matches!(c.kind, PipelineKind::SlimPipe { .. }) {
         // The planner prices SlimPipe with the LM head and loss sharded over the vocabulary.
@@ -49,6 +51,9 @@ mod tests {
         assert_eq!(planned_only(&tp), ["tensor parallelism"]);
         let mut offload = plain;
         offload.offload_fraction = 0.5;
-        assert_eq!(planned_only(&offload), ["offload overlapped with compute"]);
+        assert_eq!(
+            planned_only(&offload),
+            ["offload overlapped with GPU compute"]
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: simulated sweeps and paper reproductions (`sim`), real CPU training runs
-//! (`cpu`), and the GPU entry point (`gpu`). Tables go to stdout as Markdown and to `--out` as
+//! (`cpu`), the host link's overlap with compute on this CPU (`offload`), and the GPU entry point
+//! (`gpu`). Tables go to stdout as Markdown and to `--out` as
 //! CSV/JSON with SVG plots. Simulated figures are labelled simulated; measured figures name the
 //! machine they came from.
 
 pub mod cpu;
 pub mod detail;
+pub mod offload;
 pub mod plot;
 pub mod repro;
 pub mod sim;
@@ -176,6 +178,36 @@ pub fn run_cpu(dir: &Path) -> Result<()> {
     write(dir, "cpu_runs.json", &serde_json::to_string_pretty(&runs)?)?;
     println!(
         "wrote cpu_runs.{{csv,json}} to {}; took {:.1} s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `bench offload`: offload's overlap with compute on the emulated host link, measured beside
+/// the simulator (see `offload.rs`).
+pub fn run_offload(dir: &Path) -> Result<()> {
+    // Stages are threads, one core each: a stage waiting for the link must not lend its core
+    // to the other stage's matmuls, or the waits would hide behind faster compute.
+    seqpipe_trainer::train::one_thread_per_op();
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    let runs = offload::run_all(|line| eprintln!("{line}"))?;
+    let t = offload::table(&runs)?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "## Offload overlap (MEASURED on this machine: {cores} cores; GIS, 2 stages as threads × 2 chunks, 4 micro-batches, hidden 512, 256 tokens, f32; offload auto over the emulated host link; {} timed steps per row, interleaved, medians; predicted by the simulator on the plain run's measured action durations, see xtask/src/bench/offload.rs)\n",
+        offload::STEPS
+    );
+    println!("{}", t.to_markdown());
+    write(dir, "offload_runs.csv", &t.to_csv())?;
+    write(
+        dir,
+        "offload_runs.json",
+        &serde_json::to_string_pretty(&runs)?,
+    )?;
+    println!(
+        "wrote offload_runs.{{csv,json}} to {}; took {:.1} s",
         dir.display(),
         started.elapsed().as_secs_f64()
     );

@@ -1,0 +1,152 @@
+//! Offload's correctness oracle: for every schedule kind × offload {half, all}, the planner's
+//! OFFLOAD/RELOAD actions through the host link leave one iteration's loss and every gradient
+//! equal to the same pipeline without them (f64, 1e-10 relative; the moves copy bytes, so in
+//! practice bit for bit), at an unlimited and at a slow emulated link, and three AdamW steps end
+//! on the same parameters.
+
+mod common;
+
+use std::time::Duration;
+
+use candle_core::DType;
+use common::{data, slice_ranges, tiny_model, worst_rel_err, Slicing};
+use seqpipe_schedule::{Op, ScheduleConfig, ScheduleKind};
+use seqpipe_trainer::config::{Precision, TrainConfig};
+use seqpipe_trainer::optim::OptimConfig;
+use seqpipe_trainer::runtime::offload::Offload;
+use seqpipe_trainer::runtime::rank_loop::plan;
+use seqpipe_trainer::runtime::{IterationInput, Pipeline};
+
+const SEQ: usize = 16;
+const BATCH: usize = 2;
+const SEED: u64 = 5;
+
+/// Each kind on 2 stages, 4 micro-batches (as in the recomputation oracle).
+fn kind_config(kind: ScheduleKind) -> (ScheduleConfig, Slicing) {
+    use ScheduleKind::*;
+    let c = ScheduleConfig::new(kind, 2, 4);
+    match kind {
+        Seq1F1B => (c.with_slices(2), Slicing::Uniform),
+        SlimPipe | Seq1F1BInterleaved => (c.with_slices(2).with_chunks(2), Slicing::Uniform),
+        Interleaved => (c.with_chunks(2), Slicing::None),
+        Gis => (c.with_chunks(2).with_group(2), Slicing::None),
+        GPipe | OneFOneB | ZbH1 => (c, Slicing::None),
+    }
+}
+
+/// The training configuration whose planned schedule is `sc`'s with `offload`.
+fn train_config(sc: &ScheduleConfig, offload: Offload) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        model: tiny_model(),
+        precision: Precision::F32,
+        ..TrainConfig::default()
+    };
+    cfg.data.seq_len = SEQ;
+    let p = &mut cfg.parallel;
+    (p.stages, p.microbatches, p.slices, p.chunks) =
+        (sc.stages, sc.microbatches, sc.slices, sc.chunks);
+    p.schedule = sc.kind.name().into();
+    p.group = sc.group;
+    p.slicing = seqpipe_trainer::config::SlicingMethod::Uniform;
+    p.offload = offload;
+    cfg
+}
+
+fn pipeline(sc: ScheduleConfig, offload: Offload, bandwidth: Option<f64>) -> Pipeline {
+    let mut pl = Pipeline::new(
+        &tiny_model(),
+        sc,
+        None,
+        &OptimConfig::default(),
+        SEED,
+        DType::F64,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    if offload != Offload::None {
+        let (schedule, _) = plan(&train_config(&sc, offload)).unwrap();
+        pl.set_schedule(schedule).unwrap();
+    }
+    pl.set_host_bandwidth(bandwidth);
+    pl
+}
+
+fn input(sc: &ScheduleConfig, slicing: Slicing) -> IterationInput {
+    let model = tiny_model();
+    let m = sc.microbatches as usize;
+    IterationInput {
+        tokens: data(&model, m, BATCH, SEQ, SEED),
+        masks: None,
+        slices: slice_ranges(&model, slicing, SEQ, sc.slices as usize),
+        normaliser: (m * BATCH * SEQ) as f64,
+    }
+}
+
+fn offloads(pl: &Pipeline) -> usize {
+    let all = pl.schedule.actions.iter().flatten();
+    all.filter(|a| a.op == Op::Offload).count()
+}
+
+#[test]
+fn offload_leaves_loss_and_every_gradient_unchanged_for_every_kind() {
+    for kind in ScheduleKind::ALL {
+        let (sc, slicing) = kind_config(kind);
+        let inp = input(&sc, slicing);
+        let mut plain = pipeline(sc, Offload::None, None);
+        let base = plain.compute_gradients(&inp).unwrap();
+        let base_grads = plain.gradients();
+        // 20 MB/s: a unit of the tiny model takes tens of microseconds to move.
+        for (offload, bandwidth) in [
+            (Offload::Fraction(0.5), None),
+            (Offload::Auto, None),
+            (Offload::Auto, Some(2e7)),
+        ] {
+            let case = format!("{kind:?} offload {offload} bandwidth {bandwidth:?}");
+            let mut pl = pipeline(sc, offload, bandwidth);
+            if offload == Offload::Auto {
+                assert!(offloads(&pl) > 0, "{case}: nothing offloaded");
+            }
+            let report = pl.compute_gradients(&inp).unwrap();
+            let off = (report.loss - base.loss).abs();
+            assert!(
+                off <= 1e-10 * base.loss.abs(),
+                "{case}: loss {} vs {}",
+                report.loss,
+                base.loss
+            );
+            let (err, name) = worst_rel_err(&pl.gradients(), &base_grads);
+            assert!(
+                err <= 1e-10,
+                "{case}: gradient of {name} differs by {err:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn three_optimizer_steps_with_offload_end_on_the_same_parameters() {
+    for kind in [
+        ScheduleKind::OneFOneB,
+        ScheduleKind::Gis,
+        ScheduleKind::SlimPipe,
+    ] {
+        let (sc, slicing) = kind_config(kind);
+        let inp = input(&sc, slicing);
+        let mut plain = pipeline(sc, Offload::None, None);
+        let mut pl = pipeline(sc, Offload::Auto, None);
+        for step in 0..3 {
+            let a = plain.step(&inp, 1e-2).unwrap();
+            let b = pl.step(&inp, 1e-2).unwrap();
+            assert_eq!(
+                a.loss.to_bits(),
+                b.loss.to_bits(),
+                "{kind:?} step {step} loss"
+            );
+        }
+        let (err, name) = worst_rel_err(&pl.parameters(), &plain.parameters());
+        assert!(
+            err <= 1e-10,
+            "{kind:?}: parameter {name} differs by {err:e}"
+        );
+    }
+}
