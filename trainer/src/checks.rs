@@ -140,8 +140,7 @@ fn configured_partition(cfg: &TrainConfig) -> std::result::Result<Partition, Str
     }
 }
 
-/// The recomputation setting against the stages and their chunks' layers (partition valid),
-/// and against the other memory settings.
+/// The recomputation setting against the stages and their chunks' layers (partition valid).
 fn recompute_problems(cfg: &TrainConfig) -> Vec<String> {
     let par = &cfg.parallel;
     if par.recompute == Recompute::None {
@@ -150,17 +149,8 @@ fn recompute_problems(cfg: &TrainConfig) -> Vec<String> {
     let Ok(partition) = configured_partition(cfg) else {
         return Vec::new();
     };
-    let mut problems = par
-        .recompute
-        .problems(par.stages as usize, par.chunks as usize, &partition);
-    if par.offload != Offload::None {
-        problems.push(format!(
-            "parallel.recompute = {} with parallel.offload = {}: offload and recomputation are \
-             not run together yet; choose one",
-            par.recompute, par.offload
-        ));
-    }
-    problems
+    par.recompute
+        .problems(par.stages as usize, par.chunks as usize, &partition)
 }
 
 /// Bounds that keep a run's memory and the schedule's size sane; each is far above real use.

@@ -168,6 +168,17 @@ struct PerToken {
     shared_per_layer: f64,
 }
 
+/// What recomputation drops from a unit's forward record until its `RECOMPUTE`.
+#[derive(Debug, Clone, Copy)]
+struct Dropped {
+    /// Layer tensors other than K and V.
+    records: f64,
+    /// K and V not kept in the cache (full recomputation of a sequence's last slice).
+    kv: f64,
+    /// Norm statistics and log-sum-exps.
+    stats: f64,
+}
+
 /// Everything the events need, derived once from the input.
 struct Setup<'a> {
     input: &'a PredictInput<'a>,
@@ -319,12 +330,12 @@ impl<'a> Setup<'a> {
         Ok(bytes)
     }
 
-    /// Bytes a recomputed unit's forward record lacks until its `RECOMPUTE`, as (layer tensors,
-    /// statistics): selective drops both norm outputs and the SwiGLU product (`(2H + F) · a` per
-    /// token and layer); full keeps of its first `N` layers only the input (and, for a slice with
-    /// later slices, its K/V in the cache), dropping `(3H + 2q + 3F) · a` (plus `2kv · a` on a
-    /// sequence's last slice) and the statistics `(2 + heads) · 4`.
-    fn dropped_by_recompute(&self, stage: usize, unit: &UnitKey) -> Result<(f64, f64)> {
+    /// Bytes a recomputed unit's forward record lacks until its `RECOMPUTE`: selective drops
+    /// both norm outputs and the SwiGLU product (`(2H + F) · a` per token and layer); full keeps
+    /// of its first `N` layers only the input (and, for a slice with later slices, its K/V in
+    /// the cache), dropping `(3H + 2q + 3F) · a`, the K/V `2kv · a` on a sequence's last slice,
+    /// and the statistics `(2 + heads) · 4`.
+    fn dropped_by_recompute(&self, stage: usize, unit: &UnitKey) -> Result<Dropped> {
         let (pt, tokens) = (self.per_token, self.tokens(unit)?);
         Ok(match self.granularity[stage] {
             None => fail!(
@@ -332,18 +343,45 @@ impl<'a> Setup<'a> {
                 "stage {stage} recomputes {unit} but the recomputation setting gives it nothing \
                  to drop"
             ),
-            Some(Granularity::Selective) => (pt.shared_per_layer * self.layers * tokens, 0.0),
+            Some(Granularity::Selective) => Dropped {
+                records: pt.shared_per_layer * self.layers * tokens,
+                kv: 0.0,
+                stats: 0.0,
+            },
             Some(Granularity::Full { layers }) => {
                 // K and V stay cached for the later slices of the sequence, if any.
                 let later_slices = (unit.slice as usize) + 1 < self.input.slices.len();
-                let kept = pt.row + if later_slices { pt.kv_per_layer } else { 0.0 };
                 let n = layers as f64 * tokens;
-                (
-                    (pt.weight_inputs_per_layer - kept) * n,
-                    pt.stats_per_layer * n,
-                )
+                Dropped {
+                    records: (pt.weight_inputs_per_layer - pt.row - pt.kv_per_layer) * n,
+                    kv: if later_slices {
+                        0.0
+                    } else {
+                        pt.kv_per_layer * n
+                    },
+                    stats: pt.stats_per_layer * n,
+                }
             }
         })
+    }
+
+    /// Bytes an `OFFLOAD` of `unit` moves, as (records, statistics and head record): its forward
+    /// record less the K/V in the device's cache, less what recomputation dropped.
+    fn moved(&self, stage: usize, unit: &UnitKey, recomputed: bool) -> Result<(f64, f64)> {
+        let records = self.sizer.unit_bytes(unit)? - self.cached_kv(unit)?;
+        let stats = self.statistics_and_head(stage, unit)?;
+        if !recomputed {
+            return Ok((records, stats));
+        }
+        let dropped = self.dropped_by_recompute(stage, unit)?;
+        Ok((records - dropped.records, stats - dropped.stats))
+    }
+
+    /// Whether stage `stage`'s program recomputes `unit`.
+    fn recomputes(&self, stage: usize, unit: &UnitKey) -> bool {
+        self.input.schedule.actions[stage]
+            .iter()
+            .any(|a| a.op == Op::Recompute && unit_key(a) == *unit)
     }
 
     /// Bytes of `unit`'s K and V in the cache (which an offload leaves on the device).
@@ -400,14 +438,14 @@ pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
 }
 
 /// Bytes an `OFFLOAD` of `unit` on `stage` moves to the host (and its `RELOAD` back): its
-/// forward record less the K/V kept in the device's cache, with its statistics and head
-/// record. `None` where [`predict`] makes no prediction.
+/// forward record less the K/V kept in the device's cache and what recomputation dropped, with
+/// its statistics and head record. `None` where [`predict`] makes no prediction.
 pub fn moved_bytes(input: &PredictInput, stage: usize, unit: &UnitKey) -> Result<Option<f64>> {
     let Some(setup) = Setup::new(input)? else {
         return Ok(None);
     };
-    let records = setup.sizer.unit_bytes(unit)? - setup.cached_kv(unit)?;
-    Ok(Some(records + setup.statistics_and_head(stage, unit)?))
+    let (records, extra) = setup.moved(stage, unit, setup.recomputes(stage, unit))?;
+    Ok(Some(records + extra))
 }
 
 /// The largest bytes inside a backward over a stage's program (see [`StagePeaks::working`]):
@@ -529,46 +567,34 @@ fn saved_events(setup: &Setup, lives: &[UnitLife]) -> Result<Vec<MemEvent>> {
 /// backward, the whole record again (the dropped part is its own "recomputed" term).
 fn recompute_events(setup: &Setup, lives: &[UnitLife], events: &mut Vec<MemEvent>) -> Result<()> {
     for (stage, program) in setup.input.schedule.actions.iter().enumerate() {
-        let offloaded: Vec<UnitKey> = program
-            .iter()
-            .filter(|a| a.op == Op::Offload)
-            .map(unit_key)
-            .collect();
         for (index, action) in program.iter().enumerate() {
             if action.op != Op::Recompute {
                 continue;
             }
             let u = unit_key(action);
-            if offloaded.contains(&u) {
-                fail!(
-                    Runtime,
-                    "stage {stage} both offloads and recomputes {u}: not predicted (not run \
-                     together)"
-                );
-            }
             let life = lives
                 .iter()
                 .find(|l| l.stage == stage && l.unit == u)
                 .ok_or_else(|| Error::Runtime(format!("RECOMPUTE of {u} without a forward")))?;
-            let (tensors, stats) = setup.dropped_by_recompute(stage, &u)?;
+            let dropped = setup.dropped_by_recompute(stage, &u)?;
             let forward = |e: &MemEvent| {
                 e.stage == stage && e.op == MemOp::Allocate && e.time == life.forward.0
             };
             for e in events.iter_mut().filter(|e| forward(e)) {
                 if e.unit == format!("act {u}") {
-                    e.bytes -= tensors;
+                    e.bytes -= dropped.records + dropped.kv;
                 } else if e.unit == statistics_and_head(&u) {
-                    e.bytes -= stats;
+                    e.bytes -= dropped.stats;
                 }
             }
             let name = format!("recomputed {u}");
-            let dropped = tensors + stats;
+            let bytes = dropped.records + dropped.kv + dropped.stats;
             events.push(event(
                 index as f64,
                 stage,
                 MemOp::Allocate,
                 name.clone(),
-                dropped,
+                bytes,
             ));
             events.push(event(life.backward.1, stage, MemOp::Free, name, 0.0));
         }
@@ -593,13 +619,12 @@ fn memory_op_events(setup: &Setup) -> Result<Vec<MemEvent>> {
                 _ => continue,
             };
             let u = unit_key(action);
-            let records = setup.sizer.unit_bytes(&u)? - setup.cached_kv(&u)?;
+            let (records, extra) = setup.moved(stage, &u, setup.recomputes(stage, &u))?;
             let time = match op {
                 MemOp::Offload => offload_joined_at(program, index),
                 _ => index,
             } as f64;
             events.push(event(time, stage, op, format!("act {u}"), records));
-            let extra = setup.statistics_and_head(stage, &u)?;
             events.push(event(time, stage, op, statistics_and_head(&u), extra));
         }
     }

@@ -135,3 +135,80 @@ fn features_the_trainer_does_not_run_are_marked_planner_only() {
         "{text}"
     );
 }
+
+/// `seqpipe plan`'s plans that use recomputation or offload, scaled down to the tiny model (as
+/// many layers as virtual stages, two tokens per slice and at least 32 per sequence), run under
+/// `seqpipe train` with their `[parallel]` settings unchanged.
+#[test]
+fn planned_recomputation_and_offload_run_under_train_unchanged() {
+    let (ok, out, err) = seqpipe(&[
+        "plan",
+        "--model",
+        "llama-7b",
+        "--seq",
+        "16k",
+        "--gpus",
+        "8",
+        "--gpu",
+        "h100",
+        "--max-tp",
+        "1",
+        "--max-cp",
+        "1",
+        "--global-batch",
+        "8",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runnable: Vec<&serde_json::Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["over_bytes"].as_f64().unwrap() <= 0.0)
+        .filter_map(|e| e.get("train_parallel").filter(|p| !p.is_null()))
+        .collect();
+    let memory = |p: &&serde_json::Value, want: &dyn Fn(&str, &serde_json::Value) -> bool| {
+        want(p["recompute"].as_str().unwrap(), &p["offload"])
+    };
+    // The plans with the fewest units (stages × chunks × micro-batches × slices), to keep the
+    // runs short.
+    let units = |p: &&&serde_json::Value| -> u64 {
+        ["stages", "chunks", "microbatches", "slices"]
+            .iter()
+            .map(|k| p[*k].as_u64().unwrap())
+            .product()
+    };
+    let smallest = |want: &dyn Fn(&str, &serde_json::Value) -> bool| {
+        runnable
+            .iter()
+            .filter(|p| memory(p, want))
+            .min_by_key(units)
+    };
+    let picks = [
+        smallest(&|r, o| r != "none" && o == "none"),
+        smallest(&|r, o| r == "none" && o != "none"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, pick) in picks.into_iter().enumerate() {
+        let parallel = pick.unwrap_or_else(|| panic!("no runnable plan of kind {i} in\n{out}"));
+        let table: toml::Table = toml::Value::try_from(parallel).unwrap().try_into().unwrap();
+        let int = |key: &str| table[key].as_integer().unwrap();
+        let virtual_stages = int("stages") * int("chunks");
+        // Two tokens per slice at least, so every slice of the plan exists.
+        let seq_len = (2 * int("slices")).max(32);
+        let text = format!(
+            "steps = 1\n[model]\nlayers = {virtual_stages}\nmax_positions = {}\n[data]\n\
+             batch = 1\nseq_len = {seq_len}\n[parallel]\n{}",
+            seq_len + 1,
+            toml::to_string(&table).unwrap()
+        );
+        let file = dir.path().join(format!("plan{i}.toml"));
+        std::fs::write(&file, &text).unwrap();
+        let (ok, out, err) = seqpipe(&["train", "--config", file.to_str().unwrap()]);
+        assert!(ok, "{text}\n{err}");
+        assert!(out.contains("loss"), "{out}");
+        println!("ran the plan's settings:\n{text}");
+    }
+}

@@ -285,7 +285,8 @@ fn offloaded_records_leave_the_device_and_the_prediction_follows_them() {
 /// With recomputation, the device bytes after every action still equal the prediction — a
 /// recomputed unit holds its reduced record until its `RECOMPUTE`, its whole record from there
 /// to its backward — the peak drops below the plain run's on stage 0, and the loss is the plain
-/// run's bit for bit. Every schedule family, selective, full and partial full.
+/// run's bit for bit. Every schedule family, selective, full and partial full, each also with
+/// every unit offloaded (its reduced record moves).
 #[test]
 fn recomputed_records_are_predicted_after_every_action() {
     for (cfg, slicing) in configurations() {
@@ -295,10 +296,18 @@ fn recomputed_records_are_predicted_after_every_action() {
         if chunk_layers > 1 {
             settings.push("full:1".into());
         }
-        for setting in settings {
+        for (setting, offload) in settings.iter().flat_map(|s| [(s, false), (s, true)]) {
             let recompute: Recompute = setting.parse().unwrap();
+            let edit: fn(&Schedule) -> Schedule = match offload {
+                true => offload_everything,
+                false => Schedule::clone,
+            };
             let (reports, predicted) =
-                measure_and_predict_edited(cfg, slicing, DType::F32, Schedule::clone, recompute);
+                measure_and_predict_edited(cfg, slicing, DType::F32, edit, recompute);
+            let setting = match offload {
+                true => format!("{setting} with every unit offloaded"),
+                false => setting.clone(),
+            };
             for ((r, p), q) in reports.iter().zip(&predicted).zip(&plain) {
                 let case = format!(
                     "{:?} p={} m={} n={} v={} recompute {setting} stage {}",

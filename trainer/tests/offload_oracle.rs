@@ -1,8 +1,9 @@
-//! Offload's correctness oracle: for every schedule kind × offload {half, all}, the planner's
-//! OFFLOAD/RELOAD actions through the host link leave one iteration's loss and every gradient
-//! equal to the same pipeline without them (f64, 1e-10 relative; the moves copy bytes, so in
-//! practice bit for bit), at an unlimited and at a slow emulated link, and three AdamW steps end
-//! on the same parameters.
+//! The memory features' correctness oracle: for every schedule kind × offload {none, half, all}
+//! × recompute {none, selective, full, partial full}, the planner's OFFLOAD/RELOAD actions
+//! through the host link (unlimited, and a slow emulated link) and the RECOMPUTE actions leave
+//! one iteration's loss and every gradient equal to the same pipeline without them (f64, 1e-10
+//! relative; moves copy bytes and recomputation reruns the same kernels, so in practice bit for
+//! bit), and three AdamW steps end on the same parameters.
 
 mod common;
 
@@ -52,7 +53,12 @@ fn train_config(sc: &ScheduleConfig, offload: Offload) -> TrainConfig {
     cfg
 }
 
-fn pipeline(sc: ScheduleConfig, offload: Offload, bandwidth: Option<f64>) -> Pipeline {
+fn pipeline(
+    sc: ScheduleConfig,
+    offload: Offload,
+    recompute: &str,
+    bandwidth: Option<f64>,
+) -> Pipeline {
     let mut pl = Pipeline::new(
         &tiny_model(),
         sc,
@@ -67,6 +73,7 @@ fn pipeline(sc: ScheduleConfig, offload: Offload, bandwidth: Option<f64>) -> Pip
         let (schedule, _) = plan(&train_config(&sc, offload)).unwrap();
         pl.set_schedule(schedule).unwrap();
     }
+    pl.set_recompute(recompute.parse().unwrap()).unwrap();
     pl.set_host_bandwidth(bandwidth);
     pl
 }
@@ -88,43 +95,55 @@ fn offloads(pl: &Pipeline) -> usize {
 }
 
 #[test]
-fn offload_leaves_loss_and_every_gradient_unchanged_for_every_kind() {
+fn offload_and_recompute_leave_loss_and_every_gradient_unchanged_for_every_kind() {
+    let mut ran = 0;
     for kind in ScheduleKind::ALL {
         let (sc, slicing) = kind_config(kind);
         let inp = input(&sc, slicing);
-        let mut plain = pipeline(sc, Offload::None, None);
+        let mut plain = pipeline(sc, Offload::None, "none", None);
         let base = plain.compute_gradients(&inp).unwrap();
         let base_grads = plain.gradients();
         // 20 MB/s: a unit of the tiny model takes tens of microseconds to move.
-        for (offload, bandwidth) in [
+        let links = [
             (Offload::Fraction(0.5), None),
             (Offload::Auto, None),
             (Offload::Auto, Some(2e7)),
-        ] {
-            let case = format!("{kind:?} offload {offload} bandwidth {bandwidth:?}");
-            let mut pl = pipeline(sc, offload, bandwidth);
-            if offload == Offload::Auto {
-                assert!(offloads(&pl) > 0, "{case}: nothing offloaded");
+        ];
+        let offloads_planned = links.iter().chain(&[(Offload::None, None)]);
+        for &(offload, bandwidth) in offloads_planned {
+            for recompute in ["none", "selective", "full", "full:1"] {
+                if (offload, recompute) == (Offload::None, "none") {
+                    continue;
+                }
+                let case = format!(
+                    "{kind:?} offload {offload} bandwidth {bandwidth:?} recompute {recompute}"
+                );
+                let mut pl = pipeline(sc, offload, recompute, bandwidth);
+                if offload == Offload::Auto {
+                    assert!(offloads(&pl) > 0, "{case}: nothing offloaded");
+                }
+                let report = pl.compute_gradients(&inp).unwrap();
+                let off = (report.loss - base.loss).abs();
+                assert!(
+                    off <= 1e-10 * base.loss.abs(),
+                    "{case}: loss {} vs {}",
+                    report.loss,
+                    base.loss
+                );
+                let (err, name) = worst_rel_err(&pl.gradients(), &base_grads);
+                assert!(
+                    err <= 1e-10,
+                    "{case}: gradient of {name} differs by {err:e}"
+                );
+                ran += 1;
             }
-            let report = pl.compute_gradients(&inp).unwrap();
-            let off = (report.loss - base.loss).abs();
-            assert!(
-                off <= 1e-10 * base.loss.abs(),
-                "{case}: loss {} vs {}",
-                report.loss,
-                base.loss
-            );
-            let (err, name) = worst_rel_err(&pl.gradients(), &base_grads);
-            assert!(
-                err <= 1e-10,
-                "{case}: gradient of {name} differs by {err:e}"
-            );
         }
     }
+    eprintln!("{ran} configurations equal their plain pipeline");
 }
 
 #[test]
-fn three_optimizer_steps_with_offload_end_on_the_same_parameters() {
+fn three_optimizer_steps_with_offload_and_recompute_end_on_the_same_parameters() {
     for kind in [
         ScheduleKind::OneFOneB,
         ScheduleKind::Gis,
@@ -132,8 +151,8 @@ fn three_optimizer_steps_with_offload_end_on_the_same_parameters() {
     ] {
         let (sc, slicing) = kind_config(kind);
         let inp = input(&sc, slicing);
-        let mut plain = pipeline(sc, Offload::None, None);
-        let mut pl = pipeline(sc, Offload::Auto, None);
+        let mut plain = pipeline(sc, Offload::None, "none", None);
+        let mut pl = pipeline(sc, Offload::Auto, "full:1", None);
         for step in 0..3 {
             let a = plain.step(&inp, 1e-2).unwrap();
             let b = pl.step(&inp, 1e-2).unwrap();

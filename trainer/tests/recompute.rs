@@ -155,13 +155,6 @@ fn bad_recompute_settings_are_refused_before_any_work() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("5 per-stage counts for 4 stages"), "{e}");
-    let mut cfg = train_config("selective");
-    cfg.parallel.offload = Offload::Auto;
-    let e = check(&cfg).unwrap_err().to_string();
-    assert!(
-        e.contains("recompute = selective") && e.contains("offload = auto"),
-        "{e}"
-    );
     let e = TrainConfig::from_toml("[parallel]\nrecompute = \"sometimes\"\n").unwrap_err();
     assert!(e.to_string().contains("sometimes"), "{e}");
     check(&train_config("full:1,0,1,0")).unwrap();

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use seqpipe_memory::{gpu_preset, search, Evaluation, RecomputePolicy, SearchSpace, GIB};
 use seqpipe_slicing::parse_token_count;
 
-use seqpipe_trainer::runtime::capabilities::planned_only;
+use seqpipe_trainer::runtime::capabilities::{planned_only, train_parallel, TrainParallel};
 
 use super::model::{describe, resolve_model};
 use super::plan_elastic::ElasticArgs;
@@ -170,6 +170,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     } else {
         outln!("\nbest plans:");
         print_table(evals.iter().filter(|e| e.fits()).take(args.top))?;
+        print_train_config(&evals)?;
     }
     print_rejections(&evals)
 }
@@ -219,12 +220,14 @@ fn header() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An evaluation with what of it `seqpipe train` does not run yet (JSON output).
+/// An evaluation with what of it `seqpipe train` does not run yet and its `[parallel]`
+/// settings for `seqpipe train` (JSON output).
 #[derive(serde::Serialize)]
 struct Marked<'a> {
     #[serde(flatten)]
     evaluation: &'a Evaluation,
     planned_only: Vec<&'static str>,
+    train_parallel: Option<TrainParallel>,
 }
 
 fn marked(evals: &[Evaluation]) -> Vec<Marked<'_>> {
@@ -233,8 +236,26 @@ fn marked(evals: &[Evaluation]) -> Vec<Marked<'_>> {
         .map(|e| Marked {
             evaluation: e,
             planned_only: planned_only(&e.candidate),
+            train_parallel: train_parallel(&e.candidate),
         })
         .collect()
+}
+
+/// The best fitting plan the trainer can run, as the `[parallel]` table of a `seqpipe train`
+/// configuration.
+fn print_train_config(evals: &[Evaluation]) -> anyhow::Result<()> {
+    let runnable = evals.iter().filter(|e| e.fits()).find_map(|e| {
+        let c = &e.candidate;
+        train_parallel(c).map(|p| (row(e), p))
+    });
+    if let Some((row, parallel)) = runnable {
+        outln!(
+            "\nthe best plan without TP/CP, as seqpipe train's [parallel] table ({}):",
+            row.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        outln!("[parallel]\n{}", toml::to_string(&parallel)?.trim_end());
+    }
+    Ok(())
 }
 
 /// The row's features the trainer does not run, as a note under it (empty when it runs all).

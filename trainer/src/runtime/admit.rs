@@ -14,7 +14,6 @@ use crate::runtime::recompute::Recompute;
 /// Refuses a schedule the run cannot execute as configured, naming the first offending action:
 /// a `RECOMPUTE` when `recompute` is `none` says nothing of what its unit drops.
 pub fn admit(schedule: &Lowered, recompute: &Recompute) -> Result<()> {
-    refuse_offloaded_and_recomputed(schedule)?;
     if *recompute != Recompute::None {
         return Ok(());
     }
@@ -33,33 +32,6 @@ pub fn admit(schedule: &Lowered, recompute: &Recompute) -> Result<()> {
                 a.mb.index(),
                 a.slice.index(),
                 a.chunk.index()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Refuses a unit a stage both offloads and recomputes: not run together yet (the prediction
-/// does not cover it).
-fn refuse_offloaded_and_recomputed(schedule: &Lowered) -> Result<()> {
-    for (stage, program) in schedule.actions.iter().enumerate() {
-        let recomputed: Vec<_> = program
-            .iter()
-            .filter(|a| a.op == Op::Recompute)
-            .map(|a| a.unit())
-            .collect();
-        if let Some(a) = program
-            .iter()
-            .find(|a| a.op == Op::Offload && recomputed.contains(&a.unit()))
-        {
-            fail!(
-                Config,
-                "stage {stage} both offloads and recomputes micro-batch {}, slice {}, chunk {} \
-                 ({}): offload and recomputation of one unit are not run together yet",
-                a.mb.index(),
-                a.slice.index(),
-                a.chunk.index(),
-                schedule.text(a)
             );
         }
     }

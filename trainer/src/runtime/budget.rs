@@ -10,8 +10,8 @@
 //! ladder is tried in order — nothing; offload of chunks `0..k` for `k < v`, of fractions 0.25,
 //! 0.5, 0.75, then of every unit worth offloading (hidden behind compute, so tried first);
 //! then selective recomputation, full recomputation of the first `1, 2, …` layers of each
-//! chunk, and of every layer — and the first that fits wins; an explicit setting is only
-//! checked.
+//! chunk, and of every layer; last, full recomputation with every unit offloaded — and the
+//! first that fits wins; an explicit setting is only checked.
 
 use std::ops::Range;
 
@@ -108,6 +108,7 @@ fn ladder(cfg: &TrainConfig, partition: &Partition) -> Vec<(Offload, Recompute)>
     offloads
         .map(|o| (o, Recompute::None))
         .chain(recomputes.map(|r| (Offload::None, r)))
+        .chain([(Offload::Auto, Recompute::Full { layers: Vec::new() })])
         .collect()
 }
 

@@ -2,7 +2,12 @@
 //! the trainer does not run yet is marked with them, so a plan is never read as a promise the
 //! trainer breaks ("the planner prices only what the trainer runs").
 
-use seqpipe_memory::{Candidate, PipelineKind};
+use seqpipe_memory::{Candidate, PipelineKind, RecomputePolicy};
+use serde::Serialize;
+
+use super::offload::Offload;
+use super::recompute::Recompute;
+use crate::config::SlicingMethod;
 
 /// The features of `c` that the planner priced but `seqpipe train` does not run yet, in words.
 pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
@@ -26,10 +31,73 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
     missing
 }
 
+/// The pipeline settings (`[parallel]` of a `seqpipe train` configuration) of a planned
+/// configuration, to run it as planned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainParallel {
+    /// Schedule kind.
+    pub schedule: &'static str,
+    /// Pipeline stages.
+    pub stages: u64,
+    /// Micro-batches per iteration and replica.
+    pub microbatches: u64,
+    /// Slices per sequence.
+    pub slices: u64,
+    /// Model chunks per stage.
+    pub chunks: u64,
+    /// GIS group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<u64>,
+    /// Slicing method (balanced for Seq1F1B, as the planner prices it).
+    pub slicing: SlicingMethod,
+    /// Data-parallel replicas.
+    pub replicas: u64,
+    /// Recomputation.
+    pub recompute: Recompute,
+    /// Offload.
+    pub offload: Offload,
+}
+
+/// `c`'s settings as `seqpipe train` takes them, or `None` when it needs tensor or context
+/// parallelism, which the trainer does not have. Offload and SlimPipe run, though their marks
+/// in [`planned_only`] say how the run differs from what was priced.
+pub fn train_parallel(c: &Candidate) -> Option<TrainParallel> {
+    if c.parallel.tp > 1 || c.parallel.cp > 1 {
+        return None;
+    }
+    let group = match c.kind {
+        PipelineKind::Gis { group, .. } => Some(group),
+        _ => None,
+    };
+    let slicing = match c.kind {
+        PipelineKind::Seq1F1B { .. } => SlicingMethod::Balanced,
+        _ => SlicingMethod::Uniform,
+    };
+    Some(TrainParallel {
+        schedule: c.kind.name(),
+        stages: c.stages,
+        microbatches: c.microbatches,
+        slices: c.kind.slices(),
+        chunks: c.kind.chunks(),
+        group,
+        slicing,
+        replicas: c.parallel.dp,
+        recompute: match c.recompute {
+            RecomputePolicy::None => Recompute::None,
+            RecomputePolicy::Selective => Recompute::Selective,
+            RecomputePolicy::Full => Recompute::Full { layers: Vec::new() },
+        },
+        offload: match c.offload_fraction {
+            f if f > 0.0 => Offload::Fraction(f),
+            _ => Offload::None,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seqpipe_memory::{Parallelism, RecomputePolicy};
+    use seqpipe_memory::Parallelism;
 
     fn candidate(kind: PipelineKind, tp: u64, recompute: RecomputePolicy) -> Candidate {
         Candidate {
