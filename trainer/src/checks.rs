@@ -53,6 +53,16 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
         ));
     }
     if let Some(gbs) = cfg.parallel.host_link_bandwidth {
+        let par = &cfg.parallel;
+        let nothing_moves = par.offload == Offload::None
+            && par.memory_budget.is_none()
+            && par.schedule_file.is_none();
+        if nothing_moves {
+            problems.push(format!(
+                "parallel.host_link_bandwidth = {gbs} GB/s, but nothing is offloaded: set \
+                 offload (or a memory budget, or a schedule file with OFFLOAD actions)"
+            ));
+        }
         if !(gbs.is_finite() && gbs > 0.0) {
             problems.push(format!(
                 "parallel.host_link_bandwidth = {gbs} GB/s: give a positive, finite figure, or \

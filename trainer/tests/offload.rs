@@ -287,4 +287,9 @@ fn a_slow_host_link_changes_the_waiting_and_nothing_else() {
             "{bad}: {e}"
         );
     }
+    // A bandwidth with nothing to move would be ignored: refused instead.
+    let mut idle = config("gis", 1, 2, Offload::None);
+    idle.parallel.host_link_bandwidth = Some(1.0);
+    let e = check(&idle).unwrap_err().to_string();
+    assert!(e.contains("nothing is offloaded"), "{e}");
 }

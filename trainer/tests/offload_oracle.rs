@@ -6,34 +6,21 @@
 //! bit), and three AdamW steps end on the same parameters.
 
 mod common;
+mod memory_cases;
 
 use std::time::Duration;
 
 use candle_core::DType;
-use common::{data, slice_ranges, tiny_model, worst_rel_err, Slicing};
+use common::{tiny_model, worst_rel_err};
+use memory_cases::{input, two_stage_config, SEQ};
 use seqpipe_schedule::{Op, ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::config::{Precision, TrainConfig};
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::rank_loop::plan;
-use seqpipe_trainer::runtime::{IterationInput, Pipeline};
+use seqpipe_trainer::runtime::Pipeline;
 
-const SEQ: usize = 16;
-const BATCH: usize = 2;
 const SEED: u64 = 5;
-
-/// Each kind on 2 stages, 4 micro-batches (as in the recomputation oracle).
-fn kind_config(kind: ScheduleKind) -> (ScheduleConfig, Slicing) {
-    use ScheduleKind::*;
-    let c = ScheduleConfig::new(kind, 2, 4);
-    match kind {
-        Seq1F1B => (c.with_slices(2), Slicing::Uniform),
-        SlimPipe | Seq1F1BInterleaved => (c.with_slices(2).with_chunks(2), Slicing::Uniform),
-        Interleaved => (c.with_chunks(2), Slicing::None),
-        Gis => (c.with_chunks(2).with_group(2), Slicing::None),
-        GPipe | OneFOneB | ZbH1 => (c, Slicing::None),
-    }
-}
 
 /// The training configuration whose planned schedule is `sc`'s with `offload`.
 fn train_config(sc: &ScheduleConfig, offload: Offload) -> TrainConfig {
@@ -78,17 +65,6 @@ fn pipeline(
     pl
 }
 
-fn input(sc: &ScheduleConfig, slicing: Slicing) -> IterationInput {
-    let model = tiny_model();
-    let m = sc.microbatches as usize;
-    IterationInput {
-        tokens: data(&model, m, BATCH, SEQ, SEED),
-        masks: None,
-        slices: slice_ranges(&model, slicing, SEQ, sc.slices as usize),
-        normaliser: (m * BATCH * SEQ) as f64,
-    }
-}
-
 fn offloads(pl: &Pipeline) -> usize {
     let all = pl.schedule.actions.iter().flatten();
     all.filter(|a| a.op == Op::Offload).count()
@@ -98,8 +74,8 @@ fn offloads(pl: &Pipeline) -> usize {
 fn offload_and_recompute_leave_loss_and_every_gradient_unchanged_for_every_kind() {
     let mut ran = 0;
     for kind in ScheduleKind::ALL {
-        let (sc, slicing) = kind_config(kind);
-        let inp = input(&sc, slicing);
+        let (sc, slicing) = two_stage_config(kind);
+        let inp = input(&sc, slicing, SEED);
         let mut plain = pipeline(sc, Offload::None, "none", None);
         let base = plain.compute_gradients(&inp).unwrap();
         let base_grads = plain.gradients();
@@ -149,8 +125,8 @@ fn three_optimizer_steps_with_offload_and_recompute_end_on_the_same_parameters()
         ScheduleKind::Gis,
         ScheduleKind::SlimPipe,
     ] {
-        let (sc, slicing) = kind_config(kind);
-        let inp = input(&sc, slicing);
+        let (sc, slicing) = two_stage_config(kind);
+        let inp = input(&sc, slicing, SEED);
         let mut plain = pipeline(sc, Offload::None, "none", None);
         let mut pl = pipeline(sc, Offload::Auto, "full:1", None);
         for step in 0..3 {

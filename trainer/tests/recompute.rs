@@ -5,38 +5,22 @@
 //! parameters. Bad settings are refused before any work, naming the value and what is valid.
 
 mod common;
+mod memory_cases;
 
 use std::time::Duration;
 
 use candle_core::DType;
-use common::{data, full_params, reference, slice_ranges, tiny_model, worst_rel_err, Slicing};
+use common::{full_params, reference, tiny_model, worst_rel_err};
+use memory_cases::{input, two_stage_config};
 use seqpipe_schedule::{Op, ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::config::TrainConfig;
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::recompute::Recompute;
-use seqpipe_trainer::runtime::{IterationInput, Pipeline};
+use seqpipe_trainer::runtime::Pipeline;
 use seqpipe_trainer::train::check;
 
-const SEQ: usize = 16;
-const BATCH: usize = 2;
 const SEED: u64 = 3;
-const STAGES: u32 = 2;
-const MICROBATCHES: u32 = 4;
-
-/// Each kind on 2 stages, 4 micro-batches; slicing kinds cut sequences in 2, interleaved kinds
-/// hold 2 chunks per stage (2 layers per chunk on 2 stages, so partial full recomputes half).
-fn config(kind: ScheduleKind) -> (ScheduleConfig, Slicing) {
-    use ScheduleKind::*;
-    let c = ScheduleConfig::new(kind, STAGES, MICROBATCHES);
-    match kind {
-        Seq1F1B => (c.with_slices(2), Slicing::Balanced),
-        SlimPipe | Seq1F1BInterleaved => (c.with_slices(2).with_chunks(2), Slicing::Uniform),
-        Interleaved => (c.with_chunks(2), Slicing::None),
-        Gis => (c.with_chunks(2).with_group(2), Slicing::None),
-        GPipe | OneFOneB | ZbH1 => (c, Slicing::None),
-    }
-}
 
 fn pipeline(cfg: ScheduleConfig, recompute: &str) -> Pipeline {
     let mut pl = Pipeline::new(
@@ -53,17 +37,6 @@ fn pipeline(cfg: ScheduleConfig, recompute: &str) -> Pipeline {
     pl
 }
 
-fn input(cfg: &ScheduleConfig, slicing: Slicing) -> IterationInput {
-    let model = tiny_model();
-    let m = cfg.microbatches as usize;
-    IterationInput {
-        tokens: data(&model, m, BATCH, SEQ, SEED),
-        masks: None,
-        slices: slice_ranges(&model, slicing, SEQ, cfg.slices as usize),
-        normaliser: (m * BATCH * SEQ) as f64,
-    }
-}
-
 fn recomputes(pl: &Pipeline) -> usize {
     pl.schedule
         .actions
@@ -78,8 +51,8 @@ fn recomputation_leaves_loss_gradients_and_trained_parameters_unchanged() {
     let model = tiny_model();
     let params = full_params(&model, SEED, DType::F64);
     for kind in ScheduleKind::ALL {
-        let (cfg, slicing) = config(kind);
-        let inp = input(&cfg, slicing);
+        let (cfg, slicing) = two_stage_config(kind);
+        let inp = input(&cfg, slicing, SEED);
         let (ref_loss, _) = reference::loss_and_grads(&model, &params, &inp.tokens);
         let mut plain = pipeline(cfg, "none");
         let base = plain.compute_gradients(&inp).unwrap();
@@ -113,8 +86,8 @@ fn recomputation_leaves_loss_gradients_and_trained_parameters_unchanged() {
 #[test]
 fn three_optimizer_steps_with_recomputation_end_on_the_same_parameters() {
     for kind in [ScheduleKind::Seq1F1B, ScheduleKind::ZbH1, ScheduleKind::Gis] {
-        let (cfg, slicing) = config(kind);
-        let inp = input(&cfg, slicing);
+        let (cfg, slicing) = two_stage_config(kind);
+        let inp = input(&cfg, slicing, SEED);
         let mut plain = pipeline(cfg, "none");
         let mut pl = pipeline(cfg, "full:1");
         for step in 0..3 {

@@ -71,6 +71,13 @@ impl Recompute {
     pub fn problems(&self, stages: usize, chunks: usize, partition: &Partition) -> Vec<String> {
         let mut problems = Vec::new();
         if let Recompute::Full { layers } = self {
+            if layers.iter().all(|&n| n == 0) && !layers.is_empty() {
+                problems.push(format!(
+                    "recompute = {self} recomputes no layer on any stage: use \"none\", or a \
+                     count of at least 1"
+                ));
+                return problems;
+            }
             if layers.len() > 1 && layers.len() != stages {
                 problems.push(format!(
                     "recompute = {self} gives {} per-stage counts for {stages} stages: give one \
@@ -205,6 +212,8 @@ mod tests {
         assert!(full("full:2").problems(4, 1, &partition).is_empty());
         let e = full("full:3").problems(4, 1, &partition).join("; ");
         assert!(e.contains("full:3") && e.contains("at most 2"), "{e}");
+        let e = full("full:0").problems(4, 1, &partition).join("; ");
+        assert!(e.contains("full:0") && e.contains("no layer"), "{e}");
         let e = full("full:1,1,1,1,1").problems(4, 1, &partition).join("; ");
         assert!(e.contains("5 per-stage counts for 4 stages"), "{e}");
         assert_eq!(
