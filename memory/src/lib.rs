@@ -7,7 +7,8 @@
 //! - [`offload`]: PipeOffload's planner over a simulated timeline; [`host_link`] times a
 //!   schedule's transfers as the trainer's in-order host link joins them; [`timeline`] adapts the
 //!   `schedule` crate's simulation.
-//! - [`recompute`]: InfiniPipe's recomputation planner, an exact MILP with a brute-force oracle.
+//! - [`recompute`]: InfiniPipe's recomputation planner, an exact MILP with a brute-force oracle;
+//!   [`program`] builds its program from any lowered schedule, as the trainer runs it.
 //! - [`window`], [`elastic_plan`], [`elastic_compare`]: InfiniPipe's window model and per-pipeline
 //!   recomputation, elastic planning end to end, and its comparison with fixed-slicing baselines.
 //! - [`search`]: the planner's search over parallel layouts, schedules, offload and recomputation.
@@ -36,6 +37,7 @@ pub mod lives;
 pub mod offload;
 pub mod peak;
 pub mod pipeline;
+pub mod program;
 pub mod recompute;
 pub mod search;
 pub mod states;
@@ -60,6 +62,7 @@ pub use lives::{
 pub use offload::{plan_offload, with_offload_actions, OffloadKnob, OffloadPlan, Transfer};
 pub use peak::{StagePeak, StaticConfig, GIB, OFFLOAD_BUFFER_UNITS};
 pub use pipeline::{PipelineKind, StageLayout};
+pub use program::{schedule_program, ProgramInputs, ScheduleProgram};
 pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
 pub use search::{candidates, evaluate, search, Candidate, Evaluation, SearchSpace};
 pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};

@@ -40,6 +40,9 @@ pub struct StepConstraint {
     pub step: usize,
     /// `(variable, bytes at no recomputation, bytes saved per checkpointed layer)` per alive chunk.
     pub terms: Vec<(usize, f64, f64)>,
+    /// Bytes held at this step that no recomputation changes (beyond the terms' own).
+    #[serde(default)]
+    pub fixed: f64,
     /// Budget of the stage (memory minus model states).
     pub budget: f64,
 }
@@ -47,10 +50,12 @@ pub struct StepConstraint {
 impl StepConstraint {
     /// Bytes of the alive chunks under the checkpoint counts `c`.
     pub fn usage(&self, c: &[u64]) -> f64 {
-        self.terms
+        let terms: f64 = self
+            .terms
             .iter()
             .map(|&(var, full, saved)| full - saved * c[var] as f64)
-            .sum()
+            .sum();
+        self.fixed + terms
     }
 }
 
@@ -159,6 +164,7 @@ impl RecomputeProblem {
                     stage: r,
                     step,
                     terms,
+                    fixed: 0.0,
                     budget,
                 });
             }
@@ -266,7 +272,7 @@ impl RecomputeProblem {
             .sum();
         let mut model = vars.minimise(objective).using(good_lp::microlp);
         for k in &self.constraints {
-            let full: f64 = k.terms.iter().map(|t| t.1).sum();
+            let full: f64 = k.fixed + k.terms.iter().map(|t| t.1).sum::<f64>();
             let saved: Expression = k.terms.iter().map(|&(v, _, s)| s * c[v]).sum();
             // Σ full − Σ saved·c ≤ budget  ⟺  Σ saved·c ≥ Σ full − budget.
             model = model.with(constraint!(saved >= full - k.budget));

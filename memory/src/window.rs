@@ -128,6 +128,7 @@ pub fn window_problem(schedule: &Schedule, inputs: &WindowInputs<'_>) -> Result<
                 stage: r,
                 step,
                 terms,
+                fixed: 0.0,
                 budget: inputs.budgets[r],
             });
         }

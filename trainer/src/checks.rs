@@ -150,11 +150,41 @@ fn configured_partition(cfg: &TrainConfig) -> std::result::Result<Partition, Str
     }
 }
 
-/// The recomputation setting against the stages and their chunks' layers (partition valid).
+/// The recomputation setting against the stages and their chunks' layers (partition valid),
+/// and what `auto` needs: a budget to plan under, and no other source of memory actions.
 fn recompute_problems(cfg: &TrainConfig) -> Vec<String> {
     let par = &cfg.parallel;
     if par.recompute == Recompute::None {
         return Vec::new();
+    }
+    if matches!(par.recompute, Recompute::Auto { .. }) {
+        let mut problems = Vec::new();
+        if par.memory_budget.is_none() {
+            problems.push(
+                "parallel.recompute = auto plans the fewest recomputed layers that fit a memory \
+                 budget, and none was given: set parallel.memory_budget (--memory-budget), or \
+                 use selective, full or full:N"
+                    .to_string(),
+            );
+        }
+        if par.offload != Offload::None {
+            problems.push(format!(
+                "parallel.recompute = auto plans recomputation alone, but offload = {}: set \
+                 offload = \"none\" (the budget tries offload on its own), or use selective, \
+                 full or full:N with offload",
+                par.offload
+            ));
+        }
+        if par.schedule_file.is_some() {
+            problems.push(
+                "parallel.recompute = auto places RECOMPUTE actions, but parallel.schedule_file \
+                 places its own: use selective, full or full:N with a schedule file"
+                    .to_string(),
+            );
+        }
+        if !problems.is_empty() {
+            return problems;
+        }
     }
     let Ok(partition) = configured_partition(cfg) else {
         return Vec::new();

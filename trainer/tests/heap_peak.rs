@@ -1,7 +1,8 @@
 //! The counting allocator against the prediction: in one-stage-per-process runs over TCP (the
 //! ranks started the way torchrun starts them), each process's heap peak during a training step
 //! is within 10 % of the predicted per-stage total, for 1F1B, Seq1F1B, SlimPipe, ZB-H1 and GIS
-//! in f32 and bf16, and with selective and full recomputation.
+//! in f32 and bf16, and with selective, full and adaptive recomputation (`auto` under a memory
+//! budget midway between the peaks without and with full recomputation).
 //!
 //! Each rank is this test binary run again (`rank_process`), with `seqpipe_trainer::heap`'s
 //! counting allocator registered below: it trains its stage through the library's rank loop and
@@ -24,7 +25,7 @@ use seqpipe_comm::{CommOptions, TcpTransport};
 use seqpipe_trainer::config::{Precision, TrainConfig};
 use seqpipe_trainer::heap::{self, Counting, Report};
 use seqpipe_trainer::predict::{predict, stage_states, PredictInput};
-use seqpipe_trainer::runtime::rank_loop::{plan, train_rank};
+use seqpipe_trainer::runtime::rank_loop::{plan_as_run, train_rank};
 use seqpipe_trainer::train::{slice_ranges, RunOptions};
 
 #[global_allocator]
@@ -161,15 +162,26 @@ fn config(
     p.schedule = schedule.into();
     p.group = (schedule == "gis").then_some(2);
     p.recompute = recompute.parse().unwrap();
+    if recompute == "auto" {
+        // Midway between the worst stage's peak without and with full recomputation.
+        let worst = |r: &str| {
+            let cfg = config(schedule, slices, chunks, precision, r);
+            let peaks = predicted(&cfg).into_iter().map(|(s, w)| s + w);
+            peaks.fold(0.0, f64::max)
+        };
+        let budget = (worst("none") + worst("full")) / 2.0;
+        cfg.parallel.memory_budget = Some(budget as u64);
+    }
     cfg
 }
 
-/// Per stage: (model states, predicted activation working peak).
+/// Per stage: (model states, predicted activation working peak), for the configuration as it
+/// runs (a budget's plan in place).
 fn predicted(cfg: &TrainConfig) -> Vec<(f64, f64)> {
-    let (schedule, partition) = plan(cfg).unwrap();
+    let (schedule, partition, as_run) = plan_as_run(cfg).unwrap();
     let slices = slice_ranges(cfg).unwrap();
     let dtype = cfg.precision.dtype();
-    let activations = predict(&PredictInput::of(cfg, &schedule, &partition, &slices))
+    let activations = predict(&PredictInput::of(&as_run, &schedule, &partition, &slices))
         .unwrap()
         .expect("an even partition in f32 or bf16 has a prediction");
     let states = stage_states(&cfg.model, dtype, cfg.parallel.stages, cfg.parallel.chunks)
@@ -220,6 +232,7 @@ fn heap_peak_of_every_stage_is_within_ten_percent_of_the_prediction() {
         // Recomputation: the reduced records until RECOMPUTE, the rebuilt ones in the backward.
         ("1f1b", 1, 1, "selective"),
         ("seq1f1b", 4, 1, "full"),
+        ("seq1f1b", 4, 1, "auto"),
     ];
     let mut lines = Vec::new();
     for (schedule, slices, chunks, recompute) in cases {

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use candle_core::DType;
-use common::{data, slice_ranges, tiny_model, Slicing};
+use common::{adaptive_midway, data, slice_ranges, tiny_model, Slicing};
 use seqpipe_schedule::{Action, Lowered, Op, Schedule, ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::predict::{predict, PredictInput, StagePrediction};
@@ -329,5 +329,59 @@ fn recomputed_records_are_predicted_after_every_action() {
                 );
             }
         }
+    }
+}
+
+/// The adaptive plan (`recompute = auto`, a layer count per unit from the recomputation
+/// program): under per-stage activation budgets midway between nothing and everything
+/// recomputed, each stage's predicted working peak fits its budget, the measured bytes after
+/// every action equal the prediction, and the loss is the plain run's bit for bit.
+#[test]
+fn the_adaptive_plan_fits_its_budgets_as_measured_and_predicted() {
+    for (cfg, slicing) in configurations() {
+        let model = tiny_model();
+        let probe = Pipeline::new(
+            &model,
+            cfg,
+            None,
+            &OptimConfig::default(),
+            5,
+            DType::F32,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let slices = slice_ranges(&model, slicing, SEQ, cfg.slices as usize);
+        let (auto, budgets) = adaptive_midway(&probe, &slices, BATCH);
+        let (plain, _) = measure_and_predict(cfg, slicing, DType::F32);
+        let (reports, predicted) =
+            measure_and_predict_edited(cfg, slicing, DType::F32, Schedule::clone, auto.clone());
+        for (((r, p), q), budget) in reports.iter().zip(&predicted).zip(&plain).zip(&budgets) {
+            let case = format!(
+                "{:?} p={} m={} n={} v={} {} stage {}",
+                cfg.kind,
+                cfg.stages,
+                cfg.microbatches,
+                cfg.slices,
+                cfg.chunks,
+                auto.describe(),
+                r.stage
+            );
+            assert_eq!(first_difference(r, p), None, "{case}");
+            assert_eq!(r.loss.to_bits(), q.loss.to_bits(), "{case}: loss");
+            assert!(
+                p.peaks.working <= budget * (1.0 + 1e-12),
+                "{case}: working peak {} over the budget {budget}",
+                p.peaks.working
+            );
+        }
+        println!(
+            "{:?} p={} m={} n={} v={}: {}",
+            cfg.kind,
+            cfg.stages,
+            cfg.microbatches,
+            cfg.slices,
+            cfg.chunks,
+            auto.describe()
+        );
     }
 }

@@ -56,8 +56,9 @@ pub struct TrainArgs {
     offload: Option<Offload>,
     /// Forward records to recompute before their backward instead of keeping: none, selective
     /// (norm outputs and SwiGLU product), full (every layer keeps only its input), full:N (the
-    /// first N layers of each chunk) or full:N0,N1,… (one count per stage).
-    #[arg(long, value_name = "none|selective|full|full:N|full:N0,N1,…")]
+    /// first N layers of each chunk), full:N0,N1,… (one count per stage) or auto (the fewest
+    /// layers per unit that fit --memory-budget, by InfiniPipe's program).
+    #[arg(long, value_name = "none|selective|full|full:N|full:N0,N1,…|auto")]
     recompute: Option<Recompute>,
     /// Host-link bandwidth for offloads and reloads, in GB/s (default: as fast as memory copies
     /// go); on a CPU run it emulates a PCIe link.
@@ -444,7 +445,7 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
         let units: Vec<String> = s.recomputed_units.iter().map(usize::to_string).collect();
         outln!(
             "| units recomputed before their backward per step, by stage (recompute = {}) | {} |",
-            s.recompute,
+            s.recompute.describe(),
             units.join(", ")
         );
     }

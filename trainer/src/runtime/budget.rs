@@ -9,14 +9,16 @@
 //! RoPE tables, library buffers) are not in it. With neither offload nor recomputation set the
 //! ladder is tried in order — nothing; offload of chunks `0..k` for `k < v`, of fractions 0.25,
 //! 0.5, 0.75, then of every unit worth offloading (hidden behind compute, so tried first);
-//! then selective recomputation, full recomputation of the first `1, 2, …` layers of each
-//! chunk, and of every layer; last, full recomputation with every unit offloaded — and the
-//! first that fits wins; an explicit setting is only checked.
+//! then selective recomputation, the adaptive plan (`auto`: the fewest layers per unit,
+//! [`super::adaptive`]), full recomputation of the first `1, 2, …` layers of each chunk, and of
+//! every layer; last, full recomputation with every unit offloaded — and the first that fits
+//! wins. An explicit setting is only checked, except `auto`, which the budget plans.
 
 use std::ops::Range;
 
 use seqpipe_schedule::Lowered;
 
+use super::adaptive;
 use super::offload::{with_planned_offload, Offload};
 use super::partition::Partition;
 use super::recompute::{with_planned_recompute, Recompute};
@@ -102,7 +104,8 @@ fn ladder(cfg: &TrainConfig, partition: &Partition) -> Vec<(Offload, Recompute)>
         .chain([Offload::Auto]);
     let fewest = partition.ranges.iter().map(|r| r.len()).min().unwrap_or(0) as u32;
     let partial = (1..fewest).map(|n| Recompute::Full { layers: vec![n] });
-    let recomputes = std::iter::once(Recompute::Selective)
+    let recomputes = [Recompute::Selective, Recompute::Auto { plan: None }]
+        .into_iter()
         .chain(partial)
         .chain([Recompute::Full { layers: Vec::new() }]);
     offloads
@@ -144,8 +147,16 @@ pub fn fit(
     for (offload, recompute) in ladder(cfg, partition) {
         let mut tried = cfg.clone();
         (tried.parallel.offload, tried.parallel.recompute) = (offload, recompute);
-        let planned = with_memory_actions(schedule.clone(), &tried, partition, slices)?;
-        let peaks = predicted_stage_peaks(&tried, &planned, partition, slices)?;
+        let (tried, planned, peaks) = match (&tried.parallel.recompute, &states) {
+            (Recompute::Auto { .. }, Some(states)) => {
+                adaptive::fit(&schedule, &tried, partition, slices, states, budget)?
+            }
+            _ => {
+                let planned = with_memory_actions(schedule.clone(), &tried, partition, slices)?;
+                let peaks = predicted_stage_peaks(&tried, &planned, partition, slices)?;
+                (tried, planned, peaks)
+            }
+        };
         let (stage, worst) = worst(&peaks);
         if worst <= budget as f64 {
             return Ok(Fitted {

@@ -1,5 +1,6 @@
 //! The pipeline runtime: one executor that runs any lowered schedule, stage by stage.
 
+pub mod adaptive;
 pub mod admit;
 pub mod budget;
 pub mod capabilities;

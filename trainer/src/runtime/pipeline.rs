@@ -201,7 +201,7 @@ impl Pipeline {
         }
         for (stage, rank) in self.ranks.iter_mut().enumerate() {
             let fewest = fewest_layers(&self.partition, stage, p, v);
-            rank.worker.recompute = recompute.granularity(stage, fewest)?;
+            rank.worker.recompute = recompute.stage(stage, fewest)?;
         }
         let schedule = self.schedule.clone();
         self.schedule = with_planned_recompute(schedule, &recompute, &self.partition, v)?;

@@ -128,7 +128,7 @@ fn start(
     })?;
     let chunks = cfg.parallel.chunks as usize;
     let fewest = fewest_layers(&partition, at.stage, p, chunks);
-    rank.worker.recompute = as_run.parallel.recompute.granularity(at.stage, fewest)?;
+    rank.worker.recompute = as_run.parallel.recompute.stage(at.stage, fewest)?;
     rank.worker.host_bandwidth = cfg.parallel.host_link_bandwidth.map(|gbs| gbs * 1e9);
     let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
     let mut first_step = 0;

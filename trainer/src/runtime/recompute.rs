@@ -8,6 +8,8 @@
 //! - `full`: every layer keeps only its input (`RecomputePolicy::Full`).
 //! - `full:N`: the first `N` layers of each chunk keep only their input, on every stage;
 //!   `full:N0,N1,…`: one count per stage (0 leaves that stage's records whole).
+//! - `auto`: InfiniPipe's adaptive plan, a count of fully recomputed layers per (stage, unit),
+//!   the fewest that fit `parallel.memory_budget` ([`super::adaptive`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,9 +17,10 @@ use std::str::FromStr;
 use seqpipe_schedule::{insert_recompute, Lowered};
 use serde::{Deserialize, Serialize};
 
+use super::adaptive::AdaptivePlan;
 use super::partition::Partition;
-use super::worker::Granularity;
-use crate::error::{Error, Result};
+use super::worker::{Granularity, StageRecompute};
+use crate::error::{fail, Error, Result};
 
 /// Which records are recomputed before their backward instead of kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -34,6 +37,11 @@ pub enum Recompute {
         /// Layers per chunk (see the variant).
         layers: Vec<u32>,
     },
+    /// The adaptive plan under the memory budget; `None` until the budget has planned it.
+    Auto {
+        /// Layers recomputed whole per (stage, unit).
+        plan: Option<AdaptivePlan>,
+    },
 }
 
 impl Recompute {
@@ -45,6 +53,10 @@ impl Recompute {
             Recompute::None => return Ok(None),
             Recompute::Selective => return Ok(Some(Granularity::Selective)),
             Recompute::Full { layers } => layers,
+            Recompute::Auto { .. } => fail!(
+                Config,
+                "recompute = auto gives a count per unit, not one granularity per stage"
+            ),
         };
         let layers = match counts.as_slice() {
             [] => chunk_layers,
@@ -64,6 +76,31 @@ impl Recompute {
             )));
         }
         Ok((layers > 0).then_some(Granularity::Full { layers }))
+    }
+
+    /// The setting in words: its text, and for a planned `auto` what the plan recomputes.
+    pub fn describe(&self) -> String {
+        match self {
+            Recompute::Auto { plan: Some(plan) } => format!("auto: {plan}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// What stage `stage`'s recomputed units drop (see [`Recompute::granularity`]); for
+    /// `auto`, its plan's units, and an error when the budget has not planned it yet.
+    pub fn stage(&self, stage: usize, chunk_layers: usize) -> Result<StageRecompute> {
+        match self {
+            Recompute::Auto { plan: Some(plan) } => plan.stage(stage, chunk_layers),
+            Recompute::Auto { plan: None } => fail!(
+                Config,
+                "recompute = auto is planned under a memory budget, and none was given: set \
+                 parallel.memory_budget (--memory-budget), or use selective, full or full:N"
+            ),
+            uniform => Ok(match uniform.granularity(stage, chunk_layers)? {
+                Some(g) => StageRecompute::Every(g),
+                None => StageRecompute::Nothing,
+            }),
+        }
     }
 
     /// Problems with the setting for a run of `stages` stages over `partition` (with `chunks`
@@ -87,9 +124,23 @@ impl Recompute {
                 return problems;
             }
         }
+        if let Recompute::Auto { plan } = self {
+            let planned = plan.as_ref().map(AdaptivePlan::stages);
+            // Unplanned, it waits for the budget (the configuration checks ask for one).
+            match planned {
+                None => return problems,
+                Some(n) if n != stages => {
+                    problems.push(format!(
+                        "recompute = auto was planned for {n} stages, but the run has {stages}"
+                    ));
+                    return problems;
+                }
+                Some(_) => {}
+            }
+        }
         for stage in 0..stages {
             let fewest = fewest_layers(partition, stage, stages, chunks);
-            if let Err(e) = self.granularity(stage, fewest) {
+            if let Err(e) = self.stage(stage, fewest) {
                 problems.push(e.to_string());
             }
         }
@@ -118,13 +169,12 @@ pub fn with_planned_recompute(
         return Ok(schedule);
     }
     let stages = schedule.actions.len();
-    let recomputes: Vec<bool> = (0..stages)
-        .map(|s| {
-            let fewest = fewest_layers(partition, s, stages, chunks);
-            Ok(recompute.granularity(s, fewest)?.is_some())
-        })
+    let plans: Vec<StageRecompute> = (0..stages)
+        .map(|s| recompute.stage(s, fewest_layers(partition, s, stages, chunks)))
         .collect::<Result<_>>()?;
-    let out = insert_recompute(schedule.schedule(), |a| recomputes[a.stage.index()]);
+    let out = insert_recompute(schedule.schedule(), |a| {
+        plans[a.stage.index()].recomputes(&a.unit())
+    });
     Ok(Lowered::check(out)?)
 }
 
@@ -135,13 +185,15 @@ impl FromStr for Recompute {
         let bad = || {
             Error::Config(format!(
                 "recompute = {s:?}: use \"none\", \"selective\", \"full\", \"full:N\" (the first \
-                 N layers of each chunk) or \"full:N0,N1,…\" (one count per stage)"
+                 N layers of each chunk), \"full:N0,N1,…\" (one count per stage) or \"auto\" (the \
+                 fewest layers per unit that fit the memory budget)"
             ))
         };
         match s.trim() {
             "none" => Ok(Recompute::None),
             "selective" => Ok(Recompute::Selective),
             "full" => Ok(Recompute::Full { layers: Vec::new() }),
+            "auto" => Ok(Recompute::Auto { plan: None }),
             other => {
                 let counts = other.strip_prefix("full:").ok_or_else(bad)?;
                 let layers = counts
@@ -159,6 +211,7 @@ impl fmt::Display for Recompute {
         match self {
             Recompute::None => write!(f, "none"),
             Recompute::Selective => write!(f, "selective"),
+            Recompute::Auto { .. } => write!(f, "auto"),
             Recompute::Full { layers } if layers.is_empty() => write!(f, "full"),
             Recompute::Full { layers } => {
                 let counts: Vec<String> = layers.iter().map(u32::to_string).collect();
@@ -188,7 +241,14 @@ mod tests {
 
     #[test]
     fn settings_round_trip_and_bad_ones_name_themselves() {
-        for text in ["none", "selective", "full", "full:2", "full:1,0,2,1"] {
+        for text in [
+            "none",
+            "selective",
+            "full",
+            "full:2",
+            "full:1,0,2,1",
+            "auto",
+        ] {
             let r: Recompute = text.parse().unwrap();
             assert_eq!(r.to_string(), text);
         }
@@ -199,6 +259,7 @@ mod tests {
             "full:-1",
             "full:1,,2",
             "adaptive",
+            "auto:3",
         ] {
             let e = bad.parse::<Recompute>().unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("full:N"), "{bad}: {e}");

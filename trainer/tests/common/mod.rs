@@ -153,3 +153,43 @@ pub fn seqpipe(args: &[&str]) -> (bool, String, String) {
         String::from_utf8(out.stderr).unwrap(),
     )
 }
+
+/// `recompute = auto` planned for `pl`'s current schedule (no `RECOMPUTE` yet) and `b`
+/// sequences per micro-batch cut into `slices`, under per-stage activation budgets midway
+/// between each stage's predicted peak with nothing recomputed and with every layer recomputed,
+/// and those budgets. The f32 byte model prices the plan; the plan itself is per-unit layer
+/// counts, whatever dtype runs it.
+pub fn adaptive_midway(
+    pl: &seqpipe_trainer::runtime::Pipeline,
+    slices: &[Range<usize>],
+    b: usize,
+) -> (seqpipe_trainer::runtime::recompute::Recompute, Vec<f64>) {
+    use seqpipe_trainer::predict::PredictInput;
+    use seqpipe_trainer::runtime::adaptive;
+    use seqpipe_trainer::runtime::recompute::Recompute;
+    let model = tiny_model();
+    let input = PredictInput {
+        model: &model,
+        dtype: DType::F32,
+        batch: b,
+        slices,
+        schedule: &pl.schedule,
+        partition: &pl.partition,
+        recompute: &Recompute::None,
+    };
+    let stages = pl.schedule.actions.len();
+    let problem = adaptive::program(&input, &vec![0.0; stages])
+        .unwrap()
+        .problem;
+    let peak = |stage: usize, c: u64| {
+        let values = vec![c; problem.weights.len()];
+        let on_stage = problem.constraints.iter().filter(|k| k.stage == stage);
+        on_stage.map(|k| k.usage(&values)).fold(0.0, f64::max)
+    };
+    let budgets: Vec<f64> = (0..stages)
+        .map(|r| (peak(r, 0) + peak(r, problem.max_layers)) / 2.0)
+        .collect();
+    let plan = adaptive::plan(&input, &budgets).unwrap();
+    assert!(plan.units() > 0, "midway budgets recompute something");
+    (Recompute::Auto { plan: Some(plan) }, budgets)
+}

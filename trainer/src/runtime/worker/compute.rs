@@ -62,7 +62,11 @@ impl StageWorker {
         };
         let chunk = a.chunk.index();
         let layers = self.weights[chunk].len();
-        let granularity = self.recompute.filter(|_| st.recomputed.contains(&u));
+        let granularity = st
+            .recomputed
+            .contains(&u)
+            .then(|| self.recompute.of(&u))
+            .flatten();
         let last_slice = a.slice.index() + 1 == input.slices.len();
         let caches = st.store.caches(&u, layers);
         let (x, saved_layers, kv) = self.chunk_forward(chunk, caches, x, offset)?;

@@ -30,7 +30,7 @@ use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
 use host_link::HostLink;
 use link::Link;
-pub use recompute::Granularity;
+pub use recompute::{Granularity, StageRecompute};
 pub use store::Held;
 use store::{ActivationStore, KvSizes, PendingWeight, Slot, UnitSaved};
 use tiers::{join_all, join_offloads, settle_reload};
@@ -83,9 +83,8 @@ pub struct StageWorker {
     head: HeadCtx,
     /// The device this stage computes on.
     pub device: Device,
-    /// What a unit with a `RECOMPUTE` in the program drops after its forward (`None`: the
-    /// program may hold no `RECOMPUTE`).
-    pub recompute: Option<Granularity>,
+    /// What a unit with a `RECOMPUTE` in the program drops after its forward.
+    pub recompute: StageRecompute,
     /// Bytes per second of the host link (`None`: as fast as memory copies go).
     pub host_bandwidth: Option<f64>,
 }
@@ -139,7 +138,7 @@ impl StageWorker {
             attention,
             head,
             device,
-            recompute: None,
+            recompute: StageRecompute::Nothing,
             host_bandwidth: None,
         };
         worker.refresh_weights()?;
@@ -274,19 +273,19 @@ impl StageWorker {
         Ok(rec.finish(st.loss, st.answers, st.link.wait_seconds))
     }
 
-    /// The units `program` recomputes; an error when it recomputes any but this stage was given
-    /// no granularity.
+    /// The units `program` recomputes; an error naming the first one the stage's setting gives
+    /// nothing to drop.
     fn recomputed_units(&self, program: &[Action]) -> Result<HashSet<Unit>> {
         let units: HashSet<Unit> = program
             .iter()
             .filter(|a| a.op == Op::Recompute)
             .map(unit)
             .collect();
-        if !units.is_empty() && self.recompute.is_none() {
+        if let Some(u) = units.iter().find(|u| !self.recompute.recomputes(u)) {
             fail!(
                 Config,
-                "stage {}'s program recomputes {} units, but no recomputation granularity was \
-                 set (selective or full)",
+                "stage {}'s program recomputes {} units, but the recomputation setting gives \
+                 {u:?} no granularity (selective or full)",
                 self.spec.stage,
                 units.len()
             );

@@ -14,6 +14,8 @@
 //!
 //! The embedding's token ids and the head record are kept whole: they are not layers.
 
+use std::collections::BTreeMap;
+
 use candle_core::Tensor;
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::{Action, Unit};
@@ -32,6 +34,35 @@ pub enum Granularity {
         /// Layers per chunk recomputed whole (at least 1).
         layers: usize,
     },
+}
+
+/// What a stage's checkpointed units drop after their forward: one granularity for every unit
+/// the program recomputes, or one per unit (the adaptive plan's layer counts).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StageRecompute {
+    /// The stage recomputes nothing: its program may hold no `RECOMPUTE`.
+    #[default]
+    Nothing,
+    /// Every recomputed unit drops the same.
+    Every(Granularity),
+    /// Only these units are recomputed, each dropping its own share.
+    Units(BTreeMap<Unit, Granularity>),
+}
+
+impl StageRecompute {
+    /// What `u` drops when the program recomputes it (`None`: the setting gives it nothing).
+    pub fn of(&self, u: &Unit) -> Option<Granularity> {
+        match self {
+            StageRecompute::Nothing => None,
+            StageRecompute::Every(g) => Some(*g),
+            StageRecompute::Units(units) => units.get(u).copied(),
+        }
+    }
+
+    /// Whether the setting recomputes `u` (every unit for a stage-wide granularity).
+    pub fn recomputes(&self, u: &Unit) -> bool {
+        self.of(u).is_some()
+    }
 }
 
 /// One layer's part of a unit's forward record.
