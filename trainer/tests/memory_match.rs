@@ -335,7 +335,8 @@ fn recomputed_records_are_predicted_after_every_action() {
 /// The adaptive plan (`recompute = auto`, a layer count per unit from the recomputation
 /// program): under per-stage activation budgets midway between nothing and everything
 /// recomputed, each stage's predicted working peak fits its budget, the measured bytes after
-/// every action equal the prediction, and the loss is the plain run's bit for bit.
+/// every action equal the prediction, and the loss is the plain run's bit for bit. With every
+/// unit offloaded as well (each moves its reduced record), measured still equals predicted.
 #[test]
 fn the_adaptive_plan_fits_its_budgets_as_measured_and_predicted() {
     for (cfg, slicing) in configurations() {
@@ -373,6 +374,13 @@ fn the_adaptive_plan_fits_its_budgets_as_measured_and_predicted() {
                 "{case}: working peak {} over the budget {budget}",
                 p.peaks.working
             );
+        }
+        let (reports, predicted) =
+            measure_and_predict_edited(cfg, slicing, DType::F32, offload_everything, auto.clone());
+        for ((r, p), q) in reports.iter().zip(&predicted).zip(&plain) {
+            let case = format!("{:?} {} offloaded stage {}", cfg.kind, auto, r.stage);
+            assert_eq!(first_difference(r, p), None, "{case}");
+            assert_eq!(r.loss.to_bits(), q.loss.to_bits(), "{case}: loss");
         }
         println!(
             "{:?} p={} m={} n={} v={}: {}",

@@ -1,5 +1,5 @@
 //! The memory features' correctness oracle: for every schedule kind × offload {none, half, all}
-//! × recompute {none, selective, full, partial full}, the planner's OFFLOAD/RELOAD actions
+//! × recompute {none, selective, full, partial full, the adaptive plan}, the planner's OFFLOAD/RELOAD actions
 //! through the host link (unlimited, and a slow emulated link) and the RECOMPUTE actions leave
 //! one iteration's loss and every gradient equal to the same pipeline without them (f64, 1e-10
 //! relative; moves copy bytes and recomputation reruns the same kernels, so in practice bit for
@@ -11,14 +11,14 @@ mod memory_cases;
 use std::time::Duration;
 
 use candle_core::DType;
-use common::{tiny_model, worst_rel_err};
-use memory_cases::{input, two_stage_config, SEQ};
+use common::{adaptive_midway, tiny_model, worst_rel_err};
+use memory_cases::{input, two_stage_config, BATCH, SEQ};
 use seqpipe_schedule::{Op, ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::config::{Precision, TrainConfig};
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::rank_loop::plan;
-use seqpipe_trainer::runtime::Pipeline;
+use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
 const SEED: u64 = 5;
 
@@ -40,11 +40,14 @@ fn train_config(sc: &ScheduleConfig, offload: Offload) -> TrainConfig {
     cfg
 }
 
+/// The pipeline of `sc` with `offload`'s planned moves and `recompute`; `auto` is the adaptive
+/// plan of the schedule without offload (`common::adaptive_midway`) for `inp`'s slices.
 fn pipeline(
     sc: ScheduleConfig,
     offload: Offload,
     recompute: &str,
     bandwidth: Option<f64>,
+    inp: &IterationInput,
 ) -> Pipeline {
     let mut pl = Pipeline::new(
         &tiny_model(),
@@ -56,11 +59,15 @@ fn pipeline(
         Duration::from_secs(30),
     )
     .unwrap();
+    let recompute = match recompute {
+        "auto" => adaptive_midway(&pl, &inp.slices, BATCH).0,
+        setting => setting.parse().unwrap(),
+    };
     if offload != Offload::None {
         let (schedule, _) = plan(&train_config(&sc, offload)).unwrap();
         pl.set_schedule(schedule).unwrap();
     }
-    pl.set_recompute(recompute.parse().unwrap()).unwrap();
+    pl.set_recompute(recompute).unwrap();
     pl.set_host_bandwidth(bandwidth);
     pl
 }
@@ -76,7 +83,7 @@ fn offload_and_recompute_leave_loss_and_every_gradient_unchanged_for_every_kind(
     for kind in ScheduleKind::ALL {
         let (sc, slicing) = two_stage_config(kind);
         let inp = input(&sc, slicing, SEED);
-        let mut plain = pipeline(sc, Offload::None, "none", None);
+        let mut plain = pipeline(sc, Offload::None, "none", None, &inp);
         let base = plain.compute_gradients(&inp).unwrap();
         let base_grads = plain.gradients();
         // 20 MB/s: a unit of the tiny model takes tens of microseconds to move.
@@ -87,14 +94,14 @@ fn offload_and_recompute_leave_loss_and_every_gradient_unchanged_for_every_kind(
         ];
         let offloads_planned = links.iter().chain(&[(Offload::None, None)]);
         for &(offload, bandwidth) in offloads_planned {
-            for recompute in ["none", "selective", "full", "full:1"] {
+            for recompute in ["none", "selective", "full", "full:1", "auto"] {
                 if (offload, recompute) == (Offload::None, "none") {
                     continue;
                 }
                 let case = format!(
                     "{kind:?} offload {offload} bandwidth {bandwidth:?} recompute {recompute}"
                 );
-                let mut pl = pipeline(sc, offload, recompute, bandwidth);
+                let mut pl = pipeline(sc, offload, recompute, bandwidth, &inp);
                 if offload == Offload::Auto {
                     assert!(offloads(&pl) > 0, "{case}: nothing offloaded");
                 }
@@ -127,21 +134,25 @@ fn three_optimizer_steps_with_offload_and_recompute_end_on_the_same_parameters()
     ] {
         let (sc, slicing) = two_stage_config(kind);
         let inp = input(&sc, slicing, SEED);
-        let mut plain = pipeline(sc, Offload::None, "none", None);
-        let mut pl = pipeline(sc, Offload::Auto, "full:1", None);
+        let mut plain = pipeline(sc, Offload::None, "none", None, &inp);
+        let mut pl = pipeline(sc, Offload::Auto, "full:1", None, &inp);
+        let mut adaptive = pipeline(sc, Offload::Auto, "auto", None, &inp);
         for step in 0..3 {
             let a = plain.step(&inp, 1e-2).unwrap();
             let b = pl.step(&inp, 1e-2).unwrap();
+            let c = adaptive.step(&inp, 1e-2).unwrap();
             assert_eq!(
-                a.loss.to_bits(),
-                b.loss.to_bits(),
+                (a.loss.to_bits(), a.loss.to_bits()),
+                (b.loss.to_bits(), c.loss.to_bits()),
                 "{kind:?} step {step} loss"
             );
         }
-        let (err, name) = worst_rel_err(&pl.parameters(), &plain.parameters());
-        assert!(
-            err <= 1e-10,
-            "{kind:?}: parameter {name} differs by {err:e}"
-        );
+        for (setting, pl) in [("full:1", &pl), ("auto", &adaptive)] {
+            let (err, name) = worst_rel_err(&pl.parameters(), &plain.parameters());
+            assert!(
+                err <= 1e-10,
+                "{kind:?} offload auto recompute {setting}: parameter {name} differs by {err:e}"
+            );
+        }
     }
 }
