@@ -1,8 +1,11 @@
 //! The counting allocator against the prediction: in one-stage-per-process runs over TCP (the
 //! ranks started the way torchrun starts them), each process's heap peak during a training step
 //! is within 10 % of the predicted per-stage total, for 1F1B, Seq1F1B, SlimPipe, ZB-H1 and GIS
-//! in f32 and bf16, and with selective, full and adaptive recomputation (`auto` under a memory
-//! budget midway between the peaks without and with full recomputation).
+//! in f32 and bf16, with selective, full and adaptive recomputation (`auto` under a memory
+//! budget midway between the peaks without and with full recomputation), and with offload
+//! (GIS, and Seq1F1B with full recomputation as well): the host link's copies are the host
+//! tier (`heap::host_tier`), so the heap peak is the device tier's, and the host tier's own peak
+//! is within 10 % of the predicted host bytes.
 //!
 //! Each rank is this test binary run again (`rank_process`), with `seqpipe_trainer::heap`'s
 //! counting allocator registered below: it trains its stage through the library's rank loop and
@@ -151,6 +154,7 @@ fn config(
     chunks: u32,
     precision: Precision,
     recompute: &str,
+    offload: &str,
 ) -> TrainConfig {
     let mut cfg = TrainConfig {
         steps: 2,
@@ -162,11 +166,12 @@ fn config(
     p.schedule = schedule.into();
     p.group = (schedule == "gis").then_some(2);
     p.recompute = recompute.parse().unwrap();
+    p.offload = offload.parse().unwrap();
     if recompute == "auto" {
         // Midway between the worst stage's peak without and with full recomputation.
         let worst = |r: &str| {
-            let cfg = config(schedule, slices, chunks, precision, r);
-            let peaks = predicted(&cfg).into_iter().map(|(s, w)| s + w);
+            let cfg = config(schedule, slices, chunks, precision, r, offload);
+            let peaks = predicted(&cfg).into_iter().map(|(s, w, _)| s + w);
             peaks.fold(0.0, f64::max)
         };
         let budget = (worst("none") + worst("full")) / 2.0;
@@ -175,9 +180,10 @@ fn config(
     cfg
 }
 
-/// Per stage: (model states, predicted activation working peak), for the configuration as it
-/// runs (a budget's plan in place).
-fn predicted(cfg: &TrainConfig) -> Vec<(f64, f64)> {
+/// Per stage: model states, the predicted activation working peak, and the host tier's least
+/// and most peak (copies joined at their program points; copies landing as soon as issued), for
+/// the configuration as it runs (a budget's plan in place).
+fn predicted(cfg: &TrainConfig) -> Vec<(f64, f64, (f64, f64))> {
     let (schedule, partition, as_run) = plan_as_run(cfg).unwrap();
     let slices = slice_ranges(cfg).unwrap();
     let dtype = cfg.precision.dtype();
@@ -190,7 +196,10 @@ fn predicted(cfg: &TrainConfig) -> Vec<(f64, f64)> {
     states
         .into_iter()
         .zip(activations)
-        .map(|(s, a)| (s, a.peaks.working))
+        .map(|(s, a)| {
+            let joined = a.host_after_action.iter().copied().fold(0.0, f64::max);
+            (s, a.peaks.working, (joined, a.peaks.host))
+        })
         .collect()
 }
 
@@ -208,9 +217,22 @@ fn compare(what: &str, measured: f64, predicted: f64, detail: &str) -> (String, 
     (line, error.abs() <= 0.10)
 }
 
-/// What a rank held between its two steps, and the peak of its second step, from the marks
-/// the rank loop set (`step 0`, `step 1`, `end`).
-fn step_one(what: &str, report: &Report) -> (f64, f64) {
+/// The host tier's measured peak against its predicted range: at least the copies joined at
+/// their program points, at most every copy from its `OFFLOAD` to its reload's join, plus 10 %
+/// (the tensors' own small allocations, as for the device tier).
+fn host_tier(what: &str, measured: f64, (least, most): (f64, f64)) -> (String, bool) {
+    let line = format!(
+        "{what} host tier: peak {:.3} MiB, predicted {:.3}..{:.3} MiB",
+        measured / MIB,
+        least / MIB,
+        most / MIB
+    );
+    (line, least <= measured && measured <= 1.10 * most)
+}
+
+/// What a rank held between its two steps, the heap peak of its second step and its host-tier
+/// peak, from the marks the rank loop set (`step 0`, `step 1`, `end`).
+fn step_one(what: &str, report: &Report) -> (f64, f64, f64) {
     let [_, step_1, end] = &report.marks[..] else {
         panic!("{what}: marks {:?}", report.marks);
     };
@@ -218,42 +240,54 @@ fn step_one(what: &str, report: &Report) -> (f64, f64) {
         (step_1.label.as_str(), end.label.as_str()),
         ("step 1", "end")
     );
-    (step_1.current as f64, end.peak_before as f64)
+    assert!(
+        !report.host_overflowed,
+        "{what}: the host tier's table overflowed"
+    );
+    let host = end.host_peak_before as f64;
+    (step_1.current as f64, end.peak_before as f64, host)
 }
 
 #[test]
 fn heap_peak_of_every_stage_is_within_ten_percent_of_the_prediction() {
     let cases = [
-        ("1f1b", 1, 1, "none"),
-        ("seq1f1b", 4, 1, "none"),
-        ("slimpipe", 4, 2, "none"),
-        ("zb-h1", 1, 1, "none"),
-        ("gis", 1, 2, "none"),
+        ("1f1b", 1, 1, "none", "none"),
+        ("seq1f1b", 4, 1, "none", "none"),
+        ("slimpipe", 4, 2, "none", "none"),
+        ("zb-h1", 1, 1, "none", "none"),
+        ("gis", 1, 2, "none", "none"),
         // Recomputation: the reduced records until RECOMPUTE, the rebuilt ones in the backward.
-        ("1f1b", 1, 1, "selective"),
-        ("seq1f1b", 4, 1, "full"),
-        ("seq1f1b", 4, 1, "auto"),
+        ("1f1b", 1, 1, "selective", "none"),
+        ("seq1f1b", 4, 1, "full", "none"),
+        ("seq1f1b", 4, 1, "auto", "none"),
+        // Offload: records leave the device tier for the host tier and come back.
+        ("gis", 1, 2, "none", "chunks:1"),
+        ("seq1f1b", 4, 1, "none", "auto"),
+        ("seq1f1b", 4, 1, "full", "auto"),
     ];
     let mut lines = Vec::new();
-    for (schedule, slices, chunks, recompute) in cases {
-        let precisions = match recompute {
-            "none" => &[Precision::F32, Precision::Bf16][..],
+    for (schedule, slices, chunks, recompute, offload) in cases {
+        let precisions = match (recompute, offload) {
+            ("none", "none") => &[Precision::F32, Precision::Bf16][..],
             _ => &[Precision::F32],
         };
         for &precision in precisions {
-            let cfg = config(schedule, slices, chunks, precision, recompute);
+            let cfg = config(schedule, slices, chunks, precision, recompute, offload);
             let world = cfg.parallel.stages as usize;
             let reports = run_ranks(Launch::Test(&cfg), world);
             // The product binary, same configuration: the rank loop's marks are in its report.
             let args: Vec<&str> = BINARY_1F1B_F32.split_whitespace().collect();
-            let binary = (schedule == "1f1b" && precision == Precision::F32 && recompute == "none")
+            let plain_1f1b = (schedule, recompute, offload) == ("1f1b", "none", "none");
+            let binary = (plain_1f1b && precision == Precision::F32)
                 .then(|| run_ranks(Launch::Binary(&args), world));
-            for (stage, (report, (states, working))) in
+            for (stage, (report, (states, working, host))) in
                 reports.iter().zip(predicted(&cfg)).enumerate()
             {
-                let what =
-                    format!("{schedule:>8} {precision:?} recompute {recompute} stage {stage}");
-                let (baseline, peak) = step_one(&what, report);
+                let what = format!(
+                    "{schedule:>8} {precision:?} recompute {recompute} offload {offload} stage \
+                     {stage}"
+                );
+                let (baseline, peak, host_peak) = step_one(&what, report);
                 let predicted = baseline + working;
                 let detail = format!(
                     " = states {:.3} + other {:.3} (baseline {:.3}) + activations {:.3}",
@@ -266,9 +300,10 @@ fn heap_peak_of_every_stage_is_within_ten_percent_of_the_prediction() {
                 // tensors the process does not have.
                 assert!(baseline > states, "{what}{detail}");
                 lines.push(compare(&what, peak, predicted, &detail));
+                lines.push(host_tier(&what, host_peak, host));
                 if let Some(binary) = &binary {
                     let what = format!("{what} (seqpipe)");
-                    let (baseline, peak) = step_one(&what, &binary[stage]);
+                    let (baseline, peak, _) = step_one(&what, &binary[stage]);
                     lines.push(compare(&what, peak, baseline + working, ""));
                 }
             }

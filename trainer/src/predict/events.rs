@@ -10,31 +10,78 @@ use crate::error::{Error, Result};
 use crate::runtime::record::computes;
 
 /// The largest device bytes during each action of a stage's program: what it holds after the
-/// action, or, inside a backward (see [`super::StagePeaks::working`]), when the input halves of
-/// every layer have run, that plus the unit's records not yet dropped, plus (full backward `B`)
-/// the weight-gradient inputs its weight half is about to use, plus one layer's
-/// attention-backward tiles.
+/// action, plus the records of offloads the action overlaps (joined, and freed, only at its
+/// end), plus, inside a backward (see [`super::StagePeaks::working`]), when the input halves of
+/// every layer have run, the unit's records not yet dropped, (full backward `B`) the
+/// weight-gradient inputs its weight half is about to use, and one layer's attention-backward
+/// tiles.
 pub(super) fn held_in_actions(
     setup: &Setup,
+    stage: usize,
     program: &[Action],
     total: &[f64],
 ) -> Result<Vec<f64>> {
+    let overlapped = overlapped_offloads(setup, stage, program)?;
     let mut held = Vec::with_capacity(program.len());
-    for (action, &after) in program.iter().zip(total) {
+    for ((action, &after), moving) in program.iter().zip(total).zip(overlapped) {
         let unit = unit_key(action);
         let inside = match action.op {
-            Op::Backward => setup.weight_inputs(action.stage.index(), &unit)?,
+            Op::Backward => setup.weight_inputs(stage, &unit)?,
             Op::BackwardInput => 0.0,
             _ => {
-                held.push(after);
+                held.push(after + moving);
                 continue;
             }
         };
         let records = setup.records_beyond_weight_inputs(&unit)?;
         let tiles = setup.attention_backward_tiles(&unit)?;
-        held.push(after + records + inside + tiles);
+        held.push(after + moving + records + inside + tiles);
     }
     Ok(held)
+}
+
+/// Per action, the bytes of the offloads whose copy it overlaps: an offload joined at the end of
+/// a compute leaves the device only then, so the compute runs with it still there.
+fn overlapped_offloads(setup: &Setup, stage: usize, program: &[Action]) -> Result<Vec<f64>> {
+    let mut overlapped = vec![0.0; program.len()];
+    for (index, action) in program.iter().enumerate() {
+        if action.op != Op::Offload {
+            continue;
+        }
+        let joined = offload_joined_at(program, index);
+        if computes(program[joined].op) {
+            overlapped[joined] += moved(setup, stage, &unit_key(action))?;
+        }
+    }
+    Ok(overlapped)
+}
+
+/// Bytes an `OFFLOAD` or `RELOAD` of `u` moves.
+fn moved(setup: &Setup, stage: usize, u: &UnitKey) -> Result<f64> {
+    let (records, extra) = setup.moved(stage, u, setup.recomputes(stage, u))?;
+    Ok(records + extra)
+}
+
+/// The host tier's most bytes at any moment of a stage's program, whatever the link's speed: a
+/// unit's copy may land on the host as soon as its `OFFLOAD` is issued, and the host copy lives
+/// until its reload is joined, when its backward or recomputation starts.
+pub(super) fn host_bound(setup: &Setup, stage: usize, program: &[Action]) -> Result<f64> {
+    let mut on_host = vec![0.0; program.len()];
+    for (index, action) in program.iter().enumerate() {
+        if action.op != Op::Offload {
+            continue;
+        }
+        let u = action.unit();
+        let joined = program
+            .iter()
+            .enumerate()
+            .skip(index + 1)
+            .find(|(_, a)| a.unit() == u && (a.op.makes_input_grad() || a.op == Op::Recompute))
+            .map_or(program.len() - 1, |(j, _)| j);
+        let bytes = moved(setup, stage, &unit_key(action))?;
+        on_host[index..=joined].iter_mut().for_each(|b| *b += bytes);
+    }
+    Ok(on_host.into_iter().fold(0.0, f64::max))
 }
 
 /// The ledger's (device, host) bytes after each of `actions` actions: its curve is a step

@@ -52,7 +52,11 @@
 //! to the device at its `RELOAD` — the memory crate's activation unit less its
 //! K and V (`2kv · a` per token and layer, kept in the device's cache for later slices), and
 //! the statistics and head record. [`StagePrediction::host_after_action`] is the host tier
-//! (`Held::host`).
+//! (`Held::host`). The compute an offload's copy overlaps runs with the records still on the
+//! device (they are freed when it ends), which [`StagePrediction::held_in_action`] and so the
+//! working peak count. The host tier's bytes at any instant depend on when copies land:
+//! [`StagePeaks::host`] bounds them, each unit counted from its `OFFLOAD` to its reload's join;
+//! the joined figures above are the least.
 //!
 //! **Recomputation** (`RECOMPUTE`, before a unit's backward): from its forward to that action
 //! a recomputed unit lacks what its stage's granularity drops — selective: both norm outputs
@@ -82,8 +86,8 @@ use crate::runtime::recompute::Recompute;
 use crate::runtime::worker::Granularity;
 use crate::runtime::Partition;
 use events::{
-    after_each_action, held_in_actions, memory_op_events, recompute_events, saved_events,
-    transient_events,
+    after_each_action, held_in_actions, host_bound, memory_op_events, recompute_events,
+    saved_events, transient_events,
 };
 use setup::Setup;
 
@@ -137,8 +141,13 @@ pub struct StagePeaks {
     /// Largest activation bytes *inside* an action, which the after-action bookkeeping cannot
     /// see: a backward's peak (the module header's "within a backward"). What a heap
     /// measurement of a step should see on top of the model states and the process's baseline,
-    /// up to one layer's smaller compute temporaries.
+    /// up to one layer's smaller compute temporaries; a compute that overlaps an offload's copy
+    /// runs with the offloaded records still on the device.
     pub working: f64,
+    /// Most host-tier bytes at any moment, whatever the link's speed (a copy may land as soon
+    /// as its `OFFLOAD` is issued and lives until its reload is joined): what a heap
+    /// measurement of the host tier should see at most.
+    pub host: f64,
 }
 
 /// The prediction for one stage: its peaks and what it holds after each action of its program.
@@ -180,7 +189,8 @@ pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
         let saved = after_each_action(s, program.len());
         let total = after_each_action(t, program.len());
         let total_device: Vec<f64> = total.iter().map(|&(device, _)| device).collect();
-        let held = held_in_actions(&setup, program, &total_device)?;
+        let stage = stages.len();
+        let held = held_in_actions(&setup, stage, program, &total_device)?;
         // Releases sort before acquisitions at an action's index, so the ledger peaks at the end
         // of an action, which `held` has: `t.peak` adds only a curve before the first action.
         let working = held.iter().copied().fold(t.peak, f64::max);
@@ -189,6 +199,7 @@ pub fn predict(input: &PredictInput) -> Result<Option<Vec<StagePrediction>>> {
                 saved: s.peak,
                 total: t.peak,
                 working,
+                host: host_bound(&setup, stage, program)?,
             },
             after_action: saved
                 .iter()

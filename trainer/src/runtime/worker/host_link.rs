@@ -7,6 +7,9 @@
 //! bandwidth set, is not done before `bytes / bandwidth` seconds: a CPU run then emulates a
 //! PCIe link, and the overlap of transfers with compute can be measured without a GPU.
 //!
+//! Copies to host memory are made inside `heap::host_tier`, so a counting allocator keeps the
+//! host tier apart from the device tier even when both are the CPU's memory.
+//!
 //! Completions are kept until the executor joins them at fixed points of the program (see
 //! `worker::run`), never applied as they arrive: what a stage holds after each action is then
 //! the same at every bandwidth and on every run, and only the time spent waiting changes.
@@ -22,11 +25,12 @@ use seqpipe_schedule::Unit;
 use super::store::UnitSaved;
 use crate::error::{Error, Result};
 
-/// One transfer: a unit's records, copied to `to`.
+/// One transfer: a unit's records, copied to `to`, which is host memory when `to_host`.
 struct Job {
     unit: Unit,
     records: UnitSaved,
     to: Device,
+    to_host: bool,
 }
 
 /// A finished transfer: the records in their new tier.
@@ -60,10 +64,25 @@ impl HostLink {
         })
     }
 
-    /// Starts copying `records` of `unit` to `to`.
-    pub fn submit(&mut self, unit: Unit, records: UnitSaved, to: Device) -> Result<()> {
+    /// Starts copying `records` of `unit` to host memory.
+    pub fn send_to_host(&mut self, unit: Unit, records: UnitSaved) -> Result<()> {
+        self.submit(unit, records, Device::Cpu, true)
+    }
+
+    /// Starts copying `records` of `unit` back to `device`.
+    pub fn send_to_device(&mut self, unit: Unit, records: UnitSaved, device: Device) -> Result<()> {
+        self.submit(unit, records, device, false)
+    }
+
+    fn submit(&mut self, unit: Unit, records: UnitSaved, to: Device, to_host: bool) -> Result<()> {
         let jobs = self.jobs.as_ref().expect("the sender lives until drop");
-        jobs.send(Job { unit, records, to })
+        let job = Job {
+            unit,
+            records,
+            to,
+            to_host,
+        };
+        jobs.send(job)
             .map_err(|_| Error::Runtime(format!("the host link stopped before moving {unit:?}")))
     }
 
@@ -97,7 +116,11 @@ fn copy_jobs(inbox: &Receiver<Job>, finished: &Sender<Done>, bandwidth: Option<f
     for job in inbox {
         let start = Instant::now();
         let bytes: usize = job.records.tensors().map(crate::model::layer::bytes).sum();
-        let copied = job.records.map(&|t| copy_to(t, &job.to));
+        let copy = || job.records.map(&|t| copy_to(t, &job.to));
+        let copied = match job.to_host {
+            true => crate::heap::host_tier(copy),
+            false => copy(),
+        };
         if let Some(per_second) = bandwidth {
             let due = Duration::from_secs_f64(bytes as f64 / per_second);
             if let Some(rest) = due.checked_sub(start.elapsed()) {
@@ -110,11 +133,16 @@ fn copy_jobs(inbox: &Receiver<Job>, finished: &Sender<Done>, bandwidth: Option<f
     }
 }
 
-/// A copy of `t` on `to`: its own bytes, even when `t` is already there.
+/// A copy of `t` on `to` holding `t`'s elements alone, even when `t` is already there:
+/// `Tensor::copy` clones a view's whole storage, so a record holding a view of a larger buffer
+/// would move all of it (none does today: the host tier's measured peak is the same either
+/// way). The copy is detached, so that a tensor recording its op (candle's autograd, which the
+/// runtime does not use) could not pin the device bytes the move frees.
 fn copy_to(t: &Tensor, to: &Device) -> candle_core::Result<Tensor> {
+    let compact = t.force_contiguous()?.detach();
     if t.device().same_device(to) {
-        t.copy()
+        Ok(compact)
     } else {
-        t.to_device(to)
+        Ok(compact.to_device(to)?.detach())
     }
 }

@@ -12,7 +12,6 @@
 //! after each action independent of the link's speed (`predict` models exactly this); the link's
 //! speed shows only in the time the executor waits, which the stage reports.
 
-use candle_core::Device;
 use seqpipe_schedule::Unit;
 
 use super::store::Residence;
@@ -23,7 +22,7 @@ impl StageWorker {
     /// `OFFLOAD`: starts copying `u`'s records to host memory.
     pub(super) fn offload(&self, st: &mut IterState, u: Unit) -> Result<()> {
         let records = st.store.begin_move(&u, Residence::Host)?;
-        st.link.submit(u, records, Device::Cpu)?;
+        st.link.send_to_host(u, records)?;
         st.offloads.push(u);
         Ok(())
     }
@@ -35,7 +34,7 @@ impl StageWorker {
         let offloads = std::mem::take(&mut st.offloads);
         join_offloads(st, &offloads)?;
         let records = st.store.begin_move(&u, Residence::Device)?;
-        st.link.submit(u, records, self.device.clone())?;
+        st.link.send_to_device(u, records, self.device.clone())?;
         st.reloads.insert(u);
         Ok(())
     }

@@ -17,6 +17,13 @@
 //! then resets the peak. A process's report ([`Report`]) lists the marks, so the baseline held
 //! before step 0 and the peak of each step can be read apart. Without a registered `Counting`
 //! allocator every figure stays 0 ([`counting`] says which).
+//!
+//! The host link's copies to host memory are the host tier ([`host_tier`]): counted apart, so
+//! the heap figures are the device tier's on a CPU run too, and marks carry the host tier's peak.
+
+mod host_tier;
+
+pub use host_tier::{host_tier, overflowed};
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,6 +58,21 @@ fn grew(bytes: usize) {
     }
 }
 
+/// `grew`, as a `false` for chaining after a host tier that did not take the block.
+fn grew_by(bytes: usize) -> bool {
+    grew(bytes);
+    false
+}
+
+/// Counts a new block: on the host tier inside [`host_tier`], else (or if its table is full) on
+/// the heap.
+fn counted(ptr: *mut u8, bytes: usize) {
+    let on_host = || host_tier::inside() && host_tier::adopt(ptr, bytes);
+    if !ptr.is_null() && !on_host() {
+        grew(bytes);
+    }
+}
+
 fn shrank(bytes: usize) {
     CURRENT.fetch_sub(bytes, Ordering::Relaxed);
 }
@@ -63,31 +85,39 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's guarantees on `layout` are passed on to `System`.
         let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
+        counted(ptr, layout.size());
         ptr
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as for `alloc`.
         let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
+        counted(ptr, layout.size());
         ptr
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // Uncounted before the block is freed, so its address cannot be reused meanwhile.
+        if !host_tier::release(ptr, layout.size()) {
+            shrank(layout.size());
+        }
         // SAFETY: `ptr` was allocated by `System` (through this wrapper) with `layout`.
         unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let host = host_tier::release(ptr, layout.size());
         // SAFETY: `ptr` and `layout` come from this wrapper's `System` allocation; the caller
         // guarantees `new_size` is valid for `layout`'s alignment.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if host {
+            // A host block stays one, resized (or, on failure, untouched).
+            match new.is_null() {
+                true => host_tier::adopt(ptr, layout.size()) || grew_by(layout.size()),
+                false => host_tier::adopt(new, new_size) || grew_by(new_size),
+            };
+            return new;
+        }
         // On failure the old block is untouched and still counted.
         if !new.is_null() {
             match new_size.cmp(&layout.size()) {
@@ -135,21 +165,26 @@ pub struct Mark {
     pub current: usize,
     /// Peak bytes of the phase that ends here (since the previous mark, or the process start).
     pub peak_before: usize,
+    /// Peak host-tier bytes of the phase that ends here.
+    #[serde(default)]
+    pub host_peak_before: usize,
 }
 
 /// Records a phase boundary (see [`Mark`]) and starts a new peak window.
 pub fn mark(label: impl Into<String>) {
     let label = label.into();
     // Read the figures before the push allocates, so the mark does not count itself.
-    let (current, peak_before) = (current(), peak());
+    let (current, peak_before, host_peak_before) = (current(), peak(), host_tier::peak());
     let mut marks = MARKS.lock().unwrap_or_else(|e| e.into_inner());
     marks.push(Mark {
         label,
         current,
         peak_before,
+        host_peak_before,
     });
     drop(marks);
     reset_peak();
+    host_tier::reset_peak();
 }
 
 /// The marks recorded so far.
@@ -169,6 +204,9 @@ pub struct Report {
     pub peak_since_last_mark: usize,
     /// Phase boundaries the process marked, in order.
     pub marks: Vec<Mark>,
+    /// Whether a host-tier block was counted on the heap because the tier's table was full.
+    #[serde(default)]
+    pub host_overflowed: bool,
 }
 
 /// The report of this process now.
@@ -178,6 +216,7 @@ pub fn report() -> Report {
         current: current(),
         peak_since_last_mark: peak(),
         marks: marks(),
+        host_overflowed: overflowed(),
     }
 }
 
@@ -213,5 +252,26 @@ mod tests {
         let m = &marks()[0];
         assert_eq!((m.current, m.peak_before), (500, 3000));
         assert_eq!(m.label, "after shrinking");
+        // Blocks taken inside `host_tier` are the host tier's wherever they are freed or
+        // resized; the heap figures do not move.
+        let host = host_tier(|| unsafe { Counting.alloc(layout) });
+        assert_eq!((current(), host_tier::current()), (0, 1000));
+        let host = std::thread::scope(|s| {
+            let moved = host as usize;
+            // SAFETY: the block is 1000 bytes with `layout`, resized then freed once.
+            let resized = s.spawn(move || unsafe {
+                Counting.realloc(moved as *mut u8, layout, 2000) as usize
+            });
+            resized.join().unwrap() as *mut u8
+        });
+        assert_eq!(
+            (current(), host_tier::current(), host_tier::peak()),
+            (0, 2000, 2000)
+        );
+        mark("host");
+        unsafe { Counting.dealloc(host, Layout::from_size_align(2000, 8).unwrap()) };
+        assert_eq!((current(), host_tier::current()), (0, 0));
+        assert_eq!(marks()[1].host_peak_before, 2000);
+        assert!(!overflowed());
     }
 }
