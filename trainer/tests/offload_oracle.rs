@@ -1,4 +1,5 @@
-//! The memory features' correctness oracle: for every schedule kind × offload {none, half, all}
+//! The memory features' correctness oracle: for every schedule kind × offload {none, half, all
+//! (fraction 1, and `auto`)}
 //! × recompute {none, selective, full, partial full, the adaptive plan}, the planner's OFFLOAD/RELOAD actions
 //! through the host link (unlimited, and a slow emulated link) and the RECOMPUTE actions leave
 //! one iteration's loss and every gradient equal to the same pipeline without them (f64, 1e-10
@@ -89,6 +90,7 @@ fn offload_and_recompute_leave_loss_and_every_gradient_unchanged_for_every_kind(
         // 20 MB/s: a unit of the tiny model takes tens of microseconds to move.
         let links = [
             (Offload::Fraction(0.5), None),
+            (Offload::Fraction(1.0), None),
             (Offload::Auto, None),
             (Offload::Auto, Some(2e7)),
         ];
@@ -102,7 +104,7 @@ fn offload_and_recompute_leave_loss_and_every_gradient_unchanged_for_every_kind(
                     "{kind:?} offload {offload} bandwidth {bandwidth:?} recompute {recompute}"
                 );
                 let mut pl = pipeline(sc, offload, recompute, bandwidth, &inp);
-                if offload == Offload::Auto {
+                if offload != Offload::None {
                     assert!(offloads(&pl) > 0, "{case}: nothing offloaded");
                 }
                 let report = pl.compute_gradients(&inp).unwrap();

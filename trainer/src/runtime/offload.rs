@@ -6,8 +6,9 @@
 //! The planner works on a simulation of the schedule with unit costs (forward 1, backward 2),
 //! choosing the longest-lived units first and skipping those too short-lived to save memory;
 //! an `OFFLOAD` follows its unit's forward, a `RELOAD` precedes the first action that starts one
-//! backward-duration before the unit's backward. The host link is unlimited (transfers take no
-//! planned time), as the executor's synchronous moves are.
+//! backward-duration before the unit's backward. The planner takes the host link as unlimited
+//! (transfers take no planned time); the executor's link overlaps them with compute, and
+//! `memory::simulate_with_host_link` times them at a finite bandwidth.
 
 use std::fmt;
 use std::str::FromStr;
