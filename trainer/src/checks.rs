@@ -104,6 +104,7 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
     }
     problems.extend(output_problems(cfg));
     problems.extend(data_problems(cfg));
+    problems.extend(init_problem(cfg));
     if problems.is_empty() {
         Ok(())
     } else {
@@ -291,4 +292,19 @@ fn output_problems(cfg: &TrainConfig) -> Vec<String> {
         _ => {}
     }
     problems
+}
+
+/// `init_from`'s checkpoint must give a model, and the configuration must run that model
+/// (`init::resolved`, which `seqpipe train` and the training entry points apply).
+fn init_problem(cfg: &TrainConfig) -> Option<String> {
+    let init = cfg.init_from.as_ref()?;
+    match init.model() {
+        Err(e) => Some(e.to_string()),
+        Ok(model) if model != cfg.model => Some(format!(
+            "init_from {}: the configuration's model is not the checkpoint's; resolve it with \
+             seqpipe_trainer::init::resolved",
+            init.dir.display()
+        )),
+        Ok(_) => None,
+    }
 }

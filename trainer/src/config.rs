@@ -6,6 +6,7 @@ use crate::runtime::offload::Offload;
 use crate::runtime::recompute::Recompute;
 use serde::{Deserialize, Serialize};
 
+use crate::init::InitFrom;
 use crate::model::ModelConfig;
 use crate::optim::OptimConfig;
 
@@ -179,6 +180,9 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// The model.
     pub model: ModelConfig,
+    /// Start from a Hugging Face checkpoint: its model and weights (`crate::init`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
     /// The data.
     pub data: DataConfig,
     /// The pipeline.
@@ -198,6 +202,7 @@ impl Default for TrainConfig {
             steps: 100,
             precision: Precision::F32,
             model: ModelConfig::tiny(),
+            init_from: None,
             data: DataConfig::default(),
             parallel: ParallelConfig::default(),
             optim: OptimConfig::default(),
@@ -210,7 +215,9 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Parses a TOML file's text; unknown keys are errors naming them.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+        let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        crate::init::refuse_model_with_init(text, false)?;
+        Ok(cfg)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod health;
 pub mod heap;
+pub mod init;
 pub mod model;
 pub mod optim;
 pub mod predict;

@@ -251,6 +251,7 @@ pub fn train_with(
     opts: &RunOptions,
     on_step: impl FnMut(&StepEvent) -> Result<()>,
 ) -> Result<TrainSummary> {
+    let cfg = &crate::init::resolved(cfg)?;
     check(cfg)?;
     if let Some(dir) = &cfg.output.checkpoint_dir {
         // Refuse a directory seqpipe may not write before any work is done, not at step N.

@@ -187,6 +187,15 @@ fn hugging_face_configs_that_change_the_math_are_refused() {
             r#", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#,
             "rope_scaling",
         ),
+        (
+            r#", "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}"#,
+            "rope_type \"yarn\"",
+        ),
+        (
+            r#", "rope_theta": 10000.0, "rope_parameters": {"rope_theta": 500000.0}"#,
+            "disagree",
+        ),
+        (r#", "attention_dropout": 0.1"#, "attention_dropout"),
         (r#", "sliding_window": 4096"#, "sliding_window"),
         (r#", "attention_bias": true"#, "attention_bias"),
         (r#", "head_dim": 32"#, "head_dim"),

@@ -66,6 +66,12 @@ fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> Result<()> {
             cfg["sliding_window"]
         );
     }
+    if let Some(p) = optional_number(cfg, "attention_dropout")?.filter(|&p| p != 0.0) {
+        fail!(
+            Checkpoint,
+            "config.json: attention_dropout = {p} is not supported (training here has no dropout)"
+        );
+    }
     for bias in ["attention_bias", "mlp_bias"] {
         if cfg.get(bias) == Some(&Value::Bool(true)) {
             fail!(
@@ -84,6 +90,34 @@ fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The RoPE base: `rope_theta`, or (`transformers` 5) `rope_parameters.rope_theta`, whose
+/// `rope_type` must be `default` (any other type scales positions, which is refused by name).
+fn rope_theta(cfg: &Value) -> Result<f64> {
+    let top = optional_number(cfg, "rope_theta")?;
+    let Some(params) = cfg.get("rope_parameters").filter(|v| !v.is_null()) else {
+        return Ok(top.unwrap_or(10_000.0));
+    };
+    let kind = params
+        .get("rope_type")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if kind != "default" {
+        fail!(
+            Checkpoint,
+            "config.json: rope_parameters = {params} has rope_type {kind:?}, which is not \
+             supported (RoPE scaling would change the model's positions); only \"default\" runs"
+        );
+    }
+    let nested = optional_number(params, "rope_theta")?;
+    match (top, nested) {
+        (Some(a), Some(b)) if a != b => fail!(
+            Checkpoint,
+            "config.json: rope_theta = {a} and rope_parameters.rope_theta = {b} disagree"
+        ),
+        (a, b) => Ok(b.or(a).unwrap_or(10_000.0)),
+    }
 }
 
 /// Parses a Hugging Face Llama `config.json`.
@@ -119,7 +153,7 @@ pub fn config_from_json(text: &str) -> Result<ModelConfig> {
         heads,
         kv_heads: optional_field(&cfg, "num_key_value_heads")?.unwrap_or(heads),
         layers: field(&cfg, "num_hidden_layers")?,
-        rope_theta: optional_number(&cfg, "rope_theta")?.unwrap_or(10_000.0),
+        rope_theta: rope_theta(&cfg)?,
         norm_eps: optional_number(&cfg, "rms_norm_eps")?.unwrap_or(1e-5),
         max_positions: optional_field(&cfg, "max_position_embeddings")?.unwrap_or(4096),
         tie_embeddings: match cfg.get("tie_word_embeddings") {

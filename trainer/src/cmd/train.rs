@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use seqpipe_comm::{CommOptions, TcpTransport, Transport};
 use seqpipe_trainer::config::{DataKind, Precision, SlicingMethod, TrainConfig};
 use seqpipe_trainer::health::OnNonFinite;
+use seqpipe_trainer::init::{refuse_model_with_init, InitFrom};
 use seqpipe_trainer::runtime::budget::parse_bytes;
 use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout};
 use seqpipe_trainer::runtime::offload::Offload;
@@ -118,6 +119,16 @@ pub struct TrainArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Start from a Hugging Face Llama checkpoint directory: its config.json's model, its
+    /// safetensors' weights, its tokenizer.json for text data (TOML `[init_from] dir`).
+    #[arg(long, value_name = "DIR")]
+    init_from: Option<std::path::PathBuf>,
+    /// A new RoPE base (with --init-from: context extension of the checkpoint).
+    #[arg(long)]
+    rope_theta: Option<f64>,
+    /// A larger position limit (with --init-from: context extension of the checkpoint).
+    #[arg(long)]
+    max_positions: Option<usize>,
 }
 
 fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
@@ -125,10 +136,13 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
+            refuse_model_with_init(&text, args.init_from.is_some())
+                .with_context(|| format!("in {}", path.display()))?;
             TrainConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
         }
         None => TrainConfig::default(),
     };
+    apply_init_flags(&mut cfg, args);
     let par = &mut cfg.parallel;
     if let Some(v) = args.steps {
         cfg.steps = v;
@@ -202,14 +216,60 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = args.on_nonfinite {
         cfg.optim.on_nonfinite = v;
     }
-    Ok(cfg)
+    Ok(seqpipe_trainer::init::resolved(&cfg)?)
+}
+
+/// The configuration as TOML that `--config` takes back: with `init_from`, the model is the
+/// checkpoint's, so `[model]` (which would conflict with it) is shown as a comment.
+fn printable_config(cfg: &TrainConfig) -> anyhow::Result<String> {
+    let mut table = toml::Table::try_from(cfg)?;
+    if cfg.init_from.is_none() {
+        return Ok(toml::to_string(&table)?);
+    }
+    let model = table
+        .remove("model")
+        .map(|m| toml::to_string(&m))
+        .transpose()?;
+    let comment: Vec<String> = model
+        .unwrap_or_default()
+        .lines()
+        .map(|l| format!("# {l}"))
+        .collect();
+    Ok(format!(
+        "# [model], from init_from's config.json (with its extension):\n{}\n\n{}",
+        comment.join("\n"),
+        toml::to_string(&table)?
+    ))
+}
+
+/// `--init-from`, `--rope-theta` and `--max-positions`: the extension flags change the
+/// checkpoint's model when there is one (`[init_from]` or `--init-from`), else the model's.
+fn apply_init_flags(cfg: &mut TrainConfig, args: &TrainArgs) {
+    if let Some(dir) = &args.init_from {
+        let init = cfg.init_from.get_or_insert_with(|| InitFrom {
+            dir: dir.clone(),
+            rope_theta: None,
+            max_positions: None,
+        });
+        init.dir = dir.clone();
+    }
+    match &mut cfg.init_from {
+        Some(init) => {
+            init.rope_theta = args.rope_theta.or(init.rope_theta);
+            init.max_positions = args.max_positions.or(init.max_positions);
+        }
+        None => {
+            cfg.model.rope_theta = args.rope_theta.unwrap_or(cfg.model.rope_theta);
+            cfg.model.max_positions = args.max_positions.unwrap_or(cfg.model.max_positions);
+        }
+    }
 }
 
 /// Runs `seqpipe train`.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let cfg = effective_config(args)?;
     if args.print_config {
-        out!("{}", toml::to_string(&cfg)?);
+        out!("{}", printable_config(&cfg)?);
         return Ok(());
     }
     // Every configuration problem, before anything is printed or started.

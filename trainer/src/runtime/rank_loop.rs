@@ -115,13 +115,20 @@ fn start(
         CheckpointDir::open_for_writing(dir)?;
     }
     let (schedule, partition, as_run) = plan_as_run(cfg)?;
+    // A resumed run's weights are its checkpoint's, restored below.
+    let loaded = match (&cfg.init_from, &opts.resume) {
+        (Some(init), None) => Some(init.weights(cfg.precision.dtype())?),
+        _ => None,
+    };
     let mut rank = Rank::new(&RankSetup {
         model: &cfg.model,
         partition: &partition,
         chunks: cfg.parallel.chunks as usize,
         at,
         stages: p,
-        weights: Weights::Seed(cfg.seed),
+        weights: loaded
+            .as_ref()
+            .map_or(Weights::Seed(cfg.seed), Weights::Loaded),
         dtype: cfg.precision.dtype(),
         device,
         optim: &cfg.optim,
@@ -177,6 +184,8 @@ pub fn train_rank(
     device: &Device,
     mut on_step: impl FnMut(&StepEvent) -> Result<()>,
 ) -> Result<RankSummary> {
+    // A library caller may pass `init_from` unresolved; resolving again changes nothing.
+    let cfg = &crate::init::resolved(cfg)?;
     let mut run = start(cfg, transport, opts, device)?;
     let at = run.at;
     let mut metrics = match at.rank {
