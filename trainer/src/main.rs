@@ -36,6 +36,8 @@ enum Command {
     Schedule(cmd::schedule::ScheduleArgs),
     /// Simulate a schedule with a model's slice costs: makespan, bubble, units in flight.
     Simulate(cmd::simulate::SimulateArgs),
+    /// Write a checkpoint's model as a Hugging Face directory (transformers loads it as is).
+    Export(cmd::export::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Plan(args) => cmd::plan::run(&args),
         Command::Schedule(args) => cmd::schedule::run(&args),
         Command::Simulate(args) => cmd::simulate::run(&args),
+        Command::Export(args) => cmd::export::run(&args),
     };
     let result = result.and_then(|()| write_heap_report());
     match result {

@@ -215,3 +215,50 @@ fn the_command_line_takes_a_checkpoint_and_its_printed_configuration_runs_again(
         "{err}"
     );
 }
+
+#[test]
+fn export_writes_a_hugging_face_directory_from_a_run_or_a_model() {
+    use seqpipe_trainer::checkpoint::export::export_hf;
+    let dir = tempfile::tempdir().unwrap();
+    // A Hugging Face directory with a tokenizer beside the model.
+    let model = TrainConfig::default().model;
+    let base = dir.path().join("base");
+    hf::save(&base, &model, &seeded(&model, 5)).unwrap();
+    std::fs::write(base.join("tokenizer.json"), "{\"stand-in\": true}").unwrap();
+    // A run from it, checkpointed.
+    let ckpt = dir.path().join("ckpt");
+    let mut cfg = two_steps(5);
+    cfg.init_from = Some(from(&base));
+    cfg.output.checkpoint_dir = Some(ckpt.clone());
+    losses(&cfg);
+    let out = dir.path().join("out");
+    let done = export_hf(&ckpt, &out, DType::BF16).unwrap();
+    assert_eq!(done.tokenizer_files, vec![out.join("tokenizer.json")]);
+    let (exported, params) = hf::load(&out, DType::F32).unwrap();
+    assert_eq!(exported, model);
+    let (_, trained) = hf::load(&done.source, DType::F32).unwrap();
+    for (name, t) in &trained {
+        // bf16 keeps 8 significant bits: within 2^-8 of each weight's magnitude.
+        let err = common::rel_err(&params[name], t);
+        assert!(err > 0.0 && err < 1.0 / 256.0, "{name}: {err}");
+    }
+    // The run trained: its weights are not the starting ones.
+    let start = seeded(&model, 5);
+    assert!(trained
+        .iter()
+        .any(|(n, t)| common::rel_err(t, &start[n]) > 0.0));
+    // A Hugging Face directory exports as is, in f32 bit for bit.
+    let again = dir.path().join("again");
+    export_hf(&base, &again, DType::F32).unwrap();
+    let (_, copy) = hf::load(&again, DType::F32).unwrap();
+    assert!(copy
+        .iter()
+        .all(|(n, t)| common::rel_err(t, &start[n]) == 0.0));
+    // Never into a directory holding anything; never from something that is no model.
+    let e = export_hf(&base, &out, DType::F32).unwrap_err().to_string();
+    assert!(e.contains("not empty"), "{e}");
+    let e = export_hf(dir.path(), &dir.path().join("x"), DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("neither a seqpipe checkpoint"), "{e}");
+}

@@ -176,7 +176,7 @@ pub fn load(path: &Path, dtype: DType) -> Result<Checkpoint> {
 }
 
 /// Reads `trainer_state.json` (bounded: it is small) and checks its version.
-fn read_state(dir: &Path) -> Result<TrainerState> {
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("reading {}", state_path.display()))?;
