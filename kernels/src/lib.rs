@@ -56,6 +56,6 @@ pub use error::{KernelError, Result};
 pub use linear::{linear_backward_input, linear_backward_weight, linear_forward};
 pub use merge::merge_attention;
 pub use rms_norm::{rms_norm_backward, rms_norm_forward};
-pub use rope::Rope;
+pub use rope::{default_frequencies, Rope};
 pub use slice_cache::SliceKvCache;
 pub use swiglu::{swiglu_backward, swiglu_forward};

@@ -22,6 +22,25 @@ pub struct Rope {
     dtype: DType,
 }
 
+/// Llama's inverse frequencies `θ^(−2i/d)` for the `d/2` rotated pairs.
+pub fn default_frequencies(theta: f64, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2)
+        .map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64))
+        .collect()
+}
+
+fn even_head_dim(op: &'static str, head_dim: usize) -> Result<()> {
+    if head_dim == 0 || head_dim % 2 == 1 {
+        return Err(KernelError::Param {
+            op,
+            what: "head_dim",
+            value: head_dim.to_string(),
+            valid: "even and at least 2 (RoPE rotates pairs)".to_string(),
+        });
+    }
+    Ok(())
+}
+
 impl Rope {
     /// Builds the tables for `head_dim` (even) and positions `0..max_positions` with base `theta`
     /// (Llama 2: 10 000, Llama 3: 500 000) for inputs of `dtype` (f32, bf16 or f64) on `device`.
@@ -33,28 +52,43 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> Result<Rope> {
-        const OP: &str = "Rope::new";
+        positive_finite("Rope::new", "theta", theta)?;
+        even_head_dim("Rope::new", head_dim)?;
+        let inv_freq = default_frequencies(theta, head_dim);
+        Rope::from_frequencies(&inv_freq, 1.0, max_positions, dtype, device)
+    }
+
+    /// Builds the tables from explicit inverse frequencies (one per rotated pair, `head_dim / 2`
+    /// of them: what a RoPE scaling type computes from the base) and a factor on `cos` and
+    /// `sin` (YaRN's attention factor; 1 otherwise), for positions `0..max_positions`.
+    pub fn from_frequencies(
+        inv_freq: &[f64],
+        attention_factor: f64,
+        max_positions: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Rope> {
+        const OP: &str = "Rope::from_frequencies";
         positive(OP, "max_positions", max_positions)?;
-        positive_finite(OP, "theta", theta)?;
-        if head_dim == 0 || head_dim % 2 == 1 {
+        positive_finite(OP, "attention_factor", attention_factor)?;
+        if let Some(bad) = inv_freq.iter().find(|f| !f.is_finite() || **f <= 0.0) {
             return Err(KernelError::Param {
                 op: OP,
-                what: "head_dim",
-                value: head_dim.to_string(),
-                valid: "even and at least 2 (RoPE rotates pairs)".to_string(),
+                what: "inv_freq",
+                value: bad.to_string(),
+                valid: "finite and positive".to_string(),
             });
         }
+        let head_dim = 2 * inv_freq.len();
+        even_head_dim(OP, head_dim)?;
         let ct = compute_dtype_of(OP, "dtype", dtype)?;
-        let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * head_dim);
         let mut sin = Vec::with_capacity(max_positions * head_dim);
         for p in 0..max_positions {
-            let row: Vec<f64> = (0..half)
-                .map(|i| p as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64))
-                .collect();
+            let row: Vec<f64> = inv_freq.iter().map(|f| p as f64 * f).collect();
             for _ in 0..2 {
-                cos.extend(row.iter().map(|a| a.cos()));
-                sin.extend(row.iter().map(|a| a.sin()));
+                cos.extend(row.iter().map(|a| attention_factor * a.cos()));
+                sin.extend(row.iter().map(|a| attention_factor * a.sin()));
             }
         }
         let shape = (max_positions, head_dim);

@@ -2,7 +2,8 @@
 //! model from its `config.json` (every field that changes the computation implemented or refused
 //! by name, `checkpoint::hf`), the weights from its safetensors (sharded too), and its
 //! `tokenizer.json` for text data when none is given. Context extension changes only what
-//! `[init_from]` names: a new `rope_theta` and a larger `max_positions`.
+//! `[init_from]` names: a new `rope_theta`, a RoPE scaling (linear, llama3, yarn) and a larger
+//! `max_positions`; the run's checkpoints and exports carry them in their `config.json`.
 //!
 //! The configuration's model is the checkpoint's ([`resolved`]); a configuration that also sets
 //! `[model]` is refused, since one of the two would be silently ignored. On `--resume` the
@@ -18,7 +19,7 @@ use crate::checkpoint::hf;
 use crate::config::{DataKind, TrainConfig};
 use crate::error::{fail, Context, Result};
 use crate::model::params::TensorMap;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, RopeScaling};
 
 /// Where a run's weights come from, and what it changes for a longer context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,11 @@ pub struct InitFrom {
     /// A new position limit for context extension (the checkpoint's otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_positions: Option<usize>,
+    /// A RoPE scaling for context extension, replacing the checkpoint's (TOML
+    /// `[init_from.rope_scaling]`, e.g. `type = "yarn"`, `factor = 4.0`,
+    /// `original_max_positions = 4096`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 impl InitFrom {
@@ -56,6 +62,9 @@ impl InitFrom {
                 );
             }
             model.rope_theta = theta;
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            model.rope_scaling = Some(scaling.clone());
         }
         if let Some(n) = self.max_positions {
             if n < model.max_positions {

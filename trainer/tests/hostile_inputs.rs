@@ -188,8 +188,8 @@ fn hugging_face_configs_that_change_the_math_are_refused() {
             "rope_scaling",
         ),
         (
-            r#", "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}"#,
-            "rope_type \"yarn\"",
+            r#", "rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0}"#,
+            "rope_type \"dynamic\"",
         ),
         (
             r#", "rope_theta": 10000.0, "rope_parameters": {"rope_theta": 500000.0}"#,

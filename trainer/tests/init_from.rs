@@ -1,7 +1,7 @@
 //! `--init-from`: a run that starts from a Hugging Face checkpoint trains the checkpoint's
 //! weights (its losses are, bit for bit, those of a run whose seed made the same weights, and
-//! other weights give other losses), extends the context as asked and writes the extension
-//! into its own checkpoint's config.json; bad checkpoints and conflicting settings are refused
+//! other weights give other losses), extends the context as asked (RoPE base, YaRN scaling,
+//! positions) and writes the extension into its own checkpoint's config.json; bad checkpoints and conflicting settings are refused
 //! before any work, by name.
 
 use std::path::Path;
@@ -11,7 +11,7 @@ use seqpipe_trainer::checkpoint::hf;
 use seqpipe_trainer::config::TrainConfig;
 use seqpipe_trainer::init::{resolved, InitFrom};
 use seqpipe_trainer::model::params::TensorMap;
-use seqpipe_trainer::model::ModelConfig;
+use seqpipe_trainer::model::{ModelConfig, RopeScaling};
 use seqpipe_trainer::train::{check, train};
 
 mod common;
@@ -34,6 +34,7 @@ fn from(dir: &Path) -> InitFrom {
         dir: dir.to_path_buf(),
         rope_theta: None,
         max_positions: None,
+        rope_scaling: None,
     }
 }
 
@@ -79,13 +80,17 @@ fn context_extension_changes_rope_and_positions_and_is_written_back() {
     hf::save(&base, &small, &seeded(&small, 3)).unwrap();
     let mut cfg = two_steps(3);
     cfg.data.seq_len = 256;
+    let yarn: RopeScaling =
+        toml::from_str("type = \"yarn\"\nfactor = 4.0\noriginal_max_positions = 128\n").unwrap();
     cfg.init_from = Some(InitFrom {
         rope_theta: Some(500_000.0),
         max_positions: Some(1024),
+        rope_scaling: Some(yarn.clone()),
         ..from(&base)
     });
     cfg.output.checkpoint_dir = Some(ckpt.clone());
     let cfg = resolved(&cfg).unwrap();
+    assert_eq!(cfg.model.rope_scaling.as_ref(), Some(&yarn));
     assert_eq!(
         (cfg.model.rope_theta, cfg.model.max_positions),
         (500_000.0, 1024)
@@ -104,6 +109,7 @@ fn context_extension_changes_rope_and_positions_and_is_written_back() {
         (500_000.0, 1024),
         "{written}"
     );
+    assert_eq!(model.rope_scaling, Some(yarn), "{written}");
     // Without the extension, 256 tokens do not fit the checkpoint's 128 positions.
     let mut short = two_steps(3);
     short.data.seq_len = 256;

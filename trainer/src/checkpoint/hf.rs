@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::atomic::{commit_file, temp_path, write_atomic};
 use crate::model::params::{param_specs, Holding, TensorMap};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, RopeScaling};
 
 /// Architectures whose checkpoints this trainer runs (Llama-style decoders).
 pub const SUPPORTED: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
@@ -51,14 +51,6 @@ fn optional_number(cfg: &Value, name: &str) -> Result<Option<f64>> {
 /// checkpoint that sets them would load and silently compute another model, so it is refused.
 fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> Result<()> {
     let set = |name: &str| !matches!(cfg.get(name), None | Some(Value::Null));
-    if set("rope_scaling") {
-        fail!(
-            Checkpoint,
-            "config.json: rope_scaling = {} is not supported (RoPE scaling would change the \
-             model's positions); only plain RoPE with rope_theta runs",
-            cfg["rope_scaling"]
-        );
-    }
     if set("sliding_window") && cfg.get("use_sliding_window") != Some(&Value::Bool(false)) {
         fail!(
             Checkpoint,
@@ -92,31 +84,127 @@ fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> Result<()> {
     Ok(())
 }
 
-/// The RoPE base: `rope_theta`, or (`transformers` 5) `rope_parameters.rope_theta`, whose
-/// `rope_type` must be `default` (any other type scales positions, which is refused by name).
-fn rope_theta(cfg: &Value) -> Result<f64> {
+/// The RoPE base and scaling: top-level `rope_theta` and `rope_scaling` (`transformers` 4), or
+/// `rope_parameters` holding both (`transformers` 5).
+fn rope(cfg: &Value, max_positions: usize) -> Result<(f64, Option<RopeScaling>)> {
+    let present = |name: &str| cfg.get(name).filter(|v| !v.is_null());
+    let (legacy, params) = (present("rope_scaling"), present("rope_parameters"));
     let top = optional_number(cfg, "rope_theta")?;
-    let Some(params) = cfg.get("rope_parameters").filter(|v| !v.is_null()) else {
-        return Ok(top.unwrap_or(10_000.0));
-    };
-    let kind = params
-        .get("rope_type")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    if kind != "default" {
-        fail!(
-            Checkpoint,
-            "config.json: rope_parameters = {params} has rope_type {kind:?}, which is not \
-             supported (RoPE scaling would change the model's positions); only \"default\" runs"
-        );
-    }
-    let nested = optional_number(params, "rope_theta")?;
-    match (top, nested) {
+    let nested = params
+        .map(|p| optional_number(p, "rope_theta"))
+        .transpose()?
+        .flatten();
+    let theta = match (top, nested) {
         (Some(a), Some(b)) if a != b => fail!(
             Checkpoint,
             "config.json: rope_theta = {a} and rope_parameters.rope_theta = {b} disagree"
         ),
-        (a, b) => Ok(b.or(a).unwrap_or(10_000.0)),
+        (a, b) => b.or(a).unwrap_or(10_000.0),
+    };
+    let scaled = |v: &&Value| rope_type(v) != Some("default");
+    let scaling = match params.filter(scaled).or(legacy.filter(scaled)) {
+        Some(spec) => Some(rope_scaling(spec, max_positions)?),
+        None => None,
+    };
+    Ok((theta, scaling))
+}
+
+/// A RoPE scaling object's type (`rope_type`, or the older `type`).
+fn rope_type(spec: &Value) -> Option<&str> {
+    spec.get("rope_type")
+        .or_else(|| spec.get("type"))
+        .and_then(Value::as_str)
+}
+
+/// The scaling a `rope_scaling` / `rope_parameters` object describes; types other than
+/// `linear`, `llama3` and `yarn` are refused by name.
+fn rope_scaling(spec: &Value, max_positions: usize) -> Result<RopeScaling> {
+    let number = |name: &str| optional_number(spec, name);
+    let required = |name: &str| {
+        number(name)?.ok_or_else(|| {
+            Error::Checkpoint(format!("config.json: rope_scaling = {spec} lacks `{name}`"))
+        })
+    };
+    if let Some(p) = number("partial_rotary_factor")?.filter(|&p| p != 1.0) {
+        fail!(
+            Checkpoint,
+            "config.json: partial_rotary_factor = {p} is not supported (RoPE rotates every dim)"
+        );
+    }
+    let original = optional_field(spec, "original_max_position_embeddings")?;
+    Ok(match rope_type(spec) {
+        Some("linear") => RopeScaling::Linear {
+            factor: required("factor")?,
+        },
+        Some("llama3") => RopeScaling::Llama3 {
+            factor: required("factor")?,
+            low_freq_factor: required("low_freq_factor")?,
+            high_freq_factor: required("high_freq_factor")?,
+            original_max_positions: required("original_max_position_embeddings")? as usize,
+        },
+        Some("yarn") => {
+            let original_max_positions = original.unwrap_or(max_positions);
+            RopeScaling::Yarn {
+                factor: number("factor")?
+                    .unwrap_or(max_positions as f64 / original_max_positions as f64),
+                original_max_positions,
+                beta_fast: number("beta_fast")?.unwrap_or(32.0),
+                beta_slow: number("beta_slow")?.unwrap_or(1.0),
+                attention_factor: number("attention_factor")?,
+                mscale: number("mscale")?,
+                mscale_all_dim: number("mscale_all_dim")?,
+                truncate: spec
+                    .get("truncate")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true),
+            }
+        }
+        other => fail!(
+            Checkpoint,
+            "config.json: rope_scaling = {spec} has rope_type {:?}, which is not supported (it \
+             would change the model's positions in a way this trainer does not run): linear, \
+             llama3 and yarn run",
+            other.unwrap_or("(none)")
+        ),
+    })
+}
+
+/// The `rope_scaling` object `transformers` reads for `scaling`.
+fn rope_scaling_json(scaling: &RopeScaling) -> Value {
+    match *scaling {
+        RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_positions,
+        } => json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_positions,
+        }),
+        RopeScaling::Yarn {
+            factor,
+            original_max_positions,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            mscale,
+            mscale_all_dim,
+            truncate,
+        } => json!({
+            "rope_type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": original_max_positions,
+            "beta_fast": beta_fast,
+            "beta_slow": beta_slow,
+            "attention_factor": attention_factor,
+            "mscale": mscale,
+            "mscale_all_dim": mscale_all_dim,
+            "truncate": truncate,
+        }),
     }
 }
 
@@ -146,6 +234,8 @@ pub fn config_from_json(text: &str) -> Result<ModelConfig> {
     let heads = field(&cfg, "num_attention_heads")?;
     let hidden = field(&cfg, "hidden_size")?;
     refuse_unsupported(&cfg, hidden, heads)?;
+    let max_positions = optional_field(&cfg, "max_position_embeddings")?.unwrap_or(4096);
+    let (rope_theta, rope_scaling) = rope(&cfg, max_positions)?;
     let model = ModelConfig {
         vocab: field(&cfg, "vocab_size")?,
         hidden,
@@ -153,9 +243,9 @@ pub fn config_from_json(text: &str) -> Result<ModelConfig> {
         heads,
         kv_heads: optional_field(&cfg, "num_key_value_heads")?.unwrap_or(heads),
         layers: field(&cfg, "num_hidden_layers")?,
-        rope_theta: rope_theta(&cfg)?,
+        rope_theta,
         norm_eps: optional_number(&cfg, "rms_norm_eps")?.unwrap_or(1e-5),
-        max_positions: optional_field(&cfg, "max_position_embeddings")?.unwrap_or(4096),
+        max_positions,
         tie_embeddings: match cfg.get("tie_word_embeddings") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -164,6 +254,7 @@ pub fn config_from_json(text: &str) -> Result<ModelConfig> {
                 "config.json: `tie_word_embeddings` = {v} is not true or false"
             ),
         },
+        rope_scaling,
     };
     let problems = model.problems();
     if !problems.is_empty() {
@@ -180,7 +271,7 @@ pub fn config_to_json(model: &ModelConfig, dtype: DType) -> String {
         DType::F64 => "float64",
         _ => "float32",
     };
-    let cfg = json!({
+    let mut cfg = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": model.vocab,
@@ -198,6 +289,9 @@ pub fn config_to_json(model: &ModelConfig, dtype: DType) -> String {
         "mlp_bias": false,
         "torch_dtype": torch_dtype,
     });
+    if let Some(scaling) = &model.rope_scaling {
+        cfg["rope_scaling"] = rope_scaling_json(scaling);
+    }
     serde_json::to_string_pretty(&cfg).expect("a JSON value serialises")
 }
 

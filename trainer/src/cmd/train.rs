@@ -250,6 +250,7 @@ fn apply_init_flags(cfg: &mut TrainConfig, args: &TrainArgs) {
             dir: dir.clone(),
             rope_theta: None,
             max_positions: None,
+            rope_scaling: None,
         });
         init.dir = dir.clone();
     }

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use seqpipe_kernels::Rope;
 use seqpipe_slicing::{FfnKind, ModelShape};
+
+use super::rope_scaling::RopeScaling;
 
 /// A Llama-style decoder: RMSNorm, RoPE, GQA attention, SwiGLU FFN. In TOML every field is
 /// optional; missing ones take [`ModelConfig::tiny`]'s values.
@@ -32,6 +35,9 @@ pub struct ModelConfig {
     /// Share the embedding matrix with the LM head.
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// RoPE scaling of the base's frequencies (none: plain RoPE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 /// Upper bounds of the sizes (see [`ModelConfig::problems`]).
@@ -75,7 +81,23 @@ impl ModelConfig {
             norm_eps: default_eps(),
             max_positions: 4096,
             tie_embeddings: false,
+            rope_scaling: None,
         }
+    }
+
+    /// The RoPE tables of this model for inputs of `dtype` on `device`: the base's frequencies,
+    /// scaled as `rope_scaling` says.
+    pub fn rope(
+        &self,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> seqpipe_kernels::Result<Rope> {
+        let base = seqpipe_kernels::default_frequencies(self.rope_theta, self.head_dim());
+        let (frequencies, attention) = match &self.rope_scaling {
+            Some(s) => s.apply(&base, self.rope_theta),
+            None => (base, 1.0),
+        };
+        Rope::from_frequencies(&frequencies, attention, self.max_positions, dtype, device)
     }
 
     /// Parameters of the whole model, in f64 so that no size overflows it.
@@ -184,6 +206,9 @@ impl ModelConfig {
                 "model.norm_eps = {} must be finite and positive",
                 self.norm_eps
             ));
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            out.extend(scaling.problems());
         }
         out
     }

@@ -6,6 +6,8 @@ pub mod ends;
 pub mod layer;
 pub mod names;
 pub mod params;
+pub mod rope_scaling;
 
 pub use config::ModelConfig;
 pub use params::{Holding, TensorMap};
+pub use rope_scaling::RopeScaling;

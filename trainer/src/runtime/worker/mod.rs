@@ -115,13 +115,7 @@ impl StageWorker {
         } else {
             DType::F32
         };
-        let rope = Rope::new(
-            model.head_dim(),
-            model.max_positions,
-            model.rope_theta,
-            dtype,
-            &device,
-        )?;
+        let rope = model.rope(dtype, &device)?;
         let attention = AttentionOptions::causal(model.head_dim());
         let head = HeadCtx {
             eps: model.norm_eps,
