@@ -1,6 +1,7 @@
 //! Hugging Face `transformers` as the reference: for each fixture that
 //! `tests/fixtures/hf/make_fixtures.py` wrote with `transformers` (plain Llama, GQA with another
-//! RoPE base, tied embeddings, and RoPE scaling: linear, Llama 3.1's, YaRN), the checkpoint loads through `checkpoint::hf` as `transformers`
+//! RoPE base, tied embeddings, a head dim other than hidden / heads, and RoPE scaling: linear,
+//! Llama 3.1's, YaRN), the checkpoint loads through `checkpoint::hf` as `transformers`
 //! saved it, and a two-stage pipeline's loss and every parameter's gradient on the fixture's
 //! batch equal those `transformers` computed (f32, 1e-5 relative).
 
@@ -18,7 +19,9 @@ use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::rank::Weights;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
-const VARIANTS: [&str; 6] = ["llama", "gqa", "tied", "linear", "llama3", "yarn"];
+const VARIANTS: [&str; 7] = [
+    "llama", "gqa", "tied", "head_dim", "linear", "llama3", "yarn",
+];
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

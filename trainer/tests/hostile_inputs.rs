@@ -198,7 +198,7 @@ fn hugging_face_configs_that_change_the_math_are_refused() {
         (r#", "attention_dropout": 0.1"#, "attention_dropout"),
         (r#", "sliding_window": 4096"#, "sliding_window"),
         (r#", "attention_bias": true"#, "attention_bias"),
-        (r#", "head_dim": 32"#, "head_dim"),
+        (r#", "head_dim": 7"#, "head_dim = 7"),
         (r#", "num_key_value_heads": "two""#, "num_key_value_heads"),
         (r#", "vocab_size": 18446744073709551615"#, "vocab"),
     ] {

@@ -49,7 +49,7 @@ fn optional_number(cfg: &Value, name: &str) -> Result<Option<f64>> {
 
 /// Fields that change the model's computation in ways this trainer does not implement: a
 /// checkpoint that sets them would load and silently compute another model, so it is refused.
-fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> Result<()> {
+fn refuse_unsupported(cfg: &Value) -> Result<()> {
     let set = |name: &str| !matches!(cfg.get(name), None | Some(Value::Null));
     if set("sliding_window") && cfg.get("use_sliding_window") != Some(&Value::Bool(false)) {
         fail!(
@@ -69,15 +69,6 @@ fn refuse_unsupported(cfg: &Value, hidden: usize, heads: usize) -> Result<()> {
             fail!(
                 Checkpoint,
                 "config.json: {bias} = true is not supported (the layers have no biases)"
-            );
-        }
-    }
-    if let Some(d) = optional_field(cfg, "head_dim")? {
-        if d.checked_mul(heads) != Some(hidden) || heads == 0 {
-            fail!(
-                Checkpoint,
-                "config.json: head_dim = {d} differs from hidden_size / num_attention_heads = \
-                 {hidden} / {heads}; separate head dims are not supported"
             );
         }
     }
@@ -233,7 +224,7 @@ pub fn config_from_json(text: &str) -> Result<ModelConfig> {
     }
     let heads = field(&cfg, "num_attention_heads")?;
     let hidden = field(&cfg, "hidden_size")?;
-    refuse_unsupported(&cfg, hidden, heads)?;
+    refuse_unsupported(&cfg)?;
     let max_positions = optional_field(&cfg, "max_position_embeddings")?.unwrap_or(4096);
     let (rope_theta, rope_scaling) = rope(&cfg, max_positions)?;
     let model = ModelConfig {
@@ -254,6 +245,9 @@ pub fn config_from_json(text: &str) -> Result<ModelConfig> {
                 "config.json: `tie_word_embeddings` = {v} is not true or false"
             ),
         },
+        // Kept only where it differs, so that the usual `hidden / heads` stays implicit.
+        head_dim: optional_field(&cfg, "head_dim")?
+            .filter(|&d| Some(d) != hidden.checked_div(heads)),
         rope_scaling,
     };
     let problems = model.problems();
@@ -280,6 +274,7 @@ pub fn config_to_json(model: &ModelConfig, dtype: DType) -> String {
         "num_attention_heads": model.heads,
         "num_key_value_heads": model.kv_heads,
         "num_hidden_layers": model.layers,
+        "head_dim": model.head_dim(),
         "max_position_embeddings": model.max_positions,
         "rms_norm_eps": model.norm_eps,
         "rope_theta": model.rope_theta,

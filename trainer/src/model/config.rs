@@ -35,6 +35,10 @@ pub struct ModelConfig {
     /// Share the embedding matrix with the LM head.
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// Head dimension when it is not `hidden / heads` (Hugging Face's `head_dim`; e.g. a model
+    /// whose `heads · head_dim` differs from its hidden size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
     /// RoPE scaling of the base's frequencies (none: plain RoPE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
@@ -81,6 +85,7 @@ impl ModelConfig {
             norm_eps: default_eps(),
             max_positions: 4096,
             tie_embeddings: false,
+            head_dim: None,
             rope_scaling: None,
         }
     }
@@ -108,15 +113,19 @@ impl ModelConfig {
             self.vocab as f64,
             self.layers as f64,
         );
-        let kv = self.kv_heads as f64 * self.hidden.checked_div(self.heads).unwrap_or(0) as f64;
-        let layer = h * (2.0 * h + 2.0 * kv) + 3.0 * h * f + 2.0 * h;
+        let d = match self.head_dim {
+            Some(d) => d,
+            None => self.hidden.checked_div(self.heads).unwrap_or(0),
+        } as f64;
+        let (q, kv) = (self.heads as f64 * d, self.kv_heads as f64 * d);
+        let layer = h * (2.0 * q + 2.0 * kv) + 3.0 * h * f + 2.0 * h;
         let ends = if self.tie_embeddings { 1.0 } else { 2.0 } * v * h + h;
         l * layer + ends
     }
 
-    /// Head dimension `H / heads`.
+    /// Head dimension: `head_dim` when given, else `H / heads`.
     pub fn head_dim(&self) -> usize {
-        self.hidden / self.heads
+        self.head_dim.unwrap_or(self.hidden / self.heads)
     }
 
     /// The planners' view of this model (FLOPs, memory).
@@ -178,16 +187,20 @@ impl ModelConfig {
                 out.push(format!("model.{name} = 0: must be at least 1"));
             }
         }
-        if self.heads > 0 && self.hidden % self.heads != 0 {
-            out.push(format!(
-                "model.hidden = {} must be a multiple of model.heads = {}",
+        match self.head_dim {
+            Some(d) if d == 0 || d % 2 == 1 || d > MAX_WIDTH => out.push(format!(
+                "model.head_dim = {d}: give an even number from 2 to {MAX_WIDTH} (RoPE rotates pairs)"
+            )),
+            Some(_) => {}
+            None if self.heads > 0 && self.hidden % self.heads != 0 => out.push(format!(
+                "model.hidden = {} must be a multiple of model.heads = {} (or give model.head_dim)",
                 self.hidden, self.heads
-            ));
-        } else if self.heads > 0 && self.head_dim() % 2 == 1 {
-            out.push(format!(
+            )),
+            None if self.heads > 0 && self.head_dim() % 2 == 1 => out.push(format!(
                 "head dim hidden/heads = {} must be even for RoPE",
                 self.head_dim()
-            ));
+            )),
+            None => {}
         }
         if self.kv_heads > 0 && self.heads % self.kv_heads != 0 {
             out.push(format!(

@@ -27,6 +27,7 @@ pub fn tiny_model() -> ModelConfig {
         norm_eps: 1e-5,
         max_positions: 64,
         tie_embeddings: false,
+        head_dim: None,
         rope_scaling: None,
     }
 }

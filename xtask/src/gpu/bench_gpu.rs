@@ -135,6 +135,7 @@ fn llama_7b() -> ModelConfig {
         norm_eps: 1e-5,
         max_positions: 131_072,
         tie_embeddings: false,
+        head_dim: None,
         rope_scaling: None,
     }
 }

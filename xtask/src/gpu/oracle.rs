@@ -47,6 +47,7 @@ fn model() -> ModelConfig {
         norm_eps: 1e-5,
         max_positions: 512,
         tie_embeddings: false,
+        head_dim: None,
         rope_scaling: None,
     }
 }
