@@ -274,6 +274,16 @@ fn data_problems(cfg: &TrainConfig) -> Vec<String> {
     if !generated && d.path.is_none() {
         problems.push(format!("data.kind = {:?} needs data.path", d.kind));
     }
+    if d.kind == DataKind::Text && d.tokenizer.is_none() {
+        problems.push(match &cfg.init_from {
+            Some(init) => format!(
+                "data.kind = Text needs a tokenizer, and init_from {} has no tokenizer.json: \
+                 set data.tokenizer (--tokenizer)",
+                init.dir.display()
+            ),
+            None => "data.kind = Text needs data.tokenizer (--tokenizer, a tokenizer.json)".into(),
+        });
+    }
     problems
 }
 

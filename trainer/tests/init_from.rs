@@ -173,6 +173,13 @@ fn bad_checkpoints_and_conflicting_settings_are_refused_by_name() {
     );
     let e = TrainConfig::from_toml(&toml).unwrap_err().to_string();
     assert!(e.contains("[model]") && e.contains("init_from"), "{e}");
+    // Text data needs a tokenizer: the checkpoint has none, and none is given.
+    let mut text = two_steps(1);
+    text.data.kind = seqpipe_trainer::config::DataKind::Text;
+    text.data.path = Some(dir.path().join("corpus.txt"));
+    text.init_from = Some(from(&fine));
+    let e = check(&resolved(&text).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("fine"), "{e}");
     // A configuration whose model was not resolved from the checkpoint.
     let mut unresolved = two_steps(1);
     unresolved.model.layers = 4;
