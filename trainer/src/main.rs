@@ -38,6 +38,8 @@ enum Command {
     Simulate(cmd::simulate::SimulateArgs),
     /// Write a checkpoint's model as a Hugging Face directory (transformers loads it as is).
     Export(cmd::export::ExportArgs),
+    /// Loss and perplexity of a model by context length (did a context extension work?).
+    Eval(cmd::eval::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Schedule(args) => cmd::schedule::run(&args),
         Command::Simulate(args) => cmd::simulate::run(&args),
         Command::Export(args) => cmd::export::run(&args),
+        Command::Eval(args) => cmd::eval::run(&args),
     };
     let result = result.and_then(|()| write_heap_report());
     match result {

@@ -275,3 +275,39 @@ fn export_writes_a_hugging_face_directory_from_a_run_or_a_model() {
         .to_string();
     assert!(e.contains("neither a seqpipe checkpoint"), "{e}");
 }
+
+#[test]
+fn eval_scores_each_length_as_the_first_training_step_would() {
+    use seqpipe_trainer::eval::{evaluate, EvalData};
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/gqa");
+    let (model, params) = hf::load(&fixture, DType::F32).unwrap();
+    let data = seqpipe_trainer::config::DataConfig::default();
+    let on = EvalData {
+        data: &data,
+        seed: 7,
+        sequences: 4,
+    };
+    let rows = evaluate(&model, &params, &on, &[16, 40]).unwrap();
+    for row in &rows {
+        let mut cfg = two_steps(7);
+        cfg.steps = 1;
+        cfg.init_from = Some(from(&fixture));
+        let p = &mut cfg.parallel;
+        (p.stages, p.chunks, p.slices, p.microbatches) = (1, 1, 1, 4);
+        p.schedule = "1f1b".into();
+        (cfg.data.batch, cfg.data.seq_len) = (1, row.length);
+        let first = losses(&resolved(&cfg).unwrap())[0];
+        assert_eq!(first, row.loss, "length {}", row.length);
+        assert_eq!(row.targets, (4 * row.length) as f64);
+        assert_eq!(row.perplexity, row.loss.exp());
+        assert_eq!(row.accuracy, None, "Markov data scores every target");
+    }
+    // Lengths the model has no positions for are refused by name.
+    let e = evaluate(&model, &params, &on, &[16, 64])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("length 64") && e.contains("max_positions"),
+        "{e}"
+    );
+}

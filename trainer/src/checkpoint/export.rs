@@ -30,15 +30,16 @@ pub struct Exported {
     pub tokenizer_files: Vec<PathBuf>,
 }
 
-/// The model directory `from` names and the directories its tokenizer may come from.
-fn source(from: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+/// The model directory `from` names (a run's newest checkpoint, one checkpoint, or a Hugging
+/// Face directory) and the directories its tokenizer may come from.
+pub fn model_dir(from: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     let seqpipe = from.join(store::MARKER).is_file() || from.join("trainer_state.json").is_file();
     if !seqpipe {
         if !from.join("config.json").is_file() {
             fail!(
                 Checkpoint,
-                "export: {} is neither a seqpipe checkpoint nor a Hugging Face model directory \
-                 (no config.json)",
+                "{} is neither a seqpipe checkpoint nor a Hugging Face model directory (no \
+                 config.json)",
                 from.display()
             );
         }
@@ -84,7 +85,7 @@ pub fn export_hf(from: &Path, out: &Path, dtype: DType) -> Result<Exported> {
         fail!(Config, "export: dtype {dtype:?}; use f32 or bf16");
     }
     fresh_output(out)?;
-    let (dir, tokenizer_dirs) = source(from)?;
+    let (dir, tokenizer_dirs) = model_dir(from)?;
     let (model, params) =
         hf::load(&dir, dtype).with_context(|| format!("export: {}", dir.display()))?;
     hf::save(out, &model, &params)?;
