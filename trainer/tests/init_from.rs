@@ -180,6 +180,16 @@ fn bad_checkpoints_and_conflicting_settings_are_refused_by_name() {
     text.init_from = Some(from(&fine));
     let e = check(&resolved(&text).unwrap()).unwrap_err().to_string();
     assert!(e.contains("tokenizer.json") && e.contains("fine"), "{e}");
+    // A context the memory does not allow: the budget's shortfall is named before any work.
+    let mut long = two_steps(1);
+    long.init_from = Some(from(&fine));
+    long.data.seq_len = 1024;
+    long.parallel.memory_budget = Some(8_000_000);
+    let e = check(&resolved(&long).unwrap()).unwrap_err().to_string();
+    assert!(
+        e.contains("memory budget 8000000") && e.contains("over"),
+        "{e}"
+    );
     // A configuration whose model was not resolved from the checkpoint.
     let mut unresolved = two_steps(1);
     unresolved.model.layers = 4;
