@@ -5,7 +5,8 @@
 //! op here is a pair of plain functions, forward → (output, saved) and backward(saved, d_out) →
 //! gradients:
 //!
-//! - [`linear_forward`], [`linear_backward_input`], [`linear_backward_weight`] (B/W split);
+//! - [`linear_forward`], [`linear_backward_input`], [`linear_backward_weight`] (B/W split),
+//!   [`linear_forward_biased`] and [`linear_backward_bias`];
 //! - [`rms_norm_forward`] / [`rms_norm_backward`];
 //! - [`Rope`] with an absolute position offset;
 //! - [`swiglu_forward`] / [`swiglu_backward`];
@@ -53,7 +54,10 @@ pub use cross_entropy::{
     cross_entropy_forward, CrossEntropySaved,
 };
 pub use error::{KernelError, Result};
-pub use linear::{linear_backward_input, linear_backward_weight, linear_forward};
+pub use linear::{
+    linear_backward_bias, linear_backward_input, linear_backward_weight, linear_forward,
+    linear_forward_biased,
+};
 pub use merge::merge_attention;
 pub use rms_norm::{rms_norm_backward, rms_norm_forward};
 pub use rope::{default_frequencies, Rope};

@@ -1,6 +1,7 @@
-//! Linear layer without bias, as three separate functions: forward, input gradient (B) and weight
-//! gradient (W). Zero-bubble schedules run B as soon as the output gradient arrives and defer W to
-//! fill pipeline bubbles, so the two gradients must not be tied to one call.
+//! Linear layer as separate functions: forward, input gradient (B) and weight gradient (W), plus
+//! the optional bias's forward and gradient. Zero-bubble schedules run B as soon as the output
+//! gradient arrives and defer W to fill pipeline bubbles, so the gradients must not be tied to one
+//! call. A bias never enters the input gradient, so B is the same with or without one.
 //!
 //! Shapes: `x [.., in]`, `w [out, in]` (PyTorch/HF layout), `y [.., out]`. bf16 is computed in f32
 //! and returned as bf16.
@@ -87,4 +88,40 @@ pub fn linear_backward_weight(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     }
     let dw = rows(dy, ct)?.t()?.matmul(&rows(x, ct)?)?;
     Ok(dw.to_dtype(x.dtype())?)
+}
+
+/// Checks a bias `b [out]` against the weight's output width `out`.
+fn check_bias(op: &'static str, b: &Tensor, out: usize) -> Result<()> {
+    let bd = dims(op, "b", b, 1, "[out]")?;
+    if bd[0] != out {
+        return Err(KernelError::Shape {
+            op,
+            detail: format!("`b` {:?} must have the weight's {out} outputs", b.dims()),
+        });
+    }
+    Ok(())
+}
+
+/// `y = x · wᵀ + b`: [`linear_forward`] with the bias `b [out]` added to every row (in the
+/// compute dtype, then rounded once, as PyTorch's `F.linear` does).
+pub fn linear_forward_biased(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_forward_biased";
+    let ct = compute_dtype(OP, "x", x)?;
+    same_dtype(OP, "b", b, x.dtype())?;
+    same_dtype(OP, "w", w, x.dtype())?;
+    let (out, _) = check_weight(OP, ("x", x), w, 1)?;
+    check_bias(OP, b, out)?;
+    let y = rows(x, ct)?
+        .matmul(&w.to_dtype(ct)?.t()?)?
+        .broadcast_add(&b.to_dtype(ct)?)?;
+    Ok(y.reshape(with_last(x, out))?.to_dtype(x.dtype())?)
+}
+
+/// Bias gradient `db = Σ dy` over all leading dims: `dy [.., out]` → `db [out]`, in the dtype of
+/// `dy` (summed in the compute dtype).
+pub fn linear_backward_bias(dy: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_backward_bias";
+    let ct = compute_dtype(OP, "dy", dy)?;
+    last_dim(OP, "dy", dy)?;
+    Ok(rows(dy, ct)?.sum(0)?.to_dtype(dy.dtype())?)
 }

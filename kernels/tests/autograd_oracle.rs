@@ -41,6 +41,45 @@ fn linear_matches_autograd() {
 }
 
 #[test]
+fn biased_linear_matches_autograd() {
+    let mut rng = SeedRng::new(11);
+    let (x, w, b, r) = (
+        rng.tensor(&[2, 3, 5], 1.0),
+        rng.tensor(&[4, 5], 1.0),
+        rng.tensor(&[4], 1.0),
+        rng.tensor(&[2, 3, 4], 1.0),
+    );
+    let (xv, wv, bv) = (var(&x), var(&w), var(&b));
+    let y = xv
+        .as_tensor()
+        .broadcast_matmul(&wv.as_tensor().t().unwrap())
+        .unwrap()
+        .broadcast_add(bv.as_tensor())
+        .unwrap();
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_close("y", &linear_forward_biased(&x, &w, &b).unwrap(), &y, TOL);
+    assert_close(
+        "db",
+        &linear_backward_bias(&r).unwrap(),
+        grads.get(bv.as_tensor()).unwrap(),
+        TOL,
+    );
+    // The bias leaves the input and weight gradients what they are without it.
+    assert_close(
+        "dx",
+        &linear_backward_input(&r, &w).unwrap(),
+        grads.get(xv.as_tensor()).unwrap(),
+        TOL,
+    );
+    assert_close(
+        "dw",
+        &linear_backward_weight(&x, &r).unwrap(),
+        grads.get(wv.as_tensor()).unwrap(),
+        TOL,
+    );
+}
+
+#[test]
 fn rms_norm_matches_rms_norm_slow() {
     let mut rng = SeedRng::new(2);
     let (x, w, r) = (

@@ -213,6 +213,14 @@ fn row_ops_reject_bad_shapes() {
         linear_backward_weight(&f32t(&[2, 5]), &f32t(&[3, 4])),
         &["[2, 5]", "[3, 4]"],
     );
+    says(
+        linear_forward_biased(&f32t(&[2, 5]), &f32t(&[4, 5]), &f32t(&[3])),
+        &["`b` [3]", "4 outputs"],
+    );
+    says(
+        linear_forward_biased(&f32t(&[2, 5]), &f32t(&[4, 5]), &f32t(&[4, 1])),
+        &["b", "[4, 1]"],
+    );
 }
 
 #[test]

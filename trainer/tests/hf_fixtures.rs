@@ -1,7 +1,7 @@
 //! Hugging Face `transformers` as the reference: for each fixture that
 //! `tests/fixtures/hf/make_fixtures.py` wrote with `transformers` (plain Llama, GQA with another
 //! RoPE base, tied embeddings, a head dim other than hidden / heads, and RoPE scaling: linear,
-//! Llama 3.1's, YaRN), the checkpoint loads through `checkpoint::hf` as `transformers`
+//! Llama 3.1's, YaRN; biases on every projection), the checkpoint loads through `checkpoint::hf` as `transformers`
 //! saved it, and a two-stage pipeline's loss and every parameter's gradient on the fixture's
 //! batch equal those `transformers` computed (f32, 1e-5 relative).
 
@@ -19,8 +19,8 @@ use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::rank::Weights;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
-const VARIANTS: [&str; 7] = [
-    "llama", "gqa", "tied", "head_dim", "linear", "llama3", "yarn",
+const VARIANTS: [&str; 8] = [
+    "llama", "gqa", "tied", "head_dim", "linear", "llama3", "yarn", "bias",
 ];
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -97,4 +97,7 @@ fn the_fixtures_configs_are_read_as_transformers_wrote_them() {
     assert_eq!((gqa.rope_theta, gqa.heads, gqa.kv_heads), (500_000.0, 4, 2));
     let (tied, params) = hf::load(&fixture("tied"), DType::F32).unwrap();
     assert!(tied.tie_embeddings && !params.contains_key("lm_head.weight"));
+    let (bias, params) = hf::load(&fixture("bias"), DType::F32).unwrap();
+    assert!(bias.attention_bias && bias.mlp_bias);
+    assert_eq!(params.keys().filter(|n| n.ends_with(".bias")).count(), 2 * 7);
 }

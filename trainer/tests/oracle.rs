@@ -13,7 +13,7 @@ use common::{data, full_params, reference, slice_ranges, tiny_model, worst_rel_e
 use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::data::RetrievalSource;
 use seqpipe_trainer::optim::{clip_scale, sum_of_squares, AdamW, OptimConfig};
-use seqpipe_trainer::runtime::{IterationInput, Pipeline};
+use seqpipe_trainer::runtime::{IterationInput, Pipeline, Weights};
 
 const SEQ: usize = 16;
 const BATCH: usize = 2;
@@ -205,6 +205,47 @@ fn f32_pipelines_match_single_device_f32() {
         );
         let (err, name) = worst_rel_err(&pl.gradients(), &ref_grads);
         assert!(err <= 1e-5, "{kind:?}: {name} differs by {err:e}");
+    }
+}
+
+#[test]
+fn biased_models_match_single_device_f64() {
+    // Biases on all seven projections, set away from their zero start so the forward uses them;
+    // ZB-H1 defers their gradients to the weight half, SlimPipe slices and interleaves.
+    let model = seqpipe_trainer::model::ModelConfig {
+        attention_bias: true,
+        mlp_bias: true,
+        ..tiny_model()
+    };
+    let mut params = full_params(&model, SEED, DType::F64);
+    for (name, t) in params.iter_mut().filter(|(n, _)| n.ends_with(".bias")) {
+        *t = t.rand_like(-0.2, 0.2).unwrap();
+        assert!(name.contains("_proj"));
+    }
+    let tokens = data(&model, 4, BATCH, SEQ, SEED);
+    let (ref_loss, ref_grads) = reference::loss_and_grads(&model, &params, &tokens);
+    for (kind, slicing, n) in [
+        (ScheduleKind::ZbH1, Slicing::None, 1),
+        (ScheduleKind::SlimPipe, Slicing::Uniform, 4),
+    ] {
+        let inp = input(&model, 4, slicing, n, DType::F64);
+        let mut pl = Pipeline::with_weights(
+            &model,
+            config(kind, 2, 4, n as u32),
+            None,
+            &OptimConfig::default(),
+            Weights::Loaded(&params),
+            DType::F64,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let (reports, _) = pl.run_iteration(&inp).unwrap();
+        let loss: f64 = reports.iter().map(|r| r.loss).sum();
+        assert!((loss - ref_loss).abs() <= 1e-10 * ref_loss, "{kind:?}: {loss} vs {ref_loss}");
+        let grads = pl.gradients();
+        assert_eq!(grads.keys().filter(|n| n.ends_with(".bias")).count(), 7 * model.layers);
+        let (err, name) = worst_rel_err(&grads, &ref_grads);
+        assert!(err <= 1e-10, "{kind:?}: {name} differs by {err:e}");
     }
 }
 

@@ -64,15 +64,16 @@ fn refuse_unsupported(cfg: &Value) -> Result<()> {
             "config.json: attention_dropout = {p} is not supported (training here has no dropout)"
         );
     }
-    for bias in ["attention_bias", "mlp_bias"] {
-        if cfg.get(bias) == Some(&Value::Bool(true)) {
-            fail!(
-                Checkpoint,
-                "config.json: {bias} = true is not supported (the layers have no biases)"
-            );
-        }
-    }
     Ok(())
+}
+
+/// A `true`/`false` field that may be absent (or null: false); another type is an error.
+fn flag(cfg: &Value, name: &str) -> Result<bool> {
+    match cfg.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => fail!(Checkpoint, "config.json: `{name}` = {v} is not true or false"),
+    }
 }
 
 /// The RoPE base and scaling: top-level `rope_theta` and `rope_scaling` (`transformers` 4), or
@@ -237,18 +238,13 @@ pub fn config_from_json(text: &str) -> Result<ModelConfig> {
         rope_theta,
         norm_eps: optional_number(&cfg, "rms_norm_eps")?.unwrap_or(1e-5),
         max_positions,
-        tie_embeddings: match cfg.get("tie_word_embeddings") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => fail!(
-                Checkpoint,
-                "config.json: `tie_word_embeddings` = {v} is not true or false"
-            ),
-        },
+        tie_embeddings: flag(&cfg, "tie_word_embeddings")?,
         // Kept only where it differs, so that the usual `hidden / heads` stays implicit.
         head_dim: optional_field(&cfg, "head_dim")?
             .filter(|&d| Some(d) != hidden.checked_div(heads)),
         rope_scaling,
+        attention_bias: flag(&cfg, "attention_bias")?,
+        mlp_bias: flag(&cfg, "mlp_bias")?,
     };
     let problems = model.problems();
     if !problems.is_empty() {
@@ -280,8 +276,8 @@ pub fn config_to_json(model: &ModelConfig, dtype: DType) -> String {
         "rope_theta": model.rope_theta,
         "tie_word_embeddings": model.tie_embeddings,
         "hidden_act": "silu",
-        "attention_bias": false,
-        "mlp_bias": false,
+        "attention_bias": model.attention_bias,
+        "mlp_bias": model.mlp_bias,
         "torch_dtype": torch_dtype,
     });
     if let Some(scaling) = &model.rope_scaling {
@@ -391,6 +387,17 @@ pub fn load_with_extras(dir: &Path, dtype: DType) -> Result<(ModelConfig, Tensor
             );
         }
         params.insert(spec.name, t.to_dtype(dtype)?);
+    }
+    // A bias the config does not enable would be dropped silently: another model's math.
+    if let Some(bias) = found.keys().find(|n| n.ends_with(".bias")) {
+        fail!(
+            Checkpoint,
+            "checkpoint {} holds tensor {bias}, but its config.json has attention_bias = {} and \
+             mlp_bias = {}: the bias would be ignored",
+            dir.display(),
+            model.attention_bias,
+            model.mlp_bias
+        );
     }
     Ok((model, params, found.into_keys().collect()))
 }

@@ -42,6 +42,16 @@ pub struct ModelConfig {
     /// RoPE scaling of the base's frequencies (none: plain RoPE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Biases on the four attention projections (Hugging Face's `attention_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attention_bias: bool,
+    /// Biases on the three MLP projections (Hugging Face's `mlp_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mlp_bias: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// Upper bounds of the sizes (see [`ModelConfig::problems`]).
@@ -87,6 +97,8 @@ impl ModelConfig {
             tie_embeddings: false,
             head_dim: None,
             rope_scaling: None,
+            attention_bias: false,
+            mlp_bias: false,
         }
     }
 
@@ -120,7 +132,25 @@ impl ModelConfig {
         let (q, kv) = (self.heads as f64 * d, self.kv_heads as f64 * d);
         let layer = h * (2.0 * q + 2.0 * kv) + 3.0 * h * f + 2.0 * h;
         let ends = if self.tie_embeddings { 1.0 } else { 2.0 } * v * h + h;
-        l * layer + ends
+        l * (layer + self.bias_parameters_per_layer() as f64) + ends
+    }
+
+    /// Whether the projection in slot `i` of the seven matrices (q, k, v, o, gate, up, down: the
+    /// layer's `MATRIX_SLOTS` order) has a bias.
+    pub fn has_bias(&self, i: usize) -> bool {
+        if i < 4 {
+            self.attention_bias
+        } else {
+            self.mlp_bias
+        }
+    }
+
+    /// Bias parameters of one layer: `q + 2·kv + H` with attention biases, `2F + H` with MLP ones.
+    pub fn bias_parameters_per_layer(&self) -> usize {
+        let d = self.head_dim();
+        let attention = self.heads * d + 2 * self.kv_heads * d + self.hidden;
+        let mlp = 2 * self.ffn_hidden + self.hidden;
+        usize::from(self.attention_bias) * attention + usize::from(self.mlp_bias) * mlp
     }
 
     /// Head dimension: `head_dim` when given, else `H / heads`.

@@ -5,16 +5,17 @@
 //! needs; the K/V of the slice live in the caller's [`SliceKvCache`] (shared by all slices of a
 //! micro-batch). The input-gradient half returns the input gradient, the norm-weight gradients
 //! (small: computed at once) and a [`WeightGradInputs`] record from which the weight half computes
-//! the seven matrix gradients later.
+//! the seven matrix gradients (and their biases', where the model has them) later.
 
 use candle_core::{Result, Tensor};
 use seqpipe_kernels::{
-    linear_backward_input, linear_backward_weight, linear_forward, rms_norm_backward,
-    rms_norm_forward, swiglu_backward, swiglu_forward, AttentionOptions, Rope, SliceKvCache,
+    linear_backward_bias, linear_backward_input, linear_backward_weight, linear_forward,
+    linear_forward_biased, rms_norm_backward, rms_norm_forward, swiglu_backward, swiglu_forward,
+    AttentionOptions, Rope, SliceKvCache,
 };
 
 use super::config::ModelConfig;
-use super::names::{layer_param, LAYER_PARTS};
+use super::names::{layer_param, LAYER_BIASES, LAYER_PARTS};
 use super::params::TensorMap;
 
 fn k(e: seqpipe_kernels::KernelError) -> candle_core::Error {
@@ -28,11 +29,14 @@ pub struct LayerWeights {
     pub index: usize,
     /// `[attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down]`.
     pub w: [Tensor; 9],
+    /// The biases of the seven matrices, in [`MATRIX_SLOTS`] order (`None`: no bias).
+    pub b: [Option<Tensor>; 7],
 }
 
 impl LayerWeights {
-    /// Looks layer `index`'s weights up in a parameter map.
-    pub fn from_params(params: &TensorMap, index: usize) -> Result<Self> {
+    /// Looks layer `index`'s weights up in a parameter map, with the biases `cfg` says it has
+    /// (one missing from the map is an error, never a silent bias-free layer).
+    pub fn from_params(params: &TensorMap, cfg: &ModelConfig, index: usize) -> Result<Self> {
         let get = |part: &str| {
             let name = layer_param(index, part);
             params
@@ -51,7 +55,23 @@ impl LayerWeights {
             get(LAYER_PARTS[7])?,
             get(LAYER_PARTS[8])?,
         ];
-        Ok(LayerWeights { index, w })
+        let mut b: [Option<Tensor>; 7] = Default::default();
+        for (i, slot) in b.iter_mut().enumerate() {
+            if cfg.has_bias(i) {
+                *slot = Some(get(LAYER_BIASES[i])?);
+            }
+        }
+        Ok(LayerWeights { index, w, b })
+    }
+
+    /// `x · wᵀ (+ b)` for matrix `i` of the seven ([`MATRIX_SLOTS`] order).
+    fn project(&self, x: &Tensor, i: usize) -> Result<Tensor> {
+        let w = &self.w[MATRIX_SLOTS[i]];
+        match &self.b[i] {
+            Some(b) => linear_forward_biased(x, w, b),
+            None => linear_forward(x, w),
+        }
+        .map_err(k)
     }
 }
 
@@ -210,6 +230,8 @@ impl SelectiveSaved {
 pub struct WeightGradInputs {
     /// `(input, d_output)` for wq, wk, wv, wo, w_gate, w_up, w_down (weights 1–4 and 6–8).
     pub pairs: [(Tensor, Tensor); 7],
+    /// Which of the seven have a bias (its gradient is the sum of `d_output`).
+    pub biased: [bool; 7],
 }
 
 impl WeightGradInputs {
@@ -265,20 +287,20 @@ pub fn forward(
     offset: usize,
 ) -> Result<(Tensor, LayerSaved, SliceKv)> {
     let (cfg, d) = (ctx.cfg, ctx.cfg.head_dim());
-    let [attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down] = &w.w;
+    let (attn_norm, mlp_norm) = (&w.w[0], &w.w[5]);
     let (h1, inv1) = rms_norm_forward(x, attn_norm, cfg.norm_eps).map_err(k)?;
-    let q = split_heads(&linear_forward(&h1, wq).map_err(k)?, cfg.heads, d)?;
-    let kk = split_heads(&linear_forward(&h1, wk).map_err(k)?, cfg.kv_heads, d)?;
-    let v = split_heads(&linear_forward(&h1, wv).map_err(k)?, cfg.kv_heads, d)?;
+    let q = split_heads(&w.project(&h1, 0)?, cfg.heads, d)?;
+    let kk = split_heads(&w.project(&h1, 1)?, cfg.kv_heads, d)?;
+    let v = split_heads(&w.project(&h1, 2)?, cfg.kv_heads, d)?;
     let q = ctx.rope.forward(&q, offset).map_err(k)?;
     let kk = ctx.rope.forward(&kk, offset).map_err(k)?;
     let (o, lse) = prefix.attend(&q, &kk, &v, &ctx.attention).map_err(k)?;
-    let x2 = (x + linear_forward(&merge_heads(&o)?, wo).map_err(k)?)?;
+    let x2 = (x + w.project(&merge_heads(&o)?, 3)?)?;
     let (h2, inv2) = rms_norm_forward(&x2, mlp_norm, cfg.norm_eps).map_err(k)?;
-    let gate = linear_forward(&h2, w_gate).map_err(k)?;
-    let up = linear_forward(&h2, w_up).map_err(k)?;
+    let gate = w.project(&h2, 4)?;
+    let up = w.project(&h2, 5)?;
     let act = swiglu_forward(&gate, &up).map_err(k)?;
-    let y = (&x2 + linear_forward(&act, w_down).map_err(k)?)?;
+    let y = (&x2 + w.project(&act, 6)?)?;
     let saved = LayerSaved {
         x: x.clone(),
         inv1,
@@ -343,15 +365,24 @@ pub fn backward_input(
         (saved.h2.clone(), d_up),
         (saved.act.clone(), dy.clone()),
     ];
-    Ok((dx, [d_attn_norm, d_mlp_norm], WeightGradInputs { pairs }))
+    let biased = w.b.each_ref().map(Option::is_some);
+    Ok((dx, [d_attn_norm, d_mlp_norm], WeightGradInputs { pairs, biased }))
 }
 
-/// Weight half: the seven matrix gradients, in [`MATRIX_SLOTS`] order.
-pub fn backward_weight(inputs: &WeightGradInputs) -> Result<[Tensor; 7]> {
-    let grads: Vec<Tensor> = inputs
+/// Weight half: the seven matrix gradients with their biases' (`None` where a matrix has no
+/// bias), in [`MATRIX_SLOTS`] order.
+pub fn backward_weight(inputs: &WeightGradInputs) -> Result<[(Tensor, Option<Tensor>); 7]> {
+    let grads: Vec<(Tensor, Option<Tensor>)> = inputs
         .pairs
         .iter()
-        .map(|(x, dy)| linear_backward_weight(x, dy).map_err(k))
+        .zip(inputs.biased)
+        .map(|((x, dy), biased)| {
+            let dw = linear_backward_weight(x, dy).map_err(k)?;
+            let db = biased
+                .then(|| linear_backward_bias(dy).map_err(k))
+                .transpose()?;
+            Ok((dw, db))
+        })
         .collect::<Result<_>>()?;
     Ok(grads.try_into().expect("seven pairs give seven gradients"))
 }

@@ -20,6 +20,18 @@ pub const LAYER_PARTS: [&str; 9] = [
     "mlp.down_proj.weight",
 ];
 
+/// The biases of the seven projections, in the layer's `MATRIX_SLOTS` order (q, k, v, o, gate,
+/// up, down); which exist is the model's `attention_bias` / `mlp_bias`.
+pub const LAYER_BIASES: [&str; 7] = [
+    "self_attn.q_proj.bias",
+    "self_attn.k_proj.bias",
+    "self_attn.v_proj.bias",
+    "self_attn.o_proj.bias",
+    "mlp.gate_proj.bias",
+    "mlp.up_proj.bias",
+    "mlp.down_proj.bias",
+];
+
 /// Full name of part `part` of layer `layer`.
 pub fn layer_param(layer: usize, part: &str) -> String {
     format!("model.layers.{layer}.{part}")

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::ModelConfig;
-use super::names::{layer_param, EMBED, FINAL_NORM, LAYER_PARTS, LM_HEAD};
+use super::names::{layer_param, EMBED, FINAL_NORM, LAYER_BIASES, LAYER_PARTS, LM_HEAD};
 
 /// Named tensors (parameters, gradients or optimizer moments).
 pub type TensorMap = BTreeMap<String, Tensor>;
@@ -24,6 +24,8 @@ pub enum Init {
     Normal(f64),
     /// All ones (norm weights).
     Ones,
+    /// All zeros (biases, as `transformers` initialises them).
+    Zeros,
 }
 
 /// One parameter: name, shape and initialisation.
@@ -52,6 +54,7 @@ pub struct Holding {
 pub fn param_specs(cfg: &ModelConfig, holding: &Holding) -> Vec<ParamSpec> {
     const STD: f64 = 0.02;
     let (h, f, d) = (cfg.hidden, cfg.ffn_hidden, cfg.head_dim());
+    let (q, kv) = (cfg.heads * d, cfg.kv_heads * d);
     // GPT-2's scaled init of residual-output projections keeps the residual stream's variance flat.
     let out_std = STD / (2.0 * cfg.layers as f64).sqrt();
     let mut specs = Vec::new();
@@ -64,17 +67,23 @@ pub fn param_specs(cfg: &ModelConfig, holding: &Holding) -> Vec<ParamSpec> {
         for layer in range.clone() {
             let shapes: [(Vec<usize>, Init); 9] = [
                 (vec![h], Init::Ones),
-                (vec![cfg.heads * d, h], Init::Normal(STD)),
-                (vec![cfg.kv_heads * d, h], Init::Normal(STD)),
-                (vec![cfg.kv_heads * d, h], Init::Normal(STD)),
-                (vec![h, cfg.heads * d], Init::Normal(out_std)),
+                (vec![q, h], Init::Normal(STD)),
+                (vec![kv, h], Init::Normal(STD)),
+                (vec![kv, h], Init::Normal(STD)),
+                (vec![h, q], Init::Normal(out_std)),
                 (vec![h], Init::Ones),
                 (vec![f, h], Init::Normal(STD)),
                 (vec![f, h], Init::Normal(STD)),
                 (vec![h, f], Init::Normal(out_std)),
             ];
+            let bias_widths = [q, kv, kv, h, f, f, h];
             for (part, (shape, init)) in LAYER_PARTS.iter().zip(shapes) {
                 push(layer_param(layer, part), shape, init);
+            }
+            for (i, (part, width)) in LAYER_BIASES.iter().zip(bias_widths).enumerate() {
+                if cfg.has_bias(i) {
+                    push(layer_param(layer, part), vec![width], Init::Zeros);
+                }
             }
         }
     }
@@ -109,6 +118,7 @@ pub fn init_params(
         let count: usize = spec.shape.iter().product();
         let tensor = match spec.init {
             Init::Ones => Tensor::ones(spec.shape.as_slice(), dtype, device)?,
+            Init::Zeros => Tensor::zeros(spec.shape.as_slice(), dtype, device)?,
             Init::Normal(std) => {
                 let mut rng = ChaCha8Rng::seed_from_u64(tensor_seed(seed, &spec.name));
                 let normal = Normal::new(0.0, std).expect("a positive, finite standard deviation");

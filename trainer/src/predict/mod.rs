@@ -75,7 +75,7 @@ use std::collections::HashMap;
 use candle_core::DType;
 use seqpipe_memory::{
     lives_from_spans, model_states, run_ledger, spans_in_program_order, unit_key, LogitsPlacement,
-    MemEvent, Parallelism, Precision, StageLayout, StageStates, StateOptions, UnitKey,
+    MemEvent, Parallelism, Precision, StageLayout, StateOptions, UnitKey,
 };
 use seqpipe_schedule::{Op, Schedule, Unit};
 
@@ -246,8 +246,9 @@ pub fn recompute_savings(input: &PredictInput) -> Result<Option<Vec<HashMap<Unit
 /// Model-state bytes of every stage as the runtime keeps them (the `memory` crate's per-stage
 /// states): parameters in the run's dtype, f32 gradients and two f32 AdamW moments, plus an f32
 /// master copy of bf16 parameters: `16` bytes per parameter in f32 (`4 + 4 + 8`), `18` in bf16
-/// (`2 + 4 + 12`). A stage's parameters are its layers (`2H·q + 2H·kv + 3H·F + 2H` each), the
-/// embedding on the first stage and the LM head and final norm on the last. `None` for f64.
+/// (`2 + 4 + 12`). A stage's parameters are its layers (`2H·q + 2H·kv + 3H·F + 2H` each,
+/// plus their biases where the model has them), the embedding on the first stage and the LM head
+/// and final norm on the last. `None` for f64.
 pub fn stage_states(
     model: &ModelConfig,
     dtype: DType,
@@ -272,10 +273,54 @@ pub fn stage_states(
         &Parallelism::new(1, 1, 1)?,
         &options,
     )?;
-    Ok(Some(states.iter().map(StageStates::total).collect()))
+    // The planners' shape has no biases: each stage adds its layers' at the same bytes per
+    // parameter as the rest of its states.
+    let biases = (model.layers / stages as usize * model.bias_parameters_per_layer()) as f64;
+    let per_parameter =
+        (precision.weight_bytes + precision.grad_bytes + precision.optimizer_bytes) as f64;
+    Ok(Some(
+        states
+            .iter()
+            .map(|s| s.total() + biases * per_parameter)
+            .collect(),
+    ))
 }
 
 /// Predicted peak saved-activation bytes per stage (see [`predict`]).
 pub fn predicted_peaks(input: &PredictInput) -> Result<Option<Vec<f64>>> {
     Ok(predict(input)?.map(|p| p.iter().map(|s| s.peaks.saved).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::params::param_specs;
+    use crate::runtime::rank::holding;
+    use crate::runtime::Partition;
+
+    /// The states the runtime holds: every parameter of the stage (from the same specs the
+    /// stages are built from) at 16 bytes in f32.
+    fn held(model: &ModelConfig, stages: usize) -> Vec<f64> {
+        let partition = Partition::even(model.layers, stages).unwrap();
+        (0..stages)
+            .map(|s| {
+                let specs = param_specs(model, &holding(&partition, s, stages, 1));
+                let count: usize = specs.iter().map(|p| p.shape.iter().product::<usize>()).sum();
+                16.0 * count as f64
+            })
+            .collect()
+    }
+
+    #[test]
+    fn model_states_count_the_biases_the_stages_hold() {
+        for (attention_bias, mlp_bias) in [(false, false), (true, false), (true, true)] {
+            let model = ModelConfig {
+                attention_bias,
+                mlp_bias,
+                ..ModelConfig::tiny()
+            };
+            let predicted = stage_states(&model, DType::F32, 4, 1).unwrap().unwrap();
+            assert_eq!(predicted, held(&model, 4), "{attention_bias} {mlp_bias}");
+        }
+    }
 }

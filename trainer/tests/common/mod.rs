@@ -29,6 +29,8 @@ pub fn tiny_model() -> ModelConfig {
         tie_embeddings: false,
         head_dim: None,
         rope_scaling: None,
+        attention_bias: false,
+        mlp_bias: false,
     }
 }
 

@@ -45,6 +45,22 @@ fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_matmul(&w.t()?)
 }
 
+/// Projection `part` (e.g. `self_attn.q_proj`) of the layer whose parameters `get` names, plus
+/// its bias when the parameters hold one.
+fn project(
+    x: &Tensor,
+    p: &BTreeMap<String, Var>,
+    layer: usize,
+    part: &str,
+) -> candle_core::Result<Tensor> {
+    let name = |kind: &str| format!("model.layers.{layer}.{part}.{kind}");
+    let y = linear(x, p[&name("weight")].as_tensor())?;
+    match p.get(&name("bias")) {
+        Some(b) => y.broadcast_add(b.as_tensor()),
+        None => Ok(y),
+    }
+}
+
 /// Mean next-token loss over all micro-batches (over the targets a mask scores, when masks are
 /// given), as a scalar tensor in the autograd graph.
 pub fn loss(
@@ -76,14 +92,14 @@ pub fn loss(
             let heads =
                 |t: Tensor, n: usize| t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous();
             let q = rope(
-                &heads(linear(&hn, &w("self_attn.q_proj.weight"))?, h)?,
+                &heads(project(&hn, p, l, "self_attn.q_proj")?, h)?,
                 cfg.rope_theta,
             )?;
             let k = rope(
-                &heads(linear(&hn, &w("self_attn.k_proj.weight"))?, hkv)?,
+                &heads(project(&hn, p, l, "self_attn.k_proj")?, hkv)?,
                 cfg.rope_theta,
             )?;
-            let v = heads(linear(&hn, &w("self_attn.v_proj.weight"))?, hkv)?;
+            let v = heads(project(&hn, p, l, "self_attn.v_proj")?, hkv)?;
             let (k, v) = (repeat_kv(&k, h / hkv)?, repeat_kv(&v, h / hkv)?);
             let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(&mask)?;
             let e = scores.exp()?;
@@ -93,12 +109,12 @@ pub fn loss(
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b, s, h * d))?;
-            x = (x + linear(&o, &w("self_attn.o_proj.weight"))?)?;
+            x = (x + project(&o, p, l, "self_attn.o_proj")?)?;
             let hn = rms_norm(&x, &w("post_attention_layernorm.weight"), cfg.norm_eps)?;
-            let g = linear(&hn, &w("mlp.gate_proj.weight"))?;
-            let u = linear(&hn, &w("mlp.up_proj.weight"))?;
+            let g = project(&hn, p, l, "mlp.gate_proj")?;
+            let u = project(&hn, p, l, "mlp.up_proj")?;
             let silu = (&g * (g.neg()?.exp()? + 1.0)?.recip()?)?;
-            x = (x + linear(&(silu * u)?, &w("mlp.down_proj.weight"))?)?;
+            x = (x + project(&(silu * u)?, p, l, "mlp.down_proj")?)?;
         }
         let hn =
             rms_norm(&x, &get("model.norm.weight"), cfg.norm_eps)?.reshape((b * s, cfg.hidden))?;

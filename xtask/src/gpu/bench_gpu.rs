@@ -137,6 +137,8 @@ fn llama_7b() -> ModelConfig {
         tie_embeddings: false,
         head_dim: None,
         rope_scaling: None,
+        attention_bias: false,
+        mlp_bias: false,
     }
 }
 
@@ -162,7 +164,7 @@ fn layer_walk(gpu: &Device, m: &ModelConfig, context: usize, slices: usize) -> R
         head: false,
     };
     let params = init_params(&param_specs(m, &holding), 5, DType::BF16, gpu)?;
-    let w = LayerWeights::from_params(&params, 0)?;
+    let w = LayerWeights::from_params(&params, m, 0)?;
     let rope = Rope::new(m.head_dim(), context, m.rope_theta, DType::BF16, gpu)?;
     let ctx = LayerCtx {
         cfg: m,

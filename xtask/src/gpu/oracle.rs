@@ -49,6 +49,8 @@ fn model() -> ModelConfig {
         tie_embeddings: false,
         head_dim: None,
         rope_scaling: None,
+        attention_bias: false,
+        mlp_bias: false,
     }
 }
 

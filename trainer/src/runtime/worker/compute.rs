@@ -14,7 +14,7 @@ use crate::model::ends::{
     head_forward, Answers, HeadSaved,
 };
 use crate::model::layer::{self, LayerSaved, SliceKv, MATRIX_SLOTS};
-use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_PARTS, LM_HEAD};
+use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_BIASES, LAYER_PARTS, LM_HEAD};
 use crate::model::params::TensorMap;
 
 fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> Result<()> {
@@ -238,8 +238,12 @@ impl StageWorker {
     pub(super) fn backward_weight(&mut self, pending: PendingWeight) -> Result<()> {
         for (index, wgi) in &pending.layers {
             let grads = layer::backward_weight(wgi)?;
-            for (slot, g) in MATRIX_SLOTS.iter().zip(&grads) {
-                add_into(&mut self.grads, &layer_param(*index, LAYER_PARTS[*slot]), g)?;
+            for (i, (dw, db)) in grads.iter().enumerate() {
+                let weight = LAYER_PARTS[MATRIX_SLOTS[i]];
+                add_into(&mut self.grads, &layer_param(*index, weight), dw)?;
+                if let Some(db) = db {
+                    add_into(&mut self.grads, &layer_param(*index, LAYER_BIASES[i]), db)?;
+                }
             }
         }
         if let Some(h) = &pending.head {

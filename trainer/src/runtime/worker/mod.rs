@@ -147,7 +147,7 @@ impl StageWorker {
             .iter()
             .map(|r| {
                 r.clone()
-                    .map(|l| LayerWeights::from_params(&self.params, l))
+                    .map(|l| LayerWeights::from_params(&self.params, &self.model, l))
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .collect::<candle_core::Result<_>>()?;
