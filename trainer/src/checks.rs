@@ -257,7 +257,10 @@ fn size_problems(cfg: &TrainConfig) -> Vec<String> {
 fn data_problems(cfg: &TrainConfig) -> Vec<String> {
     let d = &cfg.data;
     let mut problems = Vec::new();
-    let generated = matches!(d.kind, DataKind::Markov | DataKind::Retrieval);
+    let generated = matches!(
+        d.kind,
+        DataKind::Markov | DataKind::Retrieval | DataKind::Passkey
+    );
     if generated && d.path.is_some() {
         problems.push(format!(
             "data.path is set but data.kind = {:?} generates its data; use --data-kind tokens \
@@ -265,9 +268,10 @@ fn data_problems(cfg: &TrainConfig) -> Vec<String> {
             d.kind
         ));
     }
-    if d.kind != DataKind::Text && d.tokenizer.is_some() {
+    if !matches!(d.kind, DataKind::Text | DataKind::Passkey) && d.tokenizer.is_some() {
         problems.push(format!(
-            "data.tokenizer is set but data.kind = {:?} does not tokenize text; use --data-kind text",
+            "data.tokenizer is set but data.kind = {:?} does not tokenize text; use --data-kind \
+             text or passkey",
             d.kind
         ));
     }

@@ -116,6 +116,9 @@ pub enum DataKind {
     /// Generated multi-query key–value retrieval: a long-context task scored on the answers,
     /// with an accuracy metric.
     Retrieval,
+    /// Generated passkey retrieval: a number hidden in filler at a random depth, asked for at
+    /// the end and scored on the answer (text with `data.tokenizer`, else token ids).
+    Passkey,
     /// A token file (`.bin`, little-endian u16 or u32, as nanoGPT and llm.c write them).
     Tokens,
     /// A text file, or JSONL with one document per line, tokenized with `data.tokenizer`.

@@ -94,7 +94,8 @@ impl InitFrom {
 }
 
 /// `cfg` with `init_from` applied: the model is the checkpoint's (with the extension's
-/// changes), and text data without a tokenizer takes the checkpoint's. Unchanged without
+/// changes), and text or passkey data without a tokenizer takes the checkpoint's (a model with a
+/// real tokenizer is asked for the pass key in words). Unchanged without
 /// `init_from`; applying it twice changes nothing more.
 pub fn resolved(cfg: &TrainConfig) -> Result<TrainConfig> {
     let Some(init) = &cfg.init_from else {
@@ -102,7 +103,7 @@ pub fn resolved(cfg: &TrainConfig) -> Result<TrainConfig> {
     };
     let mut out = cfg.clone();
     out.model = init.model()?;
-    if out.data.kind == DataKind::Text && out.data.tokenizer.is_none() {
+    if matches!(out.data.kind, DataKind::Text | DataKind::Passkey) && out.data.tokenizer.is_none() {
         out.data.tokenizer = init.tokenizer();
     }
     Ok(out)

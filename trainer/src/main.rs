@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model with pipeline parallelism (no arguments: the tiny CPU demo).
-    Train(cmd::train::TrainArgs),
+    Train(Box<cmd::train::TrainArgs>),
     /// Cut one sequence into slices and show each slice's tokens and FLOPs.
     Slice(cmd::slice::SliceArgs),
     /// Search PP, TP×CP, schedule, slices, chunks, offload and recomputation for a model and cluster.

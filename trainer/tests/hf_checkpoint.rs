@@ -154,10 +154,16 @@ fn bad_checkpoints_are_clear_errors() {
     // A bias the config does not enable: refused, not dropped.
     let mut params = full_params(&model, 1, DType::F32);
     let stray = "model.layers.1.self_attn.q_proj.bias";
-    params.insert(stray.into(), Tensor::zeros(64, DType::F32, &candle_core::Device::Cpu).unwrap());
+    params.insert(
+        stray.into(),
+        Tensor::zeros(64, DType::F32, &candle_core::Device::Cpu).unwrap(),
+    );
     hf::save(other.path(), &model, &params).unwrap();
     let e = format!("{:#}", hf::load(other.path(), DType::F32).unwrap_err());
-    assert!(e.contains(stray) && e.contains("attention_bias = false"), "{e}");
+    assert!(
+        e.contains(stray) && e.contains("attention_bias = false"),
+        "{e}"
+    );
     // With biases on, one missing is named.
     let biased = seqpipe_trainer::model::ModelConfig {
         attention_bias: true,
@@ -167,5 +173,8 @@ fn bad_checkpoints_are_clear_errors() {
     params.remove("model.layers.2.self_attn.o_proj.bias");
     hf::save(other.path(), &biased, &params).unwrap();
     let e = format!("{:#}", hf::load(other.path(), DType::F32).unwrap_err());
-    assert!(e.contains("lacks tensor model.layers.2.self_attn.o_proj.bias"), "{e}");
+    assert!(
+        e.contains("lacks tensor model.layers.2.self_attn.o_proj.bias"),
+        "{e}"
+    );
 }

@@ -99,5 +99,8 @@ fn the_fixtures_configs_are_read_as_transformers_wrote_them() {
     assert!(tied.tie_embeddings && !params.contains_key("lm_head.weight"));
     let (bias, params) = hf::load(&fixture("bias"), DType::F32).unwrap();
     assert!(bias.attention_bias && bias.mlp_bias);
-    assert_eq!(params.keys().filter(|n| n.ends_with(".bias")).count(), 2 * 7);
+    assert_eq!(
+        params.keys().filter(|n| n.ends_with(".bias")).count(),
+        2 * 7
+    );
 }

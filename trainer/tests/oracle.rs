@@ -241,9 +241,15 @@ fn biased_models_match_single_device_f64() {
         .unwrap();
         let (reports, _) = pl.run_iteration(&inp).unwrap();
         let loss: f64 = reports.iter().map(|r| r.loss).sum();
-        assert!((loss - ref_loss).abs() <= 1e-10 * ref_loss, "{kind:?}: {loss} vs {ref_loss}");
+        assert!(
+            (loss - ref_loss).abs() <= 1e-10 * ref_loss,
+            "{kind:?}: {loss} vs {ref_loss}"
+        );
         let grads = pl.gradients();
-        assert_eq!(grads.keys().filter(|n| n.ends_with(".bias")).count(), 7 * model.layers);
+        assert_eq!(
+            grads.keys().filter(|n| n.ends_with(".bias")).count(),
+            7 * model.layers
+        );
         let (err, name) = worst_rel_err(&grads, &ref_grads);
         assert!(err <= 1e-10, "{kind:?}: {name} differs by {err:e}");
     }

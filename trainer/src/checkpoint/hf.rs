@@ -72,7 +72,10 @@ fn flag(cfg: &Value, name: &str) -> Result<bool> {
     match cfg.get(name) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => fail!(Checkpoint, "config.json: `{name}` = {v} is not true or false"),
+        Some(v) => fail!(
+            Checkpoint,
+            "config.json: `{name}` = {v} is not true or false"
+        ),
     }
 }
 

@@ -27,6 +27,7 @@ macro_rules! out {
     }};
 }
 
+pub mod data_args;
 pub mod eval;
 pub mod export;
 pub mod model;

@@ -8,7 +8,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use seqpipe_comm::{CommOptions, TcpTransport, Transport};
-use seqpipe_trainer::config::{DataKind, Precision, SlicingMethod, TrainConfig};
+use seqpipe_trainer::config::{Precision, SlicingMethod, TrainConfig};
+
+use super::data_args::DataArgs;
 use seqpipe_trainer::health::OnNonFinite;
 use seqpipe_trainer::init::{refuse_model_with_init, InitFrom};
 use seqpipe_trainer::runtime::budget::parse_bytes;
@@ -81,16 +83,8 @@ pub struct TrainArgs {
     /// Device of a threaded run: cpu, cuda or cuda:N (cuda needs a `cuda` build).
     #[arg(long)]
     device: Option<String>,
-    /// Data source: generated Markov text, the generated key–value retrieval task, a token file,
-    /// or text/JSONL with a tokenizer.
-    #[arg(long, value_enum)]
-    data_kind: Option<DataKind>,
-    /// Token file (`.bin`) or text/JSONL corpus.
-    #[arg(long)]
-    data_path: Option<PathBuf>,
-    /// Hugging Face tokenizer.json for text corpora.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Write the Chrome trace (Perfetto) of the last step here.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -192,15 +186,7 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = &args.device {
         cfg.device = v.clone();
     }
-    if let Some(v) = args.data_kind {
-        cfg.data.kind = v;
-    }
-    if let Some(v) = &args.data_path {
-        cfg.data.path = Some(v.clone());
-    }
-    if let Some(v) = &args.tokenizer {
-        cfg.data.tokenizer = Some(v.clone());
-    }
+    args.data.apply(&mut cfg.data);
     if let Some(v) = &args.checkpoint_dir {
         cfg.output.checkpoint_dir = Some(v.clone());
     }

@@ -1,8 +1,9 @@
 //! Training data: the generated Markov corpus (the default, no files), the synthetic
-//! long-context retrieval task, token files, and text or JSONL tokenized with a Hugging Face
+//! long-context retrieval and passkey tasks, token files, and text or JSONL tokenized with a Hugging Face
 //! tokenizer, behind one [`DataSource`].
 
 pub mod markov;
+pub mod passkey;
 pub mod retrieval;
 pub mod stream;
 pub mod text;
@@ -11,6 +12,7 @@ use crate::error::{fail, Error, Result};
 use candle_core::{Device, Tensor};
 
 pub use markov::{entropy, MarkovSource, SUCCESSOR_PROBS};
+pub use passkey::PasskeySource;
 pub use retrieval::RetrievalSource;
 pub use stream::TokenStream;
 
@@ -48,12 +50,46 @@ impl Batch {
     }
 }
 
+/// The shape of a masked source's batch.
+pub(crate) struct MaskedShape {
+    pub microbatches: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+impl MaskedShape {
+    /// Tokens `[batch, seq_len + 1]` and masks `[batch, seq_len]` per micro-batch, each row one
+    /// `(tokens, mask)` from `next`.
+    pub fn draw(
+        &self,
+        device: &Device,
+        mut next: impl FnMut() -> Result<(Vec<u32>, Vec<f32>)>,
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let (b, s) = (self.batch, self.seq_len);
+        let mut all = (Vec::new(), Vec::new());
+        for _ in 0..self.microbatches {
+            let (mut tokens, mut mask) =
+                (Vec::with_capacity(b * (s + 1)), Vec::with_capacity(b * s));
+            for _ in 0..b {
+                let (t, m) = next()?;
+                tokens.extend(t);
+                mask.extend(m);
+            }
+            all.0.push(Tensor::from_vec(tokens, (b, s + 1), device)?);
+            all.1.push(Tensor::from_vec(mask, (b, s), device)?);
+        }
+        Ok(all)
+    }
+}
+
 /// Any of the data sources, with a position a checkpoint can save.
 pub enum DataSource {
     /// Generated first-order Markov text.
     Markov(Box<MarkovSource>),
     /// Generated key–value retrieval sequences, scored on the answers only.
     Retrieval(Box<RetrievalSource>),
+    /// Generated passkey sequences, scored on the answers only.
+    Passkey(Box<PasskeySource>),
     /// A token file or tokenized text.
     Stream(TokenStream),
 }
@@ -71,6 +107,10 @@ impl DataSource {
             DataKind::Retrieval => {
                 DataSource::Retrieval(Box::new(RetrievalSource::new(vocab, seed)?))
             }
+            DataKind::Passkey => DataSource::Passkey(Box::new(match cfg.tokenizer.as_deref() {
+                Some(path) => PasskeySource::text(text::load_tokenizer(path)?, seed)?,
+                None => PasskeySource::tokens(vocab, seed)?,
+            })),
             DataKind::Tokens => {
                 DataSource::Stream(TokenStream::open_file(path()?, cfg.token_bytes, vocab)?)
             }
@@ -101,8 +141,12 @@ impl DataSource {
         seq_len: usize,
         device: &Device,
     ) -> Result<Batch> {
-        if let DataSource::Retrieval(r) = self {
-            let (tokens, masks) = r.batch(microbatches, batch, seq_len, device)?;
+        let masked = match self {
+            DataSource::Retrieval(r) => Some(r.batch(microbatches, batch, seq_len, device)?),
+            DataSource::Passkey(p) => Some(p.batch(microbatches, batch, seq_len, device)?),
+            _ => None,
+        };
+        if let Some((tokens, masks)) = masked {
             return Ok(Batch {
                 tokens,
                 masks: Some(masks),
@@ -125,6 +169,7 @@ impl DataSource {
         match self {
             DataSource::Markov(m) => Ok(m.batch(microbatches, batch, seq_len, device)?),
             DataSource::Retrieval(r) => Ok(r.batch(microbatches, batch, seq_len, device)?.0),
+            DataSource::Passkey(p) => Ok(p.batch(microbatches, batch, seq_len, device)?.0),
             DataSource::Stream(s) => (0..microbatches)
                 .map(|_| {
                     let mut rows = Vec::with_capacity(batch * (seq_len + 1));
@@ -142,6 +187,7 @@ impl DataSource {
         match self {
             DataSource::Markov(m) => m.position(),
             DataSource::Retrieval(r) => r.position(),
+            DataSource::Passkey(p) => p.position(),
             DataSource::Stream(s) => s.position(),
         }
     }
@@ -151,7 +197,9 @@ impl DataSource {
     pub fn seek(&mut self, position: u128) -> Result<()> {
         const CHACHA_WORDS: u128 = 1 << 68;
         match self {
-            DataSource::Markov(_) | DataSource::Retrieval(_) if position >= CHACHA_WORDS => {
+            DataSource::Markov(_) | DataSource::Retrieval(_) | DataSource::Passkey(_)
+                if position >= CHACHA_WORDS =>
+            {
                 fail!(
                     Data,
                     "data position {position} is past the generated stream's end (2^68 words): \
@@ -160,6 +208,7 @@ impl DataSource {
             }
             DataSource::Markov(m) => m.seek(position),
             DataSource::Retrieval(r) => r.seek(position),
+            DataSource::Passkey(p) => p.seek(position),
             DataSource::Stream(s) => s.seek(position)?,
         }
         Ok(())

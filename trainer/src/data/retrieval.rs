@@ -18,6 +18,7 @@
 //! form. The vocabulary is `n` query tokens, `n²` fact tokens and `n` answer tokens, with `n` the
 //! largest that fits the model's vocabulary; the remaining tokens are unused.
 
+use super::MaskedShape;
 use crate::error::{fail, Result};
 use candle_core::{Device, Tensor};
 use rand::seq::index::sample;
@@ -140,20 +141,14 @@ impl RetrievalSource {
         seq_len: usize,
         device: &Device,
     ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let mut all_tokens = Vec::with_capacity(microbatches);
-        let mut all_masks = Vec::with_capacity(microbatches);
-        for _ in 0..microbatches {
-            let mut tokens = Vec::with_capacity(batch * (seq_len + 1));
-            let mut mask = Vec::with_capacity(batch * seq_len);
-            for _ in 0..batch {
-                let seq = self.sequence(seq_len)?;
-                tokens.extend(seq.tokens);
-                mask.extend(seq.mask);
-            }
-            all_tokens.push(Tensor::from_vec(tokens, (batch, seq_len + 1), device)?);
-            all_masks.push(Tensor::from_vec(mask, (batch, seq_len), device)?);
-        }
-        Ok((all_tokens, all_masks))
+        let shape = MaskedShape {
+            microbatches,
+            batch,
+            seq_len,
+        };
+        shape.draw(device, || {
+            self.sequence(seq_len).map(|s| (s.tokens, s.mask))
+        })
     }
 }
 

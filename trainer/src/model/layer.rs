@@ -366,7 +366,11 @@ pub fn backward_input(
         (saved.act.clone(), dy.clone()),
     ];
     let biased = w.b.each_ref().map(Option::is_some);
-    Ok((dx, [d_attn_norm, d_mlp_norm], WeightGradInputs { pairs, biased }))
+    Ok((
+        dx,
+        [d_attn_norm, d_mlp_norm],
+        WeightGradInputs { pairs, biased },
+    ))
 }
 
 /// Weight half: the seven matrix gradients with their biases' (`None` where a matrix has no

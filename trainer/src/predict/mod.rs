@@ -305,7 +305,10 @@ mod tests {
         (0..stages)
             .map(|s| {
                 let specs = param_specs(model, &holding(&partition, s, stages, 1));
-                let count: usize = specs.iter().map(|p| p.shape.iter().product::<usize>()).sum();
+                let count: usize = specs
+                    .iter()
+                    .map(|p| p.shape.iter().product::<usize>())
+                    .sum();
                 16.0 * count as f64
             })
             .collect()

@@ -7,6 +7,14 @@
 //! such as `retrieval`, scores; their accuracy is reported too). The forward runs through the
 //! trainer's own executor on one stage — the numbers the trainer trains on — which also computes
 //! gradients it does not use: correct and simple, about three times a forward's cost.
+//!
+//! [`passkey`] is the other standard check: whether the model finds a number hidden at each depth
+//! of each length; [`heatmap`] draws its table.
+
+pub mod heatmap;
+pub mod passkey;
+
+pub use passkey::{passkey_probe, PasskeyCell, PasskeyProbe};
 
 use std::time::Duration;
 
@@ -59,6 +67,30 @@ pub fn evaluate(
     if on.sequences == 0 {
         fail!(Config, "eval: sequences = 0: score at least one sequence");
     }
+    check_lengths(model, lengths)?;
+    lengths
+        .iter()
+        .map(|&n| evaluate_length(model, params, on, n))
+        .collect()
+}
+
+/// A one-stage pipeline that scores `microbatches` sequences per call with `params`.
+fn scorer(model: &ModelConfig, params: &TensorMap, microbatches: usize) -> Result<Pipeline> {
+    let dtype = params.values().next().map_or(DType::F32, |t| t.dtype());
+    let schedule = ScheduleConfig::new(ScheduleKind::OneFOneB, 1, microbatches as u32);
+    Pipeline::with_weights(
+        model,
+        schedule,
+        None,
+        &OptimConfig::default(),
+        Weights::Loaded(params),
+        dtype,
+        Duration::from_secs(3600),
+    )
+}
+
+/// Refuses a length the model's positions do not reach (or 0).
+fn check_lengths(model: &ModelConfig, lengths: &[usize]) -> Result<()> {
     if let Some(&n) = lengths
         .iter()
         .find(|&&n| n == 0 || n + 1 > model.max_positions)
@@ -72,10 +104,7 @@ pub fn evaluate(
             model.max_positions.saturating_sub(1)
         );
     }
-    lengths
-        .iter()
-        .map(|&n| evaluate_length(model, params, on, n))
-        .collect()
+    Ok(())
 }
 
 fn evaluate_length(
@@ -87,17 +116,7 @@ fn evaluate_length(
     let mut source = DataSource::open(on.data, model.vocab, on.seed)?;
     let batch = source.draw(on.sequences, 1, length, &Device::Cpu)?;
     let targets = batch.scored_targets(0..on.sequences)?;
-    let dtype = params.values().next().map_or(DType::F32, |t| t.dtype());
-    let schedule = ScheduleConfig::new(ScheduleKind::OneFOneB, 1, on.sequences as u32);
-    let mut pipeline = Pipeline::with_weights(
-        model,
-        schedule,
-        None,
-        &OptimConfig::default(),
-        Weights::Loaded(params),
-        dtype,
-        Duration::from_secs(3600),
-    )?;
+    let mut pipeline = scorer(model, params, on.sequences)?;
     let report = pipeline.compute_gradients(&IterationInput {
         tokens: batch.tokens,
         masks: batch.masks,
