@@ -149,3 +149,55 @@ fn the_command_prints_both_tables_writes_its_heat_map_and_names_bad_values() {
         assert!(!ok && err.contains(needle), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn a_model_trained_on_the_task_finds_the_keys_an_untrained_one_does_not() {
+    use seqpipe_trainer::checkpoint::export::model_dir;
+    use seqpipe_trainer::config::{DataKind, TrainConfig};
+    use seqpipe_trainer::model::ModelConfig;
+    use seqpipe_trainer::train::{train_with, RunOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = TrainConfig {
+        steps: 150,
+        model: ModelConfig {
+            vocab: 64,
+            hidden: 64,
+            ffn_hidden: 128,
+            heads: 2,
+            kv_heads: 2,
+            layers: 2,
+            max_positions: 128,
+            ..ModelConfig::tiny()
+        },
+        ..TrainConfig::default()
+    };
+    (cfg.data.kind, cfg.data.batch, cfg.data.seq_len) = (DataKind::Passkey, 32, 31);
+    let p = &mut cfg.parallel;
+    (p.stages, p.microbatches, p.slices, p.chunks) = (2, 2, 2, 1);
+    p.schedule = "slimpipe".into();
+    (cfg.optim.lr, cfg.optim.min_lr_ratio) = (1e-2, 0.1);
+    (cfg.optim.warmup_steps, cfg.optim.weight_decay) = (50, 0.0);
+    cfg.output.checkpoint_dir = Some(dir.path().join("ckpt"));
+    train_with(&cfg, &RunOptions::default(), |_| Ok(())).unwrap();
+    let (trained, _) = model_dir(&dir.path().join("ckpt")).unwrap();
+    let (model, params) = hf::load(&trained, DType::F32).unwrap();
+    let untrained = common::full_params(&model, 1, DType::F32);
+    let source = PasskeySource::tokens(model.vocab, 77).unwrap();
+    let probe = PasskeyProbe {
+        depths: vec![0.0, 0.5, 1.0],
+        trials: 5,
+    };
+    let found = |params| -> Vec<usize> {
+        passkey_probe(&model, params, &source, &probe, &[31])
+            .unwrap()
+            .iter()
+            .map(|c| c.retrieved)
+            .collect()
+    };
+    assert_eq!(found(&params), [5, 5, 5], "trained at 31 tokens: every key");
+    assert_eq!(
+        found(&untrained),
+        [0, 0, 0],
+        "untrained: five digits by chance"
+    );
+}

@@ -125,14 +125,11 @@ impl ModelConfig {
             self.vocab as f64,
             self.layers as f64,
         );
-        let d = match self.head_dim {
-            Some(d) => d,
-            None => self.hidden.checked_div(self.heads).unwrap_or(0),
-        } as f64;
+        let d = self.unchecked_head_dim() as f64;
         let (q, kv) = (self.heads as f64 * d, self.kv_heads as f64 * d);
         let layer = h * (2.0 * q + 2.0 * kv) + 3.0 * h * f + 2.0 * h;
         let ends = if self.tie_embeddings { 1.0 } else { 2.0 } * v * h + h;
-        l * (layer + self.bias_parameters_per_layer() as f64) + ends
+        l * (layer + self.bias_parameters_per_layer()) + ends
     }
 
     /// Whether the projection in slot `i` of the seven matrices (q, k, v, o, gate, up, down: the
@@ -145,12 +142,21 @@ impl ModelConfig {
         }
     }
 
-    /// Bias parameters of one layer: `q + 2·kv + H` with attention biases, `2F + H` with MLP ones.
-    pub fn bias_parameters_per_layer(&self) -> usize {
-        let d = self.head_dim();
-        let attention = self.heads * d + 2 * self.kv_heads * d + self.hidden;
-        let mlp = 2 * self.ffn_hidden + self.hidden;
-        usize::from(self.attention_bias) * attention + usize::from(self.mlp_bias) * mlp
+    /// Bias parameters of one layer: `q + 2·kv + H` with attention biases, `2F + H` with MLP ones
+    /// (in f64, like [`Self::parameter_count`], so that unchecked sizes cannot overflow it).
+    pub fn bias_parameters_per_layer(&self) -> f64 {
+        let d = self.unchecked_head_dim() as f64;
+        let (h, f) = (self.hidden as f64, self.ffn_hidden as f64);
+        let attention = (self.heads as f64 + 2.0 * self.kv_heads as f64) * d + h;
+        let mlp = 2.0 * f + h;
+        f64::from(u8::from(self.attention_bias)) * attention
+            + f64::from(u8::from(self.mlp_bias)) * mlp
+    }
+
+    /// [`Self::head_dim`] for sizes not yet checked: 0 where there are no heads.
+    fn unchecked_head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or_else(|| self.hidden.checked_div(self.heads).unwrap_or(0))
     }
 
     /// Head dimension: `head_dim` when given, else `H / heads`.

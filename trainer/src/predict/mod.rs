@@ -275,7 +275,7 @@ pub fn stage_states(
     )?;
     // The planners' shape has no biases: each stage adds its layers' at the same bytes per
     // parameter as the rest of its states.
-    let biases = (model.layers / stages as usize * model.bias_parameters_per_layer()) as f64;
+    let biases = (model.layers / stages as usize) as f64 * model.bias_parameters_per_layer();
     let per_parameter =
         (precision.weight_bytes + precision.grad_bytes + precision.optimizer_bytes) as f64;
     Ok(Some(
