@@ -1,16 +1,30 @@
-//! PyTorch's pipelining CSV layout: one row per physical stage (rank), one compact action per
-//! cell, no header (`_dump_csv` / `_load_csv`). Cells never contain commas or quotes, so no quoting
-//! is needed; empty cells (PyTorch's idle `None`) are skipped on reading, and both `\n` and `\r\n`
-//! line ends are read. CSV carries no configuration: the reader takes it from the caller.
+//! seqpipe's schedule CSV: PyTorch's pipelining layout (one row per physical stage, one compact
+//! action per cell, no header, as `_dump_csv` / `_load_csv`) extended with slices. Cells never
+//! contain commas or quotes, so no quoting is needed; empty cells (PyTorch's idle `None`) are
+//! skipped on reading, and both `\n` and `\r\n` line ends are read. CSV carries no configuration:
+//! the reader takes it from the caller.
+//!
+//! The extension: a sliced schedule's actions carry `.{slice}` (`0F0.1`), which PyTorch's parser
+//! would read as `0F0` without a word. So a sliced schedule's CSV opens with a [`SLICED_MARK`]
+//! line, which PyTorch's parser refuses loudly and this reader skips. For PyTorch itself, write
+//! with [`crate::pytorch`], which refuses sliced schedules.
 
 use std::io::Write;
 
 use crate::error::Result;
 use crate::schedule::{Schedule, ScheduleConfig};
 
-/// The schedule as CSV text (`\n` line ends).
+/// The first line of a sliced schedule's CSV (a comment to seqpipe, an invalid action to PyTorch).
+pub const SLICED_MARK: &str =
+    "# seqpipe sliced schedule: actions end in .slice (0F0.1); not PyTorch's dialect";
+
+/// The schedule as CSV text (`\n` line ends), marked when sliced.
 pub fn to_csv(schedule: &Schedule) -> String {
     let mut out = String::new();
+    if schedule.config.sliced() {
+        out.push_str(SLICED_MARK);
+        out.push('\n');
+    }
     for row in schedule.to_texts() {
         out.push_str(&row.join(","));
         out.push('\n');
@@ -30,6 +44,7 @@ pub fn from_csv(text: &str, config: ScheduleConfig, lowered: bool) -> Result<Sch
     let mut lines: Vec<&str> = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.starts_with('#'))
         .collect();
     // A final line end leaves one empty string; further empty lines are stages with no actions.
     if lines.last() == Some(&"") {

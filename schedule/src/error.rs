@@ -65,6 +65,10 @@ pub enum ScheduleError {
         /// Comma-separated known names.
         known: String,
     },
+    /// Something PyTorch's pipelining dialect cannot say, or a PyTorch schedule seqpipe's IR
+    /// cannot hold, or PyTorch's lowering or lock-step simulation could not progress.
+    #[error("PyTorch dialect: {0}")]
+    PyTorch(String),
     /// An action's text form did not parse.
     #[error("cannot read action `{text}`: {reason} (expected e.g. 2F0, 1B3, 0SEND_F1, 2F0.1)")]
     BadActionText {

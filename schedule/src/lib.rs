@@ -32,6 +32,7 @@ pub mod gen;
 pub mod ids;
 pub mod lower;
 pub mod lowered;
+pub mod pytorch;
 pub mod render;
 pub mod schedule;
 pub mod simulate;
