@@ -28,6 +28,13 @@
 //! assert_eq!(got.into_f32().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
 //! ```
 
+#![deny(missing_docs)]
+
+// The README's examples run as doc tests, so the first thing a reader runs is checked.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod collective;
 pub mod error;
 pub mod header;

@@ -33,6 +33,13 @@
 //! assert_eq!((out.dims(), lse.dims()), (&[1, 4, 3, 8][..], &[1, 4, 3][..]));
 //! ```
 
+#![deny(missing_docs)]
+
+// The README's examples run as doc tests, so the first thing a reader runs is checked.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod attention;
 pub mod attention_backward;
 mod check;

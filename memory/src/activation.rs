@@ -7,6 +7,22 @@
 //! named: the attention score matrix (only without flash-style attention), the K/V a slice keeps
 //! for later slices when its own activations are dropped (full recomputation), and the dK/dV
 //! accumulator a sliced sequence carries through its backward.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{ActivationModel, Parallelism, RecomputePolicy};
+//! use seqpipe_slicing::preset;
+//! let llama = preset("llama-7b").unwrap();
+//! let act = ActivationModel::new(llama, Parallelism::new(1, 1, 1).unwrap()).unwrap();
+//! // 6H + 2·h_kv·d + 3F = 65 792 bf16 elements per token and layer.
+//! assert_eq!(act.bytes_per_token_layer(), 131_584.0);
+//! let full = act.with_recompute(RecomputePolicy::Full);
+//! assert_eq!(full.bytes_per_token_layer(), 8192.0); // only the layer input (H elements)
+//! // Under full recomputation a slice keeps its K and V for the later slices of its sequence.
+//! let unit = full.unit(4096, 0, true, 8); // 4096 tokens through 8 layers
+//! assert_eq!(unit.kv_prefix, 8.0 * 2.0 * 4096.0 * 4096.0 * 2.0);
+//! ```
 
 use seqpipe_slicing::{FfnKind, ModelShape};
 use serde::{Deserialize, Serialize};

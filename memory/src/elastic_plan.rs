@@ -21,6 +21,24 @@
 //!   buffer per micro-batch, cut into `n` Seq1F1B slices at the balanced boundaries of a full
 //!   buffer (`n = 1`: plain 1F1B), the least uniform recomputation that fits, best `n` wins.
 //!   Slices past a short buffer's end cost only `β` (no padding is charged).
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{default_setup, pack, plan_elastic, plan_packed};
+//! // First-fit-decreasing packing, as the baselines fill their context-length buffers.
+//! assert_eq!(pack(&[5, 9, 3, 7, 1], 10), vec![vec![9, 1], vec![7, 3], vec![5]]);
+//! let setup = default_setup(4, 48 * 1024).unwrap(); // Llama-7B, TP 4, 80 GiB per GPU, p = 4
+//! let lengths = [40_000, 12_000, 6_000, 3_000, 1_500, 800];
+//! let (elastic, chunking) = plan_elastic(&lengths, &setup, &[2, 4]).unwrap().unwrap();
+//! assert_eq!(chunking.chunks.iter().map(|c| c.tokens()).sum::<u64>(), 63_300);
+//! let packed = plan_packed(&lengths, &setup, &[1]).unwrap().unwrap();
+//! assert_eq!((elastic.slices, elastic.pipelines.len()), (4, 1)); // K = 4, one pipeline
+//! assert!(elastic.peaks.iter().all(|&bytes| bytes <= setup.device_bytes));
+//! // Half the iteration time of context-length buffers under plain 1F1B.
+//! let seconds = (elastic.iteration_time, packed.iteration_time);
+//! assert_eq!(format!("{:.2} s, {:.2} s", seconds.0, seconds.1), "1.05 s, 2.13 s");
+//! ```
 
 use seqpipe_schedule::{elastic, group_pipelines, longest_first, seq1f1b, Op, P2p, Schedule};
 use seqpipe_slicing::{balanced, chunk, Chunking, CostModel, CostUnit};

@@ -1,4 +1,19 @@
 //! The one error type of the memory crate: every variant names the bad value and what would be valid.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{MemoryError, StageLayout};
+//! use seqpipe_slicing::preset;
+//! let layout = StageLayout::new(3, 1).unwrap();
+//! let err = layout.layers_per_chunk(&preset("llama-7b").unwrap()).unwrap_err();
+//! assert!(matches!(err, MemoryError::NotDivisible { value: 32, divisor: 3, .. }));
+//! assert_eq!(
+//!     err.to_string(),
+//!     "layers over stages × chunks: 32 is not divisible by 3; \
+//!      use a stages × chunks that divides 32 (e.g. 2)"
+//! );
+//! ```
 
 use thiserror::Error;
 

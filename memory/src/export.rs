@@ -1,4 +1,19 @@
 //! Ledger reports as CSV, JSON and an SVG plot of device memory over time, all returned as strings.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{run_ledger, MemEvent, MemOp};
+//! let event = |time, op| MemEvent { time, stage: 0, op, unit: "act mb0".into(), bytes: 50.0 };
+//! let events = [event(1.0, MemOp::Allocate), event(3.0, MemOp::Free)];
+//! let report = run_ledger(&[100.0], &events).unwrap(); // 100 bytes of model states
+//! assert_eq!(
+//!     report.to_csv(),
+//!     "stage,time,device_bytes,host_bytes\n0,0,100,0\n0,1,150,0\n0,3,100,0\n"
+//! );
+//! assert!(report.to_json().contains("\"peak\": 150.0"));
+//! assert!(report.to_svg("stage memory", 640, 360).unwrap().starts_with("<svg"));
+//! ```
 
 use std::fmt::Write as _;
 

@@ -6,6 +6,21 @@
 //! constants (A100 220 TFLOP/s, 15 GB/s; H100 440 TFLOP/s, 21 GB/s); H200 has the H100's compute
 //! die and host link, so it takes the H100 constants (adopted) with its larger memory. Every
 //! field is public: override what you measured.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::gpu_preset;
+//! use seqpipe_slicing::preset;
+//! let h100 = gpu_preset("H100").unwrap(); // case-insensitive
+//! assert_eq!((h100.achieved_flops, h100.host_link_bytes_per_s), (440e12, 21e9));
+//! // k = 10 / (3·(6H + s)) · B_c / B_o for Llama-7B (H = 4096) at s = 4096.
+//! let llama = preset("llama-7b").unwrap();
+//! let k = h100.offload_k(&llama, 4096).unwrap();
+//! assert_eq!(format!("{k:.3}"), "2.436"); // k > 1: not every transfer can hide
+//! let hidden = h100.hidden_offload_fraction(&llama, 4096).unwrap();
+//! assert_eq!(format!("{hidden:.3}"), "0.411"); // 1/k
+//! ```
 
 use seqpipe_slicing::ModelShape;
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,24 @@
 //! The waits lengthen the actions they fall in, which moves everything after them — on this
 //! stage, and on others through their messages — so [`simulate_with_host_link`] simulates,
 //! charges the waits of that timeline, and simulates again until the waits settle.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::simulate_with_host_link;
+//! use seqpipe_schedule::{lower, one_f_one_b, Op, P2p, UnitCosts};
+//! let mut schedule = lower(&one_f_one_b(1, 1).unwrap()).unwrap(); // 0F0, 0B0
+//! let f0 = schedule.actions[0][0];
+//! schedule.actions[0].splice(1..1, [f0.with_op(Op::Offload), f0.with_op(Op::Reload)]);
+//! let costs = UnitCosts::new(1.0, 2.0); // offload and reload actions cost no compute
+//! // 4 bytes per unit over a link of 1 byte per time unit: each copy takes 4.
+//! let free = P2p::free();
+//! let (sim, waits) =
+//!     simulate_with_host_link(&schedule, |a| costs.cost(a), |_, _| 4.0, 1.0, &free).unwrap();
+//! // The reload waits for the offload (t = 1..5), the backward for the reload (5..9).
+//! assert_eq!(waits[0], vec![0.0, 0.0, 4.0, 4.0]);
+//! assert_eq!(sim.makespan, 11.0);
+//! ```
 
 use std::collections::HashMap;
 

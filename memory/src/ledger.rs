@@ -6,6 +6,25 @@
 //! host (counted when the copy ends), `Reload` moves them back (counted when the copy starts, the
 //! buffer is needed then), `Free` drops a unit whose bytes are all on device. Events at the same
 //! time apply releases first, so the state after each distinct time is that time's maximum.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{run_ledger, MemEvent, MemOp};
+//! let ev = |time, unit: &str, op| MemEvent { time, stage: 0, op, unit: unit.into(), bytes: 40.0 };
+//! let events = [
+//!     ev(0.0, "a", MemOp::Allocate),
+//!     ev(1.0, "b", MemOp::Allocate),
+//!     ev(1.0, "a", MemOp::Offload), // releases apply first at equal times
+//!     ev(2.0, "b", MemOp::Free),
+//!     ev(2.0, "a", MemOp::Reload),
+//!     ev(3.0, "a", MemOp::Free),
+//! ];
+//! let report = run_ledger(&[100.0], &events).unwrap(); // 100 bytes of model states
+//! let stage = &report.stages[0];
+//! // Without the offload, a and b would peak together at 180.
+//! assert_eq!((stage.peak, stage.peak_host, stage.final_device()), (140.0, 40.0, 100.0));
+//! ```
 
 use std::collections::HashMap;
 

@@ -25,6 +25,13 @@
 //! assert_eq!(act.bytes_per_token_layer(), 34304.0);
 //! ```
 
+#![deny(missing_docs)]
+
+// The README's examples run as doc tests, so the first thing a reader runs is checked.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod activation;
 pub mod elastic_compare;
 pub mod elastic_plan;

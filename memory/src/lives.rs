@@ -5,6 +5,23 @@
 //! ledger entries: the logits of the last virtual stage (forward start → backward end) and the
 //! dK/dV accumulator of a sliced sequence, which after the backward of slice `j > 0` holds the
 //! gradients of the `start_j` prefix tokens until slice `j−1`'s backward has consumed them.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{lives_from_spans, ComputeSpan, Phase, UnitKey};
+//! let unit = UnitKey { mb: 0, slice: 0, chunk: 0 };
+//! let span = |phase, start, end| ComputeSpan { stage: 0, unit, phase, start, end };
+//! let spans = [
+//!     span(Phase::Forward, 0.0, 1.0),
+//!     span(Phase::BackwardInput, 5.0, 6.0),
+//!     span(Phase::BackwardWeight, 8.0, 9.0),
+//! ];
+//! let lives = lives_from_spans(&spans).unwrap();
+//! assert_eq!(lives.len(), 1);
+//! // Idle from the forward's end to the backward's start; freed when W ends.
+//! assert_eq!((lives[0].lifespan(), lives[0].release), (4.0, 9.0));
+//! ```
 
 use std::collections::BTreeMap;
 

@@ -13,6 +13,28 @@
 //! - Cost: a reload that ends after its backward starts delays that backward by the difference;
 //!   a hidden transfer costs nothing. [`with_offload_actions`] puts the plan into the schedule IR
 //!   and [`OffloadPlan::cost`] charges the delays when it is simulated again.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{lives_from_spans, plan_offload, spans_from_simulation, OffloadKnob};
+//! use seqpipe_memory::{ActivationModel, Parallelism, UnitSizer};
+//! use seqpipe_schedule::{one_f_one_b, simulate, P2p, UnitCosts};
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&one_f_one_b(2, 4).unwrap(), |a| costs.cost(a), &P2p::free()).unwrap();
+//! let lives = lives_from_spans(&spans_from_simulation(&sim)).unwrap();
+//! let shape = seqpipe_slicing::preset("llama-7b").unwrap();
+//! let act = ActivationModel::new(shape, Parallelism::new(1, 1, 1).unwrap()).unwrap();
+//! let bandwidth = act.bytes_per_token_layer() / 0.25; // a unit's copy takes 0.25 of a forward
+//! let slices = vec![(0, 1)];
+//! let sizer = UnitSizer { activation: act, layers_per_chunk: 1, slices, stages: 2, chunks: 1 };
+//! // Offload the longest-lived unit (one token through one layer) of each stage.
+//! let plan = plan_offload(&lives, &sizer, OffloadKnob::Count(1), bandwidth).unwrap();
+//! let t = &plan.transfers[..];
+//! assert_eq!((t.len(), t[0].stage, t[0].unit.mb), (1, 0, 1)); // stage 0's micro-batch 1
+//! assert_eq!((t[0].offload, t[0].reload, t[0].delay), ((2.0, 2.25), (4.75, 5.0), 0.0));
+//! assert_eq!(plan.skipped.len(), 1); // stage 1's longest life is too short to gain anything
+//! ```
 
 use std::collections::{HashMap, HashSet};
 

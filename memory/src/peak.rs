@@ -5,6 +5,26 @@
 //! matrix, a non-last slice for kept K/V), each chunk carries a dK/dV accumulator at its largest
 //! (the last slice's prefix), and the logits of up to `n` units sit on the stage(s) that own them. The
 //! ledger (`crate::ledger`) gives the exact curve of a simulated schedule.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{ActivationModel, Parallelism, PipelineKind, StateOptions, StaticConfig};
+//! use seqpipe_memory::GIB;
+//! use seqpipe_slicing::preset;
+//! let llama = preset("llama-70b").unwrap();
+//! let config = StaticConfig {
+//!     activation: ActivationModel::new(llama, Parallelism::new(8, 1, 1).unwrap()).unwrap(),
+//!     states: StateOptions::default(),
+//!     kind: PipelineKind::SlimPipe { slices: 8, chunks: 10 },
+//!     stages: 8, microbatches: 16, seq_len: 64 * 1024, offload_fraction: 0.0,
+//! };
+//! let peaks = config.peaks().unwrap();
+//! assert_eq!(peaks[0].in_flight_units, 94); // n·v + 2(p−1)
+//! assert_eq!(format!("{:.2}", peaks[0].activations / GIB), "24.60"); // SPEC §5's vector
+//! assert_eq!(format!("{:.2}", peaks[0].states.total() / GIB), "18.48");
+//! assert_eq!(format!("{:.2}", peaks[0].total() / GIB), "43.35"); // with the dK/dV accumulator
+//! ```
 
 use serde::{Deserialize, Serialize};
 

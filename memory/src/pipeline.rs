@@ -5,6 +5,20 @@
 //! chunk. `A` is one whole micro-batch through all of a stage's `L/p` layers, so a unit is
 //! `A/(n·v)`. The in-flight counts are the warm-up forwards of SPEC §3 plus the one forward of the
 //! steady phase, capped by the units a stage has at all.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{PipelineKind, StageLayout};
+//! use seqpipe_slicing::preset;
+//! let kind = PipelineKind::Seq1F1B { slices: 4 };
+//! // p = 4, m = 8: stage 0 holds p − r − 1 + n = 7 slices, 1.75 micro-batches' activations.
+//! assert_eq!(kind.in_flight_units(4, 0, 8).unwrap(), 7);
+//! assert_eq!(kind.peak_microbatches(4, 0, 8).unwrap(), 1.75);
+//! assert_eq!(kind.bubble_ratio(4, 8).unwrap(), 3.0 / 35.0); // (p−1)/(m·n+p−1)
+//! let layout = StageLayout::new(4, 2).unwrap(); // 4 stages × 2 chunks
+//! assert_eq!(layout.layers_per_chunk(&preset("llama-7b").unwrap()).unwrap(), 4);
+//! ```
 
 use seqpipe_slicing::ModelShape;
 use serde::{Deserialize, Serialize};

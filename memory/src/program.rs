@@ -16,6 +16,23 @@
 //! order), so stages stay balanced in time; otherwise (interleaved schedules) each (stage,
 //! unit) cell has its own. The program is a [`RecomputeProblem`], so its exact MILP, its
 //! relaxation and its brute-force oracle apply.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{schedule_program, ProgramInputs};
+//! use seqpipe_schedule::{one_f_one_b, Unit};
+//! let schedule = one_f_one_b(2, 2).unwrap(); // stage 0: F0 F1 B0 B1, stage 1: F0 B0 F1 B1
+//! // Bytes held during each action with nothing recomputed (the caller's ledger): 10 per unit.
+//! let held = [vec![10.0, 20.0, 20.0, 10.0], vec![10.0; 4]];
+//! let inputs = ProgramInputs { layers_per_chunk: 2, budgets: &[15.0, 15.0], held: &held };
+//! // Each of a unit's 2 layers recomputed whole frees 4 bytes until its backward.
+//! let program = schedule_program(&schedule, &inputs, |_, _| Some(4.0)).unwrap();
+//! assert!(program.tied); // one chunk and one backward order: anti-diagonal variables
+//! let plan = program.problem.solve().unwrap();
+//! assert_eq!(program.recomputed(0, &plan.diagonal), vec![(Unit::new(1, 0, 0), 2)]);
+//! assert_eq!(plan.recomputed_layers, 2);
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 

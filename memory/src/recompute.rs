@@ -12,6 +12,23 @@
 //! pure-Rust microlp backend, or in polynomial time from the linear relaxation
 //! ([`RecomputeProblem::solve_relaxed`]); [`RecomputeProblem::brute_force`] is the oracle for small
 //! instances.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{ChunkMem, RecomputeProblem};
+//! // Three one-chunk sequences on 2 stages of 4 layers each: 10 bytes per layer, of which a
+//! // checkpointed layer keeps 2.
+//! let chunk = |sequence| ChunkMem { sequence, per_layer: 10.0, kept_per_layer: 2.0, fixed: 0.0 };
+//! let chunks = [chunk(0), chunk(1), chunk(2)];
+//! let problem = RecomputeProblem::build(&chunks, 4, &[70.0, 70.0], &[]).unwrap();
+//! let plan = problem.solve().unwrap();
+//! // Stage 0 holds two chunks (80 > 70): checkpoint 2 layers of its chunk 1, and the tied cell
+//! // on stage 1's anti-diagonal (chunk 2) recomputes as many.
+//! assert_eq!(plan.per_stage, vec![vec![0, 2, 0], vec![0, 0, 2]]);
+//! assert_eq!(plan.recomputed_layers, 4);
+//! assert_eq!(problem.brute_force(1 << 20).unwrap(), plan);
+//! ```
 
 use good_lp::{constraint, variable, Expression, ProblemVariables, Solution, SolverModel};
 use serde::{Deserialize, Serialize};

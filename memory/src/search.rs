@@ -10,6 +10,25 @@
 //! weights: their communication is not modelled, so ties go to the smaller `t·c`. MFU =
 //! `3·T(s)·sequences ÷ (step time × GPUs × peak FLOP/s)`. Because TP/CP cost nothing here, the
 //! search bounds them (`max_tp`, `max_cp`) and plans at least `min_stages` pipeline stages.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{gpu_preset, search, PipelineKind, SearchSpace};
+//! use seqpipe_slicing::preset;
+//! let h100 = gpu_preset("h100").unwrap();
+//! let space = SearchSpace {
+//!     shape: preset("llama-7b").unwrap(), seq_len: 32 * 1024, gpus: 8, global_batch: 8,
+//!     gpu: h100, budget_bytes: h100.memory_bytes, efficiency: 0.5,
+//!     max_tp: 8, max_cp: 1, min_stages: 2,
+//! };
+//! let ranked = search(&space).unwrap(); // fitting plans first, by predicted MFU
+//! let best = &ranked[0];
+//! assert!(best.fits());
+//! assert_eq!(best.candidate.kind, PipelineKind::SlimPipe { slices: 128, chunks: 8 });
+//! assert_eq!((best.candidate.stages, best.candidate.parallel.dp), (4, 2));
+//! assert_eq!(format!("{:.2}", best.mfu), "0.50");
+//! ```
 
 use seqpipe_slicing::{CostModel, ModelShape};
 use serde::{Deserialize, Serialize};

@@ -5,6 +5,23 @@
 //! over every stage. Mixed precision keeps bf16 weights, fp32 gradients and fp32 master weights
 //! plus two Adam moments (`2 + 4 + 12` bytes per parameter, SPEC's `6 B` and `12 B`); the
 //! distributed optimizer shards the 12 bytes over `d·c` ranks.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{model_states, Parallelism, StageLayout, StateOptions};
+//! use seqpipe_slicing::preset;
+//! let shape = preset("llama-7b").unwrap();
+//! let layout = StageLayout::new(4, 1).unwrap(); // 8 layers per stage
+//! let one = Parallelism::new(1, 1, 1).unwrap();
+//! let states = model_states(&shape, &layout, &one, &StateOptions::default()).unwrap();
+//! let layers = 8.0 * shape.layer_parameters() as f64;
+//! let table = 32000.0 * 4096.0; // vocabulary × hidden
+//! assert_eq!(states[1].parameters, layers);
+//! assert_eq!(states[0].parameters, layers + table); // + embedding
+//! assert_eq!(states[3].parameters, layers + table + 4096.0); // + LM head and final norm
+//! assert_eq!(states[1].total(), 18.0 * layers); // 2 + 4 + 12 bytes per parameter
+//! ```
 
 use seqpipe_slicing::ModelShape;
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,26 @@
 //! Adapter from the `schedule` crate: a simulated timeline (or a schedule's program order)
 //! becomes compute spans, lives and a ledger report; a schedule configuration maps to the
 //! closed-form [`PipelineKind`].
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{ledger_of_simulation, pipeline_kind, ActivationModel, Parallelism};
+//! use seqpipe_memory::{PipelineKind, UnitSizer};
+//! use seqpipe_schedule::{one_f_one_b, simulate, P2p, UnitCosts};
+//! let schedule = one_f_one_b(2, 2).unwrap();
+//! assert_eq!(pipeline_kind(&schedule.config).unwrap(), PipelineKind::OneF1B);
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free()).unwrap();
+//! let shape = seqpipe_slicing::preset("llama-7b").unwrap();
+//! let act = ActivationModel::new(shape, Parallelism::new(1, 1, 1).unwrap()).unwrap();
+//! let unit = act.bytes_per_token_layer(); // units of one token through one layer
+//! let slices = vec![(0, 1)];
+//! let sizer = UnitSizer { activation: act, layers_per_chunk: 1, slices, stages: 2, chunks: 1 };
+//! let report = ledger_of_simulation(&sim, &sizer, &[0.0, 0.0]).unwrap();
+//! assert_eq!(report.stages[0].peak, 2.0 * unit); // 1F1B: p − r units on stage r
+//! assert_eq!(report.stages[1].peak, unit + 32000.0 * 4.0); // one unit and its fp32 logits
+//! ```
 
 use seqpipe_schedule::{Action, Op, Schedule, ScheduleConfig, ScheduleKind, Simulation};
 

@@ -10,6 +10,19 @@
 //! the same solver (exact MILP) and oracle (brute force) apply. Uniform recomputation (one
 //! checkpoint count for every unit, the baselines' policy) is the feasibility scan
 //! [`uniform_checkpoints`] over the same constraints, so all methods share one memory model.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_memory::{alive_after_forwards, window};
+//! use seqpipe_schedule::elastic;
+//! let pipeline = elastic(2, &[3, 1]).unwrap(); // a 3-chunk sequence and a 1-chunk one
+//! let alive = alive_after_forwards(&pipeline.schedule);
+//! let most: Vec<usize> = alive.iter().map(|s| s.iter().map(Vec::len).max().unwrap()).collect();
+//! // Stage r holds at most p − r − 1 + N_split chunks.
+//! assert_eq!(most, vec![window(2, 0, 3), window(2, 1, 3)]);
+//! assert_eq!(most, vec![4, 3]);
+//! ```
 
 use seqpipe_schedule::{Op, Schedule, Unit};
 

@@ -10,6 +10,19 @@
 //! Send/receive semantics (also PyTorch's): `kSEND_F` sends the output of virtual stage `k` to
 //! `k+1`; `kRECV_F` receives the input of `k` from `k−1`; `kSEND_B` sends the input gradient of
 //! `k` to `k−1`; `kRECV_B` receives the output gradient of `k` from `k+1`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{Compact, Op};
+//! // Virtual stage 3, backward, micro-batch 1, slice 2.
+//! let text: Compact = "3B1.2".parse().unwrap();
+//! assert_eq!((text.op, text.mb.0, text.slice.map(|s| s.0)), (Op::Backward, 1, Some(2)));
+//! let action = text.resolve(2); // with p = 2, virtual stage 3 is stage 1's chunk 1
+//! assert_eq!((action.stage.0, action.chunk.0), (1, 1));
+//! assert_eq!(action.text(2, true), "3B1.2");
+//! assert_eq!(Op::from_code("SEND_F"), Some(Op::SendAct));
+//! ```
 
 use std::fmt;
 use std::str::FromStr;

@@ -3,6 +3,20 @@
 //!
 //! Any `Fn(&Action) -> f64` works as a cost function; these are conveniences, and they are where
 //! the schedule crate meets numbers from `slicing` — as plain numbers, never as a model.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{Action, CostTable, Op, Stage, Unit, UnitCosts};
+//! let b = Action::new(Stage(0), Unit::new(1, 1, 0), Op::Backward); // micro-batch 1, slice 1
+//! let units = UnitCosts::new(1.0, 2.0);
+//! assert_eq!((units.cost(&b), units.cost(&b.with_op(Op::BackwardInput))), (2.0, 1.0));
+//! // Two micro-batches of two slices: the second slice's forward costs 3, messages are 8 bytes.
+//! let table = CostTable::repeated(2, &[1.0, 3.0], &[8.0, 8.0], 2.0);
+//! assert_eq!(table.cost(&b), 6.0);
+//! assert_eq!(table.cost(&b.with_op(Op::BackwardWeight)), 3.0); // half of the backward
+//! assert_eq!(table.message_bytes(&b), 8.0);
+//! ```
 
 use serde::{Deserialize, Serialize};
 

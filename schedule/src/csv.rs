@@ -8,6 +8,19 @@
 //! would read as `0F0` without a word. So a sliced schedule's CSV opens with a [`SLICED_MARK`]
 //! line, which PyTorch's parser refuses loudly and this reader skips. For PyTorch itself, write
 //! with [`crate::pytorch`], which refuses sliced schedules.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::csv::{from_csv, to_csv};
+//! use seqpipe_schedule::{one_f_one_b, ScheduleConfig, ScheduleKind};
+//! let schedule = one_f_one_b(2, 2).unwrap();
+//! let text = to_csv(&schedule);
+//! assert_eq!(text, "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n");
+//! // The CSV carries no configuration: the reader is told it.
+//! let config = ScheduleConfig::new(ScheduleKind::OneFOneB, 2, 2);
+//! assert_eq!(from_csv(&text, config, false).unwrap(), schedule);
+//! ```
 
 use std::io::Write;
 

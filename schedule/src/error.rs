@@ -1,5 +1,18 @@
 //! The one error type of the schedule crate: every variant names the bad value and what would be
 //! valid.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{interleaved, ScheduleError};
+//! let err = interleaved(4, 6, 2).unwrap_err();
+//! assert!(matches!(err, ScheduleError::NotDivisible { value: 6, divisor: 4, .. }));
+//! assert_eq!(
+//!     err.to_string(),
+//!     "interleaved: micro-batches (m) = 6 must be a multiple of 4 \
+//!      (each group of 4 micro-batches must be full; try 4 or 8)"
+//! );
+//! ```
 
 use std::fmt;
 

@@ -4,6 +4,18 @@
 //! running model chunk `c` holds virtual stage `c·p + r`. Data therefore flows
 //! `0 → 1 → … → p−1 → 0 (next chunk) → …`, and the virtual stage before/after any virtual stage is
 //! on the previous/next physical stage (modulo `p`).
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{next_virtual_stage, placement, virtual_stage};
+//! use seqpipe_schedule::{Chunk, Stage, VirtualStage};
+//! // p = 4: stage 1 running chunk 2 holds virtual stage 2·4 + 1 = 9, and back again.
+//! assert_eq!(virtual_stage(Stage(1), Chunk(2), 4), VirtualStage(9));
+//! assert_eq!(placement(VirtualStage(9), 4), (Stage(1), Chunk(2)));
+//! assert_eq!(next_virtual_stage(VirtualStage(6), 8), Some(VirtualStage(7)));
+//! assert_eq!(next_virtual_stage(VirtualStage(7), 8), None); // the last of p·v = 8
+//! ```
 
 use std::fmt;
 

@@ -24,6 +24,13 @@
 //! assert_eq!(sim.max_in_flight()[0], 5); // p + n − 1 slices on stage 0
 //! ```
 
+#![deny(missing_docs)]
+
+// The README's examples run as doc tests, so the first thing a reader runs is checked.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod action;
 pub mod cost;
 pub mod csv;

@@ -6,6 +6,19 @@
 //! `isend`) and a receive blocks only its own stage, the lowered program deadlocks exactly when the
 //! compute order itself is infeasible — lowering adds no waiting of its own. With `p = 1` all
 //! virtual stages share one device: data stays local and no send/receive is emitted.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{lower, one_f_one_b, strip_comm};
+//! let planned = one_f_one_b(2, 1).unwrap();
+//! let lowered = lower(&planned).unwrap();
+//! assert_eq!(
+//!     lowered.to_texts(),
+//!     [["0F0", "0SEND_F0", "0RECV_B0", "0B0"], ["1RECV_F0", "1F0", "1B0", "1SEND_B0"]]
+//! );
+//! assert_eq!(strip_comm(&lowered), planned);
+//! ```
 
 use crate::action::{Action, Op};
 use crate::error::Result;

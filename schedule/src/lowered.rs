@@ -6,6 +6,18 @@
 //! Passes that rewrite the program (offload, recomputation, attention exchange) go between the
 //! plan and [`Lowered::lower`] (or produce a lowered schedule that [`Lowered::check`] accepts),
 //! so they reach the executor without touching it.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{one_f_one_b, Lowered, ScheduleError};
+//! let planned = one_f_one_b(2, 1).unwrap();
+//! let runnable = Lowered::lower(&planned).unwrap();
+//! assert!(runnable.lowered);
+//! assert_eq!(runnable.len(), 8); // 4 computes, 2 sends, 2 receives
+//! // A schedule without its sends and receives is not accepted as runnable.
+//! assert!(matches!(Lowered::check(planned), Err(ScheduleError::NotLowered { .. })));
+//! ```
 
 use std::ops::Deref;
 

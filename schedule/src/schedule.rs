@@ -2,6 +2,18 @@
 //!
 //! JSON form (serde): `{"config": {…}, "lowered": bool, "actions": [["0F0", "0SEND_F0", …], …]}`,
 //! one list of compact action texts per physical stage, so files stay small and readable.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{generate, Schedule, ScheduleConfig, ScheduleKind};
+//! let kind: ScheduleKind = "seq1f1b".parse().unwrap();
+//! let config = ScheduleConfig::new(kind, 2, 1).with_slices(2); // p = 2, m = 1, n = 2
+//! let schedule = generate(&config).unwrap();
+//! // Stage 1 runs both slices forward, then backward in reverse (slice 0 needs slice 1's dK/dV).
+//! assert_eq!(schedule.to_texts()[1], ["1F0.0", "1F0.1", "1B0.1", "1B0.0"]);
+//! assert_eq!(Schedule::from_json(&schedule.to_json()).unwrap(), schedule);
+//! ```
 
 use std::fmt;
 use std::str::FromStr;

@@ -8,6 +8,19 @@
 //!
 //! Bubble: a stage's idle time within the makespan (waiting in receives or after its last action),
 //! divided by the makespan; overall, the idle time of all stages over `p × makespan`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{one_f_one_b, simulate, MessageBytes, P2p, UnitCosts};
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! // Every message: latency 0.5 plus 500 kB at 1 MB per time unit, so 1.0 in all.
+//! let p2p = P2p::new(0.5, 1e6, MessageBytes::Constant(5e5));
+//! let sim = simulate(&one_f_one_b(2, 1).unwrap(), |a| costs.cost(a), &p2p).unwrap();
+//! assert_eq!(sim.makespan, 8.0); // F [0, 1), message, F [2, 3), B [3, 5), message, B [6, 8)
+//! assert_eq!(sim.timeline[1][0].wait, 2.0); // stage 1 waits in 1RECV_F0
+//! assert_eq!((sim.stages[0].busy, sim.stages[0].idle), (3.0, 5.0));
+//! ```
 
 use serde::{Deserialize, Serialize};
 

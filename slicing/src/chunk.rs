@@ -17,6 +17,20 @@
 //! A bucket holding a tail is *hybrid* (or a lone tail); two tails never share a bucket because
 //! tails only ever open buckets. Time of a chunk = Σ forward cost of its pieces with the fixed
 //! per-slice cost `β` counted once (one kernel sequence per chunk).
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{chunk, ChunkKind, CostModel};
+//! let cost = CostModel::fitted(0.0, 1.0, 0.0).unwrap(); // one second per token
+//! // The 1000-token sequence is cut on a mesh of 2 slices; the short ones are packed.
+//! let c = chunk(&[1000, 300, 200], &cost, 2, 600).unwrap();
+//! assert_eq!(c.mesh, vec![0, 500, 1000]);
+//! let kinds: Vec<ChunkKind> = c.chunks.iter().map(|ch| ch.kind).collect();
+//! assert_eq!(kinds, [ChunkKind::Split, ChunkKind::Hybrid, ChunkKind::Batched]);
+//! assert_eq!(c.chunks[2].tokens(), 500);
+//! assert_eq!(c.groups(), vec![vec![0, 1], vec![2]]);
+//! ```
 
 use serde::{Deserialize, Serialize};
 

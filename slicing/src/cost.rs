@@ -13,6 +13,17 @@
 //!   `per_slice = β`.
 //!
 //! Keeping the form closed is what lets [`crate::balanced`] solve for slice lengths exactly.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::CostModel;
+//! // T(s) = 1·s² + 2·s + 3, so per_pair = 2, per_token = 2, per_slice = 3.
+//! let cost = CostModel::fitted(1.0, 2.0, 3.0).unwrap();
+//! assert_eq!(cost.sequence(10), 123.0); // 2·50 + 2·10 + 3
+//! assert_eq!(cost.forward(10, 20), 323.0); // 2·(400 − 100)/2 + 2·10 + 3
+//! assert_eq!(cost.backward(10, 20), 646.0);
+//! ```
 
 use serde::{Deserialize, Serialize};
 

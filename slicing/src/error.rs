@@ -1,4 +1,17 @@
 //! The one error type of the slicing crate: every variant names the bad value and what would be valid.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{uniform, CostModel, Padding, SlicingError};
+//! let cost = CostModel::fitted(0.0, 1.0, 0.0).unwrap();
+//! let err = uniform(4, 8, 1, Padding::None, &cost).unwrap_err();
+//! assert_eq!(err, SlicingError::TooManySlices { slices: 8, tokens: 4 });
+//! assert_eq!(
+//!     err.to_string(),
+//!     "cannot cut a sequence of 4 tokens into 8 slices: slices must be between 1 and 4"
+//! );
+//! ```
 
 use thiserror::Error;
 

@@ -2,6 +2,18 @@
 //!
 //! Takes the text, not a path: the slicing crate does no IO. Llama-style architectures (Llama,
 //! Mistral, Qwen2) and GPT-2 are understood; anything else is refused by name.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{shape_from_hf_config, FfnKind};
+//! let json = r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+//!   "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 32,
+//!   "num_key_value_heads": 8, "vocab_size": 128256}"#;
+//! let shape = shape_from_hf_config(json).unwrap();
+//! assert_eq!((shape.layers, shape.kv_heads, shape.head_dim), (32, 8, 128));
+//! assert_eq!(shape.ffn, FfnKind::Gated);
+//! ```
 
 use serde_json::Value;
 

@@ -6,6 +6,18 @@
 //! (ChaCha8), so benchmarks and tests see the same batch on every machine.
 //! Real: one length per line, or a numeric field of JSON lines (`{"len": 4096, …}`); the crate
 //! stays IO-free, the caller reads the file.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{parse_lengths, LengthDist};
+//! assert_eq!(parse_lengths("4096\n# a comment\n512\n", None).unwrap(), vec![4096, 512]);
+//! assert_eq!(parse_lengths(r#"{"len": 300}"#, Some("len")).unwrap(), vec![300]);
+//! let dist: LengthDist = "lognormal:mu=8.5,sigma=1.3".parse().unwrap();
+//! let batch = dist.sample(64, 32768, 7).unwrap();
+//! assert!(batch.len() == 64 && batch.iter().all(|&l| (1..=32768).contains(&l)));
+//! assert_eq!(batch, dist.sample(64, 32768, 7).unwrap()); // seeded
+//! ```
 
 use std::fmt;
 use std::str::FromStr;

@@ -19,6 +19,13 @@
 //! assert_eq!(plan.lengths(), vec![11040, 8416, 7080, 6232]);
 //! ```
 
+#![deny(missing_docs)]
+
+// The README's examples run as doc tests, so the first thing a reader runs is checked.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod balanced;
 pub mod chunk;
 pub mod cost;

@@ -1,4 +1,17 @@
 //! The result of slicing: token ranges in order, each with its cost and prefix length.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{uniform, CostModel, Padding};
+//! let cost = CostModel::fitted(1.0, 0.0, 0.0).unwrap(); // cost of [a, b) = b² − a²
+//! let plan = uniform(10, 3, 4, Padding::ToMultiple, &cost).unwrap();
+//! assert_eq!((plan.len(), plan.padded_len, plan.padding()), (3, 12, 2));
+//! let last = plan.slices[2];
+//! assert_eq!((last.start, last.end, last.prefix()), (8, 12, 8));
+//! assert_eq!(last.cost, 80.0); // 12² − 8²
+//! assert_eq!(plan.total_cost(), 144.0);
+//! ```
 
 use serde::{Deserialize, Serialize};
 

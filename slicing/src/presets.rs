@@ -3,6 +3,16 @@
 //! Seq1F1B's GPT models use vocabulary 50304 and a plain FFN of `4H`. Where the paper does not
 //! print a shape (the 1.3B and 30B heads and depth), we adopt the usual Megatron/GPT-3 shape of that
 //! size and say so in the description.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{preset, PRESETS};
+//! let llama = preset("Llama-70B").unwrap(); // case-insensitive
+//! assert_eq!((llama.layers, llama.heads, llama.kv_heads), (80, 64, 8));
+//! assert_eq!(PRESETS.len(), 9);
+//! assert!(preset("gpt-5").unwrap_err().to_string().contains("known presets: gpt-1.3b"));
+//! ```
 
 use crate::error::{Result, SlicingError};
 use crate::shape::{FfnKind, ModelShape};

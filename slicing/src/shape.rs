@@ -1,4 +1,16 @@
 //! The shape of a decoder-only transformer, as far as FLOP and memory accounting need it.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{FfnKind, ModelShape};
+//! let shape = ModelShape::mha(2, 64, 256, 4, 1000, FfnKind::Gated);
+//! shape.validate().unwrap();
+//! assert_eq!(shape.head_dim, 16);
+//! // Per layer: 4·64² (Q, K, V, O) + 3·64·256 (SwiGLU) + 2·64 (norms).
+//! assert_eq!(shape.layer_parameters(), 65_664);
+//! assert_eq!(shape.parameters(), 2 * 65_664 + 2 * 1000 * 64 + 64);
+//! ```
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,14 @@
 //! Token counts written the way long-context papers write them: `65536`, `64k`, `512K`, `2M`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::parse_token_count;
+//! assert_eq!(parse_token_count("65536").unwrap(), 65536);
+//! assert_eq!(parse_token_count("64k").unwrap(), 65536);
+//! assert_eq!(parse_token_count("2M").unwrap(), 2 * 1024 * 1024);
+//! assert!(parse_token_count("0").is_err());
+//! ```
 
 use crate::error::{Result, SlicingError};
 

@@ -6,6 +6,19 @@
 //!   whose attention is cheapest.
 //! - [`Padding::ToMultiple`]: SlimPipe's rule: the slice length is `⌈S/n⌉` rounded up to a
 //!   multiple of `q` and the sequence is padded at the end to `n` such slices.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_slicing::{uniform, CostModel, Padding};
+//! let cost = CostModel::fitted(0.0, 1.0, 0.0).unwrap();
+//! // Without padding, lengths are multiples of 2 and the extra units go to the earliest slices.
+//! let plan = uniform(10, 3, 2, Padding::None, &cost).unwrap();
+//! assert_eq!(plan.lengths(), vec![4, 4, 2]);
+//! // SlimPipe's rule: equal slices of ⌈10/3⌉ = 4 tokens, 2 tokens of padding at the end.
+//! let padded = uniform(10, 3, 1, Padding::ToMultiple, &cost).unwrap();
+//! assert_eq!((padded.lengths(), padded.padding()), (vec![4, 4, 4], 2));
+//! ```
 
 use serde::{Deserialize, Serialize};
 

@@ -4,6 +4,13 @@
 //! Architecture invariant: the executor has no per-schedule code. It interprets the action lists
 //! of `seqpipe-schedule` op by op; a new schedule kind needs no change here.
 
+#![deny(missing_docs)]
+
+// The README's examples run as doc tests, so the first thing a reader runs is checked.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod checkpoint;
 pub mod checks;
 pub mod config;

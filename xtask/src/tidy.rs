@@ -2,28 +2,71 @@
 //!
 //! - every `.rs` file opens with a `//!` header saying what it is;
 //! - every workspace member has a heading in `ARCHITECTURE.md`, and every heading names a member;
-//! - the planning crates (`slicing`, `schedule`, `memory`) depend on no tensor, device or runtime
-//!   crate.
+//! - each library crate depends only on what its allow-list names ([`ALLOWED_DEPENDENCIES`]): the
+//!   planning crates (`slicing`, `schedule`, `memory`) on no tensor, device, IO or runtime crate,
+//!   `comm` on no candle (it moves bytes, not tensors), `kernels` on no schedule (ops do not know
+//!   when they run). A new dependency is a decision: add it to the list in the same change.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// Crates that must stay pure planning code.
-pub const PLANNING_CRATES: &[&str] = &["slicing", "schedule", "memory"];
+/// The (non-dev) dependencies each library crate may have, by package name. Dev-dependencies are
+/// free: tests may compare against anything.
+pub const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
+    (
+        "slicing",
+        &[
+            "rand",
+            "rand_chacha",
+            "rand_distr",
+            "serde",
+            "serde_json",
+            "thiserror",
+        ],
+    ),
+    (
+        "schedule",
+        &["seqpipe-slicing", "serde", "serde_json", "thiserror"],
+    ),
+    (
+        "memory",
+        &[
+            "good_lp",
+            "plotters",
+            "seqpipe-schedule",
+            "seqpipe-slicing",
+            "serde",
+            "serde_json",
+            "thiserror",
+        ],
+    ),
+    (
+        "comm",
+        &[
+            "bytemuck",
+            "crossbeam-channel",
+            "cudarc",
+            "half",
+            "thiserror",
+        ],
+    ),
+    ("kernels", &["candle-core", "half", "thiserror"]),
+];
 
-/// Dependencies a planning crate must not have (prefix match on the package name).
-pub const FORBIDDEN_IN_PLANNING: &[&str] = &[
-    "candle",
-    "cudarc",
-    "seqpipe-comm",
-    "seqpipe-kernels",
-    "seqpipe-trainer",
-    "crossbeam",
-    "memmap2",
-    "safetensors",
-    "tokenizers",
+/// Dependencies that would break a crate's invariant, whatever its list says: the reason given
+/// when one appears (prefix match on the package name).
+pub const NEVER: &[(&str, &str, &str)] = &[
+    ("slicing", "candle", "planning crates see no tensors"),
+    ("schedule", "candle", "planning crates see no tensors"),
+    ("memory", "candle", "planning crates see no tensors"),
+    ("comm", "candle", "comm moves bytes, not candle tensors"),
+    (
+        "kernels",
+        "seqpipe-schedule",
+        "kernels do not know schedules",
+    ),
 ];
 
 /// Runs every check under `root` and returns the problems found, one line each.
@@ -34,11 +77,10 @@ pub fn check(root: &Path) -> Result<Vec<String>> {
         problems.extend(check_headers(root, member)?);
     }
     problems.extend(check_code_map(root, &members)?);
-    for member in members
-        .iter()
-        .filter(|m| PLANNING_CRATES.contains(&m.as_str()))
-    {
-        problems.extend(check_planning_dependencies(root, member)?);
+    for (member, allowed) in ALLOWED_DEPENDENCIES {
+        if members.iter().any(|m| m == member) {
+            problems.extend(check_dependencies(root, member, allowed)?);
+        }
     }
     Ok(problems)
 }
@@ -135,14 +177,8 @@ fn check_code_map(root: &Path, members: &[String]) -> Result<Vec<String>> {
     Ok(problems)
 }
 
-fn check_planning_dependencies(root: &Path, member: &str) -> Result<Vec<String>> {
-    let path = root.join(member).join("Cargo.toml");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: toml::Table = text
-        .parse()
-        .with_context(|| format!("parsing {}", path.display()))?;
-    let mut problems = Vec::new();
-    // Dev-dependencies are allowed anything: tests may compare against the runtime.
+/// The package names of a manifest's normal dependencies (all targets).
+fn dependencies(doc: &toml::Table) -> Vec<String> {
     let mut tables: Vec<&toml::Table> = doc
         .get("dependencies")
         .and_then(|d| d.as_table())
@@ -153,17 +189,42 @@ fn check_planning_dependencies(root: &Path, member: &str) -> Result<Vec<String>>
             tables.extend(target.get("dependencies").and_then(|d| d.as_table()));
         }
     }
-    for table in tables {
-        for (name, spec) in table {
-            let package = spec.get("package").and_then(|p| p.as_str()).unwrap_or(name);
-            if FORBIDDEN_IN_PLANNING.iter().any(|f| package.starts_with(f)) {
-                problems.push(format!(
-                    "planning crate `{member}` depends on `{package}`: planning crates see no tensors, devices, IO or runtime crates"
-                ));
-            }
+    tables
+        .into_iter()
+        .flat_map(|table| table.iter())
+        .map(|(name, spec)| {
+            let package = spec.get("package").and_then(|p| p.as_str());
+            package.unwrap_or(name).to_string()
+        })
+        .collect()
+}
+
+/// Problems with `deps` of `member` against its allow-list and the invariants.
+pub fn dependency_problems(member: &str, allowed: &[&str], deps: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for package in deps {
+        let never = NEVER
+            .iter()
+            .find(|(m, prefix, _)| *m == member && package.starts_with(prefix));
+        if let Some((_, _, why)) = never {
+            problems.push(format!("`{member}` depends on `{package}`: {why}"));
+        } else if !allowed.contains(&package.as_str()) {
+            problems.push(format!(
+                "`{member}` depends on `{package}`, which is not on its allow-list \
+                 (xtask/src/tidy.rs ALLOWED_DEPENDENCIES): add it there if it belongs"
+            ));
         }
     }
-    Ok(problems)
+    problems
+}
+
+fn check_dependencies(root: &Path, member: &str, allowed: &[&str]) -> Result<Vec<String>> {
+    let path = root.join(member).join("Cargo.toml");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(dependency_problems(member, allowed, &dependencies(&doc)))
 }
 
 #[cfg(test)]
@@ -174,5 +235,31 @@ mod tests {
     fn headings_are_read_only_inside_the_code_map() {
         let md = "## Overview\n### nope\n## Code map\n### `slicing`\ntext\n### trainer (binary)\n## Other\n### x\n";
         assert_eq!(code_map_headings(md), vec!["slicing", "trainer"]);
+    }
+
+    #[test]
+    fn dependencies_off_the_list_or_against_an_invariant_are_named() {
+        let deps = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(dependency_problems("schedule", &["serde"], &deps(&["serde"])).is_empty());
+        let p = dependency_problems("schedule", &["serde"], &deps(&["tokio"]));
+        assert!(
+            p[0].contains("`tokio`") && p[0].contains("allow-list"),
+            "{p:?}"
+        );
+        // An invariant holds even against a list that would allow the crate.
+        let p = dependency_problems("comm", &["candle-core"], &deps(&["candle-core"]));
+        assert!(p[0].contains("bytes, not candle tensors"), "{p:?}");
+        let p = dependency_problems("kernels", &[], &deps(&["seqpipe-schedule"]));
+        assert!(p[0].contains("do not know schedules"), "{p:?}");
+        // The real manifests pass.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        for (member, allowed) in ALLOWED_DEPENDENCIES {
+            assert!(
+                check_dependencies(root, member, allowed)
+                    .unwrap()
+                    .is_empty(),
+                "{member}"
+            );
+        }
     }
 }

@@ -13,7 +13,8 @@ fn workspace_is_tidy() {
 }
 
 /// A miniature workspace with one file lacking a header, a crate missing from the code map, a
-/// stray heading, and a planning crate that depends on candle.
+/// stray heading, a planning crate that depends on candle, and `comm` with a dependency off its
+/// allow-list and one against its invariant.
 #[test]
 fn tidy_reports_each_kind_of_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,6 +38,11 @@ fn tidy_reports_each_kind_of_problem() {
     )
     .unwrap();
     fs::write(root.join("slicing/src/lib.rs"), "//! Fine.\n").unwrap();
+    fs::write(
+        root.join("comm/Cargo.toml"),
+        "[package]\nname = \"y\"\n[dependencies]\ntokio = \"1\"\ncandle-nn = \"0.11\"\n",
+    )
+    .unwrap();
     fs::write(root.join("comm/src/lib.rs"), "\n// not a header\n").unwrap();
 
     let problems = xtask::tidy::check(root).unwrap().join("\n");
@@ -53,7 +59,15 @@ fn tidy_reports_each_kind_of_problem() {
         "{problems}"
     );
     assert!(
-        problems.contains("planning crate `slicing` depends on `candle-core`"),
+        problems.contains("`slicing` depends on `candle-core`: planning crates see no tensors"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("`comm` depends on `tokio`, which is not on its allow-list"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("`comm` depends on `candle-nn`: comm moves bytes"),
         "{problems}"
     );
 }

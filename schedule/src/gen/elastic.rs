@@ -21,6 +21,20 @@
 //! `dp[i+1] = min_k dp[k] + cost(k..i+1)`; the caller's cost includes the per-pipeline fill
 //! `δ ≈ (p−1)·mean chunk time` and the recomputation a group needs to fit memory (`None` when it
 //! cannot fit at all). Pipelines run one after another with gradient accumulation.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{elastic, group_pipelines};
+//! // Three sequence groups of 1, 3 and 2 chunks on 2 stages: run longest first.
+//! let pipeline = elastic(2, &[1, 3, 2]).unwrap();
+//! assert_eq!(pipeline.order, vec![1, 2, 0]);
+//! assert_eq!(pipeline.slice_counts, vec![3, 2, 1]);
+//! assert!(pipeline.validate().is_empty());
+//! // Split 4 sequences into pipelines costing 3 + len² each: two pairs (5 + 5) beat the rest.
+//! let split = group_pipelines(4, None, |r| Some(3.0 + (r.len() * r.len()) as f64)).unwrap();
+//! assert_eq!((split.groups, split.cost), (vec![0..2, 2..4], 14.0));
+//! ```
 
 use std::ops::Range;
 

@@ -12,6 +12,18 @@
 //! backwards of the previous block; the chain closes into a deadlock unless the in-flight gap
 //! between the two ends, `p−1`, is at most two block sizes. Interleaved 1F1B escapes it with a
 //! warm-up of `2(p−r−1)`, paying `p−1` more units of memory on stage 0.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{gis, validate};
+//! // 4 stages, 4 micro-batches, 2 chunks, blocks of g = 2 micro-batches.
+//! let schedule = gis(4, 4, 2, Some(2)).unwrap();
+//! assert!(validate(&schedule).is_empty());
+//! // Stage r keeps (v−1)·g + p − r units in flight: 6 on stage 0 instead of interleaved's 11.
+//! assert_eq!(schedule.max_in_flight(), vec![6, 5, 4, 3]);
+//! assert_eq!(gis(4, 8, 2, None).unwrap().config.group, Some(4)); // default g = min(p, m)
+//! ```
 
 use crate::error::{Result, ScheduleError};
 use crate::gen::core::{

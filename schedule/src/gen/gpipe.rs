@@ -1,6 +1,17 @@
 //! GPipe: every forward, then every backward (LIFO over slices within a micro-batch).
 //!
 //! Peak `m·n` units in flight on every stage; bubble `(p−1)/(m·n+p−1)` with equal units.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{gpipe, simulate, P2p, UnitCosts};
+//! let schedule = gpipe(3, 4, 1).unwrap();
+//! assert_eq!(schedule.max_in_flight(), vec![4, 4, 4]); // every micro-batch on every stage
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free()).unwrap();
+//! assert!((sim.bubble_ratio - 2.0 / 6.0).abs() < 1e-12); // (p−1)/(m·n+p−1)
+//! ```
 
 use crate::action::Unit;
 use crate::error::Result;

@@ -4,6 +4,17 @@
 //!
 //! Requires `v ≥ 2` and `m` a multiple of `p` (Megatron's classic condition: every group full).
 //! Peak `(v−1)p + 2(p−r−1) + 1` chunk-units in flight; bubble `(p−1)/(v·m+p−1)` with `B = 2F`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{interleaved, simulate, P2p, UnitCosts};
+//! let schedule = interleaved(2, 4, 2).unwrap(); // p = 2, m = 4, v = 2
+//! assert_eq!(schedule.max_in_flight(), vec![5, 3]); // (v−1)p + 2(p−r−1) + 1
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free()).unwrap();
+//! assert!((sim.bubble_ratio - 1.0 / 9.0).abs() < 1e-12); // (p−1)/(v·m+p−1)
+//! ```
 
 use crate::error::{Result, ScheduleError};
 use crate::gen::core::{

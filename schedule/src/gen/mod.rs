@@ -4,6 +4,18 @@
 //! Generators emit compute actions only (`F`, `B`, `I`, `W`); [`crate::lower`] adds the sends and
 //! receives. Every generator checks its SPEC §3 constraints up front and returns an error naming
 //! the bad parameter and its valid range.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{generate, ScheduleConfig, ScheduleError, ScheduleKind};
+//! let schedule = generate(&ScheduleConfig::new(ScheduleKind::GPipe, 2, 3)).unwrap();
+//! assert_eq!(schedule.len(), 12); // 2 stages × 3 micro-batches × (F, B)
+//! assert!(!schedule.lowered); // compute only; `lower` adds the sends and receives
+//! // A parameter the kind does not take is refused, not ignored.
+//! let sliced = ScheduleConfig::new(ScheduleKind::OneFOneB, 2, 3).with_slices(2);
+//! assert!(matches!(generate(&sliced), Err(ScheduleError::Unsupported { .. })));
+//! ```
 
 pub(crate) mod core;
 pub mod elastic;

@@ -5,6 +5,16 @@
 //!
 //! With `n = 2`, stage 0 of `p = 4` warms up with F(0a) F(0b) F(1a) F(1b): micro-batch 0's slices
 //! then micro-batch 1's.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::seq1f1b;
+//! let schedule = seq1f1b(4, 2, 2).unwrap(); // p = 4, m = 2, n = 2
+//! // Stage 0 warms up with micro-batch 0's slices, then micro-batch 1's.
+//! assert_eq!(schedule.to_texts()[0][..4], ["0F0.0", "0F0.1", "0F1.0", "0F1.1"]);
+//! assert_eq!(schedule.max_in_flight(), vec![4, 4, 3, 2]); // p − r + n − 1, at most m·n
+//! ```
 
 use crate::action::Unit;
 use crate::error::Result;

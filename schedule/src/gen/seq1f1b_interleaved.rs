@@ -9,6 +9,18 @@
 //! the SPEC's warm-up itself rules `n > p` out, since the last stage's first backward (LIFO, so
 //! the micro-batch's last slice on its last chunk) needs all `n·v` forwards of the micro-batch,
 //! and `(v−1)·p + (n−1) + 1 ≥ n·v` holds only for `n ≤ p`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{seq1f1b_interleaved, validate, ScheduleError};
+//! let schedule = seq1f1b_interleaved(4, 4, 2, 2).unwrap(); // p = 4, m = 4, n = 2, v = 2
+//! assert!(validate(&schedule).is_empty());
+//! assert_eq!(schedule.max_in_flight()[0], 12); // (v−1)p + 2(p−1) + (n−1) + 1
+//! // n must divide p: 3 slices on 4 stages is SlimPipe's job.
+//! let err = seq1f1b_interleaved(4, 4, 3, 2).unwrap_err();
+//! assert!(matches!(err, ScheduleError::Unsupported { value: 3, .. }));
+//! ```
 
 use crate::error::{Result, ScheduleError};
 use crate::gen::interleaved::{check_chunks, grouped_interleaved, not_multiple};

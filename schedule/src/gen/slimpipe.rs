@@ -7,6 +7,16 @@
 //! given; with `v > 1` it must divide `n` and be `≥ p` (so a slice has passed all `p` stages of
 //! chunk `q` before chunk `q+1` needs it), which requires `n ≥ p`. SlimPipe's experiments use one
 //! layer per chunk. Bubble `(p−1)/(n·v·m+p−1)` with equal units and `B = 2F`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{slimpipe, validate};
+//! let schedule = slimpipe(2, 2, 4, 2, None).unwrap(); // p = 2, m = 2, n = 4, v = 2
+//! assert_eq!(schedule.config.group, Some(2)); // the smallest divisor of n that is ≥ p
+//! assert!(validate(&schedule).is_empty());
+//! assert_eq!(schedule.max_in_flight(), vec![10, 8]); // n·v + 2(p−1−r)
+//! ```
 
 use crate::action::Unit;
 use crate::error::{Result, ScheduleError};

@@ -6,6 +6,19 @@
 //!
 //! Counting a unit in flight until its `W`, every stage peaks at `min(p, m)` units — 1F1B's peak —
 //! and with `T_F = T_I = T_W` each stage idles `(p−1)·T_F` instead of 1F1B's `3(p−1)·T_F`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{simulate, zb_h1, P2p, UnitCosts};
+//! let schedule = zb_h1(4, 8).unwrap();
+//! assert_eq!(schedule.max_in_flight(), vec![4, 4, 4, 4]); // 1F1B's peak, min(p, m)
+//! // F = I = W = 1: each stage idles (p−1) = 3 instead of 1F1B's 9.
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free()).unwrap();
+//! assert!(sim.stages.iter().all(|s| s.idle == 3.0));
+//! assert_eq!(sim.makespan, 27.0);
+//! ```
 
 use std::collections::VecDeque;
 

@@ -3,6 +3,18 @@
 //! and idles otherwise, and a second pass lets an idle rank run an action that became ready in the
 //! same step. A receive is ready once its send has run. PyTorch's tests assert the number of
 //! steps this takes (e.g. 113 for `zb1p_2rank_2stagep`).
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::pytorch::{self, lockstep::lockstep_steps, lowering::add_send_recv};
+//! use seqpipe_schedule::pytorch::lowering::Placement;
+//! // PyTorch's test_send_recv "simple_2_rank_2_stage", idle steps and all.
+//! let compute = pytorch::read("0F0,0F1,,0B0,,0B1\n,1F0,1B0,1F1,1B1,\n").unwrap();
+//! let place = Placement { ranks: 2, stages: 2 };
+//! let lowered = add_send_recv(&compute, place).unwrap();
+//! assert_eq!(lockstep_steps(&lowered, place).unwrap(), 11); // as PyTorch's test asserts
+//! ```
 
 use std::collections::{HashSet, VecDeque};
 

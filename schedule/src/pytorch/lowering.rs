@@ -2,6 +2,22 @@
 //! does it (`_merge_bw`, then `_add_send_recv`), so that a schedule lowered here equals the one
 //! PyTorch runs (its test artifact `zb1p_2rank_2stagep_comms.csv` is checked against this).
 //! seqpipe's own [`crate::insert_comm`] places receives differently; both are valid.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::pytorch::{self, lowering::{add_send_recv, merge_bw, Placement}};
+//! // `_merge_bw`: an I followed by the same unit's W becomes one full backward.
+//! let row = pytorch::read("1I0,1W0\n").unwrap();
+//! assert_eq!(pytorch::write(&vec![merge_bw(&row[0])]), "1B0\n");
+//! // `_add_send_recv`: each send right after its producer, its receive on the consumer's rank.
+//! let compute = pytorch::read("0F0,0B0\n1F0,1B0\n").unwrap();
+//! let lowered = add_send_recv(&compute, Placement { ranks: 2, stages: 2 }).unwrap();
+//! let text: Vec<Vec<String>> =
+//!     lowered.iter().map(|r| r.iter().map(|a| a.to_string()).collect()).collect();
+//! assert_eq!(text[0], ["0F0", "0SEND_F0", "0RECV_B0", "0B0"]);
+//! assert_eq!(text[1], ["1RECV_F0", "1F0", "1B0", "1SEND_B0"]);
+//! ```
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 

@@ -18,6 +18,19 @@
 //! Note for PyTorch users: `_add_send_recv` takes `num_stages` = `p · v`, the virtual stages; given
 //! `p`, it treats stage `p − 1` as the last, emits no sends past it and reports an interleaved
 //! schedule as "Malformed".
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{one_f_one_b, pytorch, seq1f1b, ScheduleConfig, ScheduleKind};
+//! let schedule = one_f_one_b(2, 2).unwrap();
+//! let csv = pytorch::write(&pytorch::from_schedule(&schedule).unwrap());
+//! assert_eq!(csv, "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n");
+//! let config = ScheduleConfig::new(ScheduleKind::OneFOneB, 2, 2);
+//! let back = pytorch::to_schedule(&pytorch::read(&csv).unwrap(), config, false).unwrap();
+//! assert_eq!(back, schedule);
+//! assert!(pytorch::from_schedule(&seq1f1b(2, 2, 2).unwrap()).is_err()); // slices: refused
+//! ```
 
 pub mod lockstep;
 pub mod lowering;

@@ -1,6 +1,22 @@
 //! Chrome trace JSON of a simulation: one process, one thread (track) per stage, one complete
 //! (`"ph": "X"`) event per action with a duration, coloured by op; receive waits appear as
 //! "wait …" events so stalls are visible. Opens in Perfetto and `chrome://tracing`.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::render::chrome::chrome_trace;
+//! use seqpipe_schedule::{one_f_one_b, simulate, P2p, UnitCosts};
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&one_f_one_b(2, 2).unwrap(), |a| costs.cost(a), &P2p::free()).unwrap();
+//! let trace = chrome_trace(&sim, 1000.0); // one time unit = 1000 µs
+//! let events = trace["traceEvents"].as_array().unwrap();
+//! // Stage 1 waits one unit for its input, then runs its first forward.
+//! let f0 = events.iter().find(|e| e["name"] == "1F0").unwrap();
+//! assert_eq!(f0["tid"], 1);
+//! assert_eq!((f0["ts"].as_f64(), f0["dur"].as_f64()), (Some(1000.0), Some(1000.0)));
+//! assert!(events.iter().any(|e| e["name"] == "wait 1RECV_F0"));
+//! ```
 
 use std::io::Write;
 

@@ -3,6 +3,20 @@
 //!
 //! Strings are returned for convenience; the `write_*` forms write to a caller's `Write`, so this
 //! crate never opens a file.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{gpipe, render, simulate, P2p, UnitCosts};
+//! let schedule = gpipe(2, 2, 1).unwrap();
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free()).unwrap();
+//! assert_eq!(render::grid(&schedule).lines().count(), 3); // a header and one row per stage
+//! assert_eq!(render::timeline(&sim, 1.0).lines().count(), 2);
+//! let mut out = Vec::new(); // any `Write`: a file, a socket, a buffer
+//! render::write_svg(&sim, &mut out).unwrap();
+//! assert!(out.starts_with(b"<svg"));
+//! ```
 
 pub mod chrome;
 pub mod svg;

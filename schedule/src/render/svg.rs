@@ -1,5 +1,18 @@
 //! SVG timeline of a simulation, written as plain SVG text: one row per stage, one rectangle per
 //! compute or memory action coloured by op, labels where they fit, a legend and the bubble ratio.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::render::svg::svg;
+//! use seqpipe_schedule::{one_f_one_b, simulate, P2p, UnitCosts};
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&one_f_one_b(2, 2).unwrap(), |a| costs.cost(a), &P2p::free()).unwrap();
+//! let doc = svg(&sim);
+//! assert!(doc.starts_with("<svg") && doc.ends_with("</svg>\n"));
+//! assert!(doc.contains("1f1b p=2 m=2 n=1 v=1: makespan 9.0000, bubble 33.33%"));
+//! assert_eq!(doc.matches("<title>").count(), 8); // one block per forward and backward
+//! ```
 
 use std::fmt::Write as _;
 use std::io::Write;

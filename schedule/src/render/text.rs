@@ -1,5 +1,25 @@
 //! Text renderers: the stage × step grid (one row per stage, one column per list position, as in
 //! PyTorch's pipeline-order dumps but transposed) and a time-aligned timeline.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::render::text::{grid, timeline};
+//! use seqpipe_schedule::{one_f_one_b, simulate, P2p, UnitCosts};
+//! let schedule = one_f_one_b(2, 2).unwrap();
+//! assert_eq!(grid(&schedule), "\
+//! step      0    1    2    3
+//! stage 0  0F0  0F1  0B0  0B1
+//! stage 1  1F0  1B0  1F1  1B1
+//! ");
+//! let costs = UnitCosts::new(1.0, 2.0);
+//! let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free()).unwrap();
+//! // One column per time unit: F takes 1, B takes 2, `.` is idle.
+//! assert_eq!(timeline(&sim, 1.0), "\
+//! stage 0 | 0F0 0F1 .   .   0B0 --- .   0B1 ---
+//! stage 1 | .   1F0 1B0 --- 1F1 1B1 --- .   .
+//! ");
+//! ```
 
 use crate::action::Op;
 use crate::render::{drawn, label};

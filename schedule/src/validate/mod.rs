@@ -8,6 +8,19 @@
 //! cross-stage input arrives by a receive placed before its compute, every send follows the compute
 //! that produced it, and sends and receives pair up one to one. Finally a dry run under the
 //! execution model (unit durations) must finish: a deadlock is reported at each waiting stage.
+//!
+//! # Example
+//!
+//! ```
+//! use seqpipe_schedule::{one_f_one_b, validate, Rule};
+//! let mut schedule = one_f_one_b(2, 1).unwrap();
+//! assert!(validate(&schedule).is_empty());
+//! schedule.actions[1].swap(0, 1); // stage 1 now runs 1B0 before 1F0
+//! let violations = validate(&schedule);
+//! assert_eq!(violations.len(), 1);
+//! assert_eq!(violations[0].rule, Rule::BackwardBeforeForward);
+//! assert_eq!(violations[0].to_string(), "stage 1 step 0: 1B0: BackwardBeforeForward");
+//! ```
 
 mod comm;
 
