@@ -3,8 +3,8 @@
 //!
 //! `cargo run -p seqpipe-memory --example fit_llama70b`
 
+use seqpipe_memory::slicing::preset;
 use seqpipe_memory::*;
-use seqpipe_slicing::preset;
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let shape = preset("llama-70b")?;

@@ -27,6 +27,12 @@
 
 #![deny(missing_docs)]
 
+/// The crates this one plans over, re-exported so that a project depending on `seqpipe-memory`
+/// alone can name its inputs (`seqpipe_memory::slicing::preset("llama-70b")`).
+pub use seqpipe_schedule as schedule;
+/// See [`schedule`].
+pub use seqpipe_slicing as slicing;
+
 // The README's examples run as doc tests, so the first thing a reader runs is checked.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
