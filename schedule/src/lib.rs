@@ -7,7 +7,8 @@
 //! names the failing stage and step; [`simulate`] replays the lowered program with caller-given
 //! durations and a point-to-point model and returns the timeline, makespan, bubble and units in
 //! flight; [`render`] draws schedules and timelines (text, Chrome trace, SVG); [`csv`] reads and
-//! writes PyTorch's pipelining CSV layout.
+//! writes seqpipe's CSV (PyTorch's layout plus slices); [`pytorch`] speaks PyTorch's own dialect,
+//! with its lowering and lock-step simulation, so schedules move between the two unchanged.
 //!
 //! Placement: stage `r` running chunk `c` holds virtual stage `c·p + r` ([`virtual_stage`]).
 //!

@@ -38,6 +38,26 @@ fn csv_and_json_read_back_into_the_generated_schedule() {
     let (ok, out, err) = seqpipe(&[&SEQ1F1B[..], &["--format", "csv"]].concat());
     assert!(ok, "{err}");
     assert_eq!(csv::from_csv(&out, config, false).unwrap(), expected);
+    assert!(
+        out.starts_with(csv::SLICED_MARK),
+        "a sliced CSV is marked for PyTorch readers"
+    );
+    // PyTorch's own dialect: refused when sliced, PyTorch's CSV otherwise.
+    let (ok, _, err) = seqpipe(&[&SEQ1F1B[..], &["--format", "pytorch-csv"]].concat());
+    assert!(!ok && err.contains("2 slices"), "{err}");
+    let (ok, out, err) = seqpipe(&[
+        "schedule",
+        "--kind",
+        "1f1b",
+        "--stages",
+        "2",
+        "--microbatches",
+        "2",
+        "--format",
+        "pytorch-csv",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n");
     let (ok, out, err) = seqpipe(&[&SEQ1F1B[..], &["--format", "json", "--lowered"]].concat());
     assert!(ok, "{err}");
     assert_eq!(

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use seqpipe_schedule::render::{grid, timeline, write_chrome_trace, write_svg};
 use seqpipe_schedule::validate::render_violations;
 use seqpipe_schedule::{
-    csv, generate, lower, simulate, validate, P2p, Schedule, ScheduleConfig, ScheduleKind,
+    csv, generate, lower, pytorch, simulate, validate, P2p, Schedule, ScheduleConfig, ScheduleKind,
     Simulation, UnitCosts,
 };
 
@@ -74,8 +74,12 @@ pub enum Format {
     Text,
     /// The schedule as JSON.
     Json,
-    /// PyTorch's pipelining CSV: one row per rank, one action per cell.
+    /// seqpipe's CSV: PyTorch's layout (one row per rank, one action per cell) plus `.slice`
+    /// suffixes, marked on its first line when sliced.
     Csv,
+    /// PyTorch's own pipelining CSV (`_load_csv`); a sliced schedule is refused, since PyTorch
+    /// would read `0F0.1` as `0F0`.
+    PytorchCsv,
     /// Chrome trace JSON (Perfetto, chrome://tracing) of an equal-unit simulation.
     Chrome,
     /// SVG timeline of an equal-unit simulation.
@@ -108,6 +112,11 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
         Format::Text => print_text(&schedule, &sim, &mut out)?,
         Format::Json => writeln!(out, "{}", schedule.to_json())?,
         Format::Csv => csv::write_csv(&schedule, &mut out)?,
+        Format::PytorchCsv => write!(
+            out,
+            "{}",
+            pytorch::write(&pytorch::from_schedule(&schedule)?)
+        )?,
         Format::Chrome => write_chrome_trace(&sim, 1.0, &mut out)?,
         Format::Svg => write_svg(&sim, &mut out)?,
     }
