@@ -1,8 +1,14 @@
-//! Named model shapes from the papers: Seq1F1B's GPT shapes and the Llama family.
+//! Named model shapes, each from a source cited in its description (which `seqpipe slice
+//! --list-models` prints): Seq1F1B's GPT shapes and the Llama family.
 //!
-//! Seq1F1B's GPT models use vocabulary 50304 and a plain FFN of `4H`. Where the paper does not
-//! print a shape (the 1.3B and 30B heads and depth), we adopt the usual Megatron/GPT-3 shape of that
-//! size and say so in the description.
+//! Seq1F1B's GPT shapes are the authors' experiment scripts' (`thunlp/Seq1F1B`, `exp.sh` and
+//! `exp2.sh`, arrays `config_1_3b` … `config_30b`; layers, hidden and heads). Their launcher
+//! (`run.sh`) sets no FFN width, SwiGLU or GQA, so Megatron's defaults hold: a plain FFN of `4H`
+//! and as many K/V heads as query heads. The vocabulary is GPT-2's BPE (50257 tokens) padded to a
+//! multiple of 128, 50304; Megatron pads further to `128 · TP` at run time (51200 for the 30B
+//! run at TP 8), which the planner's `1/TP` sharding of the tables does not model. The Llama shapes
+//! are the Hugging Face `config.json` files of `meta-llama/Llama-2-{7b,13b,70b}-hf` and
+//! `meta-llama/Meta-Llama-3-8B`.
 //!
 //! # Example
 //!
@@ -68,47 +74,47 @@ const fn llama(
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "gpt-1.3b",
-        description: "Seq1F1B GPT 1.3B (adopted Megatron shape: 24 layers, 16 heads)",
+        description: "Seq1F1B GPT 1.3B (thunlp/Seq1F1B exp.sh config_1_3b)",
         shape: gpt(24, 2048, 16),
     },
     Preset {
         name: "gpt-2.7b",
-        description: "Seq1F1B GPT 2.7B",
+        description: "Seq1F1B GPT 2.7B (thunlp/Seq1F1B exp.sh config_2_7b)",
         shape: gpt(32, 2560, 32),
     },
     Preset {
         name: "gpt-7b",
-        description: "Seq1F1B GPT 7B",
+        description: "Seq1F1B GPT 7B (thunlp/Seq1F1B exp.sh config_7b)",
         shape: gpt(32, 4096, 32),
     },
     Preset {
         name: "gpt-13b",
-        description: "Seq1F1B GPT 13B",
+        description: "Seq1F1B GPT 13B (thunlp/Seq1F1B exp.sh config_13b)",
         shape: gpt(40, 5120, 40),
     },
     Preset {
         name: "gpt-30b",
-        description: "Seq1F1B GPT 30B (adopted shape: 48 layers, 7168 hidden, 56 heads)",
-        shape: gpt(48, 7168, 56),
+        description: "Seq1F1B GPT 30B, head dim 96 (thunlp/Seq1F1B exp.sh config_30b)",
+        shape: gpt(64, 6144, 64),
     },
     Preset {
         name: "llama-7b",
-        description: "Llama(-2) 7B",
+        description: "Llama-2 7B (meta-llama/Llama-2-7b-hf config.json)",
         shape: llama(32, 4096, 11008, 32, 32, LLAMA_VOCAB),
     },
     Preset {
         name: "llama-13b",
-        description: "Llama(-2) 13B",
+        description: "Llama-2 13B (meta-llama/Llama-2-13b-hf config.json)",
         shape: llama(40, 5120, 13824, 40, 40, LLAMA_VOCAB),
     },
     Preset {
         name: "llama-70b",
-        description: "Llama-2 70B, GQA with 8 KV heads",
+        description: "Llama-2 70B, GQA with 8 KV heads (meta-llama/Llama-2-70b-hf config.json)",
         shape: llama(80, 8192, 28672, 64, 8, LLAMA_VOCAB),
     },
     Preset {
         name: "llama3-8b",
-        description: "Llama-3 8B, GQA with 8 KV heads",
+        description: "Llama-3 8B, GQA with 8 KV heads (meta-llama/Meta-Llama-3-8B config.json)",
         shape: llama(32, 4096, 14336, 32, 8, 128256),
     },
 ];

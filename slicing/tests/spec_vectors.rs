@@ -115,12 +115,20 @@ fn balanced_slicing_reproduces_spec_vectors() {
 }
 
 #[test]
-fn gpt_presets_are_the_spec_shapes() {
-    assert_eq!(preset("gpt-7b").unwrap(), shape(32, 4096, 16384, 32, 50304));
-    assert_eq!(
-        preset("gpt-2.7b").unwrap(),
-        shape(32, 2560, 10240, 32, 50304)
-    );
+fn gpt_presets_are_the_seq1f1b_authors_configurations() {
+    // thunlp/Seq1F1B exp.sh: config_1_3b … config_30b (layers, hidden, heads); FFN 4H by
+    // Megatron's default; GPT-2's vocabulary padded to 128.
+    for (name, layers, hidden, heads) in [
+        ("gpt-1.3b", 24, 2048, 16),
+        ("gpt-2.7b", 32, 2560, 32),
+        ("gpt-7b", 32, 4096, 32),
+        ("gpt-13b", 40, 5120, 40),
+        ("gpt-30b", 64, 6144, 64),
+    ] {
+        let expected = shape(layers, hidden, 4 * hidden, heads, 50304);
+        assert_eq!(preset(name).unwrap(), expected, "{name}");
+    }
+    assert_eq!(preset("gpt-30b").unwrap().head_dim, 96);
 }
 
 #[test]
