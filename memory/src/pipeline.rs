@@ -144,12 +144,14 @@ impl PipelineKind {
         if let PipelineKind::Gis { group, .. } = *self {
             positive("micro-batches per group", group)?;
         }
-        if let PipelineKind::SlimPipe { slices, .. } = *self {
-            if slices < stages {
+        // The interleaved order cycles over groups of at least `p` slices (SPEC §3); with one
+        // chunk there is nothing to interleave, and the generator takes any `n`.
+        if let PipelineKind::SlimPipe { slices, chunks } = *self {
+            if chunks > 1 && slices < stages {
                 return Err(MemoryError::BadSchedule {
                     kind: "slimpipe",
-                    requirement: "at least as many slices as stages (n ≥ p)",
-                    got: format!("n = {slices}, p = {stages}"),
+                    requirement: "at least as many slices as stages (n ≥ p) when v > 1",
+                    got: format!("n = {slices}, p = {stages}, v = {chunks}"),
                 });
             }
         }
@@ -201,10 +203,15 @@ impl PipelineKind {
             PipelineKind::Interleaved { .. } | PipelineKind::Gis { .. } => v * m,
             PipelineKind::SlimPipe { .. } => n * v * m,
         };
-        let ratio = (p - 1.0) / (work + p - 1.0);
         Ok(match self {
-            PipelineKind::ZbH1 => ratio / 3.0,
-            _ => ratio,
+            // With F = I = W, W fills 1F1B's bubbles but F + I − W = one unit per stage remains:
+            // bubble time p − 1 (a third of 1F1B's 3(p − 1), SPEC's "B/3" in time) over 3m units
+            // of work; with m < p the warm-up is short of micro-batches by p − m more.
+            PipelineKind::ZbH1 => {
+                let idle = (p - 1.0) + (p - m).max(0.0);
+                idle / (3.0 * m + idle)
+            }
+            _ => (p - 1.0) / (work + p - 1.0),
         })
     }
 }

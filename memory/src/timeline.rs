@@ -107,6 +107,14 @@ pub fn ledger_of_simulation(
 pub fn pipeline_kind(config: &ScheduleConfig) -> Result<PipelineKind> {
     let (n, v) = (config.slices as u64, config.chunks as u64);
     Ok(match config.kind {
+        ScheduleKind::GPipe if n > 1 => {
+            return Err(MemoryError::BadSchedule {
+                kind: "gpipe",
+                requirement:
+                    "one slice per sequence for a closed form (use the ledger when sliced)",
+                got: format!("n = {n}"),
+            })
+        }
         ScheduleKind::GPipe => PipelineKind::GPipe,
         ScheduleKind::OneFOneB => PipelineKind::OneF1B,
         ScheduleKind::ZbH1 => PipelineKind::ZbH1,
