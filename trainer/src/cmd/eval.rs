@@ -104,7 +104,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.heatmap {
         let title = format!("passkey retrieval: {}", dir.display());
         write_passkey_svg(path, &results.passkey, &title)?;
-        outln!("heat map written to {}", path.display());
+        // On stderr, so that `--format json` leaves standard output pure JSON.
+        eprintln!("heat map written to {}", path.display());
     }
     Ok(())
 }
