@@ -143,6 +143,14 @@ fn the_command_prints_both_tables_writes_its_heat_map_and_names_bad_values() {
             "0 trials",
         ),
         (&["--heatmap", "x.svg"][..], "--passkey-depths"),
+        (
+            &["--passkey-depths", "0", "--heatmap", "/"][..],
+            "directory that exists",
+        ),
+        (
+            &["--passkey-depths", "0", "--heatmap", "/no/such/dir/x.svg"][..],
+            "directory that exists",
+        ),
     ] {
         let (ok, _, err) = run(extra);
         assert!(!ok && err.contains(needle), "{extra:?}: {err}");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use seqpipe_trainer::checkpoint::{export::model_dir, hf};
 use seqpipe_trainer::config::{DataConfig, DataKind, Precision};
 use seqpipe_trainer::data::{text::load_tokenizer, PasskeySource};
-use seqpipe_trainer::eval::heatmap::write_passkey_svg;
+use seqpipe_trainer::eval::heatmap::{check_passkey_svg_path, write_passkey_svg};
 use seqpipe_trainer::eval::{
     evaluate, passkey_probe, EvalData, EvalRow, PasskeyCell, PasskeyProbe,
 };
@@ -80,6 +80,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if data.tokenizer.is_none() {
         let mut found = tokenizer_dirs.iter().map(|d| d.join("tokenizer.json"));
         data.tokenizer = found.find(|f| f.is_file());
+    }
+    if let Some(path) = &args.heatmap {
+        check_passkey_svg_path(path)?;
     }
     let words = data.tokenizer.clone();
     if !matches!(data.kind, DataKind::Text | DataKind::Passkey) {

@@ -43,6 +43,21 @@ pub fn passkey_svg(cells: &[PasskeyCell], title: &str) -> Result<String> {
 /// Writes the heat map to `path` atomically; a file already there that seqpipe did not write
 /// is refused, never overwritten.
 pub fn write_passkey_svg(path: &Path, cells: &[PasskeyCell], title: &str) -> Result<()> {
+    check_passkey_svg_path(path)?;
+    write_atomic(path, passkey_svg(cells, title)?.as_bytes())
+}
+
+/// Whether the heat map can be written at `path` (checked before the probe runs, so that no
+/// work is lost to a bad path): a file, in a directory that exists, new or one seqpipe wrote.
+pub fn check_passkey_svg_path(path: &Path) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if parent.is_some_and(|p| !p.is_dir()) || path.is_dir() {
+        fail!(
+            Config,
+            "heat map path {}: give a file name in a directory that exists",
+            path.display()
+        );
+    }
     if path.exists() {
         let head = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         if !head.starts_with(MARK.as_bytes()) {
@@ -53,7 +68,7 @@ pub fn write_passkey_svg(path: &Path, cells: &[PasskeyCell], title: &str) -> Res
             );
         }
     }
-    write_atomic(path, passkey_svg(cells, title)?.as_bytes())
+    Ok(())
 }
 
 fn plot_error(e: impl std::fmt::Display) -> Error {
