@@ -262,7 +262,7 @@ fn forward_query_block(
             Some((m, _, _)) => m.maximum(&m_blk)?,
             None => m_blk,
         };
-        let p = s.broadcast_sub(&m_new)?.exp()?;
+        let p = crate::exp_shifted::exp_shifted(&s, &m_new)?;
         let row_sum = p.sum_keepdim(D::Minus1)?;
         let pv = p.matmul(&v.narrow(2, j0, lk)?)?;
         state = Some(match state {

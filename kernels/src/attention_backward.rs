@@ -123,10 +123,13 @@ fn key_block(
             continue; // the whole tile lies above the diagonal
         }
         let s = geo.mask_tile(r.qs.matmul(&kb.t()?)?, r.i0, r.lq, j0, lk)?;
-        let p = s.broadcast_sub(&r.lse)?.exp()?;
+        let p = crate::exp_shifted::exp_shifted(&s, &r.lse)?;
         let dv_part = p.t()?.matmul(&r.d_out)?;
         let dp = r.d_out.matmul(&vb.t()?)?;
-        let ds = (p * dp.broadcast_sub(&r.delta)?)?;
+        let ds = match crate::fused_cpu::softmax_grad(&p, &dp, &r.delta)? {
+            Some(ds) => ds,
+            None => (p * dp.broadcast_sub(&r.delta)?)?,
+        };
         let dq_part = ds.matmul(kb)?;
         let dk_part = ds.t()?.matmul(&r.qs)?;
         r.dq = Some(add(r.dq.take(), dq_part)?);

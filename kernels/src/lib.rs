@@ -47,6 +47,8 @@ pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+mod exp_shifted;
+mod fused_cpu;
 pub mod linear;
 pub mod merge;
 pub mod rms_norm;

@@ -2,7 +2,8 @@
 //!
 //! Backward, with `σ = σ(gate)`: `dup = d·SiLU(gate)`, `dgate = d·up·σ·(1 + gate·(1 − σ))`.
 //! Both gradients are recomputed from `gate` and `up` (the saved activations) rather than from
-//! the output, which is cheaper to keep and cannot lose precision through a division.
+//! the output, which is cheaper to keep and cannot lose precision through a division. On CPU,
+//! f32 and f64 run as one fused pass each (`fused_cpu`); the candle ops below serve the rest.
 
 use candle_core::{DType, Tensor};
 
@@ -29,6 +30,9 @@ pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if let Some(out) = crate::cuda::swiglu_forward(gate, up)? {
         return Ok(out);
     }
+    if let Some(out) = crate::fused_cpu::swiglu_forward(gate, up)? {
+        return Ok(out);
+    }
     let g = gate.to_dtype(ct)?;
     let out = ((&g * sigmoid(&g)?)? * up.to_dtype(ct)?)?;
     Ok(out.to_dtype(gate.dtype())?)
@@ -42,6 +46,9 @@ pub fn swiglu_backward(gate: &Tensor, up: &Tensor, d_out: &Tensor) -> Result<(Te
     same_shape(OP, ("gate", gate), ("d_out", d_out))?;
     #[cfg(feature = "cuda")]
     if let Some(out) = crate::cuda::swiglu_backward(gate, up, d_out)? {
+        return Ok(out);
+    }
+    if let Some(out) = crate::fused_cpu::swiglu_backward(gate, up, d_out)? {
         return Ok(out);
     }
     let (g, u, d) = (gate.to_dtype(ct)?, up.to_dtype(ct)?, d_out.to_dtype(ct)?);

@@ -61,6 +61,16 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// seqpipe beside PyTorch (`torch.distributed.pipelining`, gloo) on the same model, data
+    /// shape and schedule, interleaved runs; makes the peer's venv `.venv-peer` (not for CI).
+    Peer {
+        /// Output directory for CSV/JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Runs per case and side.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Measured on the GPU machine (cuda build of xtask): attention vs PyTorch SDPA, a
     /// Llama-7B layer vs the matmul ceiling, a sliced training step; writes out/gpu/bench.md.
     Gpu {
@@ -87,6 +97,9 @@ fn main() -> anyhow::Result<()> {
             Bench::Sim { out } => xtask::bench::run_sim(&out.unwrap_or(default_out)),
             Bench::Cpu { out } => xtask::bench::run_cpu(&out.unwrap_or(default_out)),
             Bench::Offload { out } => xtask::bench::run_offload(&out.unwrap_or(default_out)),
+            Bench::Peer { out, reps } => {
+                xtask::bench::run_peer(&root, &out.unwrap_or(default_out), reps)
+            }
             Bench::Gpu {
                 torch_script,
                 out,

@@ -52,7 +52,10 @@ pub const ALLOWED_DEPENDENCIES: &[(&str, &[&str])] = &[
             "thiserror",
         ],
     ),
-    ("kernels", &["candle-core", "half", "thiserror"]),
+    (
+        "kernels",
+        &["candle-core", "gemm", "half", "pulp", "thiserror"],
+    ),
 ];
 
 /// Dependencies that would break a crate's invariant, whatever its list says: the reason given

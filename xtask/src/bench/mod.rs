@@ -1,12 +1,13 @@
 //! `cargo xtask bench`: simulated sweeps and paper reproductions (`sim`), real CPU training runs
-//! (`cpu`), the host link's overlap with compute on this CPU (`offload`), and the GPU entry point
-//! (`gpu`). Tables go to stdout as Markdown and to `--out` as
+//! (`cpu`), the host link's overlap with compute on this CPU (`offload`), seqpipe beside PyTorch on
+//! the same pipeline (`peer`), and the GPU entry point (`gpu`). Tables go to stdout as Markdown and to `--out` as
 //! CSV/JSON with SVG plots. Simulated figures are labelled simulated; measured figures name the
 //! machine they came from.
 
 pub mod cpu;
 pub mod detail;
 pub mod offload;
+pub mod peer;
 pub mod plot;
 pub mod repro;
 pub mod sim;
@@ -208,6 +209,52 @@ pub fn run_offload(dir: &Path) -> Result<()> {
     )?;
     println!(
         "wrote offload_runs.{{csv,json}} to {}; took {:.1} s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `bench peer`: seqpipe and PyTorch on the same model, data shape and schedule, interleaved
+/// (see `peer.rs`). Builds the release `seqpipe` and makes the peer's venv first.
+pub fn run_peer(root: &Path, dir: &Path, reps: usize) -> Result<()> {
+    anyhow::ensure!(reps > 0, "--reps must be at least 1 (got 0)");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--bin", "seqpipe", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .status()?;
+    anyhow::ensure!(status.success(), "building the release seqpipe failed");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runner = peer::Runner {
+        seqpipe: root.join("target/release/seqpipe"),
+        python: peer::peer_python(root)?,
+        script: root.join("xtask/peer/torch_pipeline.py"),
+        scratch: dir.join("peer_runs"),
+        cores,
+    };
+    fs::create_dir_all(&runner.scratch)?;
+    let rows = peer::run_all(&runner, &peer::cases(cores), reps)?;
+    let t = peer::table(&rows)?;
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "## seqpipe vs PyTorch (MEASURED on this machine: {cpu}, {cores} cores; 4 layers, hidden 256, 4 heads, FFN 688, vocab 256, 4 micro-batches of 1024 tokens, f32; {} timed steps per run after one untimed, median per run, {reps} interleaved runs per side, median of runs; PyTorch: `torch.distributed.pipelining` Schedule1F1B over gloo, one process per stage, or one process for PP=1; see xtask/src/bench/peer.rs)\n",
+        peer::STEPS
+    );
+    println!("{}", t.to_markdown());
+    write(dir, "peer_runs.csv", &t.to_csv())?;
+    write(dir, "peer_runs.json", &serde_json::to_string_pretty(&rows)?)?;
+    println!(
+        "wrote peer_runs.{{csv,json}} to {}; took {:.1} s",
         dir.display(),
         started.elapsed().as_secs_f64()
     );
