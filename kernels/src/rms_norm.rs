@@ -3,7 +3,8 @@
 //! The forward returns `r` (`[.., 1]`, f32, or f64 for f64 input) as the saved activation: it is a
 //! single number per row, so the backward needs only `x`, `w` and `r` and never recomputes the
 //! reduction. With `x̂ = x·r` and `g = dy·w`:
-//! `dx = r · (g − x̂ · mean(g·x̂))`, `dw = Σ_rows dy·x̂`.
+//! `dx = r · (g − x̂ · mean(g·x̂))`, `dw = Σ_rows dy·x̂`. On CPU, f32 and f64 run fused
+//! (`fused_cpu`); the candle ops below serve the rest.
 
 use candle_core::{DType, Tensor, D};
 
@@ -35,6 +36,9 @@ pub fn rms_norm_forward(x: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor
     positive_finite(OP, "eps", eps)?;
     #[cfg(feature = "cuda")]
     if let Some(out) = crate::cuda::rms_norm_forward(x, weight, eps)? {
+        return Ok(out);
+    }
+    if let Some(out) = crate::fused_cpu::rms_norm_forward(x, weight, eps)? {
         return Ok(out);
     }
     let xc = x.to_dtype(ct)?;
@@ -75,6 +79,9 @@ pub fn rms_norm_backward(
     }
     #[cfg(feature = "cuda")]
     if let Some(out) = crate::cuda::rms_norm_backward(x, weight, inv_rms, dy)? {
+        return Ok(out);
+    }
+    if let Some(out) = crate::fused_cpu::rms_norm_backward(x, weight, inv_rms, dy)? {
         return Ok(out);
     }
     let h = x.dims()[x.rank() - 1];

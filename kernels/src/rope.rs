@@ -150,6 +150,9 @@ impl Rope {
         }
         let cos = self.cos.narrow(0, offset, s)?;
         let mut sin = self.sin.narrow(0, offset, s)?;
+        if let Some(y) = crate::fused_cpu::rope(x, &cos, &sin, inverse)? {
+            return Ok(y);
+        }
         if inverse {
             sin = sin.neg()?;
         }
