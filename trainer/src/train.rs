@@ -165,43 +165,21 @@ pub fn simulated_bubble(
     Ok(simulate(schedule, cost, &P2p::free())?.bubble_ratio)
 }
 
-/// Whether [`one_thread_per_op`] chose the op thread count (the user set neither variable).
-static OP_THREADS_OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-const OP_THREAD_VARS: [&str; 2] = ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"];
-
 /// Pipeline stages run as threads, so each candle op should use one thread: candle's own pool
 /// spin-waits and slows everything down when stages already occupy the cores (measured: 4.7×
 /// fewer tokens/s for the default run on 2 cores). Sets `CANDLE_NUM_THREADS=1` and
 /// `RAYON_NUM_THREADS=1` unless the user chose values: candle's CPU matmul asks for the rayon
 /// thread count on every call and, when `RAYON_NUM_THREADS` is unset, reads `/proc/cpuinfo` to
 /// count physical cores each time (measured: ~8 % of the default run's time in the kernel).
-/// Call it at the start of `main`, before any other thread exists; [`threads_per_op`] may then
-/// raise the count for a run with fewer stage threads than cores.
+/// One thread per op also when a run has fewer stages than cores: two threads per op made a
+/// one-stage run on 2 cores 1.6× slower (2,290 against 3,610 tokens/s, 4 layers of hidden 256 at
+/// 1024 tokens, measured 2026-11-27); use data-parallel replicas (`--replicas`) for the other
+/// cores. Call it at the start of `main`, before any other thread exists.
 pub fn one_thread_per_op() {
-    let ours = OP_THREAD_VARS
-        .iter()
-        .all(|var| std::env::var_os(var).is_none());
-    OP_THREADS_OURS.get_or_init(|| ours);
-    for var in OP_THREAD_VARS {
+    for var in ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"] {
         if std::env::var_os(var).is_none() {
             std::env::set_var(var, "1");
         }
-    }
-}
-
-/// Gives each op `cores ÷ stage_threads` threads (at least one), so a run with fewer stage
-/// threads than cores still uses every core (one stage on 2 cores: 2 threads per matmul).
-/// Does nothing unless [`one_thread_per_op`] chose the count. Call it while the process has one
-/// thread, before the first op: the pools read the count when they start.
-pub fn threads_per_op(stage_threads: usize) {
-    if OP_THREADS_OURS.get() != Some(&true) {
-        return;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_op = (cores / stage_threads.max(1)).max(1).to_string();
-    for var in OP_THREAD_VARS {
-        std::env::set_var(var, &per_op);
     }
 }
 

@@ -276,7 +276,6 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         p.chunks,
         cfg.data.seq_len
     );
-    seqpipe_trainer::train::threads_per_op((p.stages * p.replicas.unwrap_or(1)) as usize);
     let bar = ProgressBar::new(cfg.steps);
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",

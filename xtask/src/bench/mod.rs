@@ -247,7 +247,7 @@ pub fn run_peer(root: &Path, dir: &Path, reps: usize) -> Result<()> {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     println!(
-        "## seqpipe vs PyTorch (MEASURED on this machine: {cpu}, {cores} cores; 4 layers, hidden 256, 4 heads, FFN 688, vocab 256, 4 micro-batches of 1024 tokens, f32; {} timed steps per run after one untimed, median per run, {reps} interleaved runs per side, median of runs; PyTorch: `torch.distributed.pipelining` Schedule1F1B over gloo, one process per stage, or one process for PP=1; see xtask/src/bench/peer.rs)\n",
+        "## seqpipe vs PyTorch (MEASURED on this machine: {cpu}, {cores} cores; 4 layers, hidden 256, 4 heads, FFN 688, vocab 256, 4 micro-batches of 1024 tokens, f32; {} timed steps per run after one untimed, median per run, {reps} interleaved runs per side, median of runs; PyTorch: `torch.distributed.pipelining` Schedule1F1B over gloo, one process per stage with cores ÷ stages threads, or one process with every core for PP=1; seqpipe: one process, stages and replicas as threads, one thread per op; see xtask/src/bench/peer.rs)\n",
         peer::STEPS
     );
     println!("{}", t.to_markdown());

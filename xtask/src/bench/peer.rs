@@ -8,11 +8,12 @@
 //! user runs it, with its stages as threads.
 //!
 //! Both sides run the model of issue 21 (4 layers, hidden 256, 4 heads, FFN 688, vocabulary 256),
-//! 4 micro-batches of one 1024-token sequence, AdamW with global-norm clipping, f32. Each side
-//! gives every core a thread: seqpipe one per stage (and `cores ÷ stages` per op), PyTorch
-//! `cores ÷ stages` intra-op threads per process. A run's figure is the median tokens/s of its
-//! steps after the first; the runs of all cases are interleaved, seqpipe and PyTorch alternating
-//! which goes first, and the table gives the median over repetitions and the ratio.
+//! 4 micro-batches of one 1024-token sequence, AdamW with global-norm clipping, f32. PyTorch gives
+//! each process `cores ÷ stages` intra-op threads; seqpipe runs one thread per stage and replica
+//! with one thread per op (more made it slower, see `seqpipe_trainer::train::one_thread_per_op`).
+//! A run's figure is the median tokens/s of its steps after the first; the runs of all cases are
+//! interleaved, seqpipe and PyTorch alternating which goes first, and the table gives the median
+//! over repetitions and the ratio.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,14 +34,23 @@ pub struct Case {
     pub slices: u32,
     /// seqpipe's slicing method (TOML spelling).
     pub slicing: &'static str,
+    /// seqpipe's data-parallel replicas of the pipeline (threads); the micro-batches are split
+    /// between them, so the global batch stays the same.
+    pub replicas: u32,
 }
 
-/// The cases run on a machine with `cores` cores: one process, two stages with 1F1B on both
-/// sides, two stages with seqpipe's sliced schedule against PyTorch's 1F1B, and four stages
-/// where the machine has four cores.
+/// The cases run on a machine with `cores` cores: one stage (PyTorch with `cores` intra-op
+/// threads against seqpipe with one thread, then with `cores` data-parallel replicas as threads:
+/// each side's way of using the machine in one process), two stages with 1F1B on both sides, two
+/// stages with seqpipe's sliced schedule against PyTorch's 1F1B, and four stages where the
+/// machine has four cores.
 pub fn cases(cores: usize) -> Vec<Case> {
     let mut cases = vec![
         case(1, "1f1b", 1),
+        Case {
+            replicas: cores as u32,
+            ..case(1, "1f1b", 1)
+        },
         case(2, "1f1b", 1),
         Case {
             slicing: "balanced",
@@ -59,6 +69,7 @@ fn case(stages: u32, schedule: &'static str, slices: u32) -> Case {
         schedule,
         slices,
         slicing: "uniform",
+        replicas: 1,
     }
 }
 
@@ -71,12 +82,16 @@ const SEQ_LEN: u32 = 1024;
 const MICROBATCHES: u32 = 4;
 
 impl Case {
-    /// A short label: `PP=2 seq1f1b n=4`.
+    /// A short label: `PP=2 seq1f1b n=4`, `PP=1 1f1b ×2 replicas`.
     pub fn label(&self) -> String {
-        match self.slices {
-            1 => format!("PP={} {}", self.stages, self.schedule),
-            n => format!("PP={} {} n={n}", self.stages, self.schedule),
+        let mut label = format!("PP={} {}", self.stages, self.schedule);
+        if self.slices > 1 {
+            label += &format!(" n={}", self.slices);
         }
+        if self.replicas > 1 {
+            label += &format!(" ×{} replicas", self.replicas);
+        }
+        label
     }
 
     /// seqpipe's configuration of this case, as TOML.
@@ -86,11 +101,13 @@ impl Case {
             "steps = {steps}\n\n[data]\nbatch = 1\nseq_len = {SEQ_LEN}\n\n[model]\nlayers = {layers}\n\
              hidden = {hidden}\nheads = {heads}\nkv_heads = {heads}\nffn_hidden = {ffn}\n\
              vocab = {vocab}\n\n[parallel]\nstages = {}\nschedule = \"{}\"\nchunks = 1\n\
-             slices = {}\nslicing = \"{}\"\nmicrobatches = {MICROBATCHES}\n",
+             slices = {}\nslicing = \"{}\"\nreplicas = {}\nmicrobatches = {}\n",
             self.stages,
             self.schedule,
             self.slices,
             self.slicing,
+            self.replicas,
+            MICROBATCHES / self.replicas,
             steps = STEPS + 1,
         )
     }
@@ -208,7 +225,10 @@ pub struct Runner {
 impl Runner {
     /// One seqpipe run of `case`: its median tokens/s.
     pub fn seqpipe(&self, case: &Case, rep: usize) -> Result<f64> {
-        let tag = format!("pp{}_{}_{}_{rep}", case.stages, case.schedule, case.slices);
+        let tag = format!(
+            "pp{}_{}_{}_r{}_{rep}",
+            case.stages, case.schedule, case.slices, case.replicas
+        );
         let config = self.scratch.join(format!("{tag}.toml"));
         let metrics = self.scratch.join(format!("{tag}.jsonl"));
         fs::write(&config, case.seqpipe_toml())?;
@@ -329,8 +349,12 @@ mod tests {
             seqpipe_trainer::train::check(&cfg).unwrap();
             assert_eq!(cfg.parallel.stages, c.stages);
             assert_eq!(cfg.steps, u64::from(STEPS) + 1);
+            // The same global batch whatever the replicas.
+            let replicas = cfg.parallel.replicas.unwrap_or(1);
+            assert_eq!(cfg.parallel.microbatches * replicas, MICROBATCHES);
         }
-        assert_eq!(cases(2).len(), 3, "no PP=4 case on 2 cores");
+        assert_eq!(cases(2).len(), 4, "no PP=4 case on 2 cores");
+        assert_eq!(cases(2)[1].label(), "PP=1 1f1b ×2 replicas");
     }
 
     #[test]
