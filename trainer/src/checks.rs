@@ -39,6 +39,26 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
             cfg.parallel.slices, cfg.data.seq_len, cfg.data.seq_len
         ));
     }
+    for (key, size, what) in [
+        ("tensor_parallel", cfg.parallel.tensor_parallel, "tensor"),
+        ("context_parallel", cfg.parallel.context_parallel, "context"),
+    ] {
+        if size != 1 {
+            problems.push(format!(
+                "parallel.{key} = {size}: seqpipe train does not run {what} parallelism yet, only \
+                 {key} = 1 (`seqpipe plan` marks such plans \"planner only\"; plan with \
+                 --max-tp 1 --max-cp 1 for a layout the trainer runs)"
+            ));
+        }
+    }
+    if cfg.parallel.vocab_parallel {
+        problems.push(
+            "parallel.vocab_parallel = true: seqpipe train does not shard the embedding and LM \
+             head over the vocabulary yet; set it to false to run with the whole head on the last \
+             stage (a plan's memory and time figures, which assumed the sharding, then do not hold)"
+                .into(),
+        );
+    }
     if cfg.parallel.offload != Offload::None && cfg.parallel.schedule_file.is_some() {
         problems.push(format!(
             "parallel.offload = {} plans offloads for the generated schedule, but \

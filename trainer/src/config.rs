@@ -83,6 +83,15 @@ pub struct ParallelConfig {
     /// Bytes per stage the predicted peak (model states + activations) must fit: the least
     /// offload that fits is chosen (`runtime::budget`), or the run is refused with the shortfall.
     pub memory_budget: Option<u64>,
+    /// Tensor-parallel size, as `seqpipe plan --emit-config` writes a plan. Only 1 runs: a
+    /// larger value is refused by name, never ignored.
+    pub tensor_parallel: u32,
+    /// Context-parallel size, as `seqpipe plan --emit-config` writes a plan. Only 1 runs (as
+    /// for `tensor_parallel`).
+    pub context_parallel: u32,
+    /// Embedding and LM head sharded over the vocabulary across stages (SlimPipe, as the planner
+    /// prices it). Not run yet: `true` is refused by name, never ignored.
+    pub vocab_parallel: bool,
 }
 
 impl Default for ParallelConfig {
@@ -103,6 +112,9 @@ impl Default for ParallelConfig {
             recompute: Recompute::None,
             host_link_bandwidth: None,
             memory_budget: None,
+            tensor_parallel: 1,
+            context_parallel: 1,
+            vocab_parallel: false,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod export;
 pub mod model;
 pub mod plan;
 pub mod plan_elastic;
+pub mod plan_emit;
 pub mod schedule;
 pub mod simulate;
 pub mod slice;

@@ -98,6 +98,11 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text, conflicts_with = "lengths")]
     format: Format,
+    /// Write the best fitting plan as a `seqpipe train` configuration (TOML) to this new file
+    /// (or one it wrote before); what the trainer does not run yet is named in its header and
+    /// refused by `train` (run the same schedule small with `train --config FILE --scale-down`).
+    #[arg(long, value_name = "FILE", conflicts_with = "lengths")]
+    emit_config: Option<std::path::PathBuf>,
 }
 
 /// Runs `seqpipe plan`.
@@ -157,6 +162,18 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             args.max_tp,
             args.max_cp,
             args.global_batch
+        );
+    }
+    if let Some(path) = &args.emit_config {
+        let Some(best) = evals.iter().find(|e| e.fits()) else {
+            anyhow::bail!(
+                "--emit-config: no configuration fits the budget, so there is no plan to write"
+            );
+        };
+        super::plan_emit::emit(path, best, &shape, seq_len)?;
+        eprintln!(
+            "wrote the best plan as a seqpipe train configuration to {}",
+            path.display()
         );
     }
     if let Format::Json = args.format {

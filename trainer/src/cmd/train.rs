@@ -113,6 +113,11 @@ pub struct TrainArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Run the configuration's schedule (stages, chunks, micro-batches, slices, recomputation,
+    /// offload) on the tiny model in f32 on this CPU: a `seqpipe plan --emit-config` file tried
+    /// small. Applied before the other flags.
+    #[arg(long)]
+    scale_down: bool,
     /// Start from a Hugging Face Llama checkpoint directory: its config.json's model, its
     /// safetensors' weights, its tokenizer.json for text data (TOML `[init_from] dir`).
     #[arg(long, value_name = "DIR")]
@@ -136,6 +141,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         }
         None => TrainConfig::default(),
     };
+    if args.scale_down {
+        eprintln!("{}", super::plan_emit::scale_down(&mut cfg));
+    }
     apply_init_flags(&mut cfg, args);
     let par = &mut cfg.parallel;
     if let Some(v) = args.steps {
