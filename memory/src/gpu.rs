@@ -4,8 +4,9 @@
 //! compute `B_c` and host-link bandwidth `B_o`. `k ≤ 1` means every activation can be moved out and
 //! back behind compute; with `k > 1` only about a `1/k` share can. The presets carry the authors'
 //! constants (A100 220 TFLOP/s, 15 GB/s; H100 440 TFLOP/s, 21 GB/s); H200 has the H100's compute
-//! die and host link, so it takes the H100 constants (adopted) with its larger memory. Every
-//! field is public: override what you measured.
+//! die and host link, so it takes the H100 constants (adopted) with its larger memory; H800 is the
+//! H100 with NVLink cut to 400 GB/s. Each ships in its DGX node ([`Interconnect`]). Every field
+//! is public: override what you measured.
 //!
 //! # Example
 //!
@@ -25,6 +26,7 @@
 use seqpipe_slicing::ModelShape;
 use serde::{Deserialize, Serialize};
 
+use crate::comm::Interconnect;
 use crate::error::{MemoryError, Result};
 
 /// One accelerator as the planners see it.
@@ -40,6 +42,11 @@ pub struct GpuPreset {
     pub host_link_bytes_per_s: f64,
     /// Nominal memory capacity in bytes (10⁹-byte GB as sold; usable memory is a little less).
     pub memory_bytes: f64,
+    /// HBM bandwidth, bytes/s: the time of memory-bound work such as selective recomputation.
+    pub memory_bytes_per_s: f64,
+    /// The links of the node it ships in and of the network between nodes (the planner's
+    /// communication model, `crate::comm`).
+    pub interconnect: Interconnect,
 }
 
 /// Every GPU preset.
@@ -50,6 +57,8 @@ pub const GPU_PRESETS: &[GpuPreset] = &[
         achieved_flops: 220e12,
         host_link_bytes_per_s: 15e9,
         memory_bytes: 80e9,
+        memory_bytes_per_s: 2.039e12,
+        interconnect: Interconnect::DGX_A100,
     },
     GpuPreset {
         name: "h100",
@@ -57,6 +66,8 @@ pub const GPU_PRESETS: &[GpuPreset] = &[
         achieved_flops: 440e12,
         host_link_bytes_per_s: 21e9,
         memory_bytes: 80e9,
+        memory_bytes_per_s: 3.35e12,
+        interconnect: Interconnect::DGX_H100,
     },
     GpuPreset {
         name: "h200",
@@ -64,6 +75,17 @@ pub const GPU_PRESETS: &[GpuPreset] = &[
         achieved_flops: 440e12,
         host_link_bytes_per_s: 21e9,
         memory_bytes: 141e9,
+        memory_bytes_per_s: 4.8e12,
+        interconnect: Interconnect::DGX_H100,
+    },
+    GpuPreset {
+        name: "h800",
+        peak_flops: 989e12,
+        achieved_flops: 440e12,
+        host_link_bytes_per_s: 21e9,
+        memory_bytes: 80e9,
+        memory_bytes_per_s: 3.35e12,
+        interconnect: Interconnect::DGX_H800,
     },
 ];
 

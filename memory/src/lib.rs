@@ -39,6 +39,7 @@ pub use seqpipe_slicing as slicing;
 pub struct ReadmeDoctests;
 
 pub mod activation;
+pub mod comm;
 pub mod elastic_compare;
 pub mod elastic_plan;
 pub mod error;
@@ -61,6 +62,7 @@ pub use activation::{
     ActivationModel, AttentionKind, Dtype, LogitsPlacement, Parallelism, RecomputePolicy,
     TensorTerm, UnitFootprint,
 };
+pub use comm::{step_comm, CommTime, Interconnect};
 pub use elastic_compare::{compare, default_cases, default_setup, render, CompareCase, CompareRow};
 pub use elastic_plan::{
     elastic_with_slices, pack, plan_elastic, plan_packed, MethodResult, PipelineRun, PlanSetup,

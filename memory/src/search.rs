@@ -2,14 +2,14 @@
 //! recomputation) that divides the model and the cluster, scored by the static peak per stage and a
 //! predicted MFU.
 //!
-//! Predicted step time = model compute per GPU × (1 + recompute overhead) ÷ (efficiency × peak
-//! FLOP/s) ÷ (1 − bubble) + exposed offload time. Full recomputation repeats the layers' forward
+//! Predicted step time = (model compute per GPU × (1 + recompute overhead) ÷ (efficiency × peak
+//! FLOP/s) + TP and exposed CP communication) ÷ (1 − bubble) + exposed offload time + PP fill and
+//! drain + exposed DP sync, the communication over the GPU preset's interconnect (`comm`). Full recomputation repeats the layers' forward
 //! (+⅓ of their fwd+bwd); selective recomputation repeats only elementwise ops and norms, charged
-//! no model FLOPs. An offload of fraction `f` is hidden while `f·k ≤ 1` (SPEC §5.1) and otherwise
-//! exposes `(f·k − 1)` of the compute time. TP and CP enter only as divisors of activations and
-//! weights: their communication is not modelled, so ties go to the smaller `t·c`. MFU =
-//! `3·T(s)·sequences ÷ (step time × GPUs × peak FLOP/s)`. Because TP/CP cost nothing here, the
-//! search bounds them (`max_tp`, `max_cp`) and plans at least `min_stages` pipeline stages.
+//! their bytes at HBM speed. An offload of fraction `f` is hidden while `f·k ≤ 1` (SPEC §5.1) and otherwise
+//! exposes `(f·k − 1)` of the compute time. Ties go to the smaller `t·c`. MFU =
+//! `3·T(s)·sequences ÷ (step time × GPUs × peak FLOP/s)`. The search bounds TP and CP
+//! (`max_tp`, `max_cp`) and plans at least `min_stages` pipeline stages.
 //!
 //! # Example
 //!
@@ -99,6 +99,8 @@ pub struct Evaluation {
     pub step_time: f64,
     /// Predicted MFU.
     pub mfu: f64,
+    /// Exposed communication per step, by kind (`crate::comm`).
+    pub comm: crate::comm::CommTime,
     /// Bytes over the budget (≤ 0 when it fits).
     pub over_bytes: f64,
 }
@@ -233,10 +235,15 @@ pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
         RecomputePolicy::Full => layer_share / 3.0,
         _ => 0.0,
     };
-    let compute = per_gpu * (1.0 + recompute) / (space.efficiency * space.gpu.peak_flops);
+    let compute = per_gpu * (1.0 + recompute) / (space.efficiency * space.gpu.peak_flops)
+        + selective_recompute_time(space, c.recompute);
     let k = space.gpu.offload_k(&space.shape, space.seq_len)?;
     let exposed = (c.offload_fraction * k - 1.0).max(0.0) * compute;
-    let step_time = compute / (1.0 - bubble) + exposed;
+    let rate = space.efficiency * space.gpu.peak_flops;
+    let net = &space.gpu.interconnect;
+    let comm = crate::comm::step_comm(&space.shape, space.seq_len, c, net, rate, compute);
+    // TP and CP stretch every unit, so the bubble grows with them; PP and DP sit outside it.
+    let step_time = (compute + comm.tp + comm.cp) / (1.0 - bubble) + exposed + comm.pp + comm.dp;
     let mfu = model_flops / (step_time * space.gpus as f64 * space.gpu.peak_flops);
     Ok(Evaluation {
         candidate: *c,
@@ -246,8 +253,24 @@ pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
         bubble,
         step_time,
         mfu,
+        comm,
         over_bytes: worst.total() - space.budget_bytes,
     })
+}
+
+/// Selective recomputation repeats memory-bound work, charged at HBM speed: both RMSNorms (read
+/// and write `H`) and SwiGLU's product (read `2F`, write `F`), in bf16, per layer and token,
+/// spread over every GPU.
+fn selective_recompute_time(space: &SearchSpace, policy: RecomputePolicy) -> f64 {
+    if policy != RecomputePolicy::Selective {
+        return 0.0;
+    }
+    let shape = &space.shape;
+    let per_token_layer = (4 * shape.hidden + 3 * shape.ffn_hidden) as f64 * 2.0;
+    let tokens = (space.global_batch * space.seq_len) as f64;
+    tokens * shape.layers as f64 * per_token_layer
+        / space.gpus as f64
+        / space.gpu.memory_bytes_per_s
 }
 
 /// Every evaluated candidate: fitting ones by descending MFU (in 0.1 % steps), then the rest.

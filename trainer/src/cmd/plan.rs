@@ -65,7 +65,7 @@ pub struct PlanArgs {
     /// Elastic mode: chunks to list.
     #[arg(long, default_value_t = 40, requires = "lengths")]
     show_chunks: usize,
-    /// GPU preset: a100, h100, h200.
+    /// GPU preset (with its DGX node's links): a100, h100, h200, h800.
     #[arg(long, default_value = "h100")]
     gpu: String,
     /// Memory budget per GPU in GiB (default: the preset's nominal capacity).
@@ -80,7 +80,7 @@ pub struct PlanArgs {
     /// Largest tensor-parallel size.
     #[arg(long, default_value_t = 8, conflicts_with = "lengths")]
     max_tp: u64,
-    /// Largest context-parallel size (TP/CP communication is not modelled, so they are bounded).
+    /// Largest context-parallel size.
     #[arg(long, default_value_t = 8, conflicts_with = "lengths")]
     max_cp: u64,
     /// Fewest pipeline stages.
@@ -208,19 +208,23 @@ fn print_context(args: &PlanArgs, space: &SearchSpace, evals: &[Evaluation]) -> 
         args.global_batch
     );
     let fitting = evals.iter().filter(|e| e.fits()).count();
+    let net = &gpu.interconnect;
     outln!(
-        "searched {} configurations (pp ≥ {}, tp ≤ {}, cp ≤ {}; TP/CP communication not modelled), {fitting} fit",
+        "searched {} configurations (pp ≥ {}, tp ≤ {}, cp ≤ {}), {fitting} fit; communication over {} GPUs per node, NVLink {:.0} GB/s, network {:.0} GB/s per GPU (\"comm\": the share of the step it exposes)",
         evals.len(),
         args.min_pp,
         args.max_tp,
-        args.max_cp
+        args.max_cp,
+        net.gpus_per_node,
+        net.nvlink_bytes_per_s / 1e9,
+        net.network_bytes_per_s / 1e9
     );
     Ok(())
 }
 
 fn header() -> anyhow::Result<()> {
     outln!(
-        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>7} {:>13} {:>8} {:>7} {:>6}",
+        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>7} {:>13} {:>8} {:>7} {:>6} {:>6}",
         "schedule",
         "pp",
         "tp",
@@ -232,7 +236,8 @@ fn header() -> anyhow::Result<()> {
         "peak GiB@stg",
         "states",
         "bubble",
-        "MFU"
+        "MFU",
+        "comm"
     );
     Ok(())
 }
@@ -294,7 +299,7 @@ fn row(e: &Evaluation) -> String {
         RecomputePolicy::Full => "full",
     };
     format!(
-        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>6.0}% {:>9.2}@{:<3} {:>8.2} {:>6.2}% {:>5.1}%",
+        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>6.0}% {:>9.2}@{:<3} {:>8.2} {:>6.2}% {:>5.1}% {:>5.1}%",
         c.kind.to_string(),
         c.stages,
         c.parallel.tp,
@@ -307,7 +312,8 @@ fn row(e: &Evaluation) -> String {
         e.worst_stage,
         e.states_bytes / GIB,
         100.0 * e.bubble,
-        100.0 * e.mfu
+        100.0 * e.mfu,
+        100.0 * e.comm.total() / e.step_time
     )
 }
 

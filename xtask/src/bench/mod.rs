@@ -126,7 +126,7 @@ pub fn run_sim(dir: &Path) -> Result<()> {
     let contexts: Vec<u64> = sim::CONTEXTS.to_vec();
     let rows = sim::sweep(SETUPS, &contexts)?;
     let sweep = sim::table(&rows)?;
-    println!("## Simulated sweep (SIMULATED: planner model, kernel efficiency {} assumed, budget {} % of nominal GPU memory, TP/CP communication not modelled; elastic schedule not swept: no closed form yet)\n", sim::EFFICIENCY, sim::BUDGET_SHARE * 100.0);
+    println!("## Simulated sweep (SIMULATED: planner model, kernel efficiency {} assumed, budget {} % of nominal GPU memory, communication over the GPU's DGX interconnect (memory::comm); elastic schedule not swept: no closed form yet)\n", sim::EFFICIENCY, sim::BUDGET_SHARE * 100.0);
     println!("{}", sweep.to_markdown());
     write(dir, "sim_sweep.csv", &sweep.to_csv())?;
     write(dir, "sim_sweep.json", &serde_json::to_string_pretty(&rows)?)?;

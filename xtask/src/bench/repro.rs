@@ -1,7 +1,7 @@
 //! The reproduction table: SPEC §5/§6 configurations with the papers' figures beside ours and the
 //! ratio. Memory and bubble vectors come from the closed forms and the event simulator; headline
-//! MFU figures from the planner's model (assumed kernel efficiency, no TP/CP communication), so
-//! they are simulated predictions, never measurements.
+//! MFU figures from the planner's model (one assumed kernel efficiency, communication over the
+//! GPU preset's interconnect), so they are simulated predictions, never measurements.
 
 use anyhow::Result;
 use seqpipe_memory::{

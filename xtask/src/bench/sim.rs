@@ -30,8 +30,8 @@ pub struct Setup {
     pub gpus: u64,
     /// Sequences per iteration.
     pub global_batch: u64,
-    /// Largest context-parallel size. The planner charges TP and CP no communication, so an
-    /// unbounded CP makes every schedule look alike; the bound follows the papers' setups.
+    /// Largest context-parallel size. CP's ring passes hide behind long attention, so an
+    /// unbounded CP makes long-context schedules look alike; the bound follows the papers' setups.
     pub max_cp: u64,
 }
 
