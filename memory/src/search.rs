@@ -4,7 +4,8 @@
 //!
 //! Predicted step time = (model compute per GPU × (1 + recompute overhead) ÷ (efficiency × peak
 //! FLOP/s) + TP and exposed CP communication) ÷ (1 − bubble) + exposed offload time + PP fill and
-//! drain + exposed DP sync, the communication over the GPU preset's interconnect (`comm`). Full recomputation repeats the layers' forward
+//! drain + exposed DP sync, the communication over the GPU preset's interconnect (`comm`).
+//! Offloaded bytes also cost their HBM traffic out and back in, at HBM speed. Full recomputation repeats the layers' forward
 //! (+⅓ of their fwd+bwd); selective recomputation repeats only elementwise ops and norms, charged
 //! their bytes at HBM speed. An offload of fraction `f` is hidden while `f·k ≤ 1` (SPEC §5.1) and otherwise
 //! exposes `(f·k − 1)` of the compute time. Ties go to the smaller `t·c`. MFU =
@@ -203,6 +204,7 @@ pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
     };
     let mut activation = ActivationModel::new(space.shape, c.parallel)?.with_recompute(c.recompute);
     activation.logits = logits;
+    let offload_traffic = offload_traffic_time(space, c, &activation);
     let config = StaticConfig {
         activation,
         states: StateOptions {
@@ -236,7 +238,8 @@ pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
         _ => 0.0,
     };
     let compute = per_gpu * (1.0 + recompute) / (space.efficiency * space.gpu.peak_flops)
-        + selective_recompute_time(space, c.recompute);
+        + selective_recompute_time(space, c.recompute)
+        + offload_traffic;
     let k = space.gpu.offload_k(&space.shape, space.seq_len)?;
     let exposed = (c.offload_fraction * k - 1.0).max(0.0) * compute;
     let rate = space.efficiency * space.gpu.peak_flops;
@@ -271,6 +274,17 @@ fn selective_recompute_time(space: &SearchSpace, policy: RecomputePolicy) -> f64
     tokens * shape.layers as f64 * per_token_layer
         / space.gpus as f64
         / space.gpu.memory_bytes_per_s
+}
+
+/// Offloaded activations leave HBM and come back (the copy engines read them out, later write
+/// them in): traffic that competes with the kernels for HBM, charged at HBM speed even when the
+/// host link hides the transfer itself.
+fn offload_traffic_time(space: &SearchSpace, c: &Candidate, activation: &ActivationModel) -> f64 {
+    let sequences = (space.global_batch / c.parallel.dp.max(1)) as f64;
+    let tokens = sequences * space.seq_len as f64;
+    let layers = space.shape.layers as f64 / c.stages as f64;
+    let bytes = c.offload_fraction * activation.bytes_per_token_layer() * tokens * layers;
+    2.0 * bytes / space.gpu.memory_bytes_per_s
 }
 
 /// Every evaluated candidate: fitting ones by descending MFU (in 0.1 % steps), then the rest.
