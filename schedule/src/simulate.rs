@@ -167,6 +167,38 @@ impl Simulation {
     pub fn max_in_flight(&self) -> Vec<u32> {
         self.stages.iter().map(|s| s.max_in_flight).collect()
     }
+
+    /// The share of `cores` processors the schedule keeps busy when its stages share them (stage
+    /// threads on a CPU): the simulated timeline, stretched wherever more stages compute at once
+    /// than there are cores (they take turns), divides its work `W` as `W ÷ (cores × stretched
+    /// makespan)`. With a core per stage it is `1 − bubble`. Waits for data are not work.
+    pub fn core_use(&self, cores: usize) -> f64 {
+        let cores = cores.max(1) as f64;
+        // (time, +1 start / −1 end) of every stretch of work.
+        let mut edges: Vec<(f64, i32)> = Vec::new();
+        let mut work = 0.0;
+        for t in self.timeline.iter().flatten() {
+            let start = t.start + t.wait;
+            if t.end > start {
+                edges.push((start, 1));
+                edges.push((t.end, -1));
+                work += t.end - start;
+            }
+        }
+        edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (mut busy, mut last, mut stretched) = (0i32, 0.0, 0.0);
+        for (time, step) in edges {
+            let span = time - last;
+            stretched += span * (f64::from(busy) / cores).max(1.0);
+            busy += step;
+            last = time;
+        }
+        stretched += (self.makespan - last).max(0.0);
+        match stretched > 0.0 {
+            true => work / (cores * stretched),
+            false => 0.0,
+        }
+    }
 }
 
 /// Dense index of the message a send or receive carries: direction × destination × (mb, slice).

@@ -195,3 +195,21 @@ fn timeline_lists_every_action_with_ordered_times() {
         assert!(list.windows(2).all(|w| w[0].end <= w[1].start));
     }
 }
+
+#[test]
+fn core_use_is_one_minus_bubble_with_a_core_per_stage_and_stretches_with_fewer() {
+    let s = one_f_one_b(4, 8);
+    let costs = UnitCosts::new(1.0, 2.0);
+    let sim = simulate(&s, |a| costs.cost(a), &P2p::free()).unwrap();
+    assert!((sim.core_use(4) - (1.0 - sim.bubble_ratio)).abs() < 1e-12);
+    // One core: some stage always computes, so the core never idles.
+    assert!((sim.core_use(1) - 1.0).abs() < 1e-12, "{}", sim.core_use(1));
+    // Two cores: between the two, and above the four-core figure.
+    let two = sim.core_use(2);
+    assert!(two > sim.core_use(4) && two < 1.0, "{two}");
+    // p = 2, m = 1 on one core: work 6 (F 1 + 1, B 2 + 2) done back to back.
+    let lone = one_f_one_b(2, 1);
+    let sim = simulate(&lone, |a| costs.cost(a), &P2p::free()).unwrap();
+    assert!((sim.core_use(1) - 1.0).abs() < 1e-12);
+    assert!((sim.core_use(2) - 0.5).abs() < 1e-12);
+}

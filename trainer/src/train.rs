@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use crate::runtime::recompute::Recompute;
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
-use seqpipe_schedule::{simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind};
+use seqpipe_schedule::{
+    simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind, Simulation,
+};
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::checkpoint::store::CheckpointDir;
@@ -66,6 +68,9 @@ pub struct TrainSummary {
     pub measured_bubble: f64,
     /// Simulated bubble ratio of the same schedule with FLOP-proportional costs.
     pub simulated_bubble: f64,
+    /// The share of this machine's cores the same simulation keeps busy when the stage threads
+    /// share them (`Simulation::core_use`): `1 − bubble` with a core per stage.
+    pub simulated_core_use: f64,
     /// Measured peak activation bytes per stage, saved plus transient buffers (last step).
     pub peak_bytes: Vec<usize>,
     /// Measured peak saved-activation bytes per stage (last step).
@@ -134,6 +139,16 @@ pub fn simulated_bubble(
     partition: &Partition,
     slices: &[Range<usize>],
 ) -> Result<f64> {
+    Ok(simulate_flops(cfg, schedule, partition, slices)?.bubble_ratio)
+}
+
+/// The simulation of the configuration with costs proportional to each action's FLOPs.
+pub fn simulate_flops(
+    cfg: &TrainConfig,
+    schedule: &Schedule,
+    partition: &Partition,
+    slices: &[Range<usize>],
+) -> Result<Simulation> {
     let shape = cfg.model.shape();
     let layer = CostModel {
         per_pair: shape.layer_attention_flops_per_pair(),
@@ -162,7 +177,7 @@ pub fn simulated_bubble(
         Op::BackwardInput | Op::BackwardWeight => forward(a),
         _ => 0.0,
     };
-    Ok(simulate(schedule, cost, &P2p::free())?.bubble_ratio)
+    Ok(simulate(schedule, cost, &P2p::free())?)
 }
 
 /// Pipeline stages run as threads, so each candle op should use one thread: candle's own pool
@@ -381,6 +396,10 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         peak_flops,
         measured_bubble: measured_bubble(&last_step),
         simulated_bubble: simulated_bubble(cfg, &schedule, &partition, &slices)?,
+        simulated_core_use: {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            simulate_flops(cfg, &schedule, &partition, &slices)?.core_use(cores)
+        },
         peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
         peak_saved_bytes: last_step.iter().map(|r| r.peak_saved_bytes).collect(),
         predicted_saved_bytes,

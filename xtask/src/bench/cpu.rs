@@ -3,9 +3,10 @@
 //!
 //! Predicted tokens/s: the run at the first length with the first schedule calibrates one kernel
 //! efficiency `e = achieved ÷ measured matmul peak`; every run is predicted as
-//! `e · peak · u ÷ u_calibration ÷ FLOPs per token` with the utilisation
-//! `u = min(1, (1 − simulated bubble) · stages ÷ cores)`: stage threads share the machine's cores,
-//! so a bubble only costs throughput when fewer stages are busy than there are cores. The
+//! `e · peak · u ÷ u_calibration ÷ FLOPs per token` with the utilisation `u` of the cores by the
+//! simulated schedule (`Simulation::core_use`): stage threads share the machine's cores, so its
+//! timeline is stretched wherever more stages compute at once than there are cores, and idle
+//! cores cost throughput only where fewer stages are busy than there are cores. The
 //! calibration row's error is zero by construction and is marked so. Peak memory: the `memory`
 //! crate's predicted saved-activation bytes per stage against the executor's measured ones.
 
@@ -99,7 +100,6 @@ pub fn config(
 pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<CpuRun>> {
     let peak = measure_matmul_peak()?;
     let mut runs: Vec<CpuRun> = Vec::new();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut reference: Option<(f64, f64)> = None; // (efficiency, utilisation) of the calibration run
     for &seq_len in LENGTHS {
         for &(schedule, slices, chunks, slicing) in SCHEDULES {
@@ -113,8 +113,7 @@ pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<CpuRun>> {
                 / seq_len as f64;
             let efficiency = s.achieved_flops / peak;
             let calibration = reference.is_none();
-            let stages = f64::from(cfg.parallel.stages);
-            let utilisation = ((1.0 - s.simulated_bubble) * stages / cores).min(1.0);
+            let utilisation = s.simulated_core_use;
             let (e, u_ref) = *reference.get_or_insert((efficiency, utilisation));
             let predicted = e * peak * utilisation / u_ref / flops_per_token;
             let measured: Vec<f64> = s.peak_saved_bytes.iter().map(|&b| b as f64).collect();
