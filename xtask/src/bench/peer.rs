@@ -32,6 +32,8 @@ pub struct Case {
     pub schedule: &'static str,
     /// seqpipe's slices per sequence.
     pub slices: u32,
+    /// seqpipe's model chunks per stage.
+    pub chunks: u32,
     /// seqpipe's slicing method (TOML spelling).
     pub slicing: &'static str,
     /// seqpipe's data-parallel replicas of the pipeline (threads); the micro-batches are split
@@ -53,8 +55,8 @@ pub fn cases(cores: usize) -> Vec<Case> {
         },
         case(2, "1f1b", 1),
         Case {
-            slicing: "balanced",
-            ..case(2, "seq1f1b", 4)
+            chunks: 2,
+            ..case(2, "slimpipe", 4)
         },
     ];
     if cores >= 4 {
@@ -68,6 +70,7 @@ fn case(stages: u32, schedule: &'static str, slices: u32) -> Case {
         stages,
         schedule,
         slices,
+        chunks: 1,
         slicing: "uniform",
         replicas: 1,
     }
@@ -82,11 +85,14 @@ const SEQ_LEN: u32 = 1024;
 const MICROBATCHES: u32 = 4;
 
 impl Case {
-    /// A short label: `PP=2 seq1f1b n=4`, `PP=1 1f1b ×2 replicas`.
+    /// A short label: `PP=2 slimpipe n=4 v=2`, `PP=1 1f1b ×2 replicas`.
     pub fn label(&self) -> String {
         let mut label = format!("PP={} {}", self.stages, self.schedule);
         if self.slices > 1 {
             label += &format!(" n={}", self.slices);
+        }
+        if self.chunks > 1 {
+            label += &format!(" v={}", self.chunks);
         }
         if self.replicas > 1 {
             label += &format!(" ×{} replicas", self.replicas);
@@ -100,10 +106,11 @@ impl Case {
         format!(
             "steps = {steps}\n\n[data]\nbatch = 1\nseq_len = {SEQ_LEN}\n\n[model]\nlayers = {layers}\n\
              hidden = {hidden}\nheads = {heads}\nkv_heads = {heads}\nffn_hidden = {ffn}\n\
-             vocab = {vocab}\n\n[parallel]\nstages = {}\nschedule = \"{}\"\nchunks = 1\n\
+             vocab = {vocab}\n\n[parallel]\nstages = {}\nschedule = \"{}\"\nchunks = {}\n\
              slices = {}\nslicing = \"{}\"\nreplicas = {}\nmicrobatches = {}\n",
             self.stages,
             self.schedule,
+            self.chunks,
             self.slices,
             self.slicing,
             self.replicas,
@@ -226,8 +233,8 @@ impl Runner {
     /// One seqpipe run of `case`: its median tokens/s.
     pub fn seqpipe(&self, case: &Case, rep: usize) -> Result<f64> {
         let tag = format!(
-            "pp{}_{}_{}_r{}_{rep}",
-            case.stages, case.schedule, case.slices, case.replicas
+            "pp{}_{}_n{}_v{}_r{}_{rep}",
+            case.stages, case.schedule, case.slices, case.chunks, case.replicas
         );
         let config = self.scratch.join(format!("{tag}.toml"));
         let metrics = self.scratch.join(format!("{tag}.jsonl"));
@@ -347,7 +354,7 @@ mod tests {
             let cfg: seqpipe_trainer::config::TrainConfig =
                 toml::from_str(&c.seqpipe_toml()).unwrap();
             seqpipe_trainer::train::check(&cfg).unwrap();
-            assert_eq!(cfg.parallel.stages, c.stages);
+            assert_eq!((cfg.parallel.stages, cfg.parallel.chunks), (c.stages, c.chunks));
             assert_eq!(cfg.steps, u64::from(STEPS) + 1);
             // The same global batch whatever the replicas.
             let replicas = cfg.parallel.replicas.unwrap_or(1);
