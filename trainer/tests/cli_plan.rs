@@ -212,3 +212,46 @@ fn planned_recomputation_and_offload_run_under_train_unchanged() {
         println!("ran the plan's settings:\n{text}");
     }
 }
+
+#[test]
+fn a_cluster_file_sets_measured_links_and_names_its_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.toml");
+    let plan = |file: &std::path::Path| {
+        seqpipe(&[
+            "plan",
+            "--model",
+            "llama-70b",
+            "--seq",
+            "32k",
+            "--gpus",
+            "64",
+            "--gpu",
+            file.to_str().unwrap(),
+        ])
+    };
+    // A slow NVLink: tensor parallelism costs more than on the DGX H100 preset.
+    std::fs::write(
+        &file,
+        "base = \"h100\"\n[interconnect]\nnvlink_gbps = 45\nnetwork_gbps = 5\nlatency_us = 20\n",
+    )
+    .unwrap();
+    let (ok, out, err) = plan(&file);
+    assert!(ok, "{err}");
+    assert!(out.contains("NVLink 45 GB/s, network 5 GB/s"), "{out}");
+    std::fs::write(&file, "base = \"h100\"\nnvlink_gbps = 45\n").unwrap();
+    let (ok, _, err) = plan(&file);
+    assert!(!ok);
+    assert!(
+        err.contains("nvlink_gbps") && err.contains("cluster.toml"),
+        "{err}"
+    );
+    std::fs::write(&file, "base = \"h100\"\n[interconnect]\nlatency_us = -1\n").unwrap();
+    let (ok, _, err) = plan(&file);
+    assert!(!ok);
+    assert!(err.contains("interconnect.latency_us = -1"), "{err}");
+    std::fs::write(&file, "base = \"v100\"\n").unwrap();
+    let (ok, _, err) = plan(&file);
+    assert!(!ok);
+    assert!(err.contains("v100"), "{err}");
+}

@@ -30,6 +30,7 @@ macro_rules! out {
 pub mod data_args;
 pub mod eval;
 pub mod export;
+pub mod gpu_file;
 pub mod model;
 pub mod plan;
 pub mod plan_elastic;

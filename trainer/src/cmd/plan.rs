@@ -3,7 +3,7 @@
 //! With `--lengths`, plan one variable-length batch elastically instead ([`super::plan_elastic`]).
 
 use clap::{Args, ValueEnum};
-use seqpipe_memory::{gpu_preset, search, Evaluation, RecomputePolicy, SearchSpace, GIB};
+use seqpipe_memory::{search, Evaluation, RecomputePolicy, SearchSpace, GIB};
 use seqpipe_slicing::parse_token_count;
 
 use seqpipe_trainer::runtime::capabilities::{planned_only, train_parallel, TrainParallel};
@@ -65,7 +65,8 @@ pub struct PlanArgs {
     /// Elastic mode: chunks to list.
     #[arg(long, default_value_t = 40, requires = "lengths")]
     show_chunks: usize,
-    /// GPU preset (with its DGX node's links): a100, h100, h200, h800.
+    /// GPU preset (with its DGX node's links): a100, h100, h200, h800; or a `.toml` file that
+    /// starts from one and sets measured figures (see `cmd/gpu_file.rs`).
     #[arg(long, default_value = "h100")]
     gpu: String,
     /// Memory budget per GPU in GiB (default: the preset's nominal capacity).
@@ -108,7 +109,7 @@ pub struct PlanArgs {
 /// Runs `seqpipe plan`.
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let shape = resolve_model(&args.model)?;
-    let mut gpu = gpu_preset(&args.gpu)?;
+    let mut gpu = super::gpu_file::resolve_gpu(&args.gpu)?;
     if let Some(t) = args.achieved_tflops {
         gpu.achieved_flops = t * 1e12;
     }

@@ -354,7 +354,10 @@ mod tests {
             let cfg: seqpipe_trainer::config::TrainConfig =
                 toml::from_str(&c.seqpipe_toml()).unwrap();
             seqpipe_trainer::train::check(&cfg).unwrap();
-            assert_eq!((cfg.parallel.stages, cfg.parallel.chunks), (c.stages, c.chunks));
+            assert_eq!(
+                (cfg.parallel.stages, cfg.parallel.chunks),
+                (c.stages, c.chunks)
+            );
             assert_eq!(cfg.steps, u64::from(STEPS) + 1);
             // The same global batch whatever the replicas.
             let replicas = cfg.parallel.replicas.unwrap_or(1);
