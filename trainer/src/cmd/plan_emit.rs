@@ -9,13 +9,11 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use seqpipe_memory::{Evaluation, RecomputePolicy};
+use seqpipe_memory::Evaluation;
 use seqpipe_slicing::{FfnKind, ModelShape};
-use seqpipe_trainer::config::{ParallelConfig, Precision, SlicingMethod, TrainConfig};
+use seqpipe_trainer::config::{ParallelConfig, Precision, TrainConfig};
 use seqpipe_trainer::model::ModelConfig;
-use seqpipe_trainer::runtime::capabilities::planned_only;
-use seqpipe_trainer::runtime::offload::Offload;
-use seqpipe_trainer::runtime::recompute::Recompute;
+use seqpipe_trainer::runtime::capabilities::{pipeline_settings, planned_only};
 
 /// The first line of every emitted file: a file that does not start with it is not overwritten.
 pub const MARK: &str = "# seqpipe plan --emit-config";
@@ -119,31 +117,18 @@ pub fn train_config(
     };
     cfg.data.seq_len = n(seq_len)?;
     cfg.data.batch = 1;
-    let slicing = match c.kind {
-        seqpipe_memory::PipelineKind::Seq1F1B { .. } => SlicingMethod::Balanced,
-        _ => SlicingMethod::Uniform,
-    };
+    let plan = pipeline_settings(c);
     cfg.parallel = ParallelConfig {
-        schedule: c.kind.name().into(),
-        stages: u(c.stages)?,
-        microbatches: u(c.microbatches)?,
-        slices: u(c.kind.slices())?,
-        chunks: u(c.kind.chunks())?,
-        group: match c.kind {
-            seqpipe_memory::PipelineKind::Gis { group, .. } => Some(u(group)?),
-            _ => None,
-        },
-        slicing,
-        replicas: Some(u(c.parallel.dp)?),
-        recompute: match c.recompute {
-            RecomputePolicy::None => Recompute::None,
-            RecomputePolicy::Selective => Recompute::Selective,
-            RecomputePolicy::Full => Recompute::Full { layers: Vec::new() },
-        },
-        offload: match c.offload_fraction {
-            f if f > 0.0 => Offload::Fraction(f),
-            _ => Offload::None,
-        },
+        schedule: plan.schedule.into(),
+        stages: u(plan.stages)?,
+        microbatches: u(plan.microbatches)?,
+        slices: u(plan.slices)?,
+        chunks: u(plan.chunks)?,
+        group: plan.group.map(u).transpose()?,
+        slicing: plan.slicing,
+        replicas: Some(u(plan.replicas)?),
+        recompute: plan.recompute,
+        offload: plan.offload,
         tensor_parallel: u(c.parallel.tp)?,
         context_parallel: u(c.parallel.cp)?,
         // The planner prices SlimPipe with the head sharded (see `planned_only`).
@@ -158,9 +143,9 @@ pub fn train_config(
 /// changed, in words. Tensor and context parallelism are kept, so that `train` names them.
 pub fn scale_down(cfg: &mut TrainConfig) -> String {
     let par = &mut cfg.parallel;
-    let virtual_stages = (par.stages.max(1) * par.chunks.max(1)) as usize;
+    let virtual_stages = (par.stages.max(1) as usize).saturating_mul(par.chunks.max(1) as usize);
     let layers = virtual_stages * 8usize.div_ceil(virtual_stages);
-    let seq_len = (16 * par.slices as usize).max(64);
+    let seq_len = scaled_seq_len(par.slices);
     let before = format!(
         "{} layers × hidden {}, {} tokens, {} replica(s), {:?} on {}",
         cfg.model.layers,
@@ -174,9 +159,10 @@ pub fn scale_down(cfg: &mut TrainConfig) -> String {
         layers,
         ..ModelConfig::tiny()
     };
+    fit_positions(cfg, seq_len);
     cfg.init_from = None;
-    cfg.data.seq_len = seq_len;
     cfg.data.batch = 1;
+    let par = &mut cfg.parallel;
     par.layers = None;
     par.replicas = None;
     par.memory_budget = None;
@@ -187,4 +173,21 @@ pub fn scale_down(cfg: &mut TrainConfig) -> String {
          cpu; the schedule is unchanged",
         cfg.model.hidden
     )
+}
+
+/// A scaled-down sequence: 16 tokens per slice, at least 64.
+fn scaled_seq_len(slices: u32) -> usize {
+    (16 * slices as usize).max(64)
+}
+
+/// Sets the sequence length, with RoPE positions to cover it.
+fn fit_positions(cfg: &mut TrainConfig, seq_len: usize) {
+    cfg.data.seq_len = seq_len;
+    cfg.model.max_positions = cfg.model.max_positions.max(seq_len + 1);
+}
+
+/// After the command line's flags: a `--slices` given with `--scale-down` (and no `--seq-len`)
+/// gets its 16 tokens per slice too.
+pub fn rescale_for_slices(cfg: &mut TrainConfig) {
+    fit_positions(cfg, scaled_seq_len(cfg.parallel.slices));
 }

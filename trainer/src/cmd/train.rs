@@ -194,6 +194,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(v) = &args.device {
         cfg.device = v.clone();
     }
+    if args.scale_down && args.slices.is_some() && args.seq_len.is_none() {
+        super::plan_emit::rescale_for_slices(&mut cfg);
+    }
     args.data.apply(&mut cfg.data);
     if let Some(v) = &args.checkpoint_dir {
         cfg.output.checkpoint_dir = Some(v.clone());

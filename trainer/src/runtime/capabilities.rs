@@ -62,9 +62,12 @@ pub struct TrainParallel {
 /// parallelism, which the trainer does not have. Offload and SlimPipe run, though their marks
 /// in [`planned_only`] say how the run differs from what was priced.
 pub fn train_parallel(c: &Candidate) -> Option<TrainParallel> {
-    if c.parallel.tp > 1 || c.parallel.cp > 1 {
-        return None;
-    }
+    (c.parallel.tp == 1 && c.parallel.cp == 1).then(|| pipeline_settings(c))
+}
+
+/// `c`'s pipeline settings (schedule, sizes, slicing, replicas, recomputation, offload),
+/// whatever its tensor and context parallelism; [`train_parallel`] when the trainer runs it all.
+pub fn pipeline_settings(c: &Candidate) -> TrainParallel {
     let group = match c.kind {
         PipelineKind::Gis { group, .. } => Some(group),
         _ => None,
@@ -73,7 +76,7 @@ pub fn train_parallel(c: &Candidate) -> Option<TrainParallel> {
         PipelineKind::Seq1F1B { .. } => SlicingMethod::Balanced,
         _ => SlicingMethod::Uniform,
     };
-    Some(TrainParallel {
+    TrainParallel {
         schedule: c.kind.name(),
         stages: c.stages,
         microbatches: c.microbatches,
@@ -91,7 +94,7 @@ pub fn train_parallel(c: &Candidate) -> Option<TrainParallel> {
             f if f > 0.0 => Offload::Fraction(f),
             _ => Offload::None,
         },
-    })
+    }
 }
 
 #[cfg(test)]

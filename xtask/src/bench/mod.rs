@@ -27,6 +27,42 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Prints a measured table and writes it as `<stem>.csv` and its rows as `<stem>.json`.
+fn emit_table(
+    dir: &Path,
+    stem: &str,
+    t: &table::Table,
+    rows: &impl serde::Serialize,
+    started: Instant,
+) -> Result<()> {
+    println!("{}", t.to_markdown());
+    write(dir, &format!("{stem}.csv"), &t.to_csv())?;
+    write(
+        dir,
+        &format!("{stem}.json"),
+        &serde_json::to_string_pretty(rows)?,
+    )?;
+    println!(
+        "wrote {stem}.{{csv,json}} to {}; took {:.1} s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The CPU's model name from `/proc/cpuinfo`.
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
 /// A plotted metric: file prefix, y-axis label, value of a sweep row.
 type Metric = (&'static str, &'static str, fn(&Best) -> f64);
 
@@ -174,15 +210,7 @@ pub fn run_cpu(dir: &Path) -> Result<()> {
         after / 1e9,
         cpu::STEPS
     );
-    println!("{}", t.to_markdown());
-    write(dir, "cpu_runs.csv", &t.to_csv())?;
-    write(dir, "cpu_runs.json", &serde_json::to_string_pretty(&runs)?)?;
-    println!(
-        "wrote cpu_runs.{{csv,json}} to {}; took {:.1} s",
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    emit_table(dir, "cpu_runs", &t, &runs, started)
 }
 
 /// `bench offload`: offload's overlap with compute on the emulated host link, measured beside
@@ -200,19 +228,7 @@ pub fn run_offload(dir: &Path) -> Result<()> {
         "## Offload overlap (MEASURED on this machine: {cores} cores; GIS, 2 stages as threads × 2 chunks, 4 micro-batches, hidden 512, 256 tokens, f32; offload auto over the emulated host link; {} timed steps per row, interleaved, medians; predicted by the simulator on the plain run's measured action durations, see xtask/src/bench/offload.rs)\n",
         offload::STEPS
     );
-    println!("{}", t.to_markdown());
-    write(dir, "offload_runs.csv", &t.to_csv())?;
-    write(
-        dir,
-        "offload_runs.json",
-        &serde_json::to_string_pretty(&runs)?,
-    )?;
-    println!(
-        "wrote offload_runs.{{csv,json}} to {}; took {:.1} s",
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    emit_table(dir, "offload_runs", &t, &runs, started)
 }
 
 /// `bench peer`: seqpipe and PyTorch on the same model, data shape and schedule, interleaved
@@ -237,26 +253,10 @@ pub fn run_peer(root: &Path, dir: &Path, reps: usize) -> Result<()> {
     fs::create_dir_all(&runner.scratch)?;
     let rows = peer::run_all(&runner, &peer::cases(cores), reps)?;
     let t = peer::table(&rows)?;
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpu_model();
     println!(
         "## seqpipe vs PyTorch (MEASURED on this machine: {cpu}, {cores} cores; 4 layers, hidden 256, 4 heads, FFN 688, vocab 256, 4 micro-batches of 1024 tokens, f32; {} timed steps per run after one untimed, median per run, {reps} interleaved runs per side, median of runs; PyTorch: `torch.distributed.pipelining` Schedule1F1B over gloo, one process per stage with cores ÷ stages threads, or one process with every core for PP=1; seqpipe: one process, stages and replicas as threads, one thread per op; see xtask/src/bench/peer.rs)\n",
         peer::STEPS
     );
-    println!("{}", t.to_markdown());
-    write(dir, "peer_runs.csv", &t.to_csv())?;
-    write(dir, "peer_runs.json", &serde_json::to_string_pretty(&rows)?)?;
-    println!(
-        "wrote peer_runs.{{csv,json}} to {}; took {:.1} s",
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    emit_table(dir, "peer_runs", &t, &rows, started)
 }
