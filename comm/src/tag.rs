@@ -1,8 +1,9 @@
 //! Message tags: what a message is, so a receiver can tell it got the one it expected.
 //!
 //! A tag is a `u64` with a 4-bit class on top:
-//! - unit tags (activations, gradients): `[class:4][chunk:12][slice:16][micro_batch:32]`, built from
-//!   the trainer's (kind, micro-batch, slice, chunk);
+//! - unit tags (activations, gradients, and the vocabulary-parallel kinds, one class each):
+//!   `[class:4][chunk:12][slice:16][micro_batch:32]`, built from the trainer's (kind,
+//!   micro-batch, slice, chunk);
 //! - user tags: a 60-bit value of the caller's choosing;
 //! - collective tags (internal): `[class:4][op:4][sequence:56]`, so two ranks that call different
 //!   collectives, or the same one a different number of times, get a tag mismatch, not a wrong sum.
@@ -16,6 +17,8 @@ const CLASS_ACT: u64 = 1;
 const CLASS_GRAD: u64 = 2;
 const CLASS_USER: u64 = 3;
 const CLASS_COLLECTIVE: u64 = 4;
+/// The vocabulary-parallel kinds' classes, in [`TagKind::VOCAB`] order.
+const CLASS_VOCAB: [u64; 5] = [5, 6, 7, 8, 9];
 const MAX_CHUNK: u64 = (1 << 12) - 1;
 const MAX_SLICE: u64 = (1 << 16) - 1;
 const MAX_USER: u64 = (1 << 60) - 1;
@@ -28,6 +31,62 @@ pub enum TagKind {
     Act,
     /// Backward gradients (w.r.t. activations).
     Grad,
+    /// Vocabulary parallelism: a stage's share of a unit's embedding, to stage 0.
+    EmbedShare,
+    /// Vocabulary parallelism: a unit's embedding-output gradient, from stage 0.
+    EmbedGrad,
+    /// Vocabulary parallelism: a unit's final hidden states, from the last stage.
+    HeadInput,
+    /// Vocabulary parallelism: a stage's per-row logit statistics, to every stage.
+    HeadStats,
+    /// Vocabulary parallelism: a stage's share of the head-input gradient, to the last stage.
+    HeadGrad,
+}
+
+impl TagKind {
+    /// The vocabulary-parallel kinds.
+    pub const VOCAB: [TagKind; 5] = [
+        TagKind::EmbedShare,
+        TagKind::EmbedGrad,
+        TagKind::HeadInput,
+        TagKind::HeadStats,
+        TagKind::HeadGrad,
+    ];
+
+    fn class(self) -> u64 {
+        match self {
+            TagKind::Act => CLASS_ACT,
+            TagKind::Grad => CLASS_GRAD,
+            TagKind::EmbedShare => CLASS_VOCAB[0],
+            TagKind::EmbedGrad => CLASS_VOCAB[1],
+            TagKind::HeadInput => CLASS_VOCAB[2],
+            TagKind::HeadStats => CLASS_VOCAB[3],
+            TagKind::HeadGrad => CLASS_VOCAB[4],
+        }
+    }
+
+    fn of_class(class: u64) -> Option<TagKind> {
+        match class {
+            CLASS_ACT => Some(TagKind::Act),
+            CLASS_GRAD => Some(TagKind::Grad),
+            c => CLASS_VOCAB
+                .iter()
+                .position(|v| *v == c)
+                .map(|i| TagKind::VOCAB[i]),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TagKind::Act => "act",
+            TagKind::Grad => "grad",
+            TagKind::EmbedShare => "embed_share",
+            TagKind::EmbedGrad => "embed_grad",
+            TagKind::HeadInput => "head_input",
+            TagKind::HeadStats => "head_stats",
+            TagKind::HeadGrad => "head_grad",
+        }
+    }
 }
 
 /// Collective operations, each with its own tag space.
@@ -48,11 +107,7 @@ impl Tag {
     pub fn new(kind: TagKind, micro_batch: u32, slice: u32, chunk: u32) -> Result<Tag> {
         let slice = check_field("slice", u64::from(slice), MAX_SLICE)?;
         let chunk = check_field("chunk", u64::from(chunk), MAX_CHUNK)?;
-        let class = match kind {
-            TagKind::Act => CLASS_ACT,
-            TagKind::Grad => CLASS_GRAD,
-        };
-        Ok(Tag(class << CLASS_SHIFT
+        Ok(Tag(kind.class() << CLASS_SHIFT
             | chunk << 48
             | slice << 32
             | u64::from(micro_batch)))
@@ -82,11 +137,7 @@ impl Tag {
 
     /// `(kind, micro_batch, slice, chunk)` of a unit tag; `None` for user and collective tags.
     pub fn unit(self) -> Option<(TagKind, u32, u32, u32)> {
-        let kind = match self.0 >> CLASS_SHIFT {
-            CLASS_ACT => TagKind::Act,
-            CLASS_GRAD => TagKind::Grad,
-            _ => return None,
-        };
+        let kind = TagKind::of_class(self.0 >> CLASS_SHIFT)?;
         let micro_batch = (self.0 & 0xFFFF_FFFF) as u32;
         let slice = ((self.0 >> 32) & MAX_SLICE) as u32;
         let chunk = ((self.0 >> 48) & MAX_CHUNK) as u32;
@@ -104,10 +155,7 @@ fn check_field(field: &'static str, value: u64, max: u64) -> Result<u64> {
 impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some((kind, mb, slice, chunk)) = self.unit() {
-            let kind = match kind {
-                TagKind::Act => "act",
-                TagKind::Grad => "grad",
-            };
+            let kind = kind.name();
             return write!(f, "{kind}(mb={mb}, slice={slice}, chunk={chunk})");
         }
         match self.0 >> CLASS_SHIFT {
@@ -133,8 +181,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn unit_tags_round_trip(act in any::<bool>(), mb in any::<u32>(), slice in 0u32..=65535, chunk in 0u32..4096) {
-            let kind = if act { TagKind::Act } else { TagKind::Grad };
+        fn unit_tags_round_trip(k in 0usize..7, mb in any::<u32>(), slice in 0u32..=65535, chunk in 0u32..4096) {
+            let kinds = [TagKind::Act, TagKind::Grad];
+            let kind = kinds.into_iter().chain(TagKind::VOCAB).nth(k).unwrap();
             let tag = Tag::new(kind, mb, slice, chunk).unwrap();
             prop_assert_eq!(tag.unit(), Some((kind, mb, slice, chunk)));
             prop_assert_eq!(Tag::from_raw(tag.raw()), tag);

@@ -92,7 +92,7 @@ fn prepare(
 }
 
 /// Vocabulary blocks `(start, len)`.
-fn vocab_blocks(vocab: usize, block: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn vocab_blocks(vocab: usize, block: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..vocab.div_ceil(block)).map(move |i| (i * block, block.min(vocab - i * block)))
 }
 
@@ -123,7 +123,7 @@ pub fn cross_entropy_forward(
     let on_device: Option<Tensor> = None;
     let lse = match on_device {
         Some(lse) => lse,
-        None => lse_blockwise(&h, lm_head, &p, vocab_block)?,
+        None => lse_blockwise(&h, lm_head, p.ct, vocab_block)?,
     }; // [n, 1]
     let w_t = lm_head.index_select(&p.targets, 0)?.to_dtype(p.ct)?;
     let z_t = (&h * w_t)?.sum_keepdim(D::Minus1)?;
@@ -140,11 +140,17 @@ pub fn cross_entropy_forward(
     ))
 }
 
-/// `lse [n, 1]` of the logits `h · lm_headᵀ` with candle ops, one vocabulary block at a time.
-fn lse_blockwise(h: &Tensor, lm_head: &Tensor, p: &Prepared, vocab_block: usize) -> Result<Tensor> {
+/// `lse [n, 1]` of the logits `h · lm_headᵀ` (`h` already in the compute dtype `ct`) with candle
+/// ops, one vocabulary block at a time.
+pub(crate) fn lse_blockwise(
+    h: &Tensor,
+    lm_head: &Tensor,
+    ct: DType,
+    vocab_block: usize,
+) -> Result<Tensor> {
     let mut state: Option<(Tensor, Tensor)> = None; // (row max, row sum of exp(z − max))
-    for (v0, lv) in vocab_blocks(p.vocab, vocab_block) {
-        let z = h.matmul(&lm_head.narrow(0, v0, lv)?.to_dtype(p.ct)?.t()?)?;
+    for (v0, lv) in vocab_blocks(lm_head.dim(0)?, vocab_block) {
+        let z = h.matmul(&lm_head.narrow(0, v0, lv)?.to_dtype(ct)?.t()?)?;
         let m_blk = z.max_keepdim(D::Minus1)?;
         let m_new = match &state {
             Some((m, _)) => m.maximum(&m_blk)?,
@@ -167,7 +173,7 @@ fn lse_blockwise(h: &Tensor, lm_head: &Tensor, p: &Prepared, vocab_block: usize)
 }
 
 /// `row_scale ⊙ softmax` of one logit block `z [n, vb]` given the rows' `lse [n, 1]`.
-fn scaled_softmax(z: &Tensor, lse: &Tensor, row_scale: &Tensor) -> Result<Tensor> {
+pub(crate) fn scaled_softmax(z: &Tensor, lse: &Tensor, row_scale: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Some(g) = crate::cuda::softmax_grad(z, lse, row_scale)? {
         return Ok(g);

@@ -14,7 +14,8 @@
 //!   bottom-right, GQA, blockwise with online softmax; [`merge_attention`] by log-sum-exp; and
 //!   [`SliceKvCache`], the KV-prefix cache and prefix-gradient accumulator of SPEC §4;
 //! - [`cross_entropy_forward`] / [`cross_entropy_backward`] fused with the LM head, in vocabulary
-//!   blocks.
+//!   blocks, and over row shards of the vocabulary ([`vocab_shard_forward`],
+//!   [`vocab_shard_backward`], [`combine_lse`]: vocabulary parallelism).
 //!
 //! Layouts: activations `[b, s, H]` (any leading dims for row-wise ops), attention tensors
 //! `[b, heads, s, d]`. Dtypes: f32 and bf16 (computed in f32), f64 (the test oracle). Bad shapes
@@ -55,6 +56,7 @@ pub mod rms_norm;
 pub mod rope;
 pub mod slice_cache;
 pub mod swiglu;
+pub mod vocab_shard;
 
 pub use attention::{attention_forward, AttentionOptions, Mask};
 pub use attention_backward::attention_backward;
@@ -72,3 +74,6 @@ pub use rms_norm::{rms_norm_backward, rms_norm_forward};
 pub use rope::{default_frequencies, Rope};
 pub use slice_cache::SliceKvCache;
 pub use swiglu::{swiglu_backward, swiglu_forward};
+pub use vocab_shard::{
+    combine_lse, sharded_loss, vocab_shard_backward, vocab_shard_forward, Shard, ShardStats,
+};

@@ -58,11 +58,20 @@ pub enum Op {
     Reload,
     /// Recompute the unit's dropped activations before its backward (`RECOMPUTE`).
     Recompute,
+    /// Vocabulary parallelism: this stage's share of the unit's embedding lookup, summed on
+    /// stage 0 before its first forward (`EMBED`).
+    VocabEmbed,
+    /// Vocabulary parallelism: this stage's share of the unit's LM head and loss, run by every
+    /// stage together right after the last virtual stage's forward (`HEAD`).
+    VocabHead,
+    /// Vocabulary parallelism: this stage's share of the unit's embedding gradient, after stage
+    /// 0's input-gradient backward of virtual stage 0 (`EMBED_B`).
+    VocabEmbedGrad,
 }
 
 impl Op {
     /// Every op, in declaration order.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 14] = [
         Op::Forward,
         Op::Backward,
         Op::BackwardInput,
@@ -74,6 +83,9 @@ impl Op {
         Op::Offload,
         Op::Reload,
         Op::Recompute,
+        Op::VocabEmbed,
+        Op::VocabHead,
+        Op::VocabEmbedGrad,
     ];
 
     /// The op's code in the text form (`F`, `SEND_F`, …).
@@ -90,6 +102,9 @@ impl Op {
             Op::Offload => "OFFLOAD",
             Op::Reload => "RELOAD",
             Op::Recompute => "RECOMPUTE",
+            Op::VocabEmbed => "EMBED",
+            Op::VocabHead => "HEAD",
+            Op::VocabEmbedGrad => "EMBED_B",
         }
     }
 
@@ -143,6 +158,12 @@ impl Op {
     /// Memory management inserted by planners (offload, reload, recompute).
     pub fn is_memory(self) -> bool {
         matches!(self, Op::Offload | Op::Reload | Op::Recompute)
+    }
+
+    /// A vocabulary-parallel op (`EMBED`, `HEAD`, `EMBED_B`): every stage runs one per unit,
+    /// computing its vocabulary shard and exchanging with the unit's owner stage.
+    pub fn is_vocab(self) -> bool {
+        matches!(self, Op::VocabEmbed | Op::VocabHead | Op::VocabEmbedGrad)
     }
 }
 

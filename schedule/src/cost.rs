@@ -40,6 +40,8 @@ pub struct UnitCosts {
     pub reload: f64,
     /// Recompute (usually the forward's cost).
     pub recompute: f64,
+    /// A vocabulary-parallel op (`EMBED`, `HEAD`, `EMBED_B`): one stage's vocabulary share.
+    pub vocab: f64,
 }
 
 impl UnitCosts {
@@ -54,6 +56,7 @@ impl UnitCosts {
             offload: 0.0,
             reload: 0.0,
             recompute: forward,
+            vocab: 0.0,
         }
     }
 
@@ -68,6 +71,7 @@ impl UnitCosts {
             Op::Offload => self.offload,
             Op::Reload => self.reload,
             Op::Recompute => self.recompute,
+            Op::VocabEmbed | Op::VocabHead | Op::VocabEmbedGrad => self.vocab,
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod render;
 pub mod schedule;
 pub mod simulate;
 pub mod validate;
+pub mod vocab;
 
 pub use action::{Action, Compact, Op, Unit};
 pub use cost::{CostTable, UnitCosts};
@@ -62,3 +63,4 @@ pub use lowered::Lowered;
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};
 pub use simulate::{simulate, MessageBytes, P2p, Simulation, StageStats, Timed};
 pub use validate::{validate, validate_ragged, Rule, Violation};
+pub use vocab::{insert_vocab_parallel, strip_vocab};

@@ -22,6 +22,8 @@
 //! assert_eq!((sim.stages[0].busy, sim.stages[0].idle), (3.0, 5.0));
 //! ```
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::action::{Action, Op};
@@ -278,6 +280,7 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
     let stages = sched.actions.len();
     let mut pos = vec![0usize; stages];
     let mut clock = vec![0.0f64; stages];
+    let mut vocab = VocabMeetings::new(stages);
     let mut timeline: Vec<Vec<Timed>> = sched
         .actions
         .iter()
@@ -299,7 +302,12 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
                 }
                 let start = clock[r];
                 let mut wait = 0.0;
-                if a.op.is_comm() {
+                if a.op.is_vocab() {
+                    match vocab.arrive(a, r, start) {
+                        Some(ready) => wait = (ready - start).max(0.0),
+                        None => break, // blocked until every stage it needs has arrived
+                    }
+                } else if a.op.is_comm() {
                     let unmatched = |reason: &str| ScheduleError::Unmatched {
                         stage: r as u32,
                         position: pos[r],
@@ -345,6 +353,47 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
         return Err(ScheduleError::Deadlock { blocked });
     }
     Ok(timeline)
+}
+
+/// Where the stages meet for the vocabulary-parallel ops: each stage's arrival time per
+/// (op, micro-batch, slice). `EMBED` on stage 0 needs every other stage's share (they only
+/// send); `EMBED_B` on the other stages needs stage 0's gradient (stage 0 only sends); `HEAD`
+/// needs every stage (each exchanges with each).
+struct VocabMeetings {
+    stages: usize,
+    arrivals: HashMap<(Op, u32, u32), Vec<f64>>,
+}
+
+impl VocabMeetings {
+    fn new(stages: usize) -> Self {
+        VocabMeetings {
+            stages,
+            arrivals: HashMap::new(),
+        }
+    }
+
+    /// Records stage `r` at `a` from time `at`; the time its data is all there, or `None`
+    /// while a stage it needs has not arrived.
+    fn arrive(&mut self, a: &Action, r: usize, at: f64) -> Option<f64> {
+        let stages = self.stages;
+        let times = self
+            .arrivals
+            .entry((a.op, a.mb.0, a.slice.0))
+            .or_insert_with(|| vec![f64::NAN; stages]);
+        if times[r].is_nan() {
+            times[r] = at;
+        }
+        let needs: Vec<usize> = match (a.op, r) {
+            (Op::VocabEmbed, 0) => (1..stages).collect(),
+            (Op::VocabEmbedGrad, r) if r > 0 => vec![0],
+            (Op::VocabHead, _) => (0..stages).collect(),
+            _ => Vec::new(),
+        };
+        needs.iter().try_fold(at, |ready, &q| {
+            let t = times[q];
+            (!t.is_nan()).then(|| ready.max(t))
+        })
+    }
 }
 
 fn blocked_stages(sched: &Schedule, pos: &[usize]) -> Vec<Blocked> {

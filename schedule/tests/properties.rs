@@ -149,6 +149,29 @@ proptest! {
     }
 
     #[test]
+    fn vocabulary_parallel_ops_keep_every_schedule_valid(
+        config in any_config(),
+        costs in (0.1f64..3.0, 0.1f64..5.0, 0.0f64..2.0),
+    ) {
+        let lowered = lower(&generate(&config).unwrap()).unwrap();
+        let (f, b, vocab) = costs;
+        let unit_costs = UnitCosts { vocab, ..UnitCosts::new(f, b) };
+        let vp = insert_vocab_parallel(&lowered, |a| unit_costs.cost(a)).unwrap();
+        let violations = validate(&vp);
+        prop_assert!(violations.is_empty(), "{}", validate::render_violations(&vp, &violations));
+        // Every stage meets every unit once per vocabulary op; stripping gives the program back.
+        let units = (config.microbatches * config.slices) as usize;
+        for list in &vp.actions {
+            for op in [Op::VocabEmbed, Op::VocabHead, Op::VocabEmbedGrad] {
+                prop_assert_eq!(list.iter().filter(|a| a.op == op).count(), units);
+            }
+        }
+        prop_assert_eq!(&strip_vocab(&vp), &lowered);
+        prop_assert_eq!(&insert_vocab_parallel(&vp, |a| unit_costs.cost(a)).unwrap(), &vp);
+        prop_assert!(simulate(&vp, |a| unit_costs.cost(a), &P2p::free()).is_ok());
+    }
+
+    #[test]
     fn lowering_is_idempotent_and_strip_inverts_it(config in any_config()) {
         let s = generate(&config).unwrap();
         let lowered = lower(&s).unwrap();

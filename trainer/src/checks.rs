@@ -52,12 +52,19 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
         }
     }
     if cfg.parallel.vocab_parallel {
-        problems.push(
-            "parallel.vocab_parallel = true: seqpipe train does not shard the embedding and LM \
-             head over the vocabulary yet; set it to false to run with the whole head on the last \
-             stage (a plan's memory and time figures, which assumed the sharding, then do not hold)"
-                .into(),
-        );
+        let (vocab, stages) = (cfg.model.vocab, cfg.parallel.stages as usize);
+        if vocab < stages {
+            problems.push(format!(
+                "parallel.vocab_parallel = true with model.vocab = {vocab} over {stages} stages: \
+                 every stage holds at least one row, so the vocabulary must be at least {stages}"
+            ));
+        }
+        if let Some(b) = cfg.parallel.memory_budget {
+            problems.push(format!(
+                "parallel.memory_budget = {b} with parallel.vocab_parallel = true: the budget's \
+                 search does not price the sharded head yet; drop one of the two"
+            ));
+        }
     }
     if cfg.parallel.offload != Offload::None && cfg.parallel.schedule_file.is_some() {
         problems.push(format!(

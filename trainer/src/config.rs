@@ -90,7 +90,8 @@ pub struct ParallelConfig {
     /// for `tensor_parallel`).
     pub context_parallel: u32,
     /// Embedding and LM head sharded over the vocabulary across stages (SlimPipe, as the planner
-    /// prices it). Not run yet: `true` is refused by name, never ignored.
+    /// prices it): each stage holds `V/p` rows and runs its share of every slice's embedding,
+    /// head and loss (`EMBED`, `HEAD`, `EMBED_B` actions).
     pub vocab_parallel: bool,
 }
 

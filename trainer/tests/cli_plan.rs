@@ -114,10 +114,8 @@ fn features_the_trainer_does_not_run_are_marked_planner_only() {
                 "offload overlapped with GPU compute",
                 c["offload_fraction"].as_f64() > Some(0.0),
             ),
-            (
-                "vocabulary-parallel head",
-                c["kind"].get("slim_pipe").is_some(),
-            ),
+            // The trainer runs SlimPipe's vocabulary-parallel head: never marked.
+            ("vocabulary-parallel head", false),
         ];
         for (mark, priced) in expect {
             assert_eq!(marks.contains(&mark), priced, "{mark}: {e}");

@@ -184,6 +184,7 @@ fn write_checkpoint(root: &Path) -> std::path::PathBuf {
         layers: std::iter::once(0..1).collect(),
         embedding: true,
         head: true,
+        vocab_rows: None,
     };
     let params = init_params(
         &param_specs(&cfg.model, &whole),

@@ -38,6 +38,20 @@ fn measure_and_predict_edited(
     edit: impl Fn(&Schedule) -> Schedule,
     recompute: Recompute,
 ) -> (Vec<StageReport>, Vec<StagePrediction>) {
+    measure_and_predict_with(cfg, slicing, dtype, |pl| {
+        let edited = Lowered::check(edit(pl.schedule.schedule())).unwrap();
+        pl.set_schedule(edited).unwrap();
+        pl.set_recompute(recompute).unwrap();
+    })
+}
+
+/// As [`measure_and_predict`], after `prepare` has set the pipeline up.
+fn measure_and_predict_with(
+    cfg: ScheduleConfig,
+    slicing: Slicing,
+    dtype: DType,
+    prepare: impl FnOnce(&mut Pipeline),
+) -> (Vec<StageReport>, Vec<StagePrediction>) {
     let model = tiny_model();
     let mut pl = Pipeline::new(
         &model,
@@ -49,9 +63,7 @@ fn measure_and_predict_edited(
         Duration::from_secs(30),
     )
     .unwrap();
-    let edited = Lowered::check(edit(pl.schedule.schedule())).unwrap();
-    pl.set_schedule(edited).unwrap();
-    pl.set_recompute(recompute).unwrap();
+    prepare(&mut pl);
     let slices = slice_ranges(&model, slicing, SEQ, cfg.slices as usize);
     let m = cfg.microbatches as usize;
     let input = IterationInput {
@@ -392,4 +404,47 @@ fn the_adaptive_plan_fits_its_budgets_as_measured_and_predicted() {
             auto.describe()
         );
     }
+}
+
+/// With the embedding and head sharded over the stages, what each stage holds after every
+/// action is still predicted exactly, and the last stage's saved peak drops by the head record
+/// the whole-table run keeps per unit in flight (`2H·a + 2·4` bytes per token: the head input
+/// and the final norm's output, and two f32 statistics), as predicted.
+#[test]
+fn vocabulary_parallel_stages_are_predicted_and_the_last_sheds_the_head_record() {
+    use ScheduleKind::*;
+    let c = ScheduleConfig::new;
+    let cases = [
+        (
+            c(SlimPipe, 4, 2).with_slices(4).with_chunks(2),
+            Slicing::Uniform,
+        ),
+        (c(Seq1F1B, 2, 4).with_slices(2), Slicing::Uniform),
+        (c(ZbH1, 2, 4), Slicing::None),
+    ];
+    let mut mismatches = Vec::new();
+    for (cfg, slicing) in cases {
+        for dtype in [DType::F32, DType::BF16] {
+            let case = format!("{:?} p={} n={} {dtype:?}", cfg.kind, cfg.stages, cfg.slices);
+            let (whole, whole_predicted) = measure_and_predict(cfg, slicing, dtype);
+            let (sharded, predicted) = measure_and_predict_with(cfg, slicing, dtype, |pl| {
+                pl.set_vocab_parallel().unwrap()
+            });
+            for (stage, (r, p)) in sharded.iter().zip(&predicted).enumerate() {
+                if let Some(difference) = first_difference(r, p) {
+                    mismatches.push(format!("{case} stage {stage}: {difference}"));
+                }
+            }
+            let last = cfg.stages as usize - 1;
+            let shed = whole[last].peak_saved_bytes - sharded[last].peak_saved_bytes;
+            let predicted_shed = whole_predicted[last].peaks.saved - predicted[last].peaks.saved;
+            println!(
+                "{case}: last stage's saved peak {} -> {} bytes (predicted drop {predicted_shed})",
+                whole[last].peak_saved_bytes, sharded[last].peak_saved_bytes
+            );
+            assert!(shed > 0, "{case}: nothing shed");
+            assert_eq!(shed as f64, predicted_shed, "{case}");
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }

@@ -110,15 +110,16 @@ fn run_ranks(world: usize, args: &[&str]) -> (bool, String) {
 }
 
 /// Threaded and multi-process runs are the same rank loop over different transports: their
-/// losses are equal bit for bit, for every schedule family, a tied embedding, and data
-/// parallelism (4 processes = 2 stages × 2 replicas against 4 threads).
+/// losses are equal bit for bit, for every schedule family, a tied embedding, data
+/// parallelism (4 processes = 2 stages × 2 replicas against 4 threads) and the
+/// vocabulary-parallel head.
 #[test]
 fn multi_process_losses_equal_the_threaded_run_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let tied = dir.path().join("tied.toml");
     std::fs::write(&tied, "[model]\ntie_embeddings = true\n").unwrap();
     let tied = tied.to_str().unwrap();
-    let cases: [(&str, usize, Vec<&str>); 6] = [
+    let cases: [(&str, usize, Vec<&str>); 8] = [
         ("1f1b", 2, vec!["--schedule", "1f1b", "--slices", "1"]),
         ("seq1f1b", 2, vec![]),
         (
@@ -129,6 +130,22 @@ fn multi_process_losses_equal_the_threaded_run_bit_for_bit() {
         ("zb-h1", 2, vec!["--schedule", "zb-h1", "--slices", "1"]),
         ("tied embedding", 2, vec!["--config", tied]),
         ("2 replicas", 4, vec!["--replicas", "2"]),
+        (
+            "vocab-parallel slimpipe",
+            2,
+            vec![
+                "--schedule",
+                "slimpipe",
+                "--chunks",
+                "2",
+                "--vocab-parallel",
+            ],
+        ),
+        (
+            "vocab-parallel tied, 2 replicas",
+            4,
+            vec!["--config", tied, "--vocab-parallel", "--replicas", "2"],
+        ),
     ];
     for (name, world, extra) in cases {
         let metrics = |kind: &str| dir.path().join(format!("{name}-{kind}.jsonl"));

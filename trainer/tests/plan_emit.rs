@@ -53,14 +53,9 @@ fn an_emitted_plan_is_read_by_train_which_names_what_it_does_not_run() {
     // The planner's best plan here is SlimPipe, priced with a vocabulary-sharded head.
     assert_eq!(cfg.parallel.schedule, "slimpipe", "{text}");
     assert!(cfg.parallel.vocab_parallel);
-    assert!(text.contains("# planner only, not run by seqpipe train yet: vocabulary-parallel head"));
+    assert!(!text.contains("planner only"), "{text}");
 
-    let (ok, _, err) = train(&path, &["--scale-down"]);
-    assert!(!ok);
-    assert!(err.contains("parallel.vocab_parallel = true"), "{err}");
-    // Without scale-down the plan's CUDA device is named too (this build is CPU-only).
-    let text = text.replace("vocab_parallel = true", "vocab_parallel = false");
-    std::fs::write(&path, &text).unwrap();
+    // Without scale-down the plan's CUDA device is named (this build is CPU-only).
     let (ok, _, err) = train(&path, &["--steps", "1"]);
     assert!(!ok);
     assert!(err.contains("device = \"cuda\""), "{err}");

@@ -46,6 +46,11 @@ fn ready(a: &Compact, place: Placement, done: &[HashSet<Compact>]) -> Result<boo
                 "{a}: PyTorch's simulation has no memory ops"
             )))
         }
+        Op::VocabEmbed | Op::VocabHead | Op::VocabEmbedGrad => {
+            return Err(refuse(format!(
+                "{a}: PyTorch's simulation has no vocabulary-parallel ops"
+            )))
+        }
     })
 }
 

@@ -35,6 +35,8 @@ fn cname(op: Op) -> &'static str {
         Op::BackwardWeight => "yellow",
         Op::Offload | Op::Reload => "olive",
         Op::Recompute => "bad",
+        Op::VocabEmbed | Op::VocabEmbedGrad => "cq_build_passed",
+        Op::VocabHead => "cq_build_failed",
         Op::SendAct | Op::RecvAct | Op::SendGrad | Op::RecvGrad => "grey",
     }
 }

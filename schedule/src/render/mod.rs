@@ -38,7 +38,7 @@ pub(crate) fn label(config: &ScheduleConfig, a: &Action) -> String {
 /// Whether a timeline draws the action as a block (compute and memory ops; communication is
 /// drawn only as the wait it causes).
 pub(crate) fn drawn(op: Op) -> bool {
-    op.is_compute() || op.is_memory()
+    op.is_compute() || op.is_memory() || op.is_vocab()
 }
 
 /// Fill colour per op (Tableau 10), shared by the SVG and documented in the trace's args.
@@ -51,6 +51,8 @@ pub(crate) fn colour(op: Op) -> &'static str {
         Op::Offload => "#b07aa1",
         Op::Reload => "#ff9da7",
         Op::Recompute => "#f28e2b",
+        Op::VocabEmbed | Op::VocabEmbedGrad => "#9c755f",
+        Op::VocabHead => "#e15759",
         Op::SendAct | Op::RecvAct | Op::SendGrad | Op::RecvGrad => "#bab0ac",
     }
 }

@@ -89,12 +89,18 @@ pub fn svg(sim: &Simulation) -> String {
             }
         }
     }
-    legend(&mut s, TOP + ROW * rows as f64 + 20.0);
+    let vocab = sim
+        .timeline
+        .iter()
+        .flatten()
+        .any(|t| t.action.op.is_vocab());
+    legend(&mut s, TOP + ROW * rows as f64 + 20.0, vocab);
     s.push_str("</svg>\n");
     s
 }
 
-fn legend(s: &mut String, y: f64) {
+/// The ops' colours; the vocabulary-parallel ops only where the schedule has them.
+fn legend(s: &mut String, y: f64, vocab: bool) {
     let ops = [
         Op::Forward,
         Op::Backward,
@@ -103,8 +109,12 @@ fn legend(s: &mut String, y: f64) {
         Op::Offload,
         Op::Reload,
         Op::Recompute,
+        Op::VocabEmbed,
+        Op::VocabHead,
+        Op::VocabEmbedGrad,
     ];
-    for (i, op) in ops.into_iter().enumerate() {
+    let shown = if vocab { ops.len() } else { ops.len() - 3 };
+    for (i, op) in ops.into_iter().take(shown).enumerate() {
         let x = LEFT + 110.0 * i as f64;
         let _ = writeln!(
             s,

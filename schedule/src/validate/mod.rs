@@ -23,6 +23,7 @@
 //! ```
 
 mod comm;
+mod vocab;
 
 use std::fmt;
 
@@ -83,6 +84,16 @@ pub enum Rule {
     BackwardOnHost,
     /// A compute whose input comes from another stage has no receive before it.
     ComputeBeforeRecv,
+    /// A stage of a vocabulary-parallel schedule lacks a unit's `EMBED`, `HEAD` or `EMBED_B`
+    /// (every stage runs each once per unit once any stage runs one).
+    MissingVocabOp,
+    /// A second vocabulary-parallel op of the same kind and unit on one stage, or one on a
+    /// chunk other than 0.
+    DuplicateVocabOp,
+    /// A vocabulary-parallel op where its owner stage cannot use it: `EMBED` after virtual
+    /// stage 0's forward, `HEAD` outside the last virtual stage's forward..backward window,
+    /// `EMBED_B` before virtual stage 0's input-gradient backward.
+    VocabOpOutOfPlace,
     /// A send before the compute that produces its data.
     SendBeforeCompute,
     /// A send or receive towards a virtual stage that does not exist.
@@ -152,6 +163,7 @@ pub fn validate_ragged(schedule: &Schedule, counts: &[u32]) -> Vec<Violation> {
     for r in 0..schedule.actions.len() {
         stage_violations(schedule, counts, r, &mut out);
     }
+    vocab::vocab_violations(schedule, counts, &mut out);
     if schedule.lowered {
         comm::comm_violations(schedule, &mut out);
     } else {
@@ -401,7 +413,7 @@ fn deadlock_violations(s: &Schedule, out: &mut Vec<Violation>) {
         }
     };
     let unit = |a: &Action| {
-        if a.op.is_compute() || a.op.is_memory() {
+        if a.op.is_compute() || a.op.is_memory() || a.op.is_vocab() {
             1.0
         } else {
             0.0

@@ -370,6 +370,7 @@ pub fn load_with_extras(dir: &Path, dtype: DType) -> Result<(ModelConfig, Tensor
         layers: std::iter::once(0..model.layers).collect(),
         embedding: true,
         head: true,
+        vocab_rows: None,
     };
     let mut params = TensorMap::new();
     for spec in param_specs(&model, &whole) {

@@ -8,8 +8,8 @@ use clap::{Args, ValueEnum};
 use seqpipe_schedule::render::{grid, timeline, write_chrome_trace, write_svg};
 use seqpipe_schedule::validate::render_violations;
 use seqpipe_schedule::{
-    csv, generate, lower, pytorch, simulate, validate, P2p, Schedule, ScheduleConfig, ScheduleKind,
-    Simulation, UnitCosts,
+    csv, generate, insert_vocab_parallel, lower, pytorch, simulate, validate, P2p, Schedule,
+    ScheduleConfig, ScheduleKind, Simulation, UnitCosts,
 };
 
 /// Which schedule: the arguments `schedule` and `simulate` share.
@@ -94,6 +94,11 @@ pub struct ScheduleArgs {
     /// Include the sends and receives (the lowered program the trainer runs).
     #[arg(long)]
     lowered: bool,
+    /// Add each unit's vocabulary-parallel `EMBED`, `HEAD` and `EMBED_B` on every stage (the
+    /// program of `seqpipe train --vocab-parallel`; implies --lowered). Drawn at a quarter of
+    /// a forward each.
+    #[arg(long)]
+    vocab_parallel: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -105,7 +110,13 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
     if args.lowered {
         schedule = lower(&schedule)?;
     }
-    let costs = UnitCosts::new(1.0, 2.0);
+    let costs = UnitCosts {
+        vocab: 0.25,
+        ..UnitCosts::new(1.0, 2.0)
+    };
+    if args.vocab_parallel {
+        schedule = insert_vocab_parallel(&schedule, |a| costs.cost(a))?;
+    }
     let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free())?;
     let mut out = std::io::stdout().lock();
     match args.format {
@@ -138,7 +149,7 @@ fn print_text(schedule: &Schedule, sim: &Simulation, out: &mut dyn Write) -> any
     )?;
     writeln!(
         out,
-        "equal units (F = 1, B = 2): makespan {}, bubble ratio {:.2} %",
+        "equal units (F = 1, B = 2, a vocabulary op 0.25): makespan {}, bubble ratio {:.2} %",
         sim.makespan,
         100.0 * sim.bubble_ratio
     )?;

@@ -63,6 +63,10 @@ pub struct TrainArgs {
     /// layers per unit that fit --memory-budget, by InfiniPipe's program).
     #[arg(long, value_name = "none|selective|full|full:N|full:N0,N1,…|auto")]
     recompute: Option<Recompute>,
+    /// Shard the embedding and LM head over the stages by vocabulary rows (SlimPipe): every
+    /// stage takes part in each slice's embedding, head and loss.
+    #[arg(long)]
+    vocab_parallel: bool,
     /// Host-link bandwidth for offloads and reloads, in GB/s (default: as fast as memory copies
     /// go); on a CPU run it emulates a PCIe link.
     #[arg(long, value_name = "GB/s")]
@@ -172,6 +176,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = &args.recompute {
         par.recompute = v.clone();
+    }
+    if args.vocab_parallel {
+        par.vocab_parallel = true;
     }
     if let Some(v) = args.host_link_bandwidth {
         par.host_link_bandwidth = Some(v);

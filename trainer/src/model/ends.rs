@@ -141,20 +141,25 @@ impl Answers {
     }
 }
 
-/// Accuracy on the targets with weight > 0: only those rows' logits are formed, so scoring a few
-/// answers costs a few rows of the LM head matmul.
-pub fn answer_hits(lm_head: &Tensor, saved: &HeadSaved) -> Result<Answers> {
-    let Some(mask) = &saved.mask else {
-        return Ok(Answers::default());
-    };
-    let rows: Vec<u32> = mask
+/// The rows of a loss mask `[n]` with weight > 0: the targets scored for accuracy.
+pub fn scored_rows(mask: &Tensor) -> Result<Vec<u32>> {
+    Ok(mask
         .to_dtype(DType::F64)?
         .to_vec1::<f64>()?
         .iter()
         .enumerate()
         .filter(|(_, w)| **w > 0.0)
         .map(|(i, _)| i as u32)
-        .collect();
+        .collect())
+}
+
+/// Accuracy on the targets with weight > 0: only those rows' logits are formed, so scoring a few
+/// answers costs a few rows of the LM head matmul.
+pub fn answer_hits(lm_head: &Tensor, saved: &HeadSaved) -> Result<Answers> {
+    let Some(mask) = &saved.mask else {
+        return Ok(Answers::default());
+    };
+    let rows = scored_rows(mask)?;
     if rows.is_empty() {
         return Ok(Answers::default());
     }

@@ -33,10 +33,30 @@ pub enum Init {
 pub struct ParamSpec {
     /// Hugging Face name.
     pub name: String,
-    /// Shape.
+    /// Shape (of the rows held, for a vocabulary shard).
     pub shape: Vec<usize>,
     /// Initialisation.
     pub init: Init,
+    /// For a vocabulary shard: the rows held, of a whole tensor of `vocab` rows.
+    pub rows: Option<Range<usize>>,
+}
+
+impl ParamSpec {
+    /// This parameter's part of the whole-model tensor `whole` (its rows, for a shard).
+    pub fn part_of(&self, whole: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.rows {
+            Some(rows) => whole.narrow(0, rows.start, rows.len()),
+            None => Ok(whole.clone()),
+        }
+    }
+}
+
+/// Rows `[start, end)` of a `vocab`-row table that stage `stage` of `stages` holds under
+/// vocabulary parallelism: even shares, the first `vocab mod stages` stages one row more.
+pub fn vocab_rows(vocab: usize, stages: usize, stage: usize) -> Range<usize> {
+    let (base, extra) = (vocab / stages, vocab % stages);
+    let start = stage * base + stage.min(extra);
+    start..start + base + usize::from(stage < extra)
 }
 
 /// What part of the model a stage holds.
@@ -48,6 +68,9 @@ pub struct Holding {
     pub embedding: bool,
     /// Holds the final norm and LM head (runs the last virtual stage).
     pub head: bool,
+    /// Vocabulary parallelism: the rows of the embedding (and of an untied LM head) this stage
+    /// holds, in place of whole tables on the first and last stages.
+    pub vocab_rows: Option<Range<usize>>,
 }
 
 /// Parameters of the layers `layers` and, if asked, the embedding and head.
@@ -58,11 +81,31 @@ pub fn param_specs(cfg: &ModelConfig, holding: &Holding) -> Vec<ParamSpec> {
     // GPT-2's scaled init of residual-output projections keeps the residual stream's variance flat.
     let out_std = STD / (2.0 * cfg.layers as f64).sqrt();
     let mut specs = Vec::new();
-    let mut push =
-        |name: String, shape: Vec<usize>, init: Init| specs.push(ParamSpec { name, shape, init });
-    if holding.embedding || (holding.head && cfg.tie_embeddings) {
-        push(EMBED.to_string(), vec![cfg.vocab, h], Init::Normal(STD));
+    let table = |name: &str, rows: &Range<usize>| ParamSpec {
+        name: name.to_string(),
+        shape: vec![rows.len(), h],
+        init: Init::Normal(STD),
+        rows: (rows.len() != cfg.vocab).then(|| rows.clone()),
+    };
+    let whole = 0..cfg.vocab;
+    let (embed_rows, head_rows) = match &holding.vocab_rows {
+        Some(rows) => (Some(rows), (!cfg.tie_embeddings).then_some(rows)),
+        None => (
+            (holding.embedding || (holding.head && cfg.tie_embeddings)).then_some(&whole),
+            (holding.head && !cfg.tie_embeddings).then_some(&whole),
+        ),
+    };
+    if let Some(rows) = embed_rows {
+        specs.push(table(EMBED, rows));
     }
+    let mut push = |name: String, shape: Vec<usize>, init: Init| {
+        specs.push(ParamSpec {
+            name,
+            shape,
+            init,
+            rows: None,
+        })
+    };
     for range in &holding.layers {
         for layer in range.clone() {
             let shapes: [(Vec<usize>, Init); 9] = [
@@ -89,9 +132,9 @@ pub fn param_specs(cfg: &ModelConfig, holding: &Holding) -> Vec<ParamSpec> {
     }
     if holding.head {
         push(FINAL_NORM.to_string(), vec![h], Init::Ones);
-        if !cfg.tie_embeddings {
-            push(LM_HEAD.to_string(), vec![cfg.vocab, h], Init::Normal(STD));
-        }
+    }
+    if let Some(rows) = head_rows {
+        specs.push(table(LM_HEAD, rows));
     }
     specs
 }
@@ -106,7 +149,8 @@ fn tensor_seed(seed: u64, name: &str) -> u64 {
     hash
 }
 
-/// Materialises parameters deterministically from `seed`.
+/// Materialises parameters deterministically from `seed`; a vocabulary shard takes its rows of
+/// the whole tensor, so any sharding starts from the same weights.
 pub fn init_params(
     specs: &[ParamSpec],
     seed: u64,
@@ -122,7 +166,16 @@ pub fn init_params(
             Init::Normal(std) => {
                 let mut rng = ChaCha8Rng::seed_from_u64(tensor_seed(seed, &spec.name));
                 let normal = Normal::new(0.0, std).expect("a positive, finite standard deviation");
-                let values: Vec<f64> = (0..count).map(|_| normal.sample(&mut rng)).collect();
+                // A shard draws the whole tensor's values up to its last row and keeps its rows.
+                let row = count / spec.shape[0].max(1);
+                let (skip, take) = match &spec.rows {
+                    Some(rows) => (rows.start * row, count),
+                    None => (0, count),
+                };
+                let values: Vec<f64> = (0..skip + take)
+                    .map(|_| normal.sample(&mut rng))
+                    .skip(skip)
+                    .collect();
                 Tensor::from_vec(values, spec.shape.as_slice(), device)?.to_dtype(dtype)?
             }
         };

@@ -275,7 +275,9 @@ fn transient_at(
 ) -> Result<()> {
     let u = unit_key(action);
     let k = setup.vstage(stage, &u);
-    let (first, last) = (k == 0, k == setup.last_vstage);
+    // Under vocabulary parallelism both ends pass buffers to their `EMBED`/`HEAD` actions.
+    let vp = setup.vocab_parallel;
+    let (first, last) = (k == 0 && !vp, k == setup.last_vstage && !vp);
     let tokens = setup.tokens(&u)?;
     let pt = setup.per_token;
     let row = pt.row * tokens;
@@ -313,6 +315,19 @@ fn transient_at(
         Op::SendGrad => frees.push(gradient_out(&u)),
         // Moves and rebuilds of saved records: `memory_op_events`, `recompute_events`.
         Op::Offload | Op::Reload | Op::Recompute => {}
+        // Stage 0 sums the shares into virtual stage 0's input; the others send theirs.
+        Op::VocabEmbed if stage == 0 => alloc(format!("activation in {u}"), row),
+        Op::VocabEmbedGrad if stage == 0 => frees.push(gradient_out(&u)),
+        // The last stage's head takes the last virtual stage's output and leaves its gradient.
+        Op::VocabHead if stage + 1 == setup.stages => {
+            let at_last = UnitKey {
+                chunk: setup.input.schedule.config.chunks - 1,
+                ..u
+            };
+            frees.push(activation_out(&at_last));
+            alloc(format!("gradient in {at_last}"), row);
+        }
+        Op::VocabEmbed | Op::VocabEmbedGrad | Op::VocabHead => {}
     }
     events.extend(
         frees

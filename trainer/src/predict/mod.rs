@@ -304,7 +304,7 @@ mod tests {
         let partition = Partition::even(model.layers, stages).unwrap();
         (0..stages)
             .map(|s| {
-                let specs = param_specs(model, &holding(&partition, s, stages, 1));
+                let specs = param_specs(model, &holding(&partition, (s, stages), 1, None));
                 let count: usize = specs
                     .iter()
                     .map(|p| p.shape.iter().product::<usize>())

@@ -54,6 +54,9 @@ pub(super) struct Setup<'a> {
     pub(super) last_vstage: usize,
     /// What each stage's recomputed units drop.
     pub(super) granularity: Vec<StageRecompute>,
+    /// The schedule shards the embedding and head over the stages (it has vocabulary ops): no
+    /// head record on the last virtual stage, no embedding inputs on the first.
+    pub(super) vocab_parallel: bool,
 }
 
 pub(super) fn memory_dtype(dtype: DType) -> Option<Dtype> {
@@ -125,6 +128,7 @@ impl<'a> Setup<'a> {
             stages,
             last_vstage: input.partition.ranges.len() - 1,
             granularity,
+            vocab_parallel: input.schedule.iter().any(|a| a.op.is_vocab()),
         }))
     }
 
@@ -148,10 +152,10 @@ impl<'a> Setup<'a> {
         let (pt, tokens) = (self.per_token, self.tokens(unit)?);
         let k = self.vstage(stage, unit);
         let mut bytes = pt.weight_inputs_per_layer * self.layers * tokens;
-        if k == self.last_vstage {
+        if k == self.last_vstage && !self.vocab_parallel {
             bytes += pt.head * tokens;
         }
-        if k == 0 {
+        if k == 0 && !self.vocab_parallel {
             bytes += pt.embed_inputs * tokens;
         }
         Ok(bytes)
@@ -189,7 +193,7 @@ impl<'a> Setup<'a> {
     pub(super) fn statistics_and_head(&self, stage: usize, unit: &UnitKey) -> Result<f64> {
         let (pt, tokens) = (self.per_token, self.tokens(unit)?);
         let mut bytes = pt.stats_per_layer * self.layers * tokens;
-        if self.vstage(stage, unit) == self.last_vstage {
+        if self.vstage(stage, unit) == self.last_vstage && !self.vocab_parallel {
             bytes += pt.head * tokens;
         }
         Ok(bytes)

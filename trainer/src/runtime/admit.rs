@@ -58,7 +58,26 @@ pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> Result<Lower
 
 fn admitted(lowered: Lowered, cfg: &TrainConfig) -> Result<Lowered> {
     admit(&lowered, &cfg.parallel.recompute)?;
+    admit_vocab(&lowered, cfg.parallel.vocab_parallel)?;
     Ok(lowered)
+}
+
+/// Refuses vocabulary-parallel actions in a run that holds whole tables, naming the first.
+pub fn admit_vocab(schedule: &Lowered, vocab_parallel: bool) -> Result<()> {
+    if vocab_parallel {
+        return Ok(());
+    }
+    for (stage, program) in schedule.actions.iter().enumerate() {
+        if let Some((i, a)) = program.iter().enumerate().find(|(_, a)| a.op.is_vocab()) {
+            fail!(
+                Config,
+                "stage {stage}, action {i}: {} is a vocabulary-parallel action, but the run \
+                 holds whole embedding and LM head tables: set parallel.vocab_parallel = true",
+                schedule.text(a)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A schedule file: JSON (`seqpipe schedule --format json`, which carries its configuration,

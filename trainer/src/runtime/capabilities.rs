@@ -24,10 +24,8 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
         // stream (no pinned buffers or copy stream yet), so a GPU run does not overlap.
         missing.push("offload overlapped with GPU compute");
     }
-    if matches!(c.kind, PipelineKind::SlimPipe { .. }) {
-        // The planner prices SlimPipe with the LM head and loss sharded over the vocabulary.
-        missing.push("vocabulary-parallel head");
-    }
+    // SlimPipe's vocabulary-sharded head, which the planner prices, the trainer runs
+    // (`parallel.vocab_parallel`, which `plan --emit-config` sets for SlimPipe).
     missing
 }
 

@@ -14,6 +14,8 @@ use candle_core::Tensor;
 use seqpipe_comm::{Tag, TagKind};
 use seqpipe_schedule::{Action, Op, Schedule};
 
+use super::worker::vocab_sends;
+
 /// Per-peer expected send order plus messages received early.
 #[derive(Debug, Default)]
 pub struct Inbox {
@@ -81,7 +83,15 @@ pub(crate) fn incoming_order(
     let p = schedule.config.stages;
     let mut order = Vec::new();
     for (sender, program) in schedule.actions.iter().enumerate() {
-        for a in program.iter().filter(|a| a.op.is_send()) {
+        for a in program.iter().filter(|a| a.op.is_send() || a.op.is_vocab()) {
+            if a.op.is_vocab() {
+                for (to, kind) in vocab_sends(a.op, sender, p as usize) {
+                    if to == stage {
+                        order.push((sender + rank_offset, message_tag(kind, a, 0)?));
+                    }
+                }
+                continue;
+            }
             if schedule.peer(a).map(|s| s.index()) != Some(stage) {
                 continue;
             }

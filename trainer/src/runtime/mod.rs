@@ -20,6 +20,7 @@ pub mod rank_loop;
 pub mod recompute;
 pub mod record;
 pub mod tensor_msg;
+pub mod vocab;
 pub mod worker;
 
 pub use input::IterationInput;

@@ -5,7 +5,7 @@
 use crate::error::{fail, Error, Result};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{generate, Lowered, ScheduleConfig};
 
@@ -16,7 +16,9 @@ use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::recompute::{fewest_layers, with_planned_recompute, Recompute};
 use super::record::{Answers, StageReport};
+use super::vocab::with_vocab_parallel;
 use super::worker::IterationInput;
+use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::TensorMap;
 use crate::model::ModelConfig;
 use crate::optim::OptimConfig;
@@ -144,6 +146,7 @@ impl Pipeline {
                 dtype,
                 device,
                 optim,
+                vocab_parallel: false,
             })?);
         }
         // Parameters were copied on this thread's CUDA stream; stage threads use their own.
@@ -206,6 +209,46 @@ impl Pipeline {
         let schedule = self.schedule.clone();
         self.schedule = with_planned_recompute(schedule, &recompute, &self.partition, v)?;
         self.recompute = recompute;
+        Ok(())
+    }
+
+    /// Shards the embedding and LM head over the stages from now on (vocabulary parallelism):
+    /// each stage takes its rows of the current tables, and the schedule gets its `EMBED`,
+    /// `HEAD` and `EMBED_B` actions. Only before the first update (the optimizer starts fresh).
+    pub fn set_vocab_parallel(&mut self) -> Result<()> {
+        if self.ranks[0].optimizer.steps > 0 {
+            fail!(
+                Config,
+                "vocabulary parallelism is set before the first update ({} taken)",
+                self.ranks[0].optimizer.steps
+            );
+        }
+        let whole = self.parameters()?;
+        let (p, v) = (self.ranks.len(), self.schedule.config.chunks as usize);
+        for rank in &mut self.ranks {
+            let worker = &rank.worker;
+            let dtype = worker
+                .params
+                .values()
+                .next()
+                .map_or(DType::F32, Tensor::dtype);
+            let mut sharded = Rank::new(&RankSetup {
+                model: &worker.model,
+                partition: &self.partition,
+                chunks: v,
+                at: rank.at,
+                stages: p,
+                weights: Weights::Loaded(&whole),
+                dtype,
+                device: &worker.device.clone(),
+                optim: &rank.optimizer.cfg.clone(),
+                vocab_parallel: true,
+            })?;
+            sharded.worker.recompute = worker.recompute.clone();
+            sharded.worker.host_bandwidth = worker.host_bandwidth;
+            *rank = sharded;
+        }
+        self.schedule = with_vocab_parallel(self.schedule.clone())?;
         Ok(())
     }
 
@@ -314,19 +357,32 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Every stage's parameters in one map (a tied embedding appears once).
-    pub fn parameters(&self) -> TensorMap {
-        self.ranks
-            .iter()
-            .flat_map(|r| r.worker.params.clone())
-            .collect()
+    /// Every stage's parameters in one map (a tied embedding appears once, vocabulary shards
+    /// as whole tables).
+    pub fn parameters(&self) -> Result<TensorMap> {
+        self.whole(|r| &r.worker.params)
     }
 
-    /// Every stage's accumulated gradients in one map.
-    pub fn gradients(&self) -> TensorMap {
-        self.ranks
-            .iter()
-            .flat_map(|r| r.worker.grads.clone())
-            .collect()
+    /// Every stage's accumulated gradients in one map (as [`Pipeline::parameters`]).
+    pub fn gradients(&self) -> Result<TensorMap> {
+        self.whole(|r| &r.worker.grads)
+    }
+
+    /// The stages' maps joined: vocabulary shards stacked in stage order, other names once.
+    fn whole(&self, of: impl Fn(&Rank) -> &TensorMap) -> Result<TensorMap> {
+        let mut out = TensorMap::new();
+        for rank in &self.ranks {
+            let sharded = rank.worker.vocab_rows.is_some();
+            for (name, t) in of(rank) {
+                let joined = match out.remove(name) {
+                    Some(before) if sharded && [EMBED, LM_HEAD].contains(&name.as_str()) => {
+                        Tensor::cat(&[before, t.clone()], 0)?
+                    }
+                    _ => t.clone(),
+                };
+                out.insert(name.clone(), joined);
+            }
+        }
+        Ok(out)
     }
 }

@@ -9,6 +9,7 @@
 //! Because every rank ends with the same figures, every rank takes the same decision.
 
 use crate::error::{Context, Error, Result};
+use std::ops::Range;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -20,8 +21,8 @@ use super::partition::Partition;
 use super::record::{Answers, StageReport};
 use super::tensor_msg::{from_message, to_message};
 use super::worker::{IterationInput, StageSpec, StageWorker};
-use crate::model::names::EMBED;
-use crate::model::params::{init_params, param_specs, Holding, TensorMap};
+use crate::model::names::{EMBED, LM_HEAD};
+use crate::model::params::{init_params, param_specs, vocab_rows, Holding, TensorMap};
 use crate::model::ModelConfig;
 use crate::optim::{clip_scale, sum_of_squares, AdamW, OptimConfig};
 
@@ -34,9 +35,16 @@ pub enum Weights<'a> {
     Loaded(&'a TensorMap),
 }
 
-/// The part of the model stage `stage` holds.
+/// The part of the model stage `stage` holds; with `vocab_parallel` of a model of `vocab`
+/// tokens, its rows of the embedding and LM head instead of whole tables on the two ends.
 /// (The last virtual stage, `(v−1)·p + p−1`, is always on the last stage.)
-pub fn holding(partition: &Partition, stage: usize, stages: usize, chunks: usize) -> Holding {
+pub fn holding(
+    partition: &Partition,
+    at: (usize, usize),
+    chunks: usize,
+    vocab_parallel: Option<usize>,
+) -> Holding {
+    let (stage, stages) = at;
     let layers = (0..chunks)
         .map(|c| partition.ranges[c * stages + stage].clone())
         .collect();
@@ -44,6 +52,7 @@ pub fn holding(partition: &Partition, stage: usize, stages: usize, chunks: usize
         layers,
         embedding: stage == 0,
         head: stage + 1 == stages,
+        vocab_rows: vocab_parallel.map(|vocab| vocab_rows(vocab, stages, stage)),
     }
 }
 
@@ -68,9 +77,10 @@ pub fn stage_params(
                             Error::Runtime(format!("initialisation lost {}", spec.name))
                         })?
                 }
-                Weights::Loaded(all) => all
-                    .get(&spec.name)
-                    .ok_or_else(|| Error::Runtime(format!("loaded weights lack {}", spec.name)))?
+                Weights::Loaded(all) => spec
+                    .part_of(all.get(&spec.name).ok_or_else(|| {
+                        Error::Runtime(format!("loaded weights lack {}", spec.name))
+                    })?)?
                     .to_dtype(dtype)?,
             };
             Ok((spec.name.clone(), t.to_device(device)?))
@@ -98,6 +108,8 @@ pub struct RankSetup<'a> {
     pub device: &'a Device,
     /// Optimizer settings.
     pub optim: &'a OptimConfig,
+    /// Embedding and LM head sharded over the vocabulary across the stages.
+    pub vocab_parallel: bool,
 }
 
 /// The figures of one step, the same on every rank after the all-reduce.
@@ -135,7 +147,9 @@ impl Rank {
     /// Builds the rank's stage with its initial weights and a fresh optimizer.
     pub fn new(setup: &RankSetup) -> Result<Rank> {
         let (at, p) = (setup.at, setup.stages);
-        let hold = holding(setup.partition, at.stage, p, setup.chunks);
+        let vocab = setup.vocab_parallel.then_some(setup.model.vocab);
+        let hold = holding(setup.partition, (at.stage, p), setup.chunks, vocab);
+        let shard = hold.vocab_rows.clone();
         let params = stage_params(setup.model, &hold, setup.weights, setup.dtype, setup.device)?;
         let optimizer = AdamW::new(setup.optim.clone(), &params)?;
         let spec = StageSpec {
@@ -145,9 +159,14 @@ impl Rank {
             virtual_stages: p * setup.chunks,
             rank_offset: at.replica * p,
         };
-        let worker = StageWorker::new(spec, setup.model.clone(), params, setup.device.clone())?;
+        let mut worker = StageWorker::new(spec, setup.model.clone(), params, setup.device.clone())?;
+        worker.vocab_rows = shard;
         let first = at.replica * p;
-        let tied = (setup.model.tie_embeddings && p > 1 && (at.stage == 0 || at.stage + 1 == p))
+        // With vocabulary parallelism each stage's rows serve both uses: there is no second copy.
+        let tied = (setup.model.tie_embeddings
+            && !setup.vocab_parallel
+            && p > 1
+            && (at.stage == 0 || at.stage + 1 == p))
             .then(|| Group::new(vec![first, first + p - 1]))
             .transpose()?;
         Ok(Rank {
@@ -247,10 +266,17 @@ impl Rank {
     }
 
     /// Restores this rank's parameters (from a whole-model map of the trained weights) and its
-    /// optimizer state after `steps` steps.
+    /// optimizer state after `steps` steps; a vocabulary shard takes its rows of each.
     pub fn restore(&mut self, weights: &TensorMap, steps: u64, state: &TensorMap) -> Result<()> {
+        let (weights, state) = match &self.worker.vocab_rows {
+            Some(rows) => (
+                shard_rows(weights, rows, &[""])?,
+                shard_rows(state, rows, &["m.", "v."])?,
+            ),
+            None => (weights.clone(), state.clone()),
+        };
         self.optimizer
-            .restore(&mut self.worker.params, weights, steps, state)?;
+            .restore(&mut self.worker.params, &weights, steps, &state)?;
         self.worker.refresh_weights()
     }
 
@@ -266,6 +292,22 @@ impl Rank {
             .step(&mut self.worker.params, &self.worker.grads, lr, scale)?;
         self.worker.refresh_weights()
     }
+}
+
+/// `map` with the vocabulary tables (named with each of `prefixes`) cut to `rows`.
+fn shard_rows(map: &TensorMap, rows: &Range<usize>, prefixes: &[&str]) -> Result<TensorMap> {
+    let mut out = map.clone();
+    for prefix in prefixes {
+        for name in [EMBED, LM_HEAD].map(|table| format!("{prefix}{table}")) {
+            if let Some(t) = map.get(&name) {
+                let part = t
+                    .narrow(0, rows.start, rows.len())
+                    .with_context(|| format!("taking rows {rows:?} of {name} {:?}", t.dims()))?;
+                out.insert(name, part);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Sum `t` over `group` (every rank of the group calls this in the same order); the result is

@@ -86,19 +86,30 @@ fn gather(
     tag: Tag,
 ) -> Result<(TensorMap, TensorMap)> {
     let (p, v) = (cfg.parallel.stages as usize, cfg.parallel.chunks as usize);
+    let vocab = cfg.parallel.vocab_parallel.then_some(cfg.model.vocab);
     let mut params = TensorMap::new();
     let mut optimizer = TensorMap::new();
-    let mut keep = |name: &str, [t, m, s]: [Tensor; 3]| {
-        params.insert(name.to_string(), t);
-        optimizer.insert(format!("m.{name}"), m);
-        optimizer.insert(format!("v.{name}"), s);
+    // A vocabulary shard's rows follow the earlier stages' rows of the same table; the second
+    // copy of a tied embedding replaces the first (they are equal).
+    let mut keep = |name: &str, [t, m, s]: [Tensor; 3], shard: bool| -> Result<()> {
+        let join = |map: &mut TensorMap, key: String, t: Tensor| -> Result<()> {
+            let whole = match map.remove(&key) {
+                Some(rows_before) if shard => Tensor::cat(&[rows_before, t], 0)?,
+                _ => t,
+            };
+            map.insert(key, whole);
+            Ok(())
+        };
+        join(&mut params, name.to_string(), t)?;
+        join(&mut optimizer, format!("m.{name}"), m)?;
+        join(&mut optimizer, format!("v.{name}"), s)
     };
     for (name, t) in weights {
         let [m, s] = moments(name, optimizer_0)?;
-        keep(name, [t.clone(), m.clone(), s.clone()]);
+        keep(name, [t.clone(), m.clone(), s.clone()], false)?;
     }
     for stage in 1..p {
-        let mut specs = param_specs(&cfg.model, &holding(partition, stage, p, v));
+        let mut specs = param_specs(&cfg.model, &holding(partition, (stage, p), v, vocab));
         // Senders walk their (sorted) parameter map: receive in the same order.
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         for spec in specs {
@@ -119,7 +130,7 @@ fn gather(
             let three: [Tensor; 3] = three
                 .try_into()
                 .map_err(|_| Error::Checkpoint("three tensors per parameter".into()))?;
-            keep(&spec.name, three);
+            keep(&spec.name, three, spec.rows.is_some())?;
         }
     }
     Ok((params, optimizer))

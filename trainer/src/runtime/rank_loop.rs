@@ -24,6 +24,7 @@ use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::rank_checkpoint;
 use super::recompute::fewest_layers;
 use super::record::StageReport;
+use super::vocab::with_vocab_parallel;
 use super::worker::IterationInput;
 use crate::checkpoint::resume;
 use crate::checkpoint::store::CheckpointDir;
@@ -74,18 +75,23 @@ pub fn plan_as_run(cfg: &TrainConfig) -> Result<(Lowered, Partition, TrainConfig
     }
     .map_err(Error::Config)?;
     let slices = slice_ranges(cfg)?;
-    match (cfg.parallel.memory_budget, &cfg.parallel.schedule_file) {
+    let (schedule, as_run) = match (cfg.parallel.memory_budget, &cfg.parallel.schedule_file) {
         (Some(budget), _) => {
             let fitted = fit(schedule, cfg, &partition, &slices, budget)?;
-            Ok((fitted.schedule, partition, fitted.config))
+            (fitted.schedule, fitted.config)
         }
         // A schedule file places its own memory actions.
-        (None, Some(_)) => Ok((schedule, partition, cfg.clone())),
+        (None, Some(_)) => (schedule, cfg.clone()),
         (None, None) => {
             let schedule = with_memory_actions(schedule, cfg, &partition, &slices)?;
-            Ok((schedule, partition, cfg.clone()))
+            (schedule, cfg.clone())
         }
-    }
+    };
+    let schedule = match cfg.parallel.vocab_parallel {
+        true => with_vocab_parallel(schedule)?,
+        false => schedule,
+    };
+    Ok((schedule, partition, as_run))
 }
 
 /// Checks, agrees with the other ranks, and builds this rank from a seed or a checkpoint.
@@ -132,6 +138,7 @@ fn start(
         dtype: cfg.precision.dtype(),
         device,
         optim: &cfg.optim,
+        vocab_parallel: cfg.parallel.vocab_parallel,
     })?;
     let chunks = cfg.parallel.chunks as usize;
     let fewest = fewest_layers(&partition, at.stage, p, chunks);

@@ -70,6 +70,7 @@ pub fn full_params(model: &ModelConfig, seed: u64, dtype: DType) -> BTreeMap<Str
         layers: vec![0..model.layers],
         embedding: true,
         head: true,
+        vocab_rows: None,
     };
     init_params(&param_specs(model, &holding), seed, dtype, &Device::Cpu).unwrap()
 }

@@ -162,6 +162,7 @@ fn layer_walk(gpu: &Device, m: &ModelConfig, context: usize, slices: usize) -> R
         layers: vec![0..1],
         embedding: false,
         head: false,
+        vocab_rows: None,
     };
     let params = init_params(&param_specs(m, &holding), 5, DType::BF16, gpu)?;
     let w = LayerWeights::from_params(&params, m, 0)?;

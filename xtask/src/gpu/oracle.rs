@@ -106,7 +106,7 @@ fn iteration(
     )?;
     let (reports, _) = pl.run_iteration(&input)?;
     let loss = reports.iter().map(|r| r.loss).sum();
-    Ok((loss, pl.gradients()))
+    Ok((loss, pl.gradients()?))
 }
 
 /// Runs the schedules on `gpu` and compares each with the f64 CPU single-device reference;

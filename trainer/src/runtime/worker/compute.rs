@@ -17,7 +17,7 @@ use crate::model::layer::{self, LayerSaved, SliceKv, MATRIX_SLOTS};
 use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_BIASES, LAYER_PARTS, LM_HEAD};
 use crate::model::params::TensorMap;
 
-fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> Result<()> {
+pub(super) fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> Result<()> {
     let acc = map
         .get_mut(name)
         .ok_or_else(|| Error::Runtime(format!("no gradient slot for {name}")))?;
@@ -43,13 +43,14 @@ impl StageWorker {
             .get(a.mb.index())
             .ok_or_else(|| Error::Runtime(format!("micro-batch {} has no data", a.mb.0)))?;
         let (offset, len) = (range.start, range.len());
-        let (x, ids) = if k == 0 {
+        let (x, ids) = if k == 0 && self.vocab_rows.is_none() {
             let ids = tokens
                 .narrow(1, offset, len)?
                 .to_device(&self.device)?
                 .contiguous()?;
             (embed_forward(&self.params[EMBED], &ids)?, Some(ids))
         } else {
+            // Virtual stage 0's input under vocabulary parallelism is its `EMBED`'s sum.
             let received = st.store.take(Slot::ActIn, &u).or_else(|| {
                 let before = self.local_neighbour(&u, -1)?;
                 st.store.take(Slot::ActOut, &before)
@@ -82,7 +83,8 @@ impl StageWorker {
             kv_cached.push(keep);
         }
         let mut head = None;
-        if k + 1 == self.spec.virtual_stages {
+        // Under vocabulary parallelism the head is the `HEAD` action's, on every stage.
+        if k + 1 == self.spec.virtual_stages && self.vocab_rows.is_none() {
             let (loss, saved) = self.head_forward(input, a, tokens, &x, &mut st.answers)?;
             st.loss += loss;
             head = Some(saved);
@@ -132,6 +134,29 @@ impl StageWorker {
         x: &Tensor,
         answers: &mut Answers,
     ) -> Result<(f64, HeadSaved)> {
+        let (targets, mask) = self.targets(input, a, tokens)?;
+        let (loss, saved) = head_forward(
+            self.head,
+            &self.params[FINAL_NORM],
+            self.lm_head()?,
+            x,
+            &targets,
+            mask.as_ref(),
+            input.normaliser,
+        )?;
+        if mask.is_some() {
+            answers.add(answer_hits(self.lm_head()?, &saved)?);
+        }
+        Ok((loss, saved))
+    }
+
+    /// A slice's targets `[b, len]` and loss mask, on this stage's device.
+    pub(super) fn targets(
+        &self,
+        input: &IterationInput,
+        a: &Action,
+        tokens: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let range = &input.slices[a.slice.index()];
         let (offset, len) = (range.start, range.len());
         let targets = tokens
@@ -151,19 +176,7 @@ impl StageWorker {
             ),
             None => None,
         };
-        let (loss, saved) = head_forward(
-            self.head,
-            &self.params[FINAL_NORM],
-            self.lm_head()?,
-            x,
-            &targets,
-            mask.as_ref(),
-            input.normaliser,
-        )?;
-        if mask.is_some() {
-            answers.add(answer_hits(self.lm_head()?, &saved)?);
-        }
-        Ok((loss, saved))
+        Ok((targets, mask))
     }
 
     pub(super) fn backward_input(
@@ -222,7 +235,8 @@ impl StageWorker {
         st.store.release_emptied_caches(&u);
         match saved.tokens {
             Some(ids) => pending.embed = Some((ids, dy)),
-            None if k > 0 => {
+            // Under vocabulary parallelism virtual stage 0's gradient goes to its `EMBED_B`.
+            None if k > 0 || self.vocab_rows.is_some() => {
                 st.store.put(Slot::GradOut, u, dy);
             }
             None => fail!(Runtime, "virtual stage 0 ran a forward without token ids"),

@@ -38,6 +38,31 @@ impl Link<'_> {
         send_tensor(self.transport, peer, tag, t)
     }
 
+    /// Sends `t` to stage `stage` of this replica as `kind` of `a`'s unit (vocabulary ops,
+    /// whose peers are every stage).
+    pub fn send_to(&mut self, stage: usize, kind: TagKind, a: &Action, t: &Tensor) -> Result<()> {
+        let tag = message_tag(kind, a, 0)?;
+        send_tensor(self.transport, stage + self.rank_offset, tag, t)
+    }
+
+    /// Receives `kind` of `a`'s unit from stage `stage` of this replica, as `dtype` on this
+    /// stage's device.
+    pub fn recv_from(
+        &mut self,
+        stage: usize,
+        kind: TagKind,
+        a: &Action,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let tag = message_tag(kind, a, 0)?;
+        let (transport, device) = (&mut *self.transport, self.device);
+        let rank = transport.rank();
+        self.inbox
+            .recv(rank, stage + self.rank_offset, tag, |peer, tag| {
+                recv_tensor(transport, peer, tag, dtype, device)
+            })
+    }
+
     /// Receives the tensor virtual stage `at` expects for `a`, on this stage's device.
     pub fn recv(&mut self, kind: TagKind, a: &Action, at: usize) -> Result<Tensor> {
         let peer = self.peer(a)?;

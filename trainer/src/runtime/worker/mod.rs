@@ -21,6 +21,7 @@ mod link;
 mod recompute;
 mod store;
 mod tiers;
+mod vocab;
 
 use super::record::{computes, Recorder, StageReport};
 use crate::model::ends::{Answers, HeadCtx};
@@ -34,6 +35,7 @@ pub use recompute::{Granularity, StageRecompute};
 pub use store::Held;
 use store::{ActivationStore, KvSizes, PendingWeight, Slot, UnitSaved};
 use tiers::{join_all, join_offloads, settle_reload};
+pub(crate) use vocab::vocab_sends;
 
 /// Static description of a stage.
 #[derive(Debug, Clone)]
@@ -87,6 +89,9 @@ pub struct StageWorker {
     pub recompute: StageRecompute,
     /// Bytes per second of the host link (`None`: as fast as memory copies go).
     pub host_bandwidth: Option<f64>,
+    /// Vocabulary parallelism: the rows of the embedding and LM head this stage holds (its
+    /// program then has `EMBED`, `HEAD` and `EMBED_B` actions).
+    pub vocab_rows: Option<Range<usize>>,
 }
 
 fn unit(a: &Action) -> Unit {
@@ -134,6 +139,7 @@ impl StageWorker {
             device,
             recompute: StageRecompute::Nothing,
             host_bandwidth: None,
+            vocab_rows: None,
         };
         worker.refresh_weights()?;
         Ok(worker)
@@ -342,6 +348,9 @@ impl StageWorker {
             Op::Offload => self.offload(st, u),
             Op::Reload => self.reload(st, u),
             Op::Recompute => self.recompute(st, a),
+            Op::VocabEmbed => self.vocab_embed(link, input, st, a),
+            Op::VocabHead => self.vocab_head(link, input, st, a),
+            Op::VocabEmbedGrad => self.vocab_embed_grad(link, input, st, a),
         }
     }
 }
