@@ -93,6 +93,10 @@ pub struct ParallelConfig {
     /// prices it): each stage holds `V/p` rows and runs its share of every slice's embedding,
     /// head and loss (`EMBED`, `HEAD`, `EMBED_B` actions).
     pub vocab_parallel: bool,
+    /// SlimPipe's attention context exchange between ranks, as `seqpipe plan --emit-config`
+    /// writes a SlimPipe plan (its equal-cost steps assume it). Not run yet: `true` is refused
+    /// by name, never ignored.
+    pub attention_exchange: bool,
 }
 
 impl Default for ParallelConfig {
@@ -116,6 +120,7 @@ impl Default for ParallelConfig {
             tensor_parallel: 1,
             context_parallel: 1,
             vocab_parallel: false,
+            attention_exchange: false,
         }
     }
 }

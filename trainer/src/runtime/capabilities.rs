@@ -25,7 +25,12 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
         missing.push("offload overlapped with GPU compute");
     }
     // SlimPipe's vocabulary-sharded head, which the planner prices, the trainer runs
-    // (`parallel.vocab_parallel`, which `plan --emit-config` sets for SlimPipe).
+    // (`parallel.vocab_parallel`, which `plan --emit-config` sets for SlimPipe). Its equal-cost
+    // slices are another matter: uniform slices of a causal sequence cost more the later they
+    // are, and only the attention context exchange evens the pipeline's steps out.
+    if matches!(c.kind, PipelineKind::SlimPipe { .. }) {
+        missing.push("attention context exchange");
+    }
     missing
 }
 

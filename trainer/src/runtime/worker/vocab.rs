@@ -177,35 +177,12 @@ impl StageWorker {
         a: &Action,
     ) -> Result<()> {
         let rows = self.shard_rows()?.clone();
-        let (p, stage) = (self.spec.stages, self.spec.stage);
-        let (last, last_chunk) = (p - 1, self.spec.chunk_layers.len() - 1);
-        let tokens = &input.tokens[a.mb.index()];
-        let (targets, mask) = self.targets(input, a, tokens)?;
+        let (targets, mask) = self.targets(input, a, &input.tokens[a.mb.index()])?;
         let (targets, mask) = (
             targets.flatten_all()?,
             mask.map(|m| m.flatten_all()).transpose()?,
         );
-        // The normed hidden states: made here on the last stage, received elsewhere.
-        let (h, normed) = if stage == last {
-            let u = Self::on_chunk(a, last_chunk);
-            let x = st.store.take(Slot::ActOut, &u).ok_or_else(|| {
-                Error::Runtime("HEAD before the last virtual stage's forward".into())
-            })?;
-            let (h, inv) = rms_norm_forward(&x, &self.params[FINAL_NORM], self.model.norm_eps)?;
-            let h = h.reshape(((), self.model.hidden))?;
-            for (q, _) in vocab_sends(a.op, stage, p)
-                .iter()
-                .filter(|s| s.1 == TagKind::HeadInput)
-            {
-                link.send_to(*q, TagKind::HeadInput, a, &h)?;
-            }
-            (h, Some((x, inv)))
-        } else {
-            (
-                link.recv_from(last, TagKind::HeadInput, a, link.dtype)?,
-                None,
-            )
-        };
+        let (h, normed) = self.head_input(link, st, a)?;
         let shard = Shard {
             weight: self.head_rows(),
             first: rows.start,
@@ -233,8 +210,8 @@ impl StageWorker {
             LM_HEAD
         };
         add_into(&mut self.grads, head_name, &dw)?;
-        let Some((x, inv)) = normed else {
-            return link.send_to(last, TagKind::HeadGrad, a, &dh);
+        let Some(normed) = normed else {
+            return link.send_to(self.spec.stages - 1, TagKind::HeadGrad, a, &dh);
         };
         let target_logit = all
             .iter()
@@ -244,15 +221,57 @@ impl StageWorker {
         if mask.is_some() {
             st.answers.add(best_answers(&all, &targets, mask.as_ref())?);
         }
-        let mut dh = dh;
-        for q in 0..last {
-            dh = (dh + link.recv_from(q, TagKind::HeadGrad, a, h.dtype())?)?;
+        self.head_backward(link, st, a, normed, dh)
+    }
+
+    /// The normed hidden states `[n, H]` of `a`'s unit: on the last stage made from the last
+    /// virtual stage's output (kept with the norm's statistics for its backward) and sent to
+    /// every other stage, elsewhere received.
+    fn head_input(
+        &self,
+        link: &mut Link,
+        st: &mut IterState,
+        a: &Action,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let (p, stage) = (self.spec.stages, self.spec.stage);
+        if stage + 1 < p {
+            let h = link.recv_from(p - 1, TagKind::HeadInput, a, link.dtype)?;
+            return Ok((h, None));
+        }
+        let u = Self::on_chunk(a, self.spec.chunk_layers.len() - 1);
+        let x = st.store.take(Slot::ActOut, &u).ok_or_else(|| {
+            Error::Runtime("HEAD before the last virtual stage's forward".into())
+        })?;
+        let (h, inv) = rms_norm_forward(&x, &self.params[FINAL_NORM], self.model.norm_eps)?;
+        let h = h.reshape(((), self.model.hidden))?;
+        for (q, kind) in vocab_sends(a.op, stage, p) {
+            if kind == TagKind::HeadInput {
+                link.send_to(q, kind, a, &h)?;
+            }
+        }
+        Ok((h, Some((x, inv))))
+    }
+
+    /// The last stage's end of `HEAD`: every stage's share of the hidden states' gradient
+    /// summed (in stage order) through the final norm's backward into the gradient the last
+    /// virtual stage's backward takes.
+    fn head_backward(
+        &mut self,
+        link: &mut Link,
+        st: &mut IterState,
+        a: &Action,
+        (x, inv): (Tensor, Tensor),
+        mut dh: Tensor,
+    ) -> Result<()> {
+        let dtype = dh.dtype();
+        for q in 0..self.spec.stages - 1 {
+            dh = (dh + link.recv_from(q, TagKind::HeadGrad, a, dtype)?)?;
         }
         let dh = dh.reshape(x.dims())?;
         let (dx, d_norm) = rms_norm_backward(&x, &self.params[FINAL_NORM], &inv, &dh)?;
         add_into(&mut self.grads, FINAL_NORM, &d_norm)?;
-        st.store
-            .put(Slot::GradIn, Self::on_chunk(a, last_chunk), dx);
+        let u = Self::on_chunk(a, self.spec.chunk_layers.len() - 1);
+        st.store.put(Slot::GradIn, u, dx);
         Ok(())
     }
 
@@ -298,11 +317,10 @@ impl StageWorker {
     /// received.
     fn exchange_stats(&self, link: &mut Link, a: &Action, own: Tensor) -> Result<Vec<Tensor>> {
         let (p, stage) = (self.spec.stages, self.spec.stage);
-        for (q, _) in vocab_sends(a.op, stage, p)
-            .iter()
-            .filter(|s| s.1 == TagKind::HeadStats)
-        {
-            link.send_to(*q, TagKind::HeadStats, a, &own)?;
+        for (q, kind) in vocab_sends(a.op, stage, p) {
+            if kind == TagKind::HeadStats {
+                link.send_to(q, kind, a, &own)?;
+            }
         }
         let dtype = own.dtype();
         (0..p)
