@@ -36,6 +36,22 @@ pub fn attention_backward(
     ))
 }
 
+/// [`attention_backward`] with the gradients in the compute dtype (f32, or f64): the part a
+/// SlimPipe exchange partner returns to the rank whose prefix it attended to, which adds it to
+/// its own without rounding to bf16 first.
+pub fn attention_backward_unrounded(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    d_out: &Tensor,
+    opts: &AttentionOptions,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, dq, dk, dv) = backward_compute(q, k, v, out, lse, d_out, opts)?;
+    Ok((dq, dk, dv))
+}
+
 /// [`attention_backward`] with gradients left in the compute dtype (f32 or f64), so that callers
 /// accumulating prefix gradients over many slices do not round to bf16 at every step.
 pub(crate) fn backward_compute(

@@ -59,7 +59,7 @@ pub mod swiglu;
 pub mod vocab_shard;
 
 pub use attention::{attention_forward, AttentionOptions, Mask};
-pub use attention_backward::attention_backward;
+pub use attention_backward::{attention_backward, attention_backward_unrounded};
 pub use cross_entropy::{
     cross_entropy_backward, cross_entropy_backward_input, cross_entropy_backward_weight,
     cross_entropy_forward, CrossEntropySaved,

@@ -84,6 +84,77 @@ impl SliceKvCache {
         attention_forward(q, &k_all, &v_all, opts)
     }
 
+    /// SlimPipe's exchange, forward: the cached tokens `0..head` (post-RoPE K and V) that a heavy
+    /// rank hands to its light partner, who attends the slice's queries to them with no mask
+    /// (they all precede the queries) and returns `(out, lse)` to merge with
+    /// [`SliceKvCache::attend_tail`]'s by [`crate::merge_attention`].
+    pub fn head(&self, head: usize) -> Result<(Tensor, Tensor)> {
+        let cached = self.cached_tokens();
+        if head == 0 || head > cached {
+            return Err(walk(format!(
+                "exchange: a head of {head} tokens; 1..={cached} are cached"
+            )));
+        }
+        let (k, v) = (Tensor::cat(&self.k, 2)?, Tensor::cat(&self.v, 2)?);
+        Ok((
+            k.narrow(2, 0, head)?.contiguous()?,
+            v.narrow(2, 0, head)?.contiguous()?,
+        ))
+    }
+
+    /// [`SliceKvCache::attend`] without the cached tokens `0..head` (given to the exchange
+    /// partner, [`SliceKvCache::head`]): the slice's queries against the rest of the prefix and
+    /// their own keys, causal bottom-right. Returns `(out, lse)` of this part.
+    pub fn attend_tail(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+        head: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        self.head(head)?;
+        self.check_next(k)?;
+        let (k_all, v_all) = self.prefix_with(k, v)?;
+        let tail = k_all.dims()[2] - head;
+        attention_forward(
+            q,
+            &k_all.narrow(2, head, tail)?.contiguous()?,
+            &v_all.narrow(2, head, tail)?.contiguous()?,
+            opts,
+        )
+    }
+
+    /// SlimPipe's exchange, backward: [`SliceKvCache::backward`] with the gradients of the cached
+    /// tokens `0..head` computed by `remote` (the light partner, given K and V of those tokens:
+    /// `(dq, dk, dv)` of that part from the merged `out`, `lse`), the rest here. `dq` is the sum;
+    /// the prefix gradients are kept as in [`SliceKvCache::backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_split(
+        &mut self,
+        q: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+        head: usize,
+        remote: impl FnOnce(&Tensor, &Tensor) -> Result<(Tensor, Tensor, Tensor)>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (k_head, v_head) = self.head(head)?;
+        let split = |k_all: &Tensor, v_all: &Tensor| -> Result<Split> {
+            let tail = k_all.dims()[2] - head;
+            let (k_tail, v_tail) = (k_all.narrow(2, head, tail)?, v_all.narrow(2, head, tail)?);
+            let (geo, dq, dk, dv) = backward_compute(q, &k_tail, &v_tail, out, lse, d_out, opts)?;
+            let (dq_r, dk_r, dv_r) = remote(&k_head, &v_head)?;
+            let ct = geo.ct;
+            let dq = (dq + dq_r.to_dtype(ct)?)?;
+            let dk = Tensor::cat(&[dk_r.to_dtype(ct)?, dk], 2)?;
+            let dv = Tensor::cat(&[dv_r.to_dtype(ct)?, dv], 2)?;
+            Ok((geo.dtype, dq, dk, dv))
+        };
+        self.walk_back(q, split)
+    }
+
     /// The prefix the last cached slice's forward attended to: this cache without that slice and
     /// without any pending prefix gradient. Recomputing the slice during the backward walk
     /// attends to it with the slice's own K/V (still cached: a checkpointed slice keeps them),
@@ -159,10 +230,25 @@ impl SliceKvCache {
         d_out: &Tensor,
         opts: &AttentionOptions,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let whole = |k_all: &Tensor, v_all: &Tensor| -> Result<Split> {
+            let (geo, dq, dk, dv) = backward_compute(q, k_all, v_all, out, lse, d_out, opts)?;
+            Ok((geo.dtype, dq, dk, dv))
+        };
+        self.walk_back(q, whole)
+    }
+
+    /// Pops the last cached slice and runs `grads` over the whole prefix with it (the gradients
+    /// in the compute dtype), then keeps the prefix part as the accumulator; the cache is left as
+    /// it was on an error.
+    fn walk_back(
+        &mut self,
+        q: &Tensor,
+        grads: impl FnOnce(&Tensor, &Tensor) -> Result<Split>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (Some(k_last), Some(v_last)) = (self.k.pop(), self.v.pop()) else {
             return Err(walk("backward called with no cached slice".to_string()));
         };
-        let result = self.backward_last(q, out, lse, d_out, opts, &k_last, &v_last);
+        let result = self.backward_last(q, &k_last, &v_last, grads);
         if result.is_err() {
             // Leave the cache as it was, so the caller can report and retry.
             self.k.push(k_last);
@@ -171,16 +257,12 @@ impl SliceKvCache {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn backward_last(
         &mut self,
         q: &Tensor,
-        out: &Tensor,
-        lse: &Tensor,
-        d_out: &Tensor,
-        opts: &AttentionOptions,
         k_last: &Tensor,
         v_last: &Tensor,
+        grads: impl FnOnce(&Tensor, &Tensor) -> Result<Split>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let own = k_last.dims()[2];
         if q.dims().get(2) != Some(&own) {
@@ -191,13 +273,13 @@ impl SliceKvCache {
             )));
         }
         let (k_all, v_all) = self.prefix_with(k_last, v_last)?;
-        let (geo, dq, mut dk, mut dv) = backward_compute(q, &k_all, &v_all, out, lse, d_out, opts)?;
+        let (dtype, dq, mut dk, mut dv) = grads(&k_all, &v_all)?;
         if let Some((gk, gv)) = &self.grad {
             // The accumulator covers exactly 0..end of this slice: the offset of the next slice.
             dk = (dk + gk)?;
             dv = (dv + gv)?;
         }
-        let offset = geo.sk - own;
+        let offset = k_all.dims()[2] - own;
         self.grad = if offset == 0 {
             None
         } else {
@@ -206,7 +288,7 @@ impl SliceKvCache {
                 dv.narrow(2, 0, offset)?.contiguous()?,
             ))
         };
-        let t = geo.dtype;
+        let t = dtype;
         Ok((
             dq.to_dtype(t)?,
             dk.narrow(2, offset, own)?.to_dtype(t)?.contiguous()?,
@@ -224,6 +306,9 @@ impl SliceKvCache {
         Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?))
     }
 }
+
+/// `(dtype of the inputs, dq, dk, dv)` of a backward over the whole prefix, in the compute dtype.
+type Split = (candle_core::DType, Tensor, Tensor, Tensor);
 
 fn walk(detail: String) -> KernelError {
     KernelError::SliceWalk { detail }

@@ -1,6 +1,9 @@
 //! Sliced attention equivalence (SPEC §4): forward slice by slice against the KV prefix, backward
 //! in reverse slice order with prefix-gradient accumulation, equals full-sequence causal attention
-//! (f64 to ~1e-12, f32 to ~1e-5 relative), over random splits, GQA ratios and block sizes.
+//! (f64 to ~1e-12, f32 to ~1e-5 relative), over random splits, GQA ratios and block sizes; and
+//! so does the walk with SlimPipe's exchange (a slice's oldest cached tokens attended by a
+//! partner with no mask, merged by log-sum-exp; their gradients from the partner's backward with
+//! the merged `out`, `lse`).
 
 mod common;
 
@@ -28,9 +31,38 @@ fn case(seed: u64, b: usize, hkv: usize, group: usize, s: usize, d: usize, dtype
     }
 }
 
+/// The first `head` cached tokens a slice starting at `start` hands to an exchange partner
+/// (SlimPipe), or none: here about half its prefix on every other slice.
+fn exchanged_head(exchange: bool, j: usize, start: usize) -> Option<usize> {
+    (exchange && start > 0 && j % 2 == 1).then(|| start.div_ceil(2))
+}
+
+/// A slice's forward with the cached tokens `0..head` attended by the "partner" (no mask) and
+/// merged with the rest.
+fn attend_exchanged(
+    cache: &SliceKvCache,
+    [q, k, v]: [&Tensor; 3],
+    opts: &AttentionOptions,
+    head: usize,
+) -> (Tensor, Tensor) {
+    let (k_head, v_head) = cache.head(head).unwrap();
+    let unmasked = AttentionOptions {
+        mask: Mask::None,
+        ..*opts
+    };
+    let (o1, l1) = cache.attend_tail(q, k, v, opts, head).unwrap();
+    let (o2, l2) = attention_forward(q, &k_head, &v_head, &unmasked).unwrap();
+    merge_attention(&o1, &l1, &o2, &l2).unwrap()
+}
+
 /// Runs the slice walk over `lengths` (summing to the sequence length); returns the concatenated
 /// out, lse, dq, dk, dv.
 fn walk(c: &Case, lengths: &[usize], opts: &AttentionOptions) -> [Tensor; 5] {
+    walk_with(c, lengths, opts, false)
+}
+
+/// [`walk`], with SlimPipe's exchange on every other slice when `exchange`.
+fn walk_with(c: &Case, lengths: &[usize], opts: &AttentionOptions, exchange: bool) -> [Tensor; 5] {
     let mut cache = SliceKvCache::new();
     let mut starts = Vec::new();
     let mut fwd = Vec::new();
@@ -42,7 +74,10 @@ fn walk(c: &Case, lengths: &[usize], opts: &AttentionOptions) -> [Tensor; 5] {
         let v = c.v.narrow(2, start, len).unwrap();
         // Odd slices take the two-step path (attend, which must leave the cache alone, then
         // append); both must walk to full attention's results.
-        if starts.len() % 2 == 1 {
+        if let Some(head) = exchanged_head(exchange, starts.len(), start) {
+            fwd.push(attend_exchanged(&cache, [&q, &k, &v], opts, head));
+            cache.append(&k, &v).unwrap();
+        } else if starts.len() % 2 == 1 {
             fwd.push(cache.attend(&q, &k, &v, opts).unwrap());
             assert_eq!(cache.cached_tokens(), start, "attend changed the cache");
             cache.append(&k, &v).unwrap();
@@ -74,7 +109,18 @@ fn walk(c: &Case, lengths: &[usize], opts: &AttentionOptions) -> [Tensor; 5] {
         } else {
             fwd[j].clone()
         };
-        grads.push(cache.backward(&q, &out, &lse, &d_out, opts).unwrap());
+        let unmasked = AttentionOptions {
+            mask: Mask::None,
+            ..*opts
+        };
+        let partner = |k: &Tensor, v: &Tensor| {
+            attention_backward_unrounded(&q, k, v, &out, &lse, &d_out, &unmasked)
+        };
+        let step = match exchanged_head(exchange, j, starts[j]) {
+            Some(head) => cache.backward_split(&q, &out, &lse, &d_out, opts, head, partner),
+            None => cache.backward(&q, &out, &lse, &d_out, opts),
+        };
+        grads.push(step.unwrap());
         assert_eq!(cache.pending_grad_tokens(), starts[j]);
     }
     assert_eq!(cache.slices(), 0);
@@ -101,14 +147,16 @@ fn assert_equivalent(c: &Case, lengths: &[usize], block: usize, tol: f64) {
         block_size: block,
         ..AttentionOptions::causal(d)
     };
-    let sliced = walk(c, lengths, &opts);
     let whole = full(c, &opts);
-    for (name, (a, b)) in ["out", "lse", "dq", "dk", "dv"]
-        .iter()
-        .zip(sliced.iter().zip(&whole))
-    {
-        let e = rel_err(a, b);
-        assert!(e <= tol, "{name}: sliced vs full relative error {e:.3e} > {tol:.0e} (slices {lengths:?}, block {block})");
+    for exchange in [false, true] {
+        let sliced = walk_with(c, lengths, &opts, exchange);
+        for (name, (a, b)) in ["out", "lse", "dq", "dk", "dv"]
+            .iter()
+            .zip(sliced.iter().zip(&whole))
+        {
+            let e = rel_err(a, b);
+            assert!(e <= tol, "{name}: sliced (exchange {exchange}) vs full relative error {e:.3e} > {tol:.0e} (slices {lengths:?}, block {block})");
+        }
     }
 }
 

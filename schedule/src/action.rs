@@ -195,6 +195,19 @@ impl Unit {
     }
 }
 
+/// SlimPipe's attention context exchange on a compute action (forward, or the backward piece
+/// that makes the input gradient): its attention meets the same kind of action on `peer`, every
+/// layer. The heavy side (`head > 0`) hands the oldest `head` slices of its unit's K/V prefix
+/// (with its queries) to the light side, which attends to them and returns the result; the light
+/// side (`head = 0`) serves. Text: `@peer` after the action, `+head` on the heavy side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Pair {
+    /// The partner stage.
+    pub peer: Stage,
+    /// Slices of this unit's prefix handed to the partner (0: this side serves).
+    pub head: u32,
+}
+
 /// One step of one stage's program: `op` applied to a unit on `stage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Action {
@@ -208,6 +221,9 @@ pub struct Action {
     pub slice: Slice,
     /// What to do.
     pub op: Op,
+    /// The attention exchange this compute takes part in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<Pair>,
 }
 
 impl Action {
@@ -219,6 +235,7 @@ impl Action {
             mb: unit.mb,
             slice: unit.slice,
             op,
+            pair: None,
         }
     }
 
@@ -231,9 +248,13 @@ impl Action {
         }
     }
 
-    /// The same unit and stage with another op.
+    /// The same unit and stage with another op (and no exchange).
     pub fn with_op(&self, op: Op) -> Self {
-        Action { op, ..*self }
+        Action {
+            op,
+            pair: None,
+            ..*self
+        }
     }
 
     /// Virtual stage `chunk·p + stage`.
@@ -260,6 +281,7 @@ impl Action {
             op: self.op,
             mb: self.mb,
             slice: sliced.then_some(self.slice),
+            pair: self.pair,
         }
     }
 
@@ -281,6 +303,8 @@ pub struct Compact {
     pub mb: MicroBatch,
     /// Slice, present only in sliced schedules.
     pub slice: Option<Slice>,
+    /// The attention exchange, if any (`@peer`, `+head`).
+    pub pair: Option<Pair>,
 }
 
 impl Compact {
@@ -293,6 +317,7 @@ impl Compact {
             mb: self.mb,
             slice: self.slice.unwrap_or_default(),
             op: self.op,
+            pair: self.pair,
         }
     }
 }
@@ -302,6 +327,12 @@ impl fmt::Display for Compact {
         write!(f, "{}{}{}", self.vstage, self.op.code(), self.mb)?;
         if let Some(s) = self.slice {
             write!(f, ".{s}")?;
+        }
+        if let Some(pair) = self.pair {
+            write!(f, "@{}", pair.peer.0)?;
+            if pair.head > 0 {
+                write!(f, "+{}", pair.head)?;
+            }
         }
         Ok(())
     }
@@ -331,7 +362,10 @@ impl FromStr for Compact {
             text: text.to_string(),
             reason,
         };
-        let s = text.trim();
+        let (s, pair) = match text.trim().split_once('@') {
+            Some((s, pair)) => (s, Some(parse_pair(text, pair)?)),
+            None => (text.trim(), None),
+        };
         let (stage, rest) = leading_digits(s);
         if stage.is_empty() {
             return Err(bad("expected a virtual stage number first".into()));
@@ -367,6 +401,25 @@ impl FromStr for Compact {
             op,
             mb: MicroBatch(parse_number(text, mb, "micro-batch")?),
             slice,
+            pair,
         })
     }
+}
+
+/// The `peer[+head]` after an action's `@`.
+fn parse_pair(text: &str, pair: &str) -> Result<Pair> {
+    let (peer, head) = pair.split_once('+').unwrap_or((pair, "0"));
+    let number = |digits: &str, what| match digits.bytes().all(|b| b.is_ascii_digit()) {
+        true if !digits.is_empty() => parse_number(text, digits, what),
+        _ => Err(ScheduleError::BadActionText {
+            text: text.to_string(),
+            reason: format!(
+                "an exchange is written `@peer` or `@peer+slices`; `{digits}` is not a {what}"
+            ),
+        }),
+    };
+    Ok(Pair {
+        peer: Stage(number(peer, "peer stage")?),
+        head: number(head, "slice count")?,
+    })
 }

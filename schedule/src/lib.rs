@@ -36,6 +36,7 @@ pub mod action;
 pub mod cost;
 pub mod csv;
 pub mod error;
+pub mod exchange;
 pub mod gen;
 pub mod ids;
 pub mod lower;
@@ -47,7 +48,8 @@ pub mod simulate;
 pub mod validate;
 pub mod vocab;
 
-pub use action::{Action, Compact, Op, Unit};
+pub use action::{Action, Compact, Op, Pair, Unit};
+pub use exchange::{insert_exchange, strip_exchange};
 pub use cost::{CostTable, UnitCosts};
 pub use error::{Blocked, Result, ScheduleError};
 pub use gen::{

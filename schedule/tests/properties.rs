@@ -172,6 +172,32 @@ proptest! {
     }
 
     #[test]
+    fn attention_exchange_pairs_keep_every_schedule_valid(config in any_config(), vocab in any::<bool>()) {
+        let lowered = lower(&generate(&config).unwrap()).unwrap();
+        let costs = UnitCosts::new(1.0, 2.0);
+        // Exchanges first: the vocabulary ops are then placed on a timeline where partners meet.
+        let exchanged = insert_exchange(&lowered, |a| costs.cost(a)).unwrap();
+        let x = match vocab {
+            true => insert_vocab_parallel(&exchanged, |a| costs.cost(a)).unwrap(),
+            false => exchanged.clone(),
+        };
+        let violations = validate(&x);
+        prop_assert!(violations.is_empty(), "{}", validate::render_violations(&x, &violations));
+        prop_assert_eq!(&strip_vocab(&strip_exchange(&x)), &lowered);
+        // Heavy and light sides come in pairs, and every mark survives the text form.
+        let marked: Vec<&Action> = x.iter().filter(|a| a.pair.is_some()).collect();
+        let heavy = marked.iter().filter(|a| a.pair.unwrap().head > 0).count();
+        prop_assert_eq!(2 * heavy, marked.len());
+        for a in marked {
+            let text = x.text(a);
+            let back = text.parse::<Compact>().unwrap().resolve(config.stages);
+            prop_assert_eq!(back.pair, a.pair, "{}", text);
+        }
+        let json = serde_json::to_string(&x).unwrap();
+        prop_assert_eq!(&serde_json::from_str::<Schedule>(&json).unwrap(), &x);
+    }
+
+    #[test]
     fn lowering_is_idempotent_and_strip_inverts_it(config in any_config()) {
         let s = generate(&config).unwrap();
         let lowered = lower(&s).unwrap();

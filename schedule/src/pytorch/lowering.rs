@@ -33,6 +33,7 @@ pub(super) fn act(vstage: u32, op: Op, mb: MicroBatch) -> Compact {
         op,
         mb,
         slice: None,
+        pair: None,
     }
 }
 

@@ -127,6 +127,13 @@ pub fn from_schedule(schedule: &Schedule) -> Result<Rows> {
     for list in &schedule.actions {
         let mut row = Vec::with_capacity(list.len());
         for a in list {
+            if a.pair.is_some() {
+                return Err(refuse(format!(
+                    "`{}` takes part in an attention exchange, which PyTorch's schedules do not \
+                     have",
+                    a.text(p, false)
+                )));
+            }
             if a.op.is_vocab() {
                 return Err(refuse(format!(
                     "`{}` is one of seqpipe's vocabulary-parallel ops, which PyTorch's schedules \

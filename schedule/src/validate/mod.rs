@@ -23,6 +23,7 @@
 //! ```
 
 mod comm;
+mod exchange;
 mod vocab;
 
 use std::fmt;
@@ -94,6 +95,14 @@ pub enum Rule {
     /// stage 0's forward, `HEAD` outside the last virtual stage's forward..backward window,
     /// `EMBED_B` before virtual stage 0's input-gradient backward.
     VocabOpOutOfPlace,
+    /// An attention exchange on an action that cannot exchange (not a forward or an
+    /// input-gradient backward), with itself or a stage outside the pipeline, or handing more
+    /// slices than its unit has before it.
+    ExchangeOutOfPlace,
+    /// An attention exchange its partner does not meet: the partner's exchange with this stage at
+    /// the same count is missing, of the other direction, or not the other side (one heavy, one
+    /// light).
+    UnmatchedExchange,
     /// A send before the compute that produces its data.
     SendBeforeCompute,
     /// A send or receive towards a virtual stage that does not exist.
@@ -164,6 +173,7 @@ pub fn validate_ragged(schedule: &Schedule, counts: &[u32]) -> Vec<Violation> {
         stage_violations(schedule, counts, r, &mut out);
     }
     vocab::vocab_violations(schedule, counts, &mut out);
+    exchange::exchange_violations(schedule, &mut out);
     if schedule.lowered {
         comm::comm_violations(schedule, &mut out);
     } else {
