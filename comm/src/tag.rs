@@ -19,6 +19,9 @@ const CLASS_USER: u64 = 3;
 const CLASS_COLLECTIVE: u64 = 4;
 /// The vocabulary-parallel kinds' classes, in [`TagKind::VOCAB`] order.
 const CLASS_VOCAB: [u64; 5] = [5, 6, 7, 8, 9];
+/// The attention exchange's request and answer classes.
+const CLASS_ASK: u64 = 10;
+const CLASS_ANSWER: u64 = 11;
 const MAX_CHUNK: u64 = (1 << 12) - 1;
 const MAX_SLICE: u64 = (1 << 16) - 1;
 const MAX_USER: u64 = (1 << 60) - 1;
@@ -41,6 +44,12 @@ pub enum TagKind {
     HeadStats,
     /// Vocabulary parallelism: a stage's share of the head-input gradient, to the last stage.
     HeadGrad,
+    /// Attention exchange: a part of what the heavy side hands its partner (queries, the K/V
+    /// head; in the backward also out, lse, dOut). The tag's fields are (exchange number between
+    /// the two stages, layer, part).
+    ExchangeAsk,
+    /// Attention exchange: a part of the partner's answer (out, lse; or dQ, dK, dV).
+    ExchangeAnswer,
 }
 
 impl TagKind {
@@ -62,6 +71,8 @@ impl TagKind {
             TagKind::HeadInput => CLASS_VOCAB[2],
             TagKind::HeadStats => CLASS_VOCAB[3],
             TagKind::HeadGrad => CLASS_VOCAB[4],
+            TagKind::ExchangeAsk => CLASS_ASK,
+            TagKind::ExchangeAnswer => CLASS_ANSWER,
         }
     }
 
@@ -69,6 +80,8 @@ impl TagKind {
         match class {
             CLASS_ACT => Some(TagKind::Act),
             CLASS_GRAD => Some(TagKind::Grad),
+            CLASS_ASK => Some(TagKind::ExchangeAsk),
+            CLASS_ANSWER => Some(TagKind::ExchangeAnswer),
             c => CLASS_VOCAB
                 .iter()
                 .position(|v| *v == c)
@@ -85,6 +98,8 @@ impl TagKind {
             TagKind::HeadInput => "head_input",
             TagKind::HeadStats => "head_stats",
             TagKind::HeadGrad => "head_grad",
+            TagKind::ExchangeAsk => "exchange_ask",
+            TagKind::ExchangeAnswer => "exchange_answer",
         }
     }
 }
@@ -181,8 +196,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn unit_tags_round_trip(k in 0usize..7, mb in any::<u32>(), slice in 0u32..=65535, chunk in 0u32..4096) {
-            let kinds = [TagKind::Act, TagKind::Grad];
+        fn unit_tags_round_trip(k in 0usize..9, mb in any::<u32>(), slice in 0u32..=65535, chunk in 0u32..4096) {
+            let kinds = [TagKind::Act, TagKind::Grad, TagKind::ExchangeAsk, TagKind::ExchangeAnswer];
             let kind = kinds.into_iter().chain(TagKind::VOCAB).nth(k).unwrap();
             let tag = Tag::new(kind, mb, slice, chunk).unwrap();
             prop_assert_eq!(tag.unit(), Some((kind, mb, slice, chunk)));

@@ -5,10 +5,10 @@
 //! one hands the oldest `⌊(L_heavy − L_light)/2⌋` slices of its prefix to the light one, which
 //! attends to them for it. [`insert_exchange`] marks both computes with a [`Pair`].
 //!
-//! A step is an instant of the schedule's simulated timeline: the stages running a steady
-//! forward then (after the stage's first backward; or a steady backward, before its last
-//! forward) are paired among themselves, so no rank in warm-up or cool-down is paired, as in the
-//! paper. The backward pieces paired are those that make the input gradient (`B` or `I`).
+//! Steady forwards come after the stage's first backward, steady backwards before its last
+//! forward: no rank in warm-up or cool-down is paired, as in the paper (see [`insert_exchange`]
+//! for the steps). The backward pieces paired are those that make the input gradient (`B` or
+//! `I`).
 //!
 //! # Example
 //!
@@ -28,6 +28,7 @@ use crate::error::Result;
 use crate::ids::Stage;
 use crate::schedule::Schedule;
 use crate::simulate::{simulate, P2p};
+use crate::validate::validate;
 
 /// Whether position `i` of `list` is a steady forward (after the stage's first backward) or,
 /// for `backward`, a steady input-gradient backward (before the stage's last forward).
@@ -40,49 +41,85 @@ fn steady(list: &[Action], i: usize, backward: bool) -> bool {
     }
 }
 
-/// `schedule` (lowered) with its pairs marked (existing marks are replaced): at the start of
-/// every steady compute in the timeline simulated under `cost`, the stages running a steady
-/// compute of the same direction at that instant, not yet paired, are paired by cache length.
-/// Partners run at the same time in that timeline, so meeting adds no deadlock (the validator's
-/// dry run checks). One stage, or one slice per sequence, leaves nothing to move.
+/// `schedule` (lowered) with its pairs marked (existing marks are replaced). Forward steps are
+/// logical: the k-th steady forward of every stage. Backward steps are instants of the timeline
+/// simulated under `cost`: the stages running a steady backward at the start of one (unpaired
+/// yet) form a step; the k-th backwards cannot pair, as a stage's backward waits for the next
+/// stage's backward of the same unit. A step whose pairs would make the program deadlock (the
+/// partners meet, so each waits for the other) or meet two partners in different orders is left
+/// unpaired, so the result always runs.
+/// One stage, or one slice per sequence, leaves nothing to move.
 pub fn insert_exchange<F: Fn(&Action) -> f64>(schedule: &Schedule, cost: F) -> Result<Schedule> {
     let mut out = strip_exchange(schedule);
-    let sim = simulate(&out, &cost, &P2p::free())?;
-    for backward in [false, true] {
-        // Every steady compute: (start, end, stage, position).
-        let mut spans = Vec::new();
-        for (r, timed) in sim.timeline.iter().enumerate() {
-            for (i, t) in timed.iter().enumerate() {
-                if steady(&out.actions[r], i, backward) {
-                    spans.push((t.start, t.end, r, i));
-                }
-            }
-        }
-        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut used = vec![false; spans.len()];
-        for &(t, ..) in &spans {
-            let mut step: Vec<(usize, usize)> = Vec::new();
-            for (j, &(start, end, r, i)) in spans.iter().enumerate() {
-                let running = start <= t && t < end && !used[j];
-                if running && step.iter().all(|&(q, _)| q != r) {
-                    step.push((r, i));
-                    used[j] = true;
-                }
-            }
-            pair_step(&mut out, &step);
+    // A step is kept only if every rule still holds: partners meet in the same order on both
+    // sides, and the dry run finishes.
+    let runs = |s: &Schedule| validate(s).is_empty() && simulate(s, &cost, &P2p::free()).is_ok();
+    let positions: Vec<Vec<usize>> = out
+        .actions
+        .iter()
+        .map(|list| {
+            (0..list.len())
+                .filter(|&i| steady(list, i, false))
+                .collect()
+        })
+        .collect();
+    let steps = positions.iter().map(Vec::len).min().unwrap_or(0);
+    let mut chosen: Vec<Vec<(usize, usize)>> = (0..steps)
+        .map(|k| positions.iter().map(|p| p[k]).enumerate().collect())
+        .collect();
+    chosen.extend(backward_steps(&out, &cost)?);
+    for at in chosen {
+        let before = out.clone();
+        if pair_step(&mut out, &at) && !runs(&out) {
+            out = before;
         }
     }
     Ok(out)
 }
 
-/// Pairs one step's computes `(stage, position)` by their units' cache lengths.
-fn pair_step(s: &mut Schedule, at: &[(usize, usize)]) {
+/// The backward steps: at the start of each steady backward in the simulated timeline, the
+/// stages running an unclaimed steady backward then.
+fn backward_steps<F: Fn(&Action) -> f64>(
+    s: &Schedule,
+    cost: &F,
+) -> Result<Vec<Vec<(usize, usize)>>> {
+    let sim = simulate(s, cost, &P2p::free())?;
+    let mut spans = Vec::new();
+    for (r, timed) in sim.timeline.iter().enumerate() {
+        for (i, t) in timed.iter().enumerate() {
+            if steady(&s.actions[r], i, true) {
+                spans.push((t.start, t.end, r, i));
+            }
+        }
+    }
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut used = vec![false; spans.len()];
+    let mut steps = Vec::new();
+    for &(t, ..) in &spans {
+        let mut step: Vec<(usize, usize)> = Vec::new();
+        for (j, &(start, end, r, i)) in spans.iter().enumerate() {
+            if start <= t && t < end && !used[j] && step.iter().all(|&(q, _)| q != r) {
+                step.push((r, i));
+                used[j] = true;
+            }
+        }
+        if step.len() > 1 {
+            steps.push(step);
+        }
+    }
+    Ok(steps)
+}
+
+/// Pairs one step's computes `(stage, position)` by their units' cache lengths; whether any
+/// pair was made.
+fn pair_step(s: &mut Schedule, at: &[(usize, usize)]) -> bool {
     let mut by_length: Vec<(u32, usize, usize)> = at
         .iter()
         .map(|&(r, i)| (s.actions[r][i].slice.0, r, i))
         .collect();
     by_length.sort_unstable();
     let p = by_length.len();
+    let mut paired = false;
     for j in 0..p / 2 {
         let (light, heavy) = (by_length[j], by_length[p - 1 - j]);
         let head = (heavy.0 - light.0) / 2;
@@ -97,7 +134,9 @@ fn pair_step(s: &mut Schedule, at: &[(usize, usize)]) {
             peer: Stage(heavy.1 as u32),
             head: 0,
         });
+        paired = true;
     }
+    paired
 }
 
 /// `schedule` with no exchange marks.

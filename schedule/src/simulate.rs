@@ -421,7 +421,10 @@ impl PairMeetings {
     /// there, or `None` while the partner has not arrived.
     fn arrive(&mut self, r: usize, peer: usize, at: f64) -> Option<f64> {
         let n = self.done.get(&(r, peer)).copied().unwrap_or(0);
-        let here = self.arrivals.entry((r.min(peer), r.max(peer), n)).or_default();
+        let here = self
+            .arrivals
+            .entry((r.min(peer), r.max(peer), n))
+            .or_default();
         let mine = *here.entry(r).or_insert(at);
         here.get(&peer).map(|&theirs| mine.max(theirs))
     }

@@ -156,7 +156,10 @@ fn pair_ends(timeline: &[Vec<Timed>]) -> Vec<Vec<f64>> {
             keys.push((r, key, t.end));
         }
     }
-    let mut ends: Vec<Vec<f64>> = timeline.iter().map(|t| Vec::with_capacity(t.len())).collect();
+    let mut ends: Vec<Vec<f64>> = timeline
+        .iter()
+        .map(|t| Vec::with_capacity(t.len()))
+        .collect();
     for (r, key, end) in keys {
         ends[r].push(key.map_or(end, |k| latest[&k]));
     }

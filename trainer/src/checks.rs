@@ -51,15 +51,6 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
             ));
         }
     }
-    if cfg.parallel.attention_exchange {
-        problems.push(
-            "parallel.attention_exchange = true: seqpipe train does not run SlimPipe's attention \
-             context exchange yet; set it to false to run the schedule with each slice's causal \
-             attention on its own stage (a plan's step time, which assumed the exchange, then \
-             does not hold)"
-                .into(),
-        );
-    }
     if cfg.parallel.vocab_parallel {
         let (vocab, stages) = (cfg.model.vocab, cfg.parallel.stages as usize);
         if vocab < stages {

@@ -93,9 +93,10 @@ pub struct ParallelConfig {
     /// prices it): each stage holds `V/p` rows and runs its share of every slice's embedding,
     /// head and loss (`EMBED`, `HEAD`, `EMBED_B` actions).
     pub vocab_parallel: bool,
-    /// SlimPipe's attention context exchange between ranks, as `seqpipe plan --emit-config`
-    /// writes a SlimPipe plan (its equal-cost steps assume it). Not run yet: `true` is refused
-    /// by name, never ignored.
+    /// SlimPipe's attention context exchange between ranks (as `seqpipe plan --emit-config`
+    /// writes a SlimPipe plan, whose equal-cost steps assume it): the ranks of each steady step
+    /// are paired by their slices' cache lengths and the heavy one's oldest K/V prefix is
+    /// attended by the light one.
     pub attention_exchange: bool,
 }
 

@@ -114,11 +114,11 @@ fn features_the_trainer_does_not_run_are_marked_planner_only() {
                 "offload overlapped with GPU compute",
                 c["offload_fraction"].as_f64() > Some(0.0),
             ),
-            // The trainer runs SlimPipe's vocabulary-parallel head: never marked; its attention
-            // exchange, which the planner's equal-cost slices assume, not yet.
+            // The trainer runs SlimPipe's vocabulary-parallel head: never marked; the balanced
+            // steps its pricing assumes, not yet.
             ("vocabulary-parallel head", false),
             (
-                "attention context exchange",
+                "balanced steps of the attention exchange",
                 c["kind"].get("slim_pipe").is_some(),
             ),
         ];

@@ -119,7 +119,7 @@ fn multi_process_losses_equal_the_threaded_run_bit_for_bit() {
     let tied = dir.path().join("tied.toml");
     std::fs::write(&tied, "[model]\ntie_embeddings = true\n").unwrap();
     let tied = tied.to_str().unwrap();
-    let cases: [(&str, usize, Vec<&str>); 8] = [
+    let cases: [(&str, usize, Vec<&str>); 9] = [
         ("1f1b", 2, vec!["--schedule", "1f1b", "--slices", "1"]),
         ("seq1f1b", 2, vec![]),
         (
@@ -138,6 +138,20 @@ fn multi_process_losses_equal_the_threaded_run_bit_for_bit() {
                 "slimpipe",
                 "--chunks",
                 "2",
+                "--vocab-parallel",
+            ],
+        ),
+        (
+            "exchange, vocab-parallel, 4 slices",
+            2,
+            vec![
+                "--schedule",
+                "slimpipe",
+                "--chunks",
+                "2",
+                "--slices",
+                "4",
+                "--exchange",
                 "--vocab-parallel",
             ],
         ),

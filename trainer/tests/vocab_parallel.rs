@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use candle_core::{DType, Tensor};
-use common::{data, full_params, reference, slice_ranges, tiny_model, worst_rel_err, Slicing};
+use common::{
+    data, full_params, pipeline_of, reference, slice_ranges, tiny_model, worst_rel_err, Slicing,
+};
 use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::model::ModelConfig;
-use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
 const SEQ: usize = 16;
@@ -20,16 +19,7 @@ const BATCH: usize = 2;
 const SEED: u64 = 11;
 
 fn pipeline(model: &ModelConfig, cfg: ScheduleConfig, dtype: DType, vocab: bool) -> Pipeline {
-    let mut pl = Pipeline::new(
-        model,
-        cfg,
-        None,
-        &OptimConfig::default(),
-        SEED,
-        dtype,
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let mut pl = pipeline_of(model, cfg, dtype, SEED);
     if vocab {
         pl.set_vocab_parallel().unwrap();
     }

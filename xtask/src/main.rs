@@ -61,6 +61,13 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// SlimPipe's attention exchange on this CPU: with and without, measured beside the
+    /// simulator priced by the measured op times.
+    Exchange {
+        /// Output directory for CSV/JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// seqpipe beside PyTorch (`torch.distributed.pipelining`, gloo) on the same model, data
     /// shape and schedule, interleaved runs; makes the peer's venv `.venv-peer` (not for CI).
     Peer {
@@ -97,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Sim { out } => xtask::bench::run_sim(&out.unwrap_or(default_out)),
             Bench::Cpu { out } => xtask::bench::run_cpu(&out.unwrap_or(default_out)),
             Bench::Offload { out } => xtask::bench::run_offload(&out.unwrap_or(default_out)),
+            Bench::Exchange { out } => xtask::bench::run_exchange(&out.unwrap_or(default_out)),
             Bench::Peer { out, reps } => {
                 xtask::bench::run_peer(&root, &out.unwrap_or(default_out), reps)
             }

@@ -133,7 +133,6 @@ pub fn train_config(
         context_parallel: u(c.parallel.cp)?,
         // The planner prices SlimPipe with the head sharded (see `planned_only`).
         vocab_parallel: matches!(c.kind, seqpipe_memory::PipelineKind::SlimPipe { .. }),
-        attention_exchange: matches!(c.kind, seqpipe_memory::PipelineKind::SlimPipe { .. }),
         ..ParallelConfig::default()
     };
     Ok(cfg)

@@ -8,8 +8,8 @@ use clap::{Args, ValueEnum};
 use seqpipe_schedule::render::{grid, timeline, write_chrome_trace, write_svg};
 use seqpipe_schedule::validate::render_violations;
 use seqpipe_schedule::{
-    csv, generate, insert_vocab_parallel, lower, pytorch, simulate, validate, P2p, Schedule,
-    ScheduleConfig, ScheduleKind, Simulation, UnitCosts,
+    csv, generate, insert_exchange, insert_vocab_parallel, lower, pytorch, simulate, validate, P2p,
+    Schedule, ScheduleConfig, ScheduleKind, Simulation, UnitCosts,
 };
 
 /// Which schedule: the arguments `schedule` and `simulate` share.
@@ -99,6 +99,11 @@ pub struct ScheduleArgs {
     /// a forward each.
     #[arg(long)]
     vocab_parallel: bool,
+    /// Mark SlimPipe's attention context exchanges (`F0.3@2+1`: stage 2 attends to this unit's
+    /// oldest slice; `@0`: this compute serves stage 0), as `seqpipe train --exchange` runs them;
+    /// implies --lowered.
+    #[arg(long)]
+    exchange: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -114,6 +119,9 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
         vocab: 0.25,
         ..UnitCosts::new(1.0, 2.0)
     };
+    if args.exchange {
+        schedule = insert_exchange(&lower(&schedule)?, |a| costs.cost(a))?;
+    }
     if args.vocab_parallel {
         schedule = insert_vocab_parallel(&schedule, |a| costs.cost(a))?;
     }

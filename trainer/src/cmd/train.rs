@@ -67,6 +67,10 @@ pub struct TrainArgs {
     /// stage takes part in each slice's embedding, head and loss.
     #[arg(long)]
     vocab_parallel: bool,
+    /// SlimPipe's attention context exchange: pair the ranks of each steady step by their
+    /// slices' cache lengths; the heavy one's oldest K/V is attended by the light one.
+    #[arg(long)]
+    exchange: bool,
     /// Host-link bandwidth for offloads and reloads, in GB/s (default: as fast as memory copies
     /// go); on a CPU run it emulates a PCIe link.
     #[arg(long, value_name = "GB/s")]
@@ -179,6 +183,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if args.vocab_parallel {
         par.vocab_parallel = true;
+    }
+    if args.exchange {
+        par.attention_exchange = true;
     }
     if let Some(v) = args.host_link_bandwidth {
         par.host_link_bandwidth = Some(v);

@@ -276,6 +276,58 @@ pub struct SliceKv {
     pub v: Tensor,
 }
 
+/// Where a layer's attention against the K/V prefix is computed: on this stage alone
+/// ([`Alone`]), or with part of it done by a SlimPipe exchange partner (the runtime's).
+pub trait AttentionSite {
+    /// `(out, lse)` of the slice's `q` against `prefix` and its own `k`, `v` (post-RoPE).
+    fn forward(
+        &mut self,
+        prefix: &SliceKvCache,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Tensor)>;
+
+    /// `(dq, dk, dv)` of the last slice in `cache` (which it leaves), as
+    /// [`SliceKvCache::backward`].
+    fn backward(
+        &mut self,
+        cache: &mut SliceKvCache,
+        saved: &LayerSaved,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
+}
+
+/// Attention on this stage alone.
+pub struct Alone;
+
+impl AttentionSite for Alone {
+    fn forward(
+        &mut self,
+        prefix: &SliceKvCache,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Tensor)> {
+        prefix.attend(q, k, v, opts).map_err(self::k)
+    }
+
+    fn backward(
+        &mut self,
+        cache: &mut SliceKvCache,
+        saved: &LayerSaved,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        cache
+            .backward(&saved.q, &saved.o, &saved.lse, d_out, opts)
+            .map_err(self::k)
+    }
+}
+
 /// Forward of one slice `x [b, s, H]` starting at token `offset`, against the K/V of the earlier
 /// slices in `prefix`, which it leaves unchanged (a forward can run again: recomputation).
 /// Returns the output, what the backward needs, and the slice's own K/V for the caller to append.
@@ -286,6 +338,18 @@ pub fn forward(
     x: &Tensor,
     offset: usize,
 ) -> Result<(Tensor, LayerSaved, SliceKv)> {
+    forward_at(ctx, w, prefix, x, offset, &mut Alone)
+}
+
+/// [`forward`] with the attention computed at `site`.
+pub fn forward_at(
+    ctx: &LayerCtx,
+    w: &LayerWeights,
+    prefix: &SliceKvCache,
+    x: &Tensor,
+    offset: usize,
+    site: &mut dyn AttentionSite,
+) -> Result<(Tensor, LayerSaved, SliceKv)> {
     let (cfg, d) = (ctx.cfg, ctx.cfg.head_dim());
     let (attn_norm, mlp_norm) = (&w.w[0], &w.w[5]);
     let (h1, inv1) = rms_norm_forward(x, attn_norm, cfg.norm_eps).map_err(k)?;
@@ -294,7 +358,7 @@ pub fn forward(
     let v = split_heads(&w.project(&h1, 2)?, cfg.kv_heads, d)?;
     let q = ctx.rope.forward(&q, offset).map_err(k)?;
     let kk = ctx.rope.forward(&kk, offset).map_err(k)?;
-    let (o, lse) = prefix.attend(&q, &kk, &v, &ctx.attention).map_err(k)?;
+    let (o, lse) = site.forward(prefix, &q, &kk, &v, &ctx.attention)?;
     let x2 = (x + w.project(&merge_heads(&o)?, 3)?)?;
     let (h2, inv2) = rms_norm_forward(&x2, mlp_norm, cfg.norm_eps).map_err(k)?;
     let gate = w.project(&h2, 4)?;
@@ -328,6 +392,18 @@ pub fn backward_input(
     saved: &LayerSaved,
     dy: &Tensor,
 ) -> Result<(Tensor, [Tensor; 2], WeightGradInputs)> {
+    backward_input_at(ctx, w, cache, saved, dy, &mut Alone)
+}
+
+/// [`backward_input`] with the attention's backward computed at `site`.
+pub fn backward_input_at(
+    ctx: &LayerCtx,
+    w: &LayerWeights,
+    cache: &mut SliceKvCache,
+    saved: &LayerSaved,
+    dy: &Tensor,
+    site: &mut dyn AttentionSite,
+) -> Result<(Tensor, [Tensor; 2], WeightGradInputs)> {
     let [attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down] = &w.w;
     // MLP: y = x2 + down(swiglu(gate(h2), up(h2))).
     let d_act = linear_backward_input(dy, w_down).map_err(k)?;
@@ -344,9 +420,7 @@ pub fn backward_input(
         ctx.cfg.heads,
         ctx.cfg.head_dim(),
     )?;
-    let (dq, dk, dv) = cache
-        .backward(&saved.q, &saved.o, &saved.lse, &d_o, &ctx.attention)
-        .map_err(k)?;
+    let (dq, dk, dv) = site.backward(cache, saved, &d_o, &ctx.attention)?;
     let dq = merge_heads(&ctx.rope.backward(&dq, saved.offset).map_err(k)?)?;
     let dk = merge_heads(&ctx.rope.backward(&dk, saved.offset).map_err(k)?)?;
     let dv = merge_heads(&dv)?;

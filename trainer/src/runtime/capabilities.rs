@@ -24,12 +24,14 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
         // stream (no pinned buffers or copy stream yet), so a GPU run does not overlap.
         missing.push("offload overlapped with GPU compute");
     }
-    // SlimPipe's vocabulary-sharded head, which the planner prices, the trainer runs
+    // SlimPipe's vocabulary-sharded head the planner prices and the trainer runs
     // (`parallel.vocab_parallel`, which `plan --emit-config` sets for SlimPipe). Its equal-cost
-    // slices are another matter: uniform slices of a causal sequence cost more the later they
-    // are, and only the attention context exchange evens the pipeline's steps out.
+    // steps are another matter: the trainer runs the attention exchange, which evens out each
+    // step's attention, but its partners wait for each other where the pipeline's stages are
+    // not in step (`cargo xtask bench exchange`: slower, not faster, on 2 stages), so the
+    // balanced steps the planner assumes are not what the trainer delivers yet.
     if matches!(c.kind, PipelineKind::SlimPipe { .. }) {
-        missing.push("attention context exchange");
+        missing.push("balanced steps of the attention exchange");
     }
     missing
 }

@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use seqpipe_comm::{Tag, TagKind};
 use seqpipe_schedule::{Action, Op, Schedule};
 
-use super::worker::vocab_sends;
+use super::worker::{exchange_sends, vocab_sends};
 
 /// Per-peer expected send order plus messages received early.
 #[derive(Debug, Default)]
@@ -74,16 +74,28 @@ pub(crate) fn message_tag(kind: TagKind, a: &Action, vstage: usize) -> Result<Ta
     Ok(Tag::new(kind, a.mb.0, a.slice.0, vstage as u32)?)
 }
 
-/// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order.
+/// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order;
+/// an attention exchange runs over `layers` layers (every chunk's count).
 pub(crate) fn incoming_order(
     schedule: &Schedule,
     stage: usize,
     rank_offset: usize,
+    layers: usize,
 ) -> Result<Vec<(usize, Tag)>> {
     let p = schedule.config.stages;
     let mut order = Vec::new();
     for (sender, program) in schedule.actions.iter().enumerate() {
-        for a in program.iter().filter(|a| a.op.is_send() || a.op.is_vocab()) {
+        let mut exchanges = 0u32;
+        for a in program.iter() {
+            if a.pair.is_some_and(|pair| pair.peer.index() == stage) {
+                for (kind, call, part) in exchange_sends(a, layers) {
+                    order.push((sender + rank_offset, Tag::new(kind, exchanges, call, part)?));
+                }
+                exchanges += 1;
+            }
+            if !(a.op.is_send() || a.op.is_vocab()) {
+                continue;
+            }
             if a.op.is_vocab() {
                 for (to, kind) in vocab_sends(a.op, sender, p as usize) {
                     if to == stage {

@@ -6,6 +6,7 @@ pub mod budget;
 pub mod capabilities;
 pub mod distributed;
 pub mod error;
+pub mod exchange;
 pub mod handshake;
 pub mod inbox;
 pub mod input;

@@ -12,6 +12,7 @@ use seqpipe_schedule::{generate, Lowered, ScheduleConfig};
 use super::admit::admit;
 use super::distributed::placement;
 use super::error::combine;
+use super::exchange::with_exchange;
 use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
 use super::recompute::{fewest_layers, with_planned_recompute, Recompute};
@@ -249,6 +250,13 @@ impl Pipeline {
             *rank = sharded;
         }
         self.schedule = with_vocab_parallel(self.schedule.clone())?;
+        Ok(())
+    }
+
+    /// Runs SlimPipe's attention context exchange from now on: the current schedule's steady
+    /// steps paired by cache length (see [`with_exchange`]).
+    pub fn set_exchange(&mut self) -> Result<()> {
+        self.schedule = with_exchange(self.schedule.clone(), &self.partition)?;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use seqpipe_schedule::Lowered;
 use super::admit::load_schedule;
 use super::budget::{fit, with_memory_actions};
 use super::distributed::{placement, Placement};
+use super::exchange::with_exchange;
 use super::handshake::agree_on_configuration;
 use super::partition::Partition;
 use super::rank::{Rank, RankSetup, StepFigures, Weights};
@@ -86,6 +87,10 @@ pub fn plan_as_run(cfg: &TrainConfig) -> Result<(Lowered, Partition, TrainConfig
             let schedule = with_memory_actions(schedule, cfg, &partition, &slices)?;
             (schedule, cfg.clone())
         }
+    };
+    let schedule = match cfg.parallel.attention_exchange {
+        true => with_exchange(schedule, &partition)?,
+        false => schedule,
     };
     let schedule = match cfg.parallel.vocab_parallel {
         true => with_vocab_parallel(schedule)?,

@@ -21,6 +21,10 @@ pub struct Event {
     pub end: f64,
     /// Activation bytes held after the action.
     pub held: Held,
+    /// Attention score entries (query–key pairs, per sequence and query head, over the chunk's
+    /// layers) the stage computed in the action: its own attention, less the prefix an exchange
+    /// partner attended to for it, plus what it attended to for a partner.
+    pub attention: u64,
 }
 
 /// Everything a stage reports about one iteration.
@@ -76,13 +80,15 @@ impl Recorder {
     }
 
     /// Records one finished action.
-    pub fn action(&mut self, text: String, op: Op, start: f64, end: f64, held: Held) {
+    pub fn action(&mut self, text: String, op: Op, span: (f64, f64), held: Held, attention: u64) {
+        let (start, end) = span;
         self.events.push(Event {
             text,
             op,
             start,
             end,
             held,
+            attention,
         });
     }
 

@@ -198,3 +198,37 @@ pub fn adaptive_midway(
     assert!(plan.units() > 0, "midway budgets recompute something");
     (Recompute::Auto { plan: Some(plan) }, budgets)
 }
+
+/// A one-process pipeline of `cfg` for `model`, initialised from `seed`, with the default
+/// optimizer and a 30-second message timeout.
+pub fn pipeline_of(
+    model: &ModelConfig,
+    cfg: seqpipe_schedule::ScheduleConfig,
+    dtype: DType,
+    seed: u64,
+) -> seqpipe_trainer::runtime::Pipeline {
+    seqpipe_trainer::runtime::Pipeline::new(
+        model,
+        cfg,
+        None,
+        &seqpipe_trainer::optim::OptimConfig::default(),
+        seed,
+        dtype,
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+/// `m` micro-batches of `batch` sequences of `seq` tokens in `n` uniform slices.
+pub fn uniform_input(
+    model: &ModelConfig,
+    (m, batch, seq, n): (usize, usize, usize, usize),
+    seed: u64,
+) -> seqpipe_trainer::runtime::IterationInput {
+    seqpipe_trainer::runtime::IterationInput {
+        tokens: data(model, m, batch, seq, seed),
+        masks: None,
+        slices: slice_ranges(model, Slicing::Uniform, seq, n),
+        normaliser: (m * batch * seq) as f64,
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod detail;
+pub mod exchange;
 pub mod offload;
 pub mod peer;
 pub mod plot;
@@ -229,6 +230,22 @@ pub fn run_offload(dir: &Path) -> Result<()> {
         offload::STEPS
     );
     emit_table(dir, "offload_runs", &t, &runs, started)
+}
+
+/// `bench exchange`: SlimPipe's attention exchange on this CPU, beside the simulator (see
+/// `exchange.rs`).
+pub fn run_exchange(dir: &Path) -> Result<()> {
+    seqpipe_trainer::train::one_thread_per_op();
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    let runs = exchange::run_all(|line| eprintln!("{line}"))?;
+    let t = exchange::table(&runs)?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "## Attention exchange (MEASURED on this machine: {cores} cores; SlimPipe, 2 stages as threads, 4 micro-batches of one 1024-token sequence in 8 slices, hidden 256, 4 layers, f32; {} timed steps per row, interleaved, medians; simulated with a cost fitted to the measured durations of the run without the exchange, see xtask/src/bench/exchange.rs)\n",
+        exchange::STEPS
+    );
+    emit_table(dir, "exchange_runs", &t, &runs, started)
 }
 
 /// `bench peer`: seqpipe and PyTorch on the same model, data shape and schedule, interleaved

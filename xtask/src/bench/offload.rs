@@ -81,7 +81,7 @@ pub struct OffloadRun {
 }
 
 /// A pipeline for `cfg` running the schedule `cfg` plans (with its offloads).
-fn pipeline(cfg: &TrainConfig) -> Result<(Pipeline, Lowered)> {
+pub(super) fn pipeline(cfg: &TrainConfig) -> Result<(Pipeline, Lowered)> {
     let (schedule, _) = plan(cfg)?;
     let mut pl = Pipeline::new(
         &cfg.model,
@@ -97,7 +97,7 @@ fn pipeline(cfg: &TrainConfig) -> Result<(Pipeline, Lowered)> {
 }
 
 /// One micro-batch per entry of fixed pseudo-random tokens.
-fn input(cfg: &TrainConfig) -> Result<IterationInput> {
+pub(super) fn input(cfg: &TrainConfig) -> Result<IterationInput> {
     let (b, s, m) = (
         cfg.data.batch,
         cfg.data.seq_len,
@@ -124,7 +124,7 @@ fn input(cfg: &TrainConfig) -> Result<IterationInput> {
     })
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(super) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }

@@ -7,13 +7,17 @@ use candle_core::Tensor;
 use seqpipe_kernels::SliceKvCache;
 use seqpipe_schedule::Action;
 
+use super::exchange::{at_site, own_entries};
+use super::link::Link;
 use super::recompute::{checkpoint, recomputed_whole, whole_records};
 use super::{unit, IterState, IterationInput, PendingWeight, Slot, StageWorker, UnitSaved};
 use crate::model::ends::{
     answer_hits, embed_backward, embed_forward, head_backward_input, head_backward_weight,
     head_forward, Answers, HeadSaved,
 };
-use crate::model::layer::{self, LayerSaved, SliceKv, MATRIX_SLOTS};
+use crate::model::layer::{
+    self, AttentionSite, LayerSaved, SliceKv, WeightGradInputs, MATRIX_SLOTS,
+};
 use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_BIASES, LAYER_PARTS, LM_HEAD};
 use crate::model::params::TensorMap;
 
@@ -28,6 +32,7 @@ pub(super) fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> Result<()
 impl StageWorker {
     pub(super) fn forward(
         &mut self,
+        link: &mut Link,
         input: &IterationInput,
         st: &mut IterState,
         a: &Action,
@@ -69,8 +74,13 @@ impl StageWorker {
             .then(|| self.recompute.of(&u))
             .flatten();
         let last_slice = a.slice.index() + 1 == input.slices.len();
+        let partner = self.partner(link, st, a, input)?;
         let caches = st.store.caches(&u, layers);
-        let (x, saved_layers, kv) = self.chunk_forward(chunk, caches, x, offset)?;
+        let batch_heads = x.dim(0)? * self.model.heads;
+        let ((x, saved_layers, kv), handed, served) = at_site(partner, |site| {
+            self.chunk_forward(chunk, caches, x, offset, site)
+        })?;
+        st.attention += layers as u64 * own_entries(batch_heads, offset, len, handed) + served;
         // The K/V sink: the slice's keys and values join the prefix of the later slices — but
         // a layer recomputed whole on the last slice keeps none: no later slice reads them, and
         // its RECOMPUTE makes them again.
@@ -111,12 +121,13 @@ impl StageWorker {
         prefix: &[SliceKvCache],
         mut x: Tensor,
         offset: usize,
+        site: &mut dyn AttentionSite,
     ) -> Result<(Tensor, Vec<LayerSaved>, Vec<SliceKv>)> {
         let ctx = self.ctx();
         let layers = &self.weights[chunk];
         let (mut saved, mut kv) = (Vec::with_capacity(layers.len()), Vec::new());
         for (w, cache) in layers.iter().zip(prefix) {
-            let (y, s, slice_kv) = layer::forward(&ctx, w, cache, &x, offset)?;
+            let (y, s, slice_kv) = layer::forward_at(&ctx, w, cache, &x, offset, site)?;
             saved.push(s);
             kv.push(slice_kv);
             x = y;
@@ -181,6 +192,8 @@ impl StageWorker {
 
     pub(super) fn backward_input(
         &mut self,
+        link: &mut Link,
+        input: &IterationInput,
         st: &mut IterState,
         a: &Action,
         k: usize,
@@ -190,7 +203,7 @@ impl StageWorker {
         let saved = st.store.take_saved(&u)?;
         let layers = whole_records(&u, saved.layers)?;
         let mut pending = PendingWeight::default();
-        let mut dy = match &saved.head {
+        let dy = match &saved.head {
             Some(h) => {
                 let (dx, d_norm) =
                     head_backward_input(self.head, &self.params[FINAL_NORM], self.lm_head()?, h)?;
@@ -207,23 +220,25 @@ impl StageWorker {
             }
         };
         let chunk = a.chunk.index();
+        let partner = self.partner(link, st, a, input)?;
         let caches = st
             .store
             .existing_caches(&u)
             .ok_or_else(|| Error::Runtime("no KV cache for this micro-batch".into()))?;
-        let ctx = self.ctx();
-        let mut norm_grads = Vec::new();
-        for ((w, cache), s) in self.weights[chunk]
-            .iter()
-            .zip(caches.iter_mut())
-            .zip(&layers)
-            .rev()
-        {
-            let (dx, norms, wgi) = layer::backward_input(&ctx, w, cache, s, &dy)?;
-            norm_grads.push((w.index, norms));
-            pending.layers.push((w.index, wgi));
-            dy = dx;
-        }
+        let (offset, len, batch_heads) = match layers.first() {
+            Some(l) => {
+                let (b, len, _) = l.x.dims3()?;
+                (l.offset, len, b * self.model.heads)
+            }
+            None => (0, 0, 0),
+        };
+        let ((dx, norm_grads, weight_inputs), handed, served) = at_site(partner, |site| {
+            self.chunk_backward(chunk, caches, &layers, dy, site)
+        })?;
+        st.attention +=
+            layers.len() as u64 * own_entries(batch_heads, offset, len, handed) + served;
+        let dy = dx;
+        pending.layers.extend(weight_inputs);
         for (index, [d_attn, d_mlp]) in norm_grads {
             add_into(
                 &mut self.grads,
@@ -247,6 +262,37 @@ impl StageWorker {
             st.store.park(u, pending);
             Ok(())
         }
+    }
+
+    /// A unit's input-gradient backward through the layers of `chunk`, last layer first: the
+    /// input gradient, each layer's norm-weight gradients and its weight half's inputs.
+    #[allow(clippy::type_complexity)]
+    fn chunk_backward(
+        &self,
+        chunk: usize,
+        caches: &mut [SliceKvCache],
+        records: &[LayerSaved],
+        mut dy: Tensor,
+        site: &mut dyn AttentionSite,
+    ) -> Result<(
+        Tensor,
+        Vec<(usize, [Tensor; 2])>,
+        Vec<(usize, WeightGradInputs)>,
+    )> {
+        let ctx = self.ctx();
+        let (mut norm_grads, mut weight_inputs) = (Vec::new(), Vec::new());
+        for ((w, cache), s) in self.weights[chunk]
+            .iter()
+            .zip(caches.iter_mut())
+            .zip(records)
+            .rev()
+        {
+            let (dx, norms, wgi) = layer::backward_input_at(&ctx, w, cache, s, &dy, site)?;
+            norm_grads.push((w.index, norms));
+            weight_inputs.push((w.index, wgi));
+            dy = dx;
+        }
+        Ok((dy, norm_grads, weight_inputs))
     }
 
     pub(super) fn backward_weight(&mut self, pending: PendingWeight) -> Result<()> {

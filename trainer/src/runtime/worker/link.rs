@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use seqpipe_comm::{TagKind, Transport};
+use seqpipe_comm::{Tag, TagKind, Transport};
 use seqpipe_schedule::{Action, Lowered};
 
 use super::super::inbox::{message_tag, Inbox};
@@ -41,7 +41,11 @@ impl Link<'_> {
     /// Sends `t` to stage `stage` of this replica as `kind` of `a`'s unit (vocabulary ops,
     /// whose peers are every stage).
     pub fn send_to(&mut self, stage: usize, kind: TagKind, a: &Action, t: &Tensor) -> Result<()> {
-        let tag = message_tag(kind, a, 0)?;
+        self.send_tagged(stage, message_tag(kind, a, 0)?, t)
+    }
+
+    /// Sends `t` to stage `stage` of this replica as `tag`.
+    pub fn send_tagged(&mut self, stage: usize, tag: Tag, t: &Tensor) -> Result<()> {
         send_tensor(self.transport, stage + self.rank_offset, tag, t)
     }
 
@@ -54,7 +58,11 @@ impl Link<'_> {
         a: &Action,
         dtype: DType,
     ) -> Result<Tensor> {
-        let tag = message_tag(kind, a, 0)?;
+        self.recv_tagged(stage, message_tag(kind, a, 0)?, dtype)
+    }
+
+    /// Receives `tag` from stage `stage` of this replica, as `dtype` on this stage's device.
+    pub fn recv_tagged(&mut self, stage: usize, tag: Tag, dtype: DType) -> Result<Tensor> {
         let (transport, device) = (&mut *self.transport, self.device);
         let rank = transport.rank();
         self.inbox

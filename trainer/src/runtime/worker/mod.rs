@@ -3,7 +3,7 @@
 //! on a unit, never which schedule produced the list.
 
 use crate::error::{fail, Context, Error, Result};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use super::inbox::{incoming_order, Inbox};
 pub use super::input::IterationInput;
 
 mod compute;
+mod exchange;
 mod host_link;
 mod link;
 mod recompute;
@@ -29,6 +30,7 @@ use crate::model::layer::{LayerCtx, LayerWeights};
 use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
+pub(crate) use exchange::exchange_sends;
 use host_link::HostLink;
 use link::Link;
 pub use recompute::{Granularity, StageRecompute};
@@ -67,6 +69,10 @@ struct IterState {
     recomputed: HashSet<Unit>,
     loss: f64,
     answers: Answers,
+    /// Attention exchanges begun with each peer stage (their number tags the messages).
+    exchanges: HashMap<usize, u32>,
+    /// Attention score entries computed by the current action (see `record::Event`).
+    attention: u64,
 }
 
 /// A stage's model piece and gradient accumulators.
@@ -213,10 +219,12 @@ impl StageWorker {
         clock: Instant,
     ) -> Result<StageReport> {
         let program = &schedule.actions[self.spec.stage];
+        let layers = self.spec.chunk_layers.first().map_or(0, |r| r.len());
         let mut inbox = Inbox::new(incoming_order(
             schedule,
             self.spec.stage,
             self.spec.rank_offset,
+            layers,
         )?);
         let device = self.device.clone();
         let dtype = self
@@ -246,6 +254,8 @@ impl StageWorker {
             recomputed: self.recomputed_units(program)?,
             loss: 0.0,
             answers: Answers::default(),
+            exchanges: HashMap::new(),
+            attention: 0,
         };
         let mut rec = Recorder::new(self.spec.stage);
         for (step, a) in program.iter().enumerate() {
@@ -260,7 +270,8 @@ impl StageWorker {
                 .and_then(|()| join_offloads(&mut st, &joining))
                 .with_context(|| format!("stage {} step {step} ({text})", self.spec.stage))?;
             let end = clock.elapsed().as_secs_f64();
-            rec.action(text, a.op, start, end, st.store.held());
+            let attention = std::mem::take(&mut st.attention);
+            rec.action(text, a.op, (start, end), st.store.held(), attention);
         }
         join_all(&mut st)?;
         if !st.store.is_drained() {
@@ -309,8 +320,10 @@ impl StageWorker {
             settle_reload(st, &u)?;
         }
         match a.op {
-            Op::Forward => self.forward(input, st, a, k),
-            Op::Backward | Op::BackwardInput => self.backward_input(st, a, k, a.op == Op::Backward),
+            Op::Forward => self.forward(link, input, st, a, k),
+            Op::Backward | Op::BackwardInput => {
+                self.backward_input(link, input, st, a, k, a.op == Op::Backward)
+            }
             Op::BackwardWeight => {
                 let pending = st.store.take_pending(&u).ok_or_else(|| {
                     Error::Runtime("weight backward before input backward".into())

@@ -239,9 +239,10 @@ impl StageWorker {
             return Ok((h, None));
         }
         let u = Self::on_chunk(a, self.spec.chunk_layers.len() - 1);
-        let x = st.store.take(Slot::ActOut, &u).ok_or_else(|| {
-            Error::Runtime("HEAD before the last virtual stage's forward".into())
-        })?;
+        let x = st
+            .store
+            .take(Slot::ActOut, &u)
+            .ok_or_else(|| Error::Runtime("HEAD before the last virtual stage's forward".into()))?;
         let (h, inv) = rms_norm_forward(&x, &self.params[FINAL_NORM], self.model.norm_eps)?;
         let h = h.reshape(((), self.model.hidden))?;
         for (q, kind) in vocab_sends(a.op, stage, p) {
