@@ -196,16 +196,21 @@ impl Unit {
 }
 
 /// SlimPipe's attention context exchange on a compute action (forward, or the backward piece
-/// that makes the input gradient): its attention meets the same kind of action on `peer`, every
-/// layer. The heavy side (`head > 0`) hands the oldest `head` slices of its unit's K/V prefix
-/// (with its queries) to the light side, which attends to them and returns the result; the light
-/// side (`head = 0`) serves. Text: `@peer` after the action, `+head` on the heavy side.
+/// that makes the input gradient): every layer of it meets `peer`'s marked compute. The heavy
+/// side (`head > 0`) hands the oldest `head` slices of its unit's K/V prefix (with its queries)
+/// to the light side, which attends to them and returns the result; the light side (`head = 0`)
+/// serves, whatever compute it runs itself. `backward`: the exchanged attention is a backward
+/// (the heavy side's compute is one). Text: `@peer` after the action, then `+head` on the heavy
+/// side, or `b` on a light side serving a backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Pair {
     /// The partner stage.
     pub peer: Stage,
     /// Slices of this unit's prefix handed to the partner (0: this side serves).
     pub head: u32,
+    /// The exchanged attention is a backward.
+    #[serde(default)]
+    pub backward: bool,
 }
 
 /// One step of one stage's program: `op` applied to a unit on `stage`.
@@ -332,6 +337,8 @@ impl fmt::Display for Compact {
             write!(f, "@{}", pair.peer.0)?;
             if pair.head > 0 {
                 write!(f, "+{}", pair.head)?;
+            } else if pair.backward {
+                write!(f, "b")?;
             }
         }
         Ok(())
@@ -366,6 +373,7 @@ impl FromStr for Compact {
             Some((s, pair)) => (s, Some(parse_pair(text, pair)?)),
             None => (text.trim(), None),
         };
+
         let (stage, rest) = leading_digits(s);
         if stage.is_empty() {
             return Err(bad("expected a virtual stage number first".into()));
@@ -401,13 +409,24 @@ impl FromStr for Compact {
             op,
             mb: MicroBatch(parse_number(text, mb, "micro-batch")?),
             slice,
-            pair,
+            // A heavy side's direction is its own op's.
+            pair: pair.map(|p| match p.head {
+                0 => p,
+                _ => Pair {
+                    backward: op != Op::Forward,
+                    ..p
+                },
+            }),
         })
     }
 }
 
-/// The `peer[+head]` after an action's `@`.
+/// The `peer[+head]` or `peer[b]` after an action's `@`.
 fn parse_pair(text: &str, pair: &str) -> Result<Pair> {
+    let (pair, backward) = match pair.strip_suffix('b') {
+        Some(p) => (p, true),
+        None => (pair, false),
+    };
     let (peer, head) = pair.split_once('+').unwrap_or((pair, "0"));
     let number = |digits: &str, what| match digits.bytes().all(|b| b.is_ascii_digit()) {
         true if !digits.is_empty() => parse_number(text, digits, what),
@@ -421,5 +440,6 @@ fn parse_pair(text: &str, pair: &str) -> Result<Pair> {
     Ok(Pair {
         peer: Stage(number(peer, "peer stage")?),
         head: number(head, "slice count")?,
+        backward,
     })
 }

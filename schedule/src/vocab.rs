@@ -28,8 +28,6 @@
 //! );
 //! ```
 
-use std::collections::HashMap;
-
 use crate::action::{Action, Op, Unit};
 use crate::error::{Result, ScheduleError};
 use crate::ids::Stage;
@@ -69,6 +67,16 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
 ) -> Result<Schedule> {
     let base = strip_vocab(schedule);
     let lowered = if base.lowered { base } else { lower(&base)? };
+    if let Some(a) = lowered.iter().find(|a| a.pair.is_some()) {
+        // Partners meet; a cut between them would leave each waiting for the other.
+        return Err(ScheduleError::NotLowered {
+            reason: format!(
+                "{} takes part in an attention exchange: insert the vocabulary-parallel ops \
+                 first, then the exchange (`insert_exchange` pairs around them)",
+                lowered.text(a)
+            ),
+        });
+    }
     for a in lowered
         .actions
         .iter()
@@ -85,14 +93,12 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
         }
     }
     let sim = simulate(&lowered, &cost, &P2p::free())?;
-    let ends = pair_ends(&sim.timeline);
-    let meetings = meetings(&lowered, &sim.timeline, &ends);
+    let meetings = meetings(&lowered, &sim.timeline);
     let actions = sim
         .timeline
         .iter()
-        .zip(ends)
         .enumerate()
-        .map(|(r, (timed, ends))| with_meetings(r, timed, &ends, &meetings))
+        .map(|(r, timed)| with_meetings(r, timed, &meetings))
         .collect();
     Ok(Schedule {
         config: lowered.config,
@@ -102,13 +108,13 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
 }
 
 /// Every unit's three meetings, in the order every stage meets them.
-fn meetings(s: &Schedule, timeline: &[Vec<Timed>], ends: &[Vec<f64>]) -> Vec<Meeting> {
+fn meetings(s: &Schedule, timeline: &[Vec<Timed>]) -> Vec<Meeting> {
     let (p, last) = (s.config.stages, s.config.virtual_stages() - 1);
-    // Each owner's computes with their pair-aware ends.
+    // Each owner's computes with their ends.
     let owned = |stage: usize, vstage: u32| {
         timeline[stage]
             .iter()
-            .zip(ends[stage].iter().copied())
+            .map(|t| (t, t.end))
             .filter(move |(t, _)| t.action.virtual_stage(p).0 == vstage)
     };
     let meet = |at: f64, op: Op, a: &Action| Meeting {
@@ -135,45 +141,14 @@ fn meetings(s: &Schedule, timeline: &[Vec<Timed>], ends: &[Vec<f64>]) -> Vec<Mee
     out
 }
 
-/// Each action's end for the cuts: its own, or for an attention exchange the later of the two
-/// partners' (a cut must not fall between partners, who run together).
-fn pair_ends(timeline: &[Vec<Timed>]) -> Vec<Vec<f64>> {
-    let mut seen: HashMap<(usize, usize), u32> = HashMap::new();
-    let mut latest: HashMap<(usize, usize, u32), f64> = HashMap::new();
-    let mut keys = Vec::new();
-    for (r, timed) in timeline.iter().enumerate() {
-        for t in timed {
-            let key = t.action.pair.map(|pair| {
-                let q = pair.peer.index();
-                let n = seen.entry((r, q)).or_default();
-                *n += 1;
-                (r.min(q), r.max(q), *n)
-            });
-            if let Some(key) = key {
-                let end = latest.entry(key).or_insert(t.end);
-                *end = end.max(t.end);
-            }
-            keys.push((r, key, t.end));
-        }
-    }
-    let mut ends: Vec<Vec<f64>> = timeline
-        .iter()
-        .map(|t| Vec::with_capacity(t.len()))
-        .collect();
-    for (r, key, end) in keys {
-        ends[r].push(key.map_or(end, |k| latest[&k]));
-    }
-    ends
-}
-
-/// Stage `r`'s program with each meeting before its first action that ends (`ends`, pair-aware)
-/// after the meeting's instant.
-fn with_meetings(r: usize, timed: &[Timed], ends: &[f64], meetings: &[Meeting]) -> Vec<Action> {
+/// Stage `r`'s program with each meeting before its first action that ends after the meeting's
+/// instant.
+fn with_meetings(r: usize, timed: &[Timed], meetings: &[Meeting]) -> Vec<Action> {
     let mut out = Vec::with_capacity(timed.len() + meetings.len());
     let mut next = meetings.iter().peekable();
     let action = |m: &Meeting| Action::new(Stage(r as u32), Unit::new(m.mb, m.slice, 0), m.op);
-    for (t, &end) in timed.iter().zip(ends) {
-        while let Some(m) = next.next_if(|m| m.at < end) {
+    for t in timed {
+        while let Some(m) = next.next_if(|m| m.at < t.end) {
             out.push(action(m));
         }
         out.push(t.action);

@@ -1,7 +1,8 @@
 //! The rules of attention exchanges ([`crate::Pair`]): only forwards and input-gradient
-//! backwards exchange, with another stage of the pipeline, the heavy side handing at most the
-//! slices its unit has before it; and the `n`-th exchange of stage `r` with `q` meets the `n`-th
-//! of `q` with `r`: both forwards or both backwards, exactly one of them heavy. Whether they meet
+//! backwards exchange, with another stage of the pipeline, the heavy side in its own compute's
+//! direction and handing at most the slices its unit has before it; and the `n`-th exchange of
+//! stage `r` with `q` meets the `n`-th of `q` with `r`: the same direction, exactly one of them
+//! heavy. Whether they meet
 //! in an order that finishes is the dry run's business.
 
 use std::collections::HashMap;
@@ -21,7 +22,9 @@ pub(crate) fn exchange_violations(s: &Schedule, out: &mut Vec<Violation>) {
             let Some(pair) = a.pair else { continue };
             let peer = pair.peer.index();
             let exchanging = a.op == Op::Forward || a.op.makes_input_grad();
-            if !exchanging || peer == r || peer >= p || pair.head > a.slice.0 {
+            // A heavy side exchanges its own compute's direction.
+            let direction = pair.head == 0 || pair.backward == (a.op != Op::Forward);
+            if !exchanging || !direction || peer == r || peer >= p || pair.head > a.slice.0 {
                 push(out, s, a, Some(i), Rule::ExchangeOutOfPlace);
                 continue;
             }
@@ -39,8 +42,9 @@ pub(crate) fn exchange_violations(s: &Schedule, out: &mut Vec<Violation>) {
     }
 }
 
-/// Two exchanges meet when both are forwards or both backwards and exactly one hands slices.
+/// Two exchanges meet when they exchange the same direction and exactly one hands slices.
 fn meets(a: &Action, b: &Action) -> bool {
     let heavy = |x: &Action| x.pair.is_some_and(|p| p.head > 0);
-    (a.op == Op::Forward) == (b.op == Op::Forward) && heavy(a) != heavy(b)
+    let backward = |x: &Action| x.pair.is_some_and(|p| p.backward);
+    backward(a) == backward(b) && heavy(a) != heavy(b)
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
-use seqpipe_schedule::{generate, Lowered, ScheduleConfig};
+use seqpipe_schedule::{generate, strip_exchange, Lowered, ScheduleConfig};
 
 use super::admit::admit;
 use super::distributed::placement;
@@ -249,7 +249,13 @@ impl Pipeline {
             sharded.worker.host_bandwidth = worker.host_bandwidth;
             *rank = sharded;
         }
-        self.schedule = with_vocab_parallel(self.schedule.clone())?;
+        // The vocabulary ops go first; an exchange is paired again around their meetings.
+        let exchanged = self.schedule.iter().any(|a| a.pair.is_some());
+        let plain = Lowered::check(strip_exchange(&self.schedule))?;
+        self.schedule = with_vocab_parallel(plain)?;
+        if exchanged {
+            self.set_exchange()?;
+        }
         Ok(())
     }
 

@@ -88,12 +88,13 @@ pub fn plan_as_run(cfg: &TrainConfig) -> Result<(Lowered, Partition, TrainConfig
             (schedule, cfg.clone())
         }
     };
-    let schedule = match cfg.parallel.attention_exchange {
-        true => with_exchange(schedule, &partition)?,
-        false => schedule,
-    };
+    // The vocabulary ops first: the exchange pairs computes around their meetings.
     let schedule = match cfg.parallel.vocab_parallel {
         true => with_vocab_parallel(schedule)?,
+        false => schedule,
+    };
+    let schedule = match cfg.parallel.attention_exchange {
+        true => with_exchange(schedule, &partition)?,
         false => schedule,
     };
     Ok((schedule, partition, as_run))

@@ -20,7 +20,7 @@ use seqpipe_kernels::{
     attention_backward_unrounded, attention_forward, merge_attention, AttentionOptions, Mask,
     SliceKvCache,
 };
-use seqpipe_schedule::{Action, Op};
+use seqpipe_schedule::Action;
 
 use super::link::Link;
 use super::{IterState, IterationInput, StageWorker};
@@ -39,7 +39,7 @@ pub(crate) fn exchange_sends(a: &Action, layers: usize) -> Vec<(TagKind, u32, u3
     let Some(pair) = a.pair else {
         return Vec::new();
     };
-    let backward = usize::from(a.op != Op::Forward);
+    let backward = usize::from(pair.backward);
     let (kind, parts) = match pair.head > 0 {
         true => (TagKind::ExchangeAsk, ASK_PARTS[backward]),
         false => (TagKind::ExchangeAnswer, ANSWER_PARTS[backward]),
@@ -54,8 +54,9 @@ pub(crate) fn exchange_sends(a: &Action, layers: usize) -> Vec<(TagKind, u32, u3
 pub(super) enum Side {
     /// Hands the oldest `head` tokens of its prefix.
     Heavy { head: usize },
-    /// Attends for the partner.
-    Light,
+    /// Attends for the partner, after its own attention: the partner's forward, or (`backward`)
+    /// its backward.
+    Light { backward: bool },
 }
 
 /// One marked compute's attention site: its partner, side and messages.
@@ -128,6 +129,14 @@ impl Partner<'_, '_> {
         Ok(merge_attention(&o1, &l1, &answer[0], &answer[1])?)
     }
 
+    /// The light side's part of one layer: the partner's forward or backward request answered.
+    fn serve(&mut self, backward: bool, opts: &AttentionOptions) -> Result<()> {
+        match backward {
+            true => self.light_backward(opts),
+            false => self.light_forward(opts),
+        }
+    }
+
     fn light_forward(&mut self, opts: &AttentionOptions) -> Result<()> {
         let d = self.link.dtype;
         let ask = self.recv(TagKind::ExchangeAsk, &[d, d, d])?;
@@ -191,10 +200,10 @@ impl AttentionSite for Partner<'_, '_> {
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let result = match self.side {
             Side::Heavy { head } => self.heavy_forward(prefix, [q, k, v], opts, head),
-            Side::Light => prefix
+            Side::Light { backward } => prefix
                 .attend(q, k, v, opts)
                 .map_err(Error::from)
-                .and_then(|own| self.light_forward(opts).map(|()| own)),
+                .and_then(|own| self.serve(backward, opts).map(|()| own)),
         };
         let result = self.kept(result);
         self.call += 1;
@@ -210,10 +219,10 @@ impl AttentionSite for Partner<'_, '_> {
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let result = match self.side {
             Side::Heavy { head } => self.heavy_backward(cache, saved, d_out, opts, head),
-            Side::Light => cache
+            Side::Light { backward } => cache
                 .backward(&saved.q, &saved.o, &saved.lse, d_out, opts)
                 .map_err(Error::from)
-                .and_then(|own| self.light_backward(opts).map(|()| own)),
+                .and_then(|own| self.serve(backward, opts).map(|()| own)),
         };
         let result = self.kept(result);
         self.call += 1;
@@ -239,7 +248,9 @@ impl StageWorker {
         let n = *seq;
         *seq += 1;
         let side = match pair.head as usize {
-            0 => Side::Light,
+            0 => Side::Light {
+                backward: pair.backward,
+            },
             h => Side::Heavy {
                 head: input.slices.get(h).map(|r| r.start).ok_or_else(|| {
                     Error::Runtime(format!(
@@ -283,7 +294,7 @@ impl Side {
     pub(super) fn handed(self) -> usize {
         match self {
             Side::Heavy { head } => head,
-            Side::Light => 0,
+            Side::Light { .. } => 0,
         }
     }
 }
