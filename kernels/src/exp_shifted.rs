@@ -178,11 +178,13 @@ mod tests {
             m.to_dtype(candle_core::DType::F32)?,
         );
         let got = exp_shifted(&s32, &m32)?.to_dtype(candle_core::DType::F64)?;
-        let rel = ((got - &want)? / &want)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f64>()?;
-        assert!(rel < 1e-6, "f32 relative error {rel}");
+        // f32's own bound, element by element: `s − m` rounded to f32 moves `exp` by up to
+        // `|s − m|·2⁻²⁴` relative, and the polynomial adds at most 2 ulp (the inputs are random,
+        // so a fixed bound fails whenever a large `|s − m|` is drawn).
+        let rel = ((got - &want)? / &want)?.abs()?;
+        let bound = ((s.broadcast_sub(&m)?.abs()? + 4.0)? * f64::from(f32::EPSILON))?;
+        let over = rel.gt(&bound)?.to_dtype(candle_core::DType::F64)?.sum_all()?;
+        assert_eq!(over.to_scalar::<f64>()?, 0.0, "f32 errors {rel} over {bound}");
         // A non-contiguous view gives the same answer as its copy.
         let st = s32.transpose(2, 3)?;
         let mt = st.max_keepdim(3)?;

@@ -63,6 +63,37 @@ impl Inbox {
         }
     }
 
+    /// [`Inbox::recv`] without waiting: the tensor `tag` from `peer` if it, and everything the
+    /// peer sent before it, has arrived (`try_receive` returns `None` for a message not there).
+    pub fn try_recv(
+        &mut self,
+        peer: usize,
+        tag: Tag,
+        mut try_receive: impl FnMut(usize, Tag) -> Result<Option<Tensor>>,
+    ) -> Result<Option<Tensor>> {
+        if let Some(msg) = self.early.remove(&(peer, tag)) {
+            return Ok(Some(msg));
+        }
+        loop {
+            let Some(&next) = self.expected.get(&peer).and_then(VecDeque::front) else {
+                return Ok(None);
+            };
+            let Some(msg) = try_receive(peer, next)? else {
+                return Ok(None);
+            };
+            self.expected.get_mut(&peer).and_then(VecDeque::pop_front);
+            if next == tag {
+                return Ok(Some(msg));
+            }
+            self.early.insert((peer, next), msg);
+        }
+    }
+
+    /// Keeps a received tensor until [`Inbox::recv`] asks for it.
+    pub fn keep(&mut self, peer: usize, tag: Tag, t: Tensor) {
+        self.early.insert((peer, tag), t);
+    }
+
     /// Bytes of tensors received early and not yet used.
     pub fn held_bytes(&self) -> usize {
         self.early.values().map(crate::model::layer::bytes).sum()

@@ -33,6 +33,26 @@ pub fn recv_tensor(
     from_message(transport.recv(peer, tag)?, device)
 }
 
+/// [`recv_tensor`] without waiting: `None` while nothing from `peer` has arrived. (On an NCCL
+/// device path, which has no test for an arrival, it waits.)
+pub fn try_recv_tensor(
+    transport: &mut dyn Transport,
+    peer: usize,
+    tag: Tag,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    #[cfg(all(feature = "cuda", feature = "nccl"))]
+    if let (Device::Cuda(_), Some(_)) = (device, transport.as_nccl()) {
+        return recv_tensor(transport, peer, tag, dtype, device).map(Some);
+    }
+    let _ = dtype;
+    match transport.try_recv(peer, tag)? {
+        Some(msg) => Ok(Some(from_message(msg, device)?)),
+        None => Ok(None),
+    }
+}
+
 /// Packs a tensor (f32, f64 or bf16) into a message with its shape.
 pub fn to_message(t: &Tensor) -> Result<Message> {
     let shape = t.dims().to_vec();

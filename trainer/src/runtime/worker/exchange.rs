@@ -3,12 +3,17 @@
 //! its own marked compute at the same time.
 //!
 //! Forward, per layer: the heavy side sends its queries and the K/V of its oldest `head` prefix
-//! tokens, attends to the rest itself, and merges the partner's `(out, lse)` by log-sum-exp; the
-//! light side attends for itself, then attends the received queries to the received K/V with no
-//! mask and answers. Backward, per layer: the heavy side sends the queries, the K/V head and the
-//! merged `out`, `lse` and `dOut`; the light side answers with `dQ`, `dK`, `dV` of that part,
-//! which the heavy side adds to its own (`SliceKvCache::backward_split`). The records each side
-//! keeps are those of a forward without exchange, so a recomputation runs alone.
+//! tokens, attends to the rest itself, and merges the partner's `(out, lse)` by log-sum-exp. The
+//! light side runs its own compute (a forward or a backward) and, between its layers, answers
+//! every request that has arrived (the received queries attended to the received K/V, no mask);
+//! when its compute ends it answers the rest, waiting for them. So the light side never waits
+//! for a partner that is not there yet, and a heavy side waits at most for one of the light
+//! side's layers (once the light side has started).
+//!
+//! Backward, per layer: the heavy side sends the queries, the K/V head and the merged `out`,
+//! `lse` and `dOut`; the light side answers with `dQ`, `dK`, `dV` of that part, which the heavy
+//! side adds to its own (`SliceKvCache::backward_split`). The records each side keeps are those
+//! of a forward without exchange, so a recomputation runs alone.
 //!
 //! Tags: (exchange number of the two stages, layer call, part), both sides counting in program
 //! order; [`exchange_sends`] lists a marked compute's messages, and the inbox's expected order
@@ -69,6 +74,12 @@ pub(super) struct Partner<'l, 'a> {
     pub side: Side,
     /// Layer calls made so far.
     pub call: u32,
+    /// Layers of the exchanged compute: the requests a light side answers.
+    pub layers: u32,
+    /// Requests answered so far (light side).
+    pub answered: u32,
+    /// The attention options of the layers.
+    pub opts: AttentionOptions,
     /// The dtype of `lse` and of the answered gradients (f32, or f64).
     pub compute: DType,
     /// The first communication error, kept with its kind for the caller.
@@ -78,13 +89,23 @@ pub(super) struct Partner<'l, 'a> {
 }
 
 impl Partner<'_, '_> {
-    fn tag(&self, kind: TagKind, part: u32) -> Result<seqpipe_comm::Tag> {
-        Ok(seqpipe_comm::Tag::new(kind, self.seq, self.call, part)?)
+    /// The tag of `part` of the exchange's `index`-th request or answer.
+    fn tag(&self, kind: TagKind, index: u32, part: u32) -> Result<seqpipe_comm::Tag> {
+        Ok(seqpipe_comm::Tag::new(kind, self.seq, index, part)?)
+    }
+
+    /// The request or answer in flight: the heavy side's own layer call, the light side's
+    /// next answer.
+    fn index(&self) -> u32 {
+        match self.side {
+            Side::Heavy { .. } => self.call,
+            Side::Light { .. } => self.answered,
+        }
     }
 
     fn send(&mut self, kind: TagKind, parts: &[&Tensor]) -> Result<()> {
         for (part, t) in parts.iter().enumerate() {
-            let tag = self.tag(kind, part as u32)?;
+            let tag = self.tag(kind, self.index(), part as u32)?;
             self.link.send_tagged(self.peer, tag, t)?;
         }
         Ok(())
@@ -93,10 +114,34 @@ impl Partner<'_, '_> {
     fn recv(&mut self, kind: TagKind, dtypes: &[DType]) -> Result<Vec<Tensor>> {
         let mut out = Vec::with_capacity(dtypes.len());
         for (part, &dtype) in dtypes.iter().enumerate() {
-            let tag = self.tag(kind, part as u32)?;
+            let tag = self.tag(kind, self.index(), part as u32)?;
             out.push(self.link.recv_tagged(self.peer, tag, dtype)?);
         }
         Ok(out)
+    }
+
+    /// The light side between its own layers: answers every request that has arrived, without
+    /// waiting for one that has not (its partner may not have reached its compute yet).
+    fn serve_arrived(&mut self, backward: bool, opts: &AttentionOptions) -> Result<()> {
+        while self.answered < self.layers {
+            let tag = self.tag(TagKind::ExchangeAsk, self.answered, 0)?;
+            if !self.link.has_arrived(self.peer, tag, self.link.dtype)? {
+                break;
+            }
+            self.serve(backward, opts)?;
+        }
+        Ok(())
+    }
+
+    /// The light side after its own compute: answers the requests still to come, waiting.
+    fn finish(&mut self) -> Result<()> {
+        let opts = self.opts;
+        if let Side::Light { backward } = self.side {
+            while self.answered < self.layers {
+                self.serve(backward, &opts)?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps a communication error for the caller and hands candle a message naming it.
@@ -129,12 +174,14 @@ impl Partner<'_, '_> {
         Ok(merge_attention(&o1, &l1, &answer[0], &answer[1])?)
     }
 
-    /// The light side's part of one layer: the partner's forward or backward request answered.
+    /// The light side's answer to the partner's next forward or backward request.
     fn serve(&mut self, backward: bool, opts: &AttentionOptions) -> Result<()> {
         match backward {
-            true => self.light_backward(opts),
-            false => self.light_forward(opts),
+            true => self.light_backward(opts)?,
+            false => self.light_forward(opts)?,
         }
+        self.answered += 1;
+        Ok(())
     }
 
     fn light_forward(&mut self, opts: &AttentionOptions) -> Result<()> {
@@ -203,7 +250,7 @@ impl AttentionSite for Partner<'_, '_> {
             Side::Light { backward } => prefix
                 .attend(q, k, v, opts)
                 .map_err(Error::from)
-                .and_then(|own| self.serve(backward, opts).map(|()| own)),
+                .and_then(|own| self.serve_arrived(backward, opts).map(|()| own)),
         };
         let result = self.kept(result);
         self.call += 1;
@@ -222,7 +269,7 @@ impl AttentionSite for Partner<'_, '_> {
             Side::Light { backward } => cache
                 .backward(&saved.q, &saved.o, &saved.lse, d_out, opts)
                 .map_err(Error::from)
-                .and_then(|own| self.serve(backward, opts).map(|()| own)),
+                .and_then(|own| self.serve_arrived(backward, opts).map(|()| own)),
         };
         let result = self.kept(result);
         self.call += 1;
@@ -270,6 +317,9 @@ impl StageWorker {
             seq: n,
             side,
             call: 0,
+            layers: self.weights[a.chunk.index()].len() as u32,
+            answered: 0,
+            opts: self.attention,
             compute,
             error: None,
             served: 0,
@@ -309,7 +359,7 @@ pub(super) fn at_site<T>(
     let Some(mut partner) = partner else {
         return Ok((f(&mut Alone)?, 0, 0));
     };
-    let result = f(&mut partner);
+    let result = f(&mut partner).and_then(|t| partner.finish().map(|()| t));
     match (result, partner.error) {
         (Err(_), Some(e)) => Err(e),
         (result, _) => Ok((result?, partner.side.handed(), partner.served)),

@@ -8,7 +8,7 @@ use seqpipe_comm::{Tag, TagKind, Transport};
 use seqpipe_schedule::{Action, Lowered};
 
 use super::super::inbox::{message_tag, Inbox};
-use super::super::tensor_msg::{recv_tensor, send_tensor};
+use super::super::tensor_msg::{recv_tensor, send_tensor, try_recv_tensor};
 
 /// A stage's side of the links of one iteration.
 pub(super) struct Link<'a> {
@@ -68,6 +68,24 @@ impl Link<'_> {
         self.inbox
             .recv(rank, stage + self.rank_offset, tag, |peer, tag| {
                 recv_tensor(transport, peer, tag, dtype, device)
+            })
+    }
+
+    /// Whether `tag` from stage `stage` has arrived (it stays for [`Link::recv_tagged`]).
+    pub fn has_arrived(&mut self, stage: usize, tag: Tag, dtype: DType) -> Result<bool> {
+        let Some(t) = self.try_recv_tagged(stage, tag, dtype)? else {
+            return Ok(false);
+        };
+        self.inbox.keep(stage + self.rank_offset, tag, t);
+        Ok(true)
+    }
+
+    /// [`Link::recv_tagged`] without waiting: `None` while the message has not arrived.
+    fn try_recv_tagged(&mut self, stage: usize, tag: Tag, dtype: DType) -> Result<Option<Tensor>> {
+        let (transport, device) = (&mut *self.transport, self.device);
+        self.inbox
+            .try_recv(stage + self.rank_offset, tag, |peer, tag| {
+                try_recv_tensor(transport, peer, tag, dtype, device)
             })
     }
 
