@@ -183,8 +183,15 @@ mod tests {
         // so a fixed bound fails whenever a large `|s − m|` is drawn).
         let rel = ((got - &want)? / &want)?.abs()?;
         let bound = ((s.broadcast_sub(&m)?.abs()? + 4.0)? * f64::from(f32::EPSILON))?;
-        let over = rel.gt(&bound)?.to_dtype(candle_core::DType::F64)?.sum_all()?;
-        assert_eq!(over.to_scalar::<f64>()?, 0.0, "f32 errors {rel} over {bound}");
+        let over = rel
+            .gt(&bound)?
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?;
+        assert_eq!(
+            over.to_scalar::<f64>()?,
+            0.0,
+            "f32 errors {rel} over {bound}"
+        );
         // A non-contiguous view gives the same answer as its copy.
         let st = s32.transpose(2, 3)?;
         let mt = st.max_keepdim(3)?;
