@@ -9,11 +9,12 @@ mod common;
 use std::time::Duration;
 
 use candle_core::DType;
-use common::{full_params, pipeline_of, reference, tiny_model, uniform_input, worst_rel_err};
+use common::{assert_matches_reference, pipeline_of, tiny_model, uniform_input};
 use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::model::ModelConfig;
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::recompute::Recompute;
+use seqpipe_trainer::runtime::record::steady_attention_ratios;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
 const SEQ: usize = 16;
@@ -50,24 +51,6 @@ fn cases() -> Vec<ScheduleConfig> {
     out
 }
 
-/// Runs one iteration and checks it against the single-device reference.
-fn check(pl: &mut Pipeline, model: &ModelConfig, inp: &IterationInput, tol: f64, what: &str) {
-    let params = full_params(
-        model,
-        SEED,
-        pl.ranks[0].worker.params.values().next().unwrap().dtype(),
-    );
-    let (reports, _) = pl.run_iteration(inp).unwrap();
-    let loss: f64 = reports.iter().map(|r| r.loss).sum();
-    let (ref_loss, ref_grads) = reference::loss_and_grads(model, &params, &inp.tokens);
-    assert!(
-        (loss - ref_loss).abs() <= tol * ref_loss.abs(),
-        "{what}: loss {loss} vs {ref_loss}"
-    );
-    let (err, name) = worst_rel_err(&pl.gradients().unwrap(), &ref_grads);
-    assert!(err <= tol, "{what}: gradient of {name} off by {err:e}");
-}
-
 #[test]
 fn exchanged_attention_matches_single_device_f64() {
     let model = tiny_model();
@@ -92,9 +75,10 @@ fn exchanged_attention_matches_single_device_f64() {
             assert!(heavy(true) + heavy(false) > 0, "{what}: nothing exchanged");
             exchanged[0] += heavy(true);
             exchanged[1] += heavy(false);
-            check(
+            assert_matches_reference(
                 &mut pl,
                 &model,
+                SEED,
                 &input(&model, 4, cfg.slices as usize),
                 1e-10,
                 &what,
@@ -115,11 +99,11 @@ fn exchanged_attention_matches_in_f32_and_with_recomputation() {
         .with_chunks(2);
     let inp = input(&model, 4, 8);
     let mut pl = pipeline(&model, cfg, DType::F32, true);
-    check(&mut pl, &model, &inp, 1e-5, "f32");
+    assert_matches_reference(&mut pl, &model, SEED, &inp, 1e-5, "f32");
     let mut pl = pipeline(&model, cfg, DType::F64, false);
     pl.set_recompute("full".parse::<Recompute>().unwrap())
         .unwrap();
-    check(&mut pl, &model, &inp, 1e-10, "full recomputation");
+    assert_matches_reference(&mut pl, &model, SEED, &inp, 1e-10, "full recomputation");
 }
 
 #[test]
@@ -140,32 +124,6 @@ fn nothing_to_exchange_is_refused_by_name() {
     );
     let e = uneven.unwrap().set_exchange().unwrap_err().to_string();
     assert!(e.contains("[3, 5]"), "{e}");
-}
-
-/// Per steady forward step (the k-th steady forward of every stage), the largest stage's
-/// attention score entries over the smallest's, as the executor counted them.
-fn step_ratios(reports: &[seqpipe_trainer::runtime::StageReport]) -> Vec<f64> {
-    let steady: Vec<Vec<u64>> = reports
-        .iter()
-        .map(|r| {
-            let first_backward = r.events.iter().position(|e| e.op.makes_input_grad());
-            r.events
-                .iter()
-                .enumerate()
-                .filter(|(i, e)| {
-                    e.op == seqpipe_schedule::Op::Forward && first_backward.is_some_and(|b| b < *i)
-                })
-                .map(|(_, e)| e.attention)
-                .collect()
-        })
-        .collect();
-    let steps = steady.iter().map(Vec::len).min().unwrap_or(0);
-    (0..steps)
-        .map(|k| {
-            let at: Vec<u64> = steady.iter().map(|s| s[k]).collect();
-            *at.iter().max().unwrap() as f64 / *at.iter().min().unwrap() as f64
-        })
-        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -193,7 +151,7 @@ fn the_exchange_evens_out_the_attention_of_steady_steps() {
             .flat_map(|r| &r.events)
             .map(|e| e.attention)
             .sum();
-        let ratios = step_ratios(&reports);
+        let ratios = steady_attention_ratios(&reports);
         let (med, max) = (
             median(ratios.clone()),
             ratios.iter().copied().fold(0.0, f64::max),
@@ -217,4 +175,58 @@ fn the_exchange_evens_out_the_attention_of_steady_steps() {
         with.0 < without.0 && with.1 < without.1,
         "{with:?} vs {without:?}"
     );
+}
+
+/// A schedule file's exchange marks run only in a run that exchanges; otherwise they are named.
+#[test]
+fn a_schedule_file_with_exchanges_needs_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x.json");
+    let shape = [
+        "--stages",
+        "2",
+        "--microbatches",
+        "4",
+        "--slices",
+        "4",
+        "--chunks",
+        "1",
+    ];
+    let (ok, json, err) = common::seqpipe(
+        &[
+            &[
+                "schedule",
+                "--kind",
+                "seq1f1b",
+                "--exchange",
+                "--format",
+                "json",
+            ][..],
+            &shape,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    std::fs::write(&file, json).unwrap();
+    let run = [
+        &[
+            "train",
+            "--schedule",
+            "seq1f1b",
+            "--steps",
+            "1",
+            "--seq-len",
+            "32",
+        ][..],
+        &shape,
+    ]
+    .concat();
+    let with_file = [&run[..], &["--schedule-file", file.to_str().unwrap()]].concat();
+    let (ok, _, err) = common::seqpipe(&with_file);
+    assert!(
+        !ok && err.contains("set parallel.attention_exchange = true"),
+        "{err}"
+    );
+    let (ok, _, err) = common::seqpipe(&[&with_file[..], &["--exchange"]].concat());
+    assert!(ok, "{err}");
 }

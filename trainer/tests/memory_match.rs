@@ -421,6 +421,10 @@ fn vocabulary_parallel_stages_are_predicted_and_the_last_sheds_the_head_record()
         ),
         (c(Seq1F1B, 2, 4).with_slices(2), Slicing::Uniform),
         (c(ZbH1, 2, 4), Slicing::None),
+        (
+            c(SlimPipe, 1, 2).with_slices(2).with_chunks(2),
+            Slicing::Uniform,
+        ),
     ];
     let mut mismatches = Vec::new();
     for (cfg, slicing) in cases {

@@ -119,11 +119,12 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
         vocab: 0.25,
         ..UnitCosts::new(1.0, 2.0)
     };
-    if args.exchange {
-        schedule = insert_exchange(&lower(&schedule)?, |a| costs.cost(a))?;
-    }
+    // The vocabulary ops first: the exchange pairs computes around their meetings.
     if args.vocab_parallel {
         schedule = insert_vocab_parallel(&schedule, |a| costs.cost(a))?;
+    }
+    if args.exchange {
+        schedule = insert_exchange(&lower(&schedule)?, |a| costs.cost(a))?;
     }
     let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free())?;
     let mut out = std::io::stdout().lock();

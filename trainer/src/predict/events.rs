@@ -295,7 +295,10 @@ fn transient_at(
             }
         }
         Op::Backward | Op::BackwardInput => {
-            if !last {
+            if vp && k == setup.last_vstage {
+                // The `HEAD` action's gradient, whatever the stage count.
+                frees.push(format!("gradient in {u}"));
+            } else if !last {
                 frees.push(backward_input(setup, &u));
             }
             if !first {

@@ -59,7 +59,26 @@ pub fn load_schedule(cfg: &TrainConfig, config: &ScheduleConfig) -> Result<Lower
 fn admitted(lowered: Lowered, cfg: &TrainConfig) -> Result<Lowered> {
     admit(&lowered, &cfg.parallel.recompute)?;
     admit_vocab(&lowered, cfg.parallel.vocab_parallel)?;
+    admit_exchange(&lowered, cfg.parallel.attention_exchange)?;
     Ok(lowered)
+}
+
+/// Refuses attention-exchange marks in a run that does not exchange, naming the first.
+pub fn admit_exchange(schedule: &Lowered, attention_exchange: bool) -> Result<()> {
+    if attention_exchange {
+        return Ok(());
+    }
+    for (stage, program) in schedule.actions.iter().enumerate() {
+        if let Some((i, a)) = program.iter().enumerate().find(|(_, a)| a.pair.is_some()) {
+            fail!(
+                Config,
+                "stage {stage}, action {i}: {} takes part in an attention exchange, but the run \
+                 does not exchange: set parallel.attention_exchange = true",
+                schedule.text(a)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Refuses vocabulary-parallel actions in a run that holds whole tables, naming the first.

@@ -232,3 +232,26 @@ pub fn uniform_input(
         normaliser: (m * batch * seq) as f64,
     }
 }
+
+/// Runs one iteration of `pl` on `inp` and checks its loss and every gradient against
+/// single-device training of `model` from `seed` (relative `tol`); `what` names the case.
+pub fn assert_matches_reference(
+    pl: &mut seqpipe_trainer::runtime::Pipeline,
+    model: &ModelConfig,
+    seed: u64,
+    inp: &seqpipe_trainer::runtime::IterationInput,
+    tol: f64,
+    what: &str,
+) {
+    let dtype = pl.ranks[0].worker.params.values().next().unwrap().dtype();
+    let params = full_params(model, seed, dtype);
+    let (reports, _) = pl.run_iteration(inp).unwrap();
+    let loss: f64 = reports.iter().map(|r| r.loss).sum();
+    let (ref_loss, ref_grads) = reference::loss_and_grads(model, &params, &inp.tokens);
+    assert!(
+        (loss - ref_loss).abs() <= tol * ref_loss.abs(),
+        "{what}: loss {loss} vs {ref_loss}"
+    );
+    let (err, name) = worst_rel_err(&pl.gradients().unwrap(), &ref_grads);
+    assert!(err <= tol, "{what}: gradient of {name} off by {err:e}");
+}

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 use seqpipe_schedule::{simulate, Action, Lowered, Op, P2p};
 use seqpipe_trainer::config::{ParallelConfig, Precision, TrainConfig};
+use seqpipe_trainer::runtime::record::steady_attention_ratios;
 use seqpipe_trainer::runtime::StageReport;
 
 use super::offload::{input, median, pipeline};
@@ -98,24 +99,7 @@ fn computes(steps: &[Vec<StageReport>], schedule: &Lowered) -> HashMap<Action, (
 
 /// The steady steps' largest over smallest stage attention: (median, largest).
 fn step_ratio(reports: &[StageReport]) -> (f64, f64) {
-    let steady: Vec<Vec<u64>> = reports
-        .iter()
-        .map(|r| {
-            let first = r.events.iter().position(|e| e.op.makes_input_grad());
-            let forwards = r.events.iter().enumerate();
-            forwards
-                .filter(|(i, e)| e.op == Op::Forward && first.is_some_and(|b| b < *i))
-                .map(|(_, e)| e.attention)
-                .collect()
-        })
-        .collect();
-    let steps = steady.iter().map(Vec::len).min().unwrap_or(0);
-    let ratios: Vec<f64> = (0..steps)
-        .map(|k| {
-            let at: Vec<f64> = steady.iter().map(|s| s[k] as f64).collect();
-            at.iter().copied().fold(0.0, f64::max) / at.iter().copied().fold(f64::MAX, f64::min)
-        })
-        .collect();
+    let ratios = steady_attention_ratios(reports);
     match ratios.is_empty() {
         true => (1.0, 1.0),
         false => (
