@@ -197,7 +197,7 @@ impl Unit {
 
 /// SlimPipe's attention context exchange on a compute action (forward, or the backward piece
 /// that makes the input gradient): every layer of it meets `peer`'s marked compute. The heavy
-/// side (`head > 0`) hands the oldest `head` slices of its unit's K/V prefix (with its queries)
+/// side (`head > 0`) hands the oldest `head` tokens of its unit's K/V prefix (with its queries)
 /// to the light side, which attends to them and returns the result; the light side (`head = 0`)
 /// serves, whatever compute it runs itself. `backward`: the exchanged attention is a backward
 /// (the heavy side's compute is one). Text: `@peer` after the action, then `+head` on the heavy
@@ -206,7 +206,7 @@ impl Unit {
 pub struct Pair {
     /// The partner stage.
     pub peer: Stage,
-    /// Slices of this unit's prefix handed to the partner (0: this side serves).
+    /// Tokens of this unit's prefix handed to the partner (0: this side serves).
     pub head: u32,
     /// The exchanged attention is a backward.
     #[serde(default)]

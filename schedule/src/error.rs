@@ -121,6 +121,18 @@ pub enum ScheduleError {
         /// One past the largest valid value.
         limit: u32,
     },
+    /// The slice boundaries given to a pass do not describe the schedule's slices.
+    #[error(
+        "slice bounds {bounds:?}: a schedule of {slices} slices needs {} token offsets, \
+         strictly increasing from 0 (slice j is bounds[j]..bounds[j + 1])",
+        .slices + 1
+    )]
+    BadSliceBounds {
+        /// The offsets given.
+        bounds: Vec<u64>,
+        /// Slices per sequence of the schedule.
+        slices: u32,
+    },
     /// A schedule cannot be executed: stages wait on each other forever.
     #[error("deadlock: {}", describe_blocked(.blocked))]
     Deadlock {

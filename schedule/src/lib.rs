@@ -51,7 +51,9 @@ pub mod vocab;
 pub use action::{Action, Compact, Op, Pair, Unit};
 pub use cost::{CostTable, UnitCosts};
 pub use error::{Blocked, Result, ScheduleError};
-pub use exchange::{insert_exchange, strip_exchange};
+pub use exchange::{
+    exchange_costs, insert_exchange, strip_exchange, AttentionCosts, ExchangePolicy,
+};
 pub use gen::{
     elastic, generate, gis, gpipe, group_pipelines, interleaved, longest_first, one_f_one_b,
     seq1f1b, seq1f1b_interleaved, slimpipe, zb_h1, ElasticSchedule, Grouping,

@@ -172,7 +172,11 @@ proptest! {
     }
 
     #[test]
-    fn attention_exchange_pairs_keep_every_schedule_valid(config in any_config(), vocab in any::<bool>()) {
+    fn attention_exchange_pairs_keep_every_schedule_valid(
+        config in any_config(),
+        vocab in any::<bool>(),
+        lengths in proptest::collection::vec(1u64..=40, 12),
+    ) {
         let lowered = lower(&generate(&config).unwrap()).unwrap();
         let costs = UnitCosts::new(1.0, 2.0);
         // Vocabulary ops first: the exchange then pairs computes around their meetings.
@@ -180,7 +184,24 @@ proptest! {
             true => insert_vocab_parallel(&lowered, |a| costs.cost(a)).unwrap(),
             false => lowered.clone(),
         };
-        let x = insert_exchange(&base, |a| costs.cost(a)).unwrap();
+        // Slices of random lengths: heads count tokens and never pass the slice's prefix.
+        let bounds: Vec<u64> = std::iter::once(0)
+            .chain(lengths.iter().take(config.slices as usize).scan(0, |end, l| {
+                *end += l;
+                Some(*end)
+            }))
+            .collect();
+        let times = AttentionCosts::new(&bounds, 0.5);
+        let (cost, column) = (|a: &Action| times.cost(a), |a: &Action| times.column(a));
+        let x = insert_exchange(&base, cost, column, &bounds, ExchangePolicy::Level).unwrap();
+        // Keeping only the pairs that shorten it never lengthens the simulated iteration.
+        let short = insert_exchange(&base, cost, column, &bounds, ExchangePolicy::Shorten).unwrap();
+        let span = |s: &Schedule| simulate(s, exchange_costs(s, cost, column), &P2p::free()).unwrap().makespan;
+        prop_assert!(span(&short) <= span(&base) * (1.0 + 1e-12));
+        for a in x.iter() {
+            let head = a.pair.map_or(0, |p| u64::from(p.head));
+            prop_assert!(head <= bounds[a.slice.index()], "{} with bounds {:?}", x.text(a), bounds);
+        }
         let violations = validate(&x);
         prop_assert!(violations.is_empty(), "{}", validate::render_violations(&x, &violations));
         prop_assert_eq!(&strip_exchange(&x), &base);

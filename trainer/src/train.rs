@@ -10,13 +10,15 @@ use crate::runtime::recompute::Recompute;
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
 use seqpipe_schedule::{
-    simulate, Action, Op, P2p, Schedule, ScheduleConfig, ScheduleKind, Simulation,
+    exchange_costs, simulate, strip_exchange, Action, Op, P2p, Schedule, ScheduleConfig,
+    ScheduleKind, Simulation,
 };
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::checkpoint::store::CheckpointDir;
 use crate::config::{DataKind, SlicingMethod, TrainConfig};
 use crate::data::{entropy, RetrievalSource};
+use crate::model::ModelConfig;
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::runtime::budget::predicted_stage_peaks;
 use crate::runtime::error::combine;
@@ -68,6 +70,9 @@ pub struct TrainSummary {
     pub measured_bubble: f64,
     /// Simulated bubble ratio of the same schedule with FLOP-proportional costs.
     pub simulated_bubble: f64,
+    /// With the attention exchange: its pairs (heavy sides), and the simulated bubble of the
+    /// same schedule without them.
+    pub exchange: Option<(usize, f64)>,
     /// The share of this machine's cores the same simulation keeps busy when the stage threads
     /// share them (`Simulation::core_use`): `1 − bubble` with a core per stage.
     pub simulated_core_use: f64,
@@ -149,7 +154,43 @@ pub fn simulate_flops(
     partition: &Partition,
     slices: &[Range<usize>],
 ) -> Result<Simulation> {
-    let shape = cfg.model.shape();
+    let (model, p) = (&cfg.model, cfg.parallel.stages);
+    let cost = flop_cost(model, p, partition, slices);
+    let priced = exchange_costs(schedule, cost, flop_column(model, p, partition, slices));
+    Ok(simulate(schedule, priced, &P2p::free())?)
+}
+
+/// What one token of its prefix costs a compute, in [`flop_cost`]'s FLOPs: its slice's queries
+/// against one key in every layer of its virtual stage, the scores and their gradients in a
+/// backward (the attention exchange moves such columns).
+pub fn flop_column<'a>(
+    model: &ModelConfig,
+    stages: u32,
+    partition: &'a Partition,
+    slices: &'a [Range<usize>],
+) -> impl Fn(&Action) -> f64 + 'a {
+    let per_pair = model.shape().layer_attention_flops_per_pair();
+    move |a: &Action| {
+        let layers = partition.ranges[a.virtual_stage(stages).index()].len() as f64;
+        let tokens = slices[a.slice.index()].len() as f64;
+        let weight = match a.op {
+            Op::Forward => 1.0,
+            op if op.makes_input_grad() => 2.0,
+            _ => 0.0,
+        };
+        weight * layers * per_pair * tokens
+    }
+}
+
+/// Each compute's FLOPs on a pipeline of `stages` (layers of its virtual stage over its slice's
+/// tokens, plus the LM head on the last; a backward twice a forward), other actions free.
+pub fn flop_cost<'a>(
+    model: &ModelConfig,
+    stages: u32,
+    partition: &'a Partition,
+    slices: &'a [Range<usize>],
+) -> impl Fn(&Action) -> f64 + 'a {
+    let shape = model.shape();
     let layer = CostModel {
         per_pair: shape.layer_attention_flops_per_pair(),
         per_token: shape.layer_linear_flops_per_token(),
@@ -157,12 +198,11 @@ pub fn simulate_flops(
         backward_factor: 2.0,
         unit: seqpipe_slicing::CostUnit::Flops,
     };
-    let p = cfg.parallel.stages;
     let last = partition.ranges.len() - 1;
     let head_per_token = 2.0 * (shape.hidden * shape.vocab) as f64;
-    let forward = |a: &Action| {
+    let forward = move |a: &Action| {
         let r = &slices[a.slice.index()];
-        let k = a.virtual_stage(p).index();
+        let k = a.virtual_stage(stages).index();
         let layers = partition.ranges[k].len() as f64;
         let head = if k == last {
             head_per_token * r.len() as f64
@@ -171,13 +211,12 @@ pub fn simulate_flops(
         };
         layers * layer.forward(r.start as u64, r.end as u64) + head
     };
-    let cost = |a: &Action| match a.op {
+    move |a: &Action| match a.op {
         Op::Forward => forward(a),
         Op::Backward => 2.0 * forward(a),
         Op::BackwardInput | Op::BackwardWeight => forward(a),
         _ => 0.0,
-    };
-    Ok(simulate(schedule, cost, &P2p::free())?)
+    }
 }
 
 /// Pipeline stages run as threads, so each candle op should use one thread: candle's own pool
@@ -396,6 +435,7 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         peak_flops,
         measured_bubble: measured_bubble(&last_step),
         simulated_bubble: simulated_bubble(cfg, &schedule, &partition, &slices)?,
+        exchange: exchange_figures(cfg, &schedule, &partition, &slices)?,
         simulated_core_use: {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             simulate_flops(cfg, &schedule, &partition, &slices)?.core_use(cores)
@@ -410,6 +450,27 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         recompute: as_run.parallel.recompute.clone(),
         last_step,
     })
+}
+
+/// The exchange's pairs and the simulated bubble without them, when `schedule` exchanges.
+fn exchange_figures(
+    cfg: &TrainConfig,
+    schedule: &Schedule,
+    partition: &Partition,
+    slices: &[Range<usize>],
+) -> Result<Option<(usize, f64)>> {
+    let pairs = schedule
+        .iter()
+        .filter(|a| a.pair.is_some_and(|p| p.head > 0))
+        .count();
+    if pairs == 0 {
+        return Ok(None);
+    }
+    let plain = strip_exchange(schedule);
+    Ok(Some((
+        pairs,
+        simulated_bubble(cfg, &plain, partition, slices)?,
+    )))
 }
 
 /// How many `op` actions each stage's program holds.

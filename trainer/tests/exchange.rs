@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use candle_core::DType;
 use common::{assert_matches_reference, pipeline_of, tiny_model, uniform_input};
+use seqpipe_schedule::ExchangePolicy::Level;
 use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::model::ModelConfig;
 use seqpipe_trainer::optim::OptimConfig;
@@ -21,12 +22,18 @@ const SEQ: usize = 16;
 const BATCH: usize = 2;
 const SEED: u64 = 13;
 
-fn pipeline(model: &ModelConfig, cfg: ScheduleConfig, dtype: DType, vocab: bool) -> Pipeline {
+fn pipeline(
+    model: &ModelConfig,
+    cfg: ScheduleConfig,
+    dtype: DType,
+    vocab: bool,
+    inp: &IterationInput,
+) -> Pipeline {
     let mut pl = pipeline_of(model, cfg, dtype, SEED);
     if vocab {
         pl.set_vocab_parallel().unwrap();
     }
-    pl.set_exchange().unwrap();
+    pl.set_exchange(&inp.slices, Level).unwrap();
     pl
 }
 
@@ -63,7 +70,8 @@ fn exchanged_attention_matches_single_device_f64() {
                 "{:?} p={} n={} v={} vocab {vocab}",
                 cfg.kind, cfg.stages, cfg.slices, cfg.chunks
             );
-            let mut pl = pipeline(&model, cfg, DType::F64, vocab);
+            let inp = input(&model, 4, cfg.slices as usize);
+            let mut pl = pipeline(&model, cfg, DType::F64, vocab, &inp);
             // Forwards and backwards both exchange.
             let heavy = |forward: bool| {
                 pl.schedule
@@ -75,14 +83,7 @@ fn exchanged_attention_matches_single_device_f64() {
             assert!(heavy(true) + heavy(false) > 0, "{what}: nothing exchanged");
             exchanged[0] += heavy(true);
             exchanged[1] += heavy(false);
-            assert_matches_reference(
-                &mut pl,
-                &model,
-                SEED,
-                &input(&model, 4, cfg.slices as usize),
-                1e-10,
-                &what,
-            );
+            assert_matches_reference(&mut pl, &model, SEED, &inp, 1e-10, &what);
         }
     }
     assert!(
@@ -98,9 +99,9 @@ fn exchanged_attention_matches_in_f32_and_with_recomputation() {
         .with_slices(8)
         .with_chunks(2);
     let inp = input(&model, 4, 8);
-    let mut pl = pipeline(&model, cfg, DType::F32, true);
+    let mut pl = pipeline(&model, cfg, DType::F32, true, &inp);
     assert_matches_reference(&mut pl, &model, SEED, &inp, 1e-5, "f32");
-    let mut pl = pipeline(&model, cfg, DType::F64, false);
+    let mut pl = pipeline(&model, cfg, DType::F64, false, &inp);
     pl.set_recompute("full".parse::<Recompute>().unwrap())
         .unwrap();
     assert_matches_reference(&mut pl, &model, SEED, &inp, 1e-10, "full recomputation");
@@ -111,8 +112,11 @@ fn nothing_to_exchange_is_refused_by_name() {
     let model = tiny_model();
     let cfg = ScheduleConfig::new(ScheduleKind::OneFOneB, 2, 4);
     let mut pl = pipeline_of(&model, cfg, DType::F64, SEED);
-    let e = pl.set_exchange().unwrap_err().to_string();
-    assert!(e.contains("pairs no steady steps"), "{e}");
+    let e = pl
+        .set_exchange(&input(&model, 4, 1).slices, Level)
+        .unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("no steady step of this schedule pairs"), "{e}");
     let uneven = Pipeline::new(
         &model,
         ScheduleConfig::new(ScheduleKind::Seq1F1B, 2, 4).with_slices(4),
@@ -122,7 +126,12 @@ fn nothing_to_exchange_is_refused_by_name() {
         DType::F64,
         Duration::from_secs(30),
     );
-    let e = uneven.unwrap().set_exchange().unwrap_err().to_string();
+    let slices = input(&model, 4, 4).slices;
+    let e = uneven
+        .unwrap()
+        .set_exchange(&slices, Level)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("[3, 5]"), "{e}");
 }
 
@@ -143,7 +152,7 @@ fn the_exchange_evens_out_the_attention_of_steady_steps() {
     for exchange in [false, true] {
         let mut pl = pipeline_of(&model, cfg, DType::F64, SEED);
         if exchange {
-            pl.set_exchange().unwrap();
+            pl.set_exchange(&inp.slices, Level).unwrap();
         }
         let (reports, _) = pl.run_iteration(&inp).unwrap();
         let total: u64 = reports
@@ -199,6 +208,8 @@ fn a_schedule_file_with_exchanges_needs_the_setting() {
                 "--kind",
                 "seq1f1b",
                 "--exchange",
+                "--seq-len",
+                "32",
                 "--format",
                 "json",
             ][..],
@@ -209,24 +220,24 @@ fn a_schedule_file_with_exchanges_needs_the_setting() {
     assert!(ok, "{err}");
     std::fs::write(&file, json).unwrap();
     let run = [
-        &[
-            "train",
-            "--schedule",
-            "seq1f1b",
-            "--steps",
-            "1",
-            "--seq-len",
-            "32",
-        ][..],
+        &["train", "--schedule", "seq1f1b", "--steps", "1"][..],
         &shape,
     ]
     .concat();
     let with_file = [&run[..], &["--schedule-file", file.to_str().unwrap()]].concat();
-    let (ok, _, err) = common::seqpipe(&with_file);
+    let (ok, _, err) = common::seqpipe(&[&with_file[..], &["--seq-len", "32"]].concat());
     assert!(
         !ok && err.contains("set parallel.attention_exchange = true"),
         "{err}"
     );
-    let (ok, _, err) = common::seqpipe(&[&with_file[..], &["--exchange"]].concat());
+    let exchanging = [&with_file[..], &["--exchange", "--seq-len", "32"]].concat();
+    let (ok, _, err) = common::seqpipe(&exchanging);
     assert!(ok, "{err}");
+    // Paired for 32 tokens, the file hands more than 16-token sequences have before a slice.
+    let short = [&with_file[..], &["--exchange", "--seq-len", "16"]].concat();
+    let (ok, _, err) = common::seqpipe(&short);
+    assert!(
+        !ok && err.contains("tokens of its prefix, but slice"),
+        "{err}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The rules of attention exchanges ([`crate::Pair`]): only forwards and input-gradient
 //! backwards exchange, with another stage of the pipeline, the heavy side in its own compute's
-//! direction and handing at most the slices its unit has before it; and the `n`-th exchange of
+//! direction and handing part of a prefix, so never from a sequence's first slice (the token
+//! count against the prefix's length is the executor's business, which knows the tokens); and the `n`-th exchange of
 //! stage `r` with `q` meets the `n`-th of `q` with `r`: the same direction, exactly one of them
 //! heavy. Whether they meet
 //! in an order that finishes is the dry run's business.
@@ -24,7 +25,12 @@ pub(crate) fn exchange_violations(s: &Schedule, out: &mut Vec<Violation>) {
             let exchanging = a.op == Op::Forward || a.op.makes_input_grad();
             // A heavy side exchanges its own compute's direction.
             let direction = pair.head == 0 || pair.backward == (a.op != Op::Forward);
-            if !exchanging || !direction || peer == r || peer >= p || pair.head > a.slice.0 {
+            if !exchanging
+                || !direction
+                || peer == r
+                || peer >= p
+                || (pair.head > 0 && a.slice.0 == 0)
+            {
                 push(out, s, a, Some(i), Rule::ExchangeOutOfPlace);
                 continue;
             }
@@ -42,7 +48,7 @@ pub(crate) fn exchange_violations(s: &Schedule, out: &mut Vec<Violation>) {
     }
 }
 
-/// Two exchanges meet when they exchange the same direction and exactly one hands slices.
+/// Two exchanges meet when they exchange the same direction and exactly one hands tokens.
 fn meets(a: &Action, b: &Action) -> bool {
     let heavy = |x: &Action| x.pair.is_some_and(|p| p.head > 0);
     let backward = |x: &Action| x.pair.is_some_and(|p| p.backward);

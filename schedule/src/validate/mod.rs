@@ -96,8 +96,8 @@ pub enum Rule {
     /// `EMBED_B` before virtual stage 0's input-gradient backward.
     VocabOpOutOfPlace,
     /// An attention exchange on an action that cannot exchange (not a forward or an
-    /// input-gradient backward), with itself or a stage outside the pipeline, or handing more
-    /// slices than its unit has before it.
+    /// input-gradient backward), with itself or a stage outside the pipeline, or handing a
+    /// prefix from a sequence's first slice, which has none.
     ExchangeOutOfPlace,
     /// An attention exchange its partner does not meet: the partner's exchange with this stage at
     /// the same count is missing, of the other direction, or not the other side (one heavy, one

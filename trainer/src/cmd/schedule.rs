@@ -8,9 +8,11 @@ use clap::{Args, ValueEnum};
 use seqpipe_schedule::render::{grid, timeline, write_chrome_trace, write_svg};
 use seqpipe_schedule::validate::render_violations;
 use seqpipe_schedule::{
-    csv, generate, insert_exchange, insert_vocab_parallel, lower, pytorch, simulate, validate, P2p,
-    Schedule, ScheduleConfig, ScheduleKind, Simulation, UnitCosts,
+    csv, exchange_costs, generate, insert_exchange, insert_vocab_parallel, lower, pytorch,
+    simulate, validate, Action, AttentionCosts, ExchangePolicy, P2p, Schedule, ScheduleConfig,
+    ScheduleKind, Simulation, UnitCosts,
 };
+use seqpipe_slicing::{uniform, CostModel, Padding};
 
 /// Which schedule: the arguments `schedule` and `simulate` share.
 #[derive(Args, Debug, Clone)]
@@ -99,14 +101,28 @@ pub struct ScheduleArgs {
     /// a forward each.
     #[arg(long)]
     vocab_parallel: bool,
-    /// Mark SlimPipe's attention context exchanges (`F0.3@2+1`: stage 2 attends to this unit's
-    /// oldest slice; `@0`: this compute serves stage 0), as `seqpipe train --exchange` runs them;
-    /// implies --lowered.
+    /// Mark SlimPipe's attention context exchanges (`F0.3@2+96`: stage 2 attends to this unit's
+    /// oldest 96 tokens; `@0`: this compute serves stage 0), as `seqpipe train --exchange` runs
+    /// them; implies --lowered. Sequences of --seq-len tokens in uniform slices.
     #[arg(long)]
     exchange: bool,
+    /// Tokens per sequence, cut into uniform slices, for --exchange's token counts.
+    #[arg(long, default_value_t = 1024, requires = "exchange")]
+    seq_len: u64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+}
+
+/// Token offsets of `slices` uniform slices of `seq_len` tokens: `slices + 1` from 0.
+fn uniform_bounds(seq_len: u64, slices: u32) -> anyhow::Result<Vec<u64>> {
+    // Uniform boundaries do not depend on the cost; any valid model serves.
+    let cost = CostModel::fitted(0.0, 1.0, 0.0)?;
+    let plan = uniform(seq_len, slices as usize, 1, Padding::None, &cost)
+        .with_context(|| format!("--seq-len {seq_len} in {slices} slices"))?;
+    Ok(std::iter::once(0)
+        .chain(plan.slices.iter().map(|s| s.end))
+        .collect())
 }
 
 /// Runs `seqpipe schedule`.
@@ -123,13 +139,16 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
     if args.vocab_parallel {
         schedule = insert_vocab_parallel(&schedule, |a| costs.cost(a))?;
     }
-    if args.exchange {
-        schedule = insert_exchange(&lower(&schedule)?, |a| costs.cost(a))?;
-    }
-    let sim = simulate(&schedule, |a| costs.cost(a), &P2p::free())?;
+    let (sim, prices) = match args.exchange {
+        false => (
+            simulate(&schedule, |a| costs.cost(a), &P2p::free())?,
+            "equal units (F = 1, B = 2, a vocabulary op 0.25)".to_string(),
+        ),
+        true => exchanged(&mut schedule, args, &costs)?,
+    };
     let mut out = std::io::stdout().lock();
     match args.format {
-        Format::Text => print_text(&schedule, &sim, &mut out)?,
+        Format::Text => print_text(&schedule, &sim, &prices, &mut out)?,
         Format::Json => writeln!(out, "{}", schedule.to_json())?,
         Format::Csv => csv::write_csv(&schedule, &mut out)?,
         Format::PytorchCsv => write!(
@@ -143,7 +162,46 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
     out.flush().context("writing to stdout")
 }
 
-fn print_text(schedule: &Schedule, sim: &Simulation, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Marks `schedule`'s exchanges and simulates it with them priced, where the attention grows
+/// along the sequence (or there would be nothing to level): half of a sequence's forward in its
+/// attention, a slice's forward about one unit. Also says what the schedule takes without them.
+fn exchanged(
+    schedule: &mut Schedule,
+    args: &ScheduleArgs,
+    costs: &UnitCosts,
+) -> anyhow::Result<(Simulation, String)> {
+    let bounds = uniform_bounds(args.seq_len, args.spec.slices)?;
+    let times = AttentionCosts::new(&bounds, 0.5);
+    let n = f64::from(args.spec.slices);
+    let other = |a: &Action| costs.cost(a) * f64::from(!a.op.is_compute());
+    let cost = |a: &Action| n * times.cost(a) + other(a);
+    let column = |a: &Action| n * times.column(a);
+    let plain = lower(schedule)?;
+    let without = simulate(&plain, cost, &P2p::free())?;
+    *schedule = insert_exchange(&plain, cost, column, &bounds, ExchangePolicy::Shorten)?;
+    let sim = simulate(
+        schedule,
+        exchange_costs(schedule, cost, column),
+        &P2p::free(),
+    )?;
+    let prices = format!(
+        "{} uniform slices of {} tokens, half of a forward's time in attention (a slice's \
+         forward about 1, B = 2F, a vocabulary op 0.25); without the exchange: makespan {:.2}, \
+         bubble ratio {:.2} %; with it",
+        args.spec.slices,
+        args.seq_len,
+        without.makespan,
+        100.0 * without.bubble_ratio
+    );
+    Ok((sim, prices))
+}
+
+fn print_text(
+    schedule: &Schedule,
+    sim: &Simulation,
+    prices: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let c = &schedule.config;
     writeln!(
         out,
@@ -158,7 +216,7 @@ fn print_text(schedule: &Schedule, sim: &Simulation, out: &mut dyn Write) -> any
     )?;
     writeln!(
         out,
-        "equal units (F = 1, B = 2, a vocabulary op 0.25): makespan {}, bubble ratio {:.2} %",
+        "{prices}: makespan {:.2}, bubble ratio {:.2} %",
         sim.makespan,
         100.0 * sim.bubble_ratio
     )?;

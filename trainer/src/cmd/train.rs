@@ -491,6 +491,12 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
         100.0 * s.measured_bubble,
         100.0 * s.simulated_bubble
     );
+    if let Some((pairs, without)) = s.exchange {
+        outln!(
+            "| attention exchange: pairs kept (those that do not lengthen the simulated step); simulated bubble without them | {pairs}; {:.2}% |",
+            100.0 * without
+        );
+    }
     if let Some((budget, peaks)) = &s.budget {
         let peaks: Vec<String> = peaks.iter().map(|p| format!("{p:.0}")).collect();
         outln!(

@@ -4,6 +4,7 @@
 //! that recomputes needs a recomputation granularity from the configuration.
 
 use crate::error::{fail, Context, Result};
+use std::ops::Range;
 use std::path::Path;
 
 use seqpipe_schedule::{csv, generate, Lowered, Op, Schedule, ScheduleConfig};
@@ -60,6 +61,9 @@ fn admitted(lowered: Lowered, cfg: &TrainConfig) -> Result<Lowered> {
     admit(&lowered, &cfg.parallel.recompute)?;
     admit_vocab(&lowered, cfg.parallel.vocab_parallel)?;
     admit_exchange(&lowered, cfg.parallel.attention_exchange)?;
+    if cfg.parallel.attention_exchange {
+        admit_exchange_heads(&lowered, &crate::train::slice_ranges(cfg)?)?;
+    }
     Ok(lowered)
 }
 
@@ -76,6 +80,28 @@ pub fn admit_exchange(schedule: &Lowered, attention_exchange: bool) -> Result<()
                  does not exchange: set parallel.attention_exchange = true",
                 schedule.text(a)
             );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an exchange that hands more tokens than its slice has before it (a schedule file
+/// paired for longer sequences), naming the first.
+pub fn admit_exchange_heads(schedule: &Lowered, slices: &[Range<usize>]) -> Result<()> {
+    for (stage, program) in schedule.actions.iter().enumerate() {
+        for (i, a) in program.iter().enumerate() {
+            let head = a.pair.map_or(0, |p| p.head as usize);
+            let cached = slices.get(a.slice.index()).map_or(0, |r| r.start);
+            if head > cached {
+                fail!(
+                    Config,
+                    "stage {stage}, action {i}: {} hands the oldest {head} tokens of its prefix, \
+                     but slice {} starts at token {cached} (slices {slices:?}); pair the schedule \
+                     for this sequence length (seqpipe schedule --exchange --seq-len)",
+                    schedule.text(a),
+                    a.slice.index()
+                );
+            }
         }
     }
     Ok(())

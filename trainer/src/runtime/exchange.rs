@@ -3,17 +3,28 @@
 //! (`seqpipe_schedule::insert_exchange`), and the executor computes each marked compute's
 //! attention with its partner (`worker/exchange.rs`).
 
-use seqpipe_schedule::{insert_exchange, Lowered, UnitCosts};
+use std::ops::Range;
+
+use seqpipe_schedule::{insert_exchange, ExchangePolicy, Lowered};
 
 use super::partition::Partition;
 use crate::error::{fail, Result};
+use crate::model::ModelConfig;
+use crate::train::{flop_column, flop_cost};
 
-/// `schedule` with its exchange pairs, placed on the simulated timeline of the costs every other
-/// pass uses (forward 1, backward 2); a schedule that already has pairs (a schedule file) keeps
-/// its own. The partner answers one request per layer of its own walk, so every virtual stage
+/// `schedule` with its exchange pairs (those `policy` keeps) for a sequence sliced into
+/// `slices`, placed and sized on
+/// the timeline simulated with each compute's FLOPs ([`flop_cost`], [`flop_column`]), which is
+/// how the executor's computes line up; a schedule that already has pairs (a schedule file) keeps its own. The partner answers one request per layer of its own walk, so every virtual stage
 /// must have the same number of layers; a schedule with nothing to exchange (one stage, one
 /// slice per sequence) is refused rather than run without it.
-pub fn with_exchange(schedule: Lowered, partition: &Partition) -> Result<Lowered> {
+pub fn with_exchange(
+    schedule: Lowered,
+    model: &ModelConfig,
+    partition: &Partition,
+    slices: &[Range<usize>],
+    policy: ExchangePolicy,
+) -> Result<Lowered> {
     let counts: Vec<usize> = partition.ranges.iter().map(|r| r.len()).collect();
     if counts.iter().any(|&c| c != counts[0]) {
         fail!(
@@ -26,14 +37,20 @@ pub fn with_exchange(schedule: Lowered, partition: &Partition) -> Result<Lowered
     if schedule.iter().any(|a| a.pair.is_some()) {
         return Ok(schedule);
     }
-    let costs = UnitCosts::new(1.0, 2.0);
-    let paired = insert_exchange(&schedule, |a| costs.cost(a))?;
+    let p = schedule.config.stages;
+    let cost = flop_cost(model, p, partition, slices);
+    let column = flop_column(model, p, partition, slices);
+    let bounds: Vec<u64> = std::iter::once(0)
+        .chain(slices.iter().map(|r| r.end as u64))
+        .collect();
+    let paired = insert_exchange(&schedule, cost, column, &bounds, policy)?;
     if !paired.iter().any(|a| a.pair.is_some()) {
         fail!(
             Config,
-            "parallel.attention_exchange = true, but this schedule pairs no steady steps (it needs \
-             several stages and several slices per sequence, whose cache lengths differ): set it \
-             to false"
+            "parallel.attention_exchange = true, but no steady step of this schedule pairs \
+             ({policy:?}: it needs several stages and several slices per sequence, and a pair \
+             must not lengthen the iteration simulated with each compute's FLOPs): set it to \
+             false"
         );
     }
     Ok(Lowered::check(paired)?)

@@ -3,11 +3,12 @@
 //! and the GPU oracle drive iterations with their own inputs through it.
 
 use crate::error::{fail, Error, Result};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
-use seqpipe_schedule::{generate, strip_exchange, Lowered, ScheduleConfig};
+use seqpipe_schedule::{generate, strip_exchange, ExchangePolicy, Lowered, ScheduleConfig};
 
 use super::admit::admit;
 use super::distributed::placement;
@@ -54,6 +55,8 @@ pub struct Pipeline {
     recompute: Recompute,
     /// Squared global gradient norm of the last [`Pipeline::compute_gradients`].
     last_grad_sq: f64,
+    /// The slices and policy the attention exchange was paired with, when it runs.
+    exchange: Option<(Vec<Range<usize>>, ExchangePolicy)>,
 }
 
 impl Pipeline {
@@ -163,6 +166,7 @@ impl Pipeline {
             partition,
             recompute: Recompute::None,
             last_grad_sq: 0.0,
+            exchange: None,
         })
     }
 
@@ -250,19 +254,23 @@ impl Pipeline {
             *rank = sharded;
         }
         // The vocabulary ops go first; an exchange is paired again around their meetings.
-        let exchanged = self.schedule.iter().any(|a| a.pair.is_some());
         let plain = Lowered::check(strip_exchange(&self.schedule))?;
         self.schedule = with_vocab_parallel(plain)?;
-        if exchanged {
-            self.set_exchange()?;
+        if let Some((slices, policy)) = self.exchange.take() {
+            self.set_exchange(&slices, policy)?;
         }
         Ok(())
     }
 
     /// Runs SlimPipe's attention context exchange from now on: the current schedule's steady
-    /// steps paired by cache length (see [`with_exchange`]).
-    pub fn set_exchange(&mut self) -> Result<()> {
-        self.schedule = with_exchange(self.schedule.clone(), &self.partition)?;
+    /// steps paired for sequences sliced into `slices`, keeping the pairs `policy` keeps (see
+    /// [`with_exchange`]; `seqpipe train --exchange` keeps those that shorten the iteration);
+    /// iterations must then bring those slices.
+    pub fn set_exchange(&mut self, slices: &[Range<usize>], policy: ExchangePolicy) -> Result<()> {
+        let model = &self.ranks[0].worker.model;
+        let (schedule, partition) = (self.schedule.clone(), &self.partition);
+        self.schedule = with_exchange(schedule, model, partition, slices, policy)?;
+        self.exchange = Some((slices.to_vec(), policy));
         Ok(())
     }
 
@@ -283,6 +291,14 @@ impl Pipeline {
     /// caller can judge the figures before [`Pipeline::update`]).
     pub fn compute_gradients(&mut self, input: &IterationInput) -> Result<StepReport> {
         input.check(&self.schedule)?;
+        if let Some((paired, _)) = self.exchange.as_ref().filter(|s| s.0 != input.slices) {
+            fail!(
+                Config,
+                "the attention exchange was paired for slices {paired:?}; this iteration brings \
+                 {:?} (call set_exchange with them)",
+                input.slices
+            );
+        }
         let mut transports = Vec::with_capacity(self.transports.len());
         for (rank, t) in self.transports.iter_mut().enumerate() {
             transports.push(t.take().ok_or(Error::TransportLost { rank })?);

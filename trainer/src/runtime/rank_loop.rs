@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use seqpipe_comm::{Group, Transport};
-use seqpipe_schedule::Lowered;
+use seqpipe_schedule::{ExchangePolicy, Lowered};
 
 use super::admit::load_schedule;
 use super::budget::{fit, with_memory_actions};
@@ -94,7 +94,10 @@ pub fn plan_as_run(cfg: &TrainConfig) -> Result<(Lowered, Partition, TrainConfig
         false => schedule,
     };
     let schedule = match cfg.parallel.attention_exchange {
-        true => with_exchange(schedule, &partition)?,
+        true => {
+            let shorten = ExchangePolicy::Shorten;
+            with_exchange(schedule, &cfg.model, &partition, &slices, shorten)?
+        }
         false => schedule,
     };
     Ok((schedule, partition, as_run))

@@ -29,7 +29,7 @@ use seqpipe_schedule::Action;
 
 use super::link::Link;
 use super::{IterState, IterationInput, StageWorker};
-use crate::error::{Error, Result};
+use crate::error::{fail, Error, Result};
 use crate::model::layer::{Alone, AttentionSite, LayerSaved};
 
 /// Parts the heavy side sends per layer: forward (q, K head, V head), backward (those plus out,
@@ -298,14 +298,18 @@ impl StageWorker {
             0 => Side::Light {
                 backward: pair.backward,
             },
-            h => Side::Heavy {
-                head: input.slices.get(h).map(|r| r.start).ok_or_else(|| {
-                    Error::Runtime(format!(
-                        "an exchange hands {h} slices of {}",
-                        input.slices.len()
-                    ))
-                })?,
-            },
+            head => {
+                let cached = input.slices.get(a.slice.index()).map_or(0, |r| r.start);
+                if head > cached {
+                    fail!(
+                        Config,
+                        "an exchange hands the oldest {head} tokens of slice {}'s prefix, which \
+                         has {cached}",
+                        a.slice.index()
+                    );
+                }
+                Side::Heavy { head }
+            }
         };
         let compute = match link.dtype {
             DType::F64 => DType::F64,
