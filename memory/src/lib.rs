@@ -54,6 +54,7 @@ pub mod pipeline;
 pub mod program;
 pub mod recompute;
 pub mod search;
+pub mod simulated;
 pub mod states;
 pub mod timeline;
 pub mod window;
@@ -79,7 +80,8 @@ pub use peak::{StagePeak, StaticConfig, GIB, OFFLOAD_BUFFER_UNITS};
 pub use pipeline::{PipelineKind, StageLayout};
 pub use program::{schedule_program, ProgramInputs, ScheduleProgram};
 pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
-pub use search::{candidates, evaluate, search, Candidate, Evaluation, SearchSpace};
+pub use search::{candidates, evaluate, evaluate_at, search, Candidate, Evaluation, SearchSpace};
+pub use simulated::{schedule_config, simulated_bubble};
 pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};
 pub use timeline::{
     ledger_of_simulation, pipeline_kind, spans_from_simulation, spans_in_program_order, unit_key,

@@ -94,7 +94,7 @@ pub struct Evaluation {
     pub peak_bytes: f64,
     /// Model states of that stage, bytes.
     pub states_bytes: f64,
-    /// Bubble ratio (closed form).
+    /// Bubble ratio (closed form, unless scored by [`evaluate_at`]).
     pub bubble: f64,
     /// Predicted step time, seconds.
     pub step_time: f64,
@@ -194,8 +194,14 @@ pub fn candidates(space: &SearchSpace) -> Vec<Candidate> {
     out
 }
 
-/// Scores one candidate.
+/// Scores one candidate, its bubble from the closed form of its kind.
 pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
+    evaluate_at(space, c, c.kind.bubble_ratio(c.stages, c.microbatches)?)
+}
+
+/// Scores one candidate with the given bubble ratio (a simulated one,
+/// [`crate::simulated_bubble`]).
+pub fn evaluate_at(space: &SearchSpace, c: &Candidate, bubble: f64) -> Result<Evaluation> {
     let sharded = matches!(c.kind, PipelineKind::SlimPipe { .. });
     let logits = if sharded {
         LogitsPlacement::VocabSharded
@@ -226,7 +232,6 @@ pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
             what: "stages",
             value: 0,
         })?;
-    let bubble = c.kind.bubble_ratio(c.stages, c.microbatches)?;
     let cost = CostModel::flops(&space.shape)?;
     let model_flops = 3.0 * cost.sequence(space.seq_len) * space.global_batch as f64;
     let per_gpu = model_flops / space.gpus as f64;

@@ -54,6 +54,20 @@ fn llama70b_512k_on_256_h100() {
         one_f1b.contains("does not fit") && one_f1b.contains("GiB over the budget"),
         "{one_f1b}"
     );
+    // The best plan's exact schedule, simulated, has more bubble than the closed form ranked it
+    // with (uniform slices, vocabulary-parallel meetings), and so a lower MFU.
+    let simulated = out
+        .lines()
+        .find(|l| l.contains("simulated as seqpipe train runs it"))
+        .unwrap_or_else(|| panic!("no simulated line in\n{out}"));
+    let figures: Vec<f64> = simulated
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [bubble, ranked_bubble, mfu, ranked_mfu] = figures[..] else {
+        panic!("{simulated}");
+    };
+    assert!(bubble > ranked_bubble && mfu < ranked_mfu, "{simulated}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use seqpipe_trainer::config::{ParallelConfig, Precision, TrainConfig};
 use seqpipe_trainer::runtime::record::steady_attention_ratios;
 use seqpipe_trainer::runtime::StageReport;
 
+use super::exchange_sim::OpTimes;
 use super::offload::{input, median, pipeline};
 use super::table::Table;
 
@@ -109,8 +110,8 @@ fn step_ratio(reports: &[StageReport]) -> (f64, f64) {
     }
 }
 
-/// Runs the benchmark; `progress` hears what runs.
-pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<ExchangeRun>> {
+/// Runs the benchmark; `progress` hears what runs. Also gives the fitted op times.
+pub fn run_all(mut progress: impl FnMut(&str)) -> Result<(Vec<ExchangeRun>, OpTimes)> {
     let cfgs = [config(false), config(true)];
     let mut runs = Vec::new();
     for cfg in &cfgs {
@@ -137,6 +138,14 @@ pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<ExchangeRun>> {
         fit(&points)
     };
     let (fwd, bwd) = (model(true), model(false));
+    let cfg = &cfgs[0];
+    let times = OpTimes {
+        forward: fwd,
+        backward: bwd,
+        layers: cfg.model.layers as u64 / u64::from(cfg.parallel.stages),
+        batch_heads: (cfg.data.batch * cfg.model.heads) as u64,
+        seq_len: cfg.data.seq_len as u64,
+    };
     let mut out = Vec::new();
     for (i, (pl, _, seconds, steps)) in runs.into_iter().enumerate() {
         let schedule = pl.1;
@@ -157,7 +166,7 @@ pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<ExchangeRun>> {
             makespan: sim.makespan,
         });
     }
-    Ok(out)
+    Ok((out, times))
 }
 
 /// The table of [`run_all`]'s runs.

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod detail;
 pub mod exchange;
+pub mod exchange_sim;
 pub mod offload;
 pub mod peer;
 pub mod plot;
@@ -238,14 +239,22 @@ pub fn run_exchange(dir: &Path) -> Result<()> {
     seqpipe_trainer::train::one_thread_per_op();
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let started = Instant::now();
-    let runs = exchange::run_all(|line| eprintln!("{line}"))?;
+    let (runs, times) = exchange::run_all(|line| eprintln!("{line}"))?;
     let t = exchange::table(&runs)?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "## Attention exchange (MEASURED on this machine: {cores} cores; SlimPipe, 2 stages as threads, 4 micro-batches of one 1024-token sequence in 8 slices, hidden 256, 4 layers, f32; {} timed steps per row, interleaved, medians; simulated with a cost fitted to the measured durations of the run without the exchange, see xtask/src/bench/exchange.rs)\n",
         exchange::STEPS
     );
-    emit_table(dir, "exchange_runs", &t, &runs, started)
+    emit_table(dir, "exchange_runs", &t, &runs, started)?;
+    let what_ifs = exchange_sim::what_ifs(&times)?;
+    println!(
+        "\n## Attention exchange at more stages (SIMULATED with the op times measured above: forward {:.3e} s + {:.3e} s per score entry, backward {:.3e} s + {:.3e} s; {} layers, batch × heads {}, {} tokens per stage as measured; SlimPipe, pairs kept only where they do not lengthen the simulated iteration, see xtask/src/bench/exchange_sim.rs)\n",
+        times.forward.0, times.forward.1, times.backward.0, times.backward.1,
+        times.layers, times.batch_heads, times.seq_len
+    );
+    let t = exchange_sim::table(&what_ifs)?;
+    emit_table(dir, "exchange_what_if", &t, &what_ifs, started)
 }
 
 /// `bench peer`: seqpipe and PyTorch on the same model, data shape and schedule, interleaved
