@@ -189,7 +189,8 @@ mod tests {
         let closed = c.kind.bubble_ratio(4, 8).unwrap();
         let short = simulated_bubble(&space(1024), &c).unwrap();
         let long = simulated_bubble(&space(256 * 1024), &c).unwrap();
-        assert!(short > closed + 0.1, "{short} vs {closed}");
-        assert!(long > closed + 0.1, "{long} vs {closed}");
+        println!("closed {closed}, simulated at 1K {short}, at 256K {long}");
+        assert!(short > closed + 0.03, "{short} vs {closed}");
+        assert!(long > short + 0.03, "{long} vs {short}");
     }
 }

@@ -4,10 +4,13 @@
 //! (`EMBED`, `HEAD`, `EMBED_B`, see [`Op`]), so the validator, the simulator, the memory ledger
 //! and the renderers see them like any other op.
 //!
-//! Where they go. A unit's owner runs its op where the data is: stage 0's `EMBED` right before
-//! virtual stage 0's forward, the last stage's `HEAD` right after the last virtual stage's
-//! forward, stage 0's `EMBED_B` right after virtual stage 0's input-gradient backward. Every
-//! other stage runs its share at the same instant of the schedule's simulated timeline (under the
+//! Where they go. Each op needs every stage, so it waits for the last to arrive; the units of a
+//! micro-batch therefore meet together, one after the other, so that only the first of them
+//! waits. The owner runs them where its data is: stage 0's `EMBED`s right before virtual stage
+//! 0's forward of the micro-batch's first slice, the last stage's `HEAD`s right after the last
+//! virtual stage's forward of its last slice (the backward starts there), stage 0's `EMBED_B`s
+//! right after virtual stage 0's input-gradient backward of its first slice (the last one). Every
+//! other stage runs its shares at the same instant of the schedule's simulated timeline (under the
 //! caller's cost): before its first action that ends after that instant. Each such instant cuts
 //! every stage's program into a part that ends before it and a part after; a receive that ends
 //! before the cut has its send before the cut too, so every stage reaches every meeting and the
@@ -107,9 +110,17 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
     })
 }
 
-/// Every unit's three meetings, in the order every stage meets them.
+/// Every unit's three meetings, in the order every stage meets them. A micro-batch's units meet
+/// together, one after the other: every `EMBED` where virtual stage 0's forward of its first
+/// slice starts, every `HEAD` where the last virtual stage's forward of its last slice ends (its
+/// backward starts from the last slice), every `EMBED_B` where virtual stage 0's input-gradient
+/// backward of its first slice (the last it runs) ends. Each meeting waits for every stage it
+/// needs, so a micro-batch's first one lines the stages up and the rest cost no wait: one wait
+/// per micro-batch and op rather than per unit. The owner keeps what the others need (token ids,
+/// the last forward's outputs, input gradients) until then.
 fn meetings(s: &Schedule, timeline: &[Vec<Timed>]) -> Vec<Meeting> {
     let (p, last) = (s.config.stages, s.config.virtual_stages() - 1);
+    let n = s.config.slices;
     // Each owner's computes with their ends.
     let owned = |stage: usize, vstage: u32| {
         timeline[stage]
@@ -117,22 +128,24 @@ fn meetings(s: &Schedule, timeline: &[Vec<Timed>]) -> Vec<Meeting> {
             .map(|t| (t, t.end))
             .filter(move |(t, _)| t.action.virtual_stage(p).0 == vstage)
     };
-    let meet = |at: f64, op: Op, a: &Action| Meeting {
-        at,
-        op,
-        mb: a.mb.0,
-        slice: a.slice.0,
+    let every_slice = |at: f64, op: Op, a: &Action| {
+        let mb = a.mb.0;
+        (0..n).map(move |slice| Meeting { at, op, mb, slice })
     };
     let mut out = Vec::new();
-    for (t, end) in owned(0, 0) {
+    for (t, end) in owned(0, 0).filter(|(t, _)| t.action.slice.0 == 0) {
         match t.action.op {
-            Op::Forward => out.push(meet(t.start, Op::VocabEmbed, &t.action)),
-            op if op.makes_input_grad() => out.push(meet(end, Op::VocabEmbedGrad, &t.action)),
+            Op::Forward => out.extend(every_slice(t.start, Op::VocabEmbed, &t.action)),
+            op if op.makes_input_grad() => {
+                out.extend(every_slice(end, Op::VocabEmbedGrad, &t.action));
+            }
             _ => {}
         }
     }
-    for (t, end) in owned(p as usize - 1, last).filter(|(t, _)| t.action.op == Op::Forward) {
-        out.push(meet(end, Op::VocabHead, &t.action));
+    let last_slices = owned(p as usize - 1, last)
+        .filter(|(t, _)| t.action.op == Op::Forward && t.action.slice.0 + 1 == n);
+    for (t, end) in last_slices {
+        out.extend(every_slice(end, Op::VocabHead, &t.action));
     }
     out.sort_by(|a, b| {
         a.at.total_cmp(&b.at)
@@ -155,4 +168,43 @@ fn with_meetings(r: usize, timed: &[Timed], meetings: &[Meeting]) -> Vec<Action>
     }
     out.extend(next.map(action));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{generate, ScheduleConfig, ScheduleKind, UnitCosts};
+
+    /// A micro-batch's units meet one after the other on every stage, so the stages wait once
+    /// per micro-batch and op: SlimPipe p=4, m=8, n=8 takes within 10 % of its plain makespan
+    /// plus the vocabulary ops' own time (meeting every unit apart took 43 % more).
+    #[test]
+    fn a_micro_batchs_units_meet_together() {
+        let config = ScheduleConfig::new(ScheduleKind::SlimPipe, 4, 8).with_slices(8);
+        let plain = lower(&generate(&config).unwrap()).unwrap();
+        let costs = UnitCosts {
+            vocab: 0.25,
+            ..UnitCosts::new(1.0, 2.0)
+        };
+        let vp = insert_vocab_parallel(&plain, |a| costs.cost(a)).unwrap();
+        for list in &vp.actions {
+            let ops: Vec<&Action> = list.iter().filter(|a| a.op == Op::VocabHead).collect();
+            for run in ops.chunks(8) {
+                let at: Vec<usize> = run
+                    .iter()
+                    .map(|a| list.iter().position(|b| b == *a).unwrap())
+                    .collect();
+                assert!(at.windows(2).all(|w| w[1] == w[0] + 1), "{at:?}");
+                assert!(run.iter().all(|a| a.mb == run[0].mb));
+            }
+        }
+        let span = |s: &Schedule| {
+            simulate(s, |a| costs.cost(a), &P2p::free())
+                .unwrap()
+                .makespan
+        };
+        let own = 3.0 * 8.0 * 8.0 * 0.25;
+        let (with, without) = (span(&vp), span(&plain));
+        assert!(with < 1.1 * (without + own), "{with} vs {without} + {own}");
+    }
 }

@@ -155,7 +155,8 @@ pub fn simulate_flops(
     slices: &[Range<usize>],
 ) -> Result<Simulation> {
     let (model, p) = (&cfg.model, cfg.parallel.stages);
-    let cost = flop_cost(model, p, partition, slices);
+    let sharded = schedule.iter().any(|a| a.op.is_vocab());
+    let cost = flop_cost(model, p, partition, slices, sharded);
     let priced = exchange_costs(schedule, cost, flop_column(model, p, partition, slices));
     Ok(simulate(schedule, priced, &P2p::free())?)
 }
@@ -183,12 +184,15 @@ pub fn flop_column<'a>(
 }
 
 /// Each compute's FLOPs on a pipeline of `stages` (layers of its virtual stage over its slice's
-/// tokens, plus the LM head on the last; a backward twice a forward), other actions free.
+/// tokens, plus the LM head on the last; a backward twice a forward), other actions free. With
+/// the head `vocab_parallel`, each stage's `HEAD` carries its share of the head's forward and
+/// backward instead.
 pub fn flop_cost<'a>(
     model: &ModelConfig,
     stages: u32,
     partition: &'a Partition,
     slices: &'a [Range<usize>],
+    vocab_parallel: bool,
 ) -> impl Fn(&Action) -> f64 + 'a {
     let shape = model.shape();
     let layer = CostModel {
@@ -204,7 +208,7 @@ pub fn flop_cost<'a>(
         let r = &slices[a.slice.index()];
         let k = a.virtual_stage(stages).index();
         let layers = partition.ranges[k].len() as f64;
-        let head = if k == last {
+        let head = if k == last && !vocab_parallel {
             head_per_token * r.len() as f64
         } else {
             0.0
@@ -215,6 +219,10 @@ pub fn flop_cost<'a>(
         Op::Forward => forward(a),
         Op::Backward => 2.0 * forward(a),
         Op::BackwardInput | Op::BackwardWeight => forward(a),
+        Op::VocabHead => {
+            let tokens = slices[a.slice.index()].len() as f64;
+            3.0 * head_per_token * tokens / f64::from(stages)
+        }
         _ => 0.0,
     }
 }

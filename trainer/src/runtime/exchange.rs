@@ -38,7 +38,8 @@ pub fn with_exchange(
         return Ok(schedule);
     }
     let p = schedule.config.stages;
-    let cost = flop_cost(model, p, partition, slices);
+    let sharded = schedule.iter().any(|a| a.op.is_vocab());
+    let cost = flop_cost(model, p, partition, slices, sharded);
     let column = flop_column(model, p, partition, slices);
     let bounds: Vec<u64> = std::iter::once(0)
         .chain(slices.iter().map(|r| r.end as u64))

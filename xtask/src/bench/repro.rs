@@ -362,7 +362,7 @@ fn slimpipe_simulated_row(
         "×",
         format!(
             "bubble closed form → simulated: {}, {}, {}; SlimPipe's vocabulary-parallel HEAD \
-             makes every stage meet once per slice, and its uniform slices' attention grows along \
+             makes every stage meet (once per micro-batch), and its uniform slices' attention grows along \
              the sequence (the exchange that would even it is not priced: it is not run at this \
              size)",
             bubbles("SlimPipe", &s),
