@@ -44,6 +44,7 @@ pub mod elastic_compare;
 pub mod elastic_plan;
 pub mod error;
 pub mod export;
+pub mod flop_costs;
 pub mod gpu;
 pub mod host_link;
 pub mod ledger;
@@ -69,6 +70,7 @@ pub use elastic_plan::{
     elastic_with_slices, pack, plan_elastic, plan_packed, MethodResult, PipelineRun, PlanSetup,
 };
 pub use error::{MemoryError, Result};
+pub use flop_costs::FlopCosts;
 pub use gpu::{gpu_preset, GpuPreset, GPU_PRESETS};
 pub use host_link::simulate_with_host_link;
 pub use ledger::{run_ledger, CurvePoint, LedgerReport, MemEvent, MemOp, StageMemory};

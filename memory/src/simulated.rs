@@ -34,11 +34,12 @@
 use std::ops::Range;
 
 use seqpipe_schedule::{
-    generate, insert_vocab_parallel, lower, simulate, Action, Op, P2p, ScheduleConfig, ScheduleKind,
+    generate, insert_vocab_parallel, lower, simulate, Action, P2p, ScheduleConfig, ScheduleKind,
 };
-use seqpipe_slicing::{balanced, uniform, CostModel, CostUnit, Padding};
+use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::error::{MemoryError, Result};
+use crate::flop_costs::FlopCosts;
 use crate::pipeline::PipelineKind;
 use crate::search::{Candidate, SearchSpace};
 
@@ -88,36 +89,17 @@ fn slices(space: &SearchSpace, kind: PipelineKind) -> Result<Vec<Range<u64>>> {
 pub fn simulated_bubble(space: &SearchSpace, c: &Candidate) -> Result<f64> {
     let config = schedule_config(c)?;
     let ranges = slices(space, c.kind)?;
-    let shape = &space.shape;
-    let layer = CostModel {
-        per_pair: shape.layer_attention_flops_per_pair(),
-        per_token: shape.layer_linear_flops_per_token(),
-        per_slice: 0.0,
-        backward_factor: 2.0,
-        unit: CostUnit::Flops,
-    };
-    let virtual_stages = c.stages * c.kind.chunks();
-    let layers = shape.layers as f64 / virtual_stages as f64;
+    let virtual_stages = (c.stages * c.kind.chunks()) as usize;
+    let per_stage = (space.shape.layers as usize).div_ceil(virtual_stages);
     let sharded = matches!(c.kind, PipelineKind::SlimPipe { .. });
-    // The LM head's forward per token; a backward twice that.
-    let head = 2.0 * (shape.hidden * shape.vocab) as f64;
-    let p = config.stages;
-    let forward = |a: &Action| {
-        let r = &ranges[a.slice.index()];
-        let last = a.virtual_stage(p).index() as u64 + 1 == virtual_stages;
-        let own_head = if last && !sharded { head } else { 0.0 };
-        layers * layer.forward(r.start, r.end) + own_head * (r.end - r.start) as f64
-    };
-    let cost = |a: &Action| match a.op {
-        Op::Forward | Op::BackwardInput | Op::BackwardWeight => forward(a),
-        Op::Backward => 2.0 * forward(a),
-        // Each stage's share of the head, forward and backward.
-        Op::VocabHead => {
-            let r = &ranges[a.slice.index()];
-            3.0 * head * (r.end - r.start) as f64 / f64::from(p)
-        }
-        _ => 0.0,
-    };
+    let prices = FlopCosts::new(
+        &space.shape,
+        config.stages,
+        &vec![per_stage; virtual_stages],
+        &ranges,
+        sharded,
+    );
+    let cost = |a: &Action| prices.cost(a);
     let mut schedule = lower(&generate(&config)?)?;
     if sharded {
         schedule = insert_vocab_parallel(&schedule, cost)?;

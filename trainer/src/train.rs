@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::runtime::recompute::Recompute;
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
+use seqpipe_memory::FlopCosts;
 use seqpipe_schedule::{
     exchange_costs, simulate, strip_exchange, Action, Op, P2p, Schedule, ScheduleConfig,
     ScheduleKind, Simulation,
@@ -154,77 +155,27 @@ pub fn simulate_flops(
     partition: &Partition,
     slices: &[Range<usize>],
 ) -> Result<Simulation> {
-    let (model, p) = (&cfg.model, cfg.parallel.stages);
-    let sharded = schedule.iter().any(|a| a.op.is_vocab());
-    let cost = flop_cost(model, p, partition, slices, sharded);
-    let priced = exchange_costs(schedule, cost, flop_column(model, p, partition, slices));
+    let prices = flop_costs(&cfg.model, cfg.parallel.stages, schedule, partition, slices);
+    let priced = exchange_costs(schedule, |a| prices.cost(a), |a| prices.column(a));
     Ok(simulate(schedule, priced, &P2p::free())?)
 }
 
-/// What one token of its prefix costs a compute, in [`flop_cost`]'s FLOPs: its slice's queries
-/// against one key in every layer of its virtual stage, the scores and their gradients in a
-/// backward (the attention exchange moves such columns).
-pub fn flop_column<'a>(
+/// The FLOP prices of `schedule`'s actions (`seqpipe_memory::FlopCosts`) for the trainer's
+/// partition and slices; the head counts as vocabulary-parallel when the schedule has its ops.
+pub fn flop_costs(
     model: &ModelConfig,
     stages: u32,
-    partition: &'a Partition,
-    slices: &'a [Range<usize>],
-) -> impl Fn(&Action) -> f64 + 'a {
-    let per_pair = model.shape().layer_attention_flops_per_pair();
-    move |a: &Action| {
-        let layers = partition.ranges[a.virtual_stage(stages).index()].len() as f64;
-        let tokens = slices[a.slice.index()].len() as f64;
-        let weight = match a.op {
-            Op::Forward => 1.0,
-            op if op.makes_input_grad() => 2.0,
-            _ => 0.0,
-        };
-        weight * layers * per_pair * tokens
-    }
-}
-
-/// Each compute's FLOPs on a pipeline of `stages` (layers of its virtual stage over its slice's
-/// tokens, plus the LM head on the last; a backward twice a forward), other actions free. With
-/// the head `vocab_parallel`, each stage's `HEAD` carries its share of the head's forward and
-/// backward instead.
-pub fn flop_cost<'a>(
-    model: &ModelConfig,
-    stages: u32,
-    partition: &'a Partition,
-    slices: &'a [Range<usize>],
-    vocab_parallel: bool,
-) -> impl Fn(&Action) -> f64 + 'a {
-    let shape = model.shape();
-    let layer = CostModel {
-        per_pair: shape.layer_attention_flops_per_pair(),
-        per_token: shape.layer_linear_flops_per_token(),
-        per_slice: 0.0,
-        backward_factor: 2.0,
-        unit: seqpipe_slicing::CostUnit::Flops,
-    };
-    let last = partition.ranges.len() - 1;
-    let head_per_token = 2.0 * (shape.hidden * shape.vocab) as f64;
-    let forward = move |a: &Action| {
-        let r = &slices[a.slice.index()];
-        let k = a.virtual_stage(stages).index();
-        let layers = partition.ranges[k].len() as f64;
-        let head = if k == last && !vocab_parallel {
-            head_per_token * r.len() as f64
-        } else {
-            0.0
-        };
-        layers * layer.forward(r.start as u64, r.end as u64) + head
-    };
-    move |a: &Action| match a.op {
-        Op::Forward => forward(a),
-        Op::Backward => 2.0 * forward(a),
-        Op::BackwardInput | Op::BackwardWeight => forward(a),
-        Op::VocabHead => {
-            let tokens = slices[a.slice.index()].len() as f64;
-            3.0 * head_per_token * tokens / f64::from(stages)
-        }
-        _ => 0.0,
-    }
+    schedule: &Schedule,
+    partition: &Partition,
+    slices: &[Range<usize>],
+) -> FlopCosts {
+    let layers: Vec<usize> = partition.ranges.iter().map(|r| r.len()).collect();
+    let tokens: Vec<Range<u64>> = slices
+        .iter()
+        .map(|r| r.start as u64..r.end as u64)
+        .collect();
+    let sharded = schedule.iter().any(|a| a.op.is_vocab());
+    FlopCosts::new(&model.shape(), stages, &layers, &tokens, sharded)
 }
 
 /// Pipeline stages run as threads, so each candle op should use one thread: candle's own pool

@@ -10,11 +10,11 @@ use seqpipe_schedule::{insert_exchange, ExchangePolicy, Lowered};
 use super::partition::Partition;
 use crate::error::{fail, Result};
 use crate::model::ModelConfig;
-use crate::train::{flop_column, flop_cost};
+use crate::train::flop_costs;
 
 /// `schedule` with its exchange pairs (those `policy` keeps) for a sequence sliced into
 /// `slices`, placed and sized on
-/// the timeline simulated with each compute's FLOPs ([`flop_cost`], [`flop_column`]), which is
+/// the timeline simulated with each compute's FLOPs ([`flop_costs`]), which is
 /// how the executor's computes line up; a schedule that already has pairs (a schedule file) keeps its own. The partner answers one request per layer of its own walk, so every virtual stage
 /// must have the same number of layers; a schedule with nothing to exchange (one stage, one
 /// slice per sequence) is refused rather than run without it.
@@ -37,10 +37,8 @@ pub fn with_exchange(
     if schedule.iter().any(|a| a.pair.is_some()) {
         return Ok(schedule);
     }
-    let p = schedule.config.stages;
-    let sharded = schedule.iter().any(|a| a.op.is_vocab());
-    let cost = flop_cost(model, p, partition, slices, sharded);
-    let column = flop_column(model, p, partition, slices);
+    let prices = flop_costs(model, schedule.config.stages, &schedule, partition, slices);
+    let (cost, column) = (|a: &_| prices.cost(a), |a: &_| prices.column(a));
     let bounds: Vec<u64> = std::iter::once(0)
         .chain(slices.iter().map(|r| r.end as u64))
         .collect();
