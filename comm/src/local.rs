@@ -14,8 +14,8 @@ use crate::message::Message;
 use crate::progress::Progress;
 use crate::tag::Tag;
 use crate::transport::{
-    check_peer, disconnected, receive, recv_op, send_op, CommOptions, Envelope, Incoming,
-    SendHandle, Transport,
+    check_peer, disconnected, receive, receive_any, recv_op, send_op, CommOptions, Envelope,
+    Incoming, SendHandle, Transport,
 };
 
 /// One rank of an in-process mesh; move it into the rank's thread.
@@ -100,6 +100,11 @@ impl Transport for LocalTransport {
     fn try_recv(&mut self, peer: usize, tag: Tag) -> Result<Option<Message>> {
         let inbox = self.inbox(peer)?;
         receive(inbox, &self.progress, recv_op(peer, tag), None)
+    }
+
+    fn try_recv_any(&mut self, peer: usize) -> Result<Option<(Tag, Message)>> {
+        let inbox = self.inbox(peer)?;
+        receive_any(inbox, &self.progress, peer)
     }
 }
 

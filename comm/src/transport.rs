@@ -61,6 +61,18 @@ pub trait Transport: Send {
     /// The next message from `peer` if one has arrived (checked against `tag`), else `None`.
     fn try_recv(&mut self, peer: usize, tag: Tag) -> Result<Option<Message>>;
 
+    /// The next message from `peer` whatever its tag, if one has arrived, else `None`: for a
+    /// receiver that files messages by tag because some of them come in no order fixed in
+    /// advance (the runtime's attention exchange). A backend that cannot says so.
+    fn try_recv_any(&mut self, peer: usize) -> Result<Option<(Tag, Message)>> {
+        Err(CommError::InvalidArgument(format!(
+            "rank {} cannot receive from rank {peer} in arrival order: this transport receives \
+             only by an expected tag (the NCCL backend); the attention exchange needs the local \
+             or TCP backend",
+            self.rank()
+        )))
+    }
+
     /// Sends without waiting for the receiver; delivery failures show up on the peer's side or on
     /// a later call to this peer.
     fn send(&mut self, peer: usize, tag: Tag, msg: Message) -> Result<()> {
@@ -148,6 +160,10 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn try_recv(&mut self, peer: usize, tag: Tag) -> Result<Option<Message>> {
         (**self).try_recv(peer, tag)
     }
+    fn try_recv_any(&mut self, peer: usize) -> Result<Option<(Tag, Message)>> {
+        (**self).try_recv_any(peer)
+    }
+
     fn send(&mut self, peer: usize, tag: Tag, msg: Message) -> Result<()> {
         (**self).send(peer, tag, msg)
     }
@@ -298,6 +314,21 @@ pub(crate) fn receive(
     }
     progress.complete(op);
     Ok(Some(env.msg))
+}
+
+/// The next message from one peer's inbox, whatever its tag, if one has arrived (the progress
+/// record names it as a receive from `peer`).
+pub(crate) fn receive_any(
+    inbox: &Receiver<Incoming>,
+    progress: &Progress,
+    peer: usize,
+) -> Result<Option<(Tag, Message)>> {
+    let op = recv_op(peer, Tag::from_raw(0));
+    let Some(env) = receive_envelope(inbox, progress, op, None)? else {
+        return Ok(None);
+    };
+    progress.complete(recv_op(peer, env.tag));
+    Ok(Some((env.tag, env.msg)))
 }
 
 /// The next envelope from one peer's inbox, whatever its tag: `op` is marked pending and stays

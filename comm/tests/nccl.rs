@@ -45,6 +45,9 @@ mod gpu {
         fn max_world(&self) -> usize {
             self.gpus.min(2)
         }
+        fn receives_in_arrival_order(&self) -> bool {
+            false
+        }
         fn mesh(&self, world: usize, timeout: Duration) -> Vec<NcclTransport> {
             let port = free_port();
             std::thread::scope(|s| {

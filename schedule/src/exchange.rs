@@ -1,23 +1,19 @@
 //! SlimPipe's attention context exchange as a pass (SPEC §4): the causal attention of a
 //! slice grows with the tokens before it, so with uniform slices the ranks of a pipeline step
-//! carry unequal work. At each step the ranks are paired, the j-th shortest compute with the
-//! j-th longest, and the long one hands the oldest tokens of its prefix to the short one, which
-//! attends to them for it: enough tokens that both take the same time. [`insert_exchange`]
-//! marks both computes with a [`Pair`]; [`exchange_costs`] prices a marked schedule (the work
-//! moved from one side to the other).
+//! carry unequal attention. At each steady step the ranks are paired, the j-th lightest
+//! attention with the j-th heaviest, and the heavy one hands the oldest tokens of its prefix to
+//! the light one, which attends to them for it: enough tokens that both attend to as many keys.
+//! [`insert_exchange`] marks both computes with a [`Pair`]; [`exchange_costs`] prices a marked
+//! schedule (the work moved from one side to the other).
 //!
-//! Two choices differ from the paper, both so that partners run together:
-//! - the paper levels attention alone and moves whole slices (`vol` slices); this pass levels
-//!   the computes' durations and moves tokens, so a pair ends together to within one token's
-//!   column of scores. Between computes of one kind and one slice length the two agree, up to
-//!   the paper's rounding (which leaves slices one apart as they were);
-//! - a step is an instant of the simulated timeline, found again after every step is paired
-//!   (the pairs already made change when later computes start), not a lock-step slot, so a
-//!   forward may pair with a backward: the computes that run together are the ones paired.
-//!
-//! Steady forwards come after the stage's first backward, steady backwards before its last
-//! forward: no rank in warm-up or cool-down is paired, as in the paper. The backward pieces
-//! paired are those that make the input gradient (`B` or `I`).
+//! A step is the paper's lock-step one: step `k` of a direction is the `k`-th steady forward
+//! (or input-gradient backward) of every stage, where a steady forward comes after the stage's
+//! first backward and a steady backward before its last forward; a step some stage lacks (its
+//! warm-up or cool-down) is left out, as in the paper. Partners need not run at the same time:
+//! the light side answers a request whenever it arrives (the executor between layers and while
+//! it waits; the simulator charges the work to the light mark), so a pair adds no wait. Heads
+//! count tokens, not slices: the paper's rounding to whole slices leaves slices one apart as
+//! they were.
 //!
 //! # Example
 //!
@@ -38,7 +34,7 @@
 //! assert!(after.makespan < before.makespan);
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::action::{Action, Op, Pair};
 use crate::error::{Result, ScheduleError};
@@ -65,11 +61,10 @@ fn steady(list: &[Action], i: usize) -> bool {
 /// the token offsets of the slice boundaries, `n + 1` of them from 0 (slice `j` is
 /// `bounds[j]..bounds[j + 1]`), so a pair's [`Pair::head`] counts tokens.
 ///
-/// Steps are taken in time order: the earliest steady compute not yet looked at, on the
-/// timeline of the pairs so far ([`exchange_costs`]), and every unpaired steady compute running
-/// then. Each pair is kept only if the schedule still validates (partners meet in the same
-/// order on both sides, the dry run finishes) and `policy` takes it. One stage, or one slice
-/// per sequence, leaves nothing to move.
+/// Steps are taken in order; a compute's attention is `column` times the keys its queries see
+/// on average. Each pair is kept only if the schedule still validates and `policy` takes it
+/// (the durations `cost` and the moved work price the simulated iteration). One stage, or one
+/// slice per sequence, leaves nothing to move.
 pub fn insert_exchange<F, G>(
     schedule: &Schedule,
     cost: F,
@@ -83,48 +78,57 @@ where
 {
     let prefix = Prefixes::new(bounds, schedule.config.slices)?;
     let mut out = strip_exchange(schedule);
-    let mut seen: HashSet<(usize, usize)> = HashSet::new();
-    let mut best = f64::INFINITY;
-    loop {
-        let sim = simulate(&out, exchange_costs(&out, &cost, &column), &P2p::free())?;
-        best = best.min(sim.makespan);
-        let spans: Vec<(f64, f64, usize, usize)> = sim
-            .timeline
-            .iter()
-            .enumerate()
-            .flat_map(|(r, timed)| {
-                let list = &out.actions[r];
-                timed
-                    .iter()
-                    .enumerate()
-                    .filter(move |(i, _)| steady(list, *i))
-                    .map(move |(i, t)| (t.start + t.wait, t.end, r, i))
-            })
-            .collect();
-        let next = spans
-            .iter()
-            .filter(|s| !seen.contains(&(s.2, s.3)))
-            .map(|s| s.0);
-        let Some(t) = next.min_by(f64::total_cmp) else {
-            break;
-        };
-        let mut step: Vec<(usize, usize)> = Vec::new();
-        for &(start, end, r, i) in &spans {
-            let running = start <= t && (t < end || start == t);
-            if start == t {
-                seen.insert((r, i));
-            }
-            let free = out.actions[r][i].pair.is_none();
-            if running && free && step.iter().all(|&(q, _)| q != r) {
-                step.push((r, i));
-            }
-        }
+    let mut best = match policy {
+        ExchangePolicy::Level => f64::INFINITY,
+        ExchangePolicy::Shorten => makespan(&out, &cost, &column).unwrap_or(f64::INFINITY),
+    };
+    let attention = |a: &Action| column(a) * prefix.attended(a);
+    for step in lockstep_steps(&out) {
         if policy == ExchangePolicy::Level {
             best = f64::INFINITY;
         }
-        pair_step(&mut out, &step, (&cost, &column), &prefix, &mut best);
+        pair_step(
+            &mut out,
+            &step,
+            (&cost, &attention, &column),
+            &prefix,
+            &mut best,
+        );
     }
     Ok(out)
+}
+
+/// The schedule's steady steps in order. Forward step `k` is the `k`-th steady forward of
+/// every stage. A backward reaches stage `r` one backward after stage `r + 1`, so backward step
+/// `k` is the `k`-th steady backward of the last stage and the one `p - 1 - r` places earlier
+/// on stage `r` (slices that run side by side, whose prefixes differ). A step some stage lacks
+/// (its warm-up or cool-down) is left out, as in the paper.
+fn lockstep_steps(s: &Schedule) -> Vec<Vec<(usize, usize)>> {
+    let steady_of = |forward: bool| -> Vec<Vec<usize>> {
+        s.actions
+            .iter()
+            .map(|list| {
+                (0..list.len())
+                    .filter(|&i| steady(list, i) && (list[i].op == Op::Forward) == forward)
+                    .collect()
+            })
+            .collect()
+    };
+    let p = s.actions.len();
+    let step = |lists: &[Vec<usize>], k: usize, lag: &dyn Fn(usize) -> usize| {
+        let at = |r: usize| k.checked_sub(lag(r)).and_then(|j| lists[r].get(j).copied());
+        (0..p)
+            .map(|r| at(r).map(|i| (r, i)))
+            .collect::<Option<Vec<_>>>()
+    };
+    let (forwards, backwards) = (steady_of(true), steady_of(false));
+    let longest = forwards.iter().chain(&backwards).map(Vec::len).max();
+    let mut out = Vec::new();
+    for k in 0..longest.unwrap_or(0) + p {
+        out.extend(step(&forwards, k, &|_| 0));
+        out.extend(step(&backwards, k, &|r| p - 1 - r));
+    }
+    out
 }
 
 /// Which pairs [`insert_exchange`] keeps.
@@ -133,7 +137,8 @@ pub enum ExchangePolicy {
     /// Every pair that levels a step, as the paper does.
     Level,
     /// Only pairs that leave the simulated iteration no longer than the shortest so far: a
-    /// pair levels its step but may delay what waits on the side that took the work.
+    /// pair levels its step's attention but may delay what waits on the side that took the
+    /// work.
     Shorten,
 }
 
@@ -159,55 +164,65 @@ impl<'b> Prefixes<'b> {
     fn of(&self, a: &Action) -> u64 {
         self.bounds[a.slice.index()]
     }
+
+    /// The keys `a`'s queries attend to, on average: the prefix and half the slice's own.
+    fn attended(&self, a: &Action) -> f64 {
+        let j = a.slice.index();
+        let len = (self.bounds[j + 1] - self.bounds[j]) as f64;
+        self.bounds[j] as f64 + (len + 1.0) / 2.0
+    }
 }
 
-/// Pairs one step's computes `(stage, position)`, the longest with the shortest, the long side
-/// handing the tokens that make them take the same time; a pair that breaks a rule, or makes
-/// the simulated iteration longer than `best` (the shortest so far), is undone.
-fn pair_step<F, G>(
+/// Pairs one step's computes `(stage, position)`, the heaviest attention with the lightest, the
+/// heavy side handing the tokens that level them; a pair that breaks a rule, or makes the
+/// simulated iteration longer than `best` (the shortest so far), is undone.
+fn pair_step<F, A, G>(
     s: &mut Schedule,
     at: &[(usize, usize)],
-    (cost, column): (&F, &G),
+    (cost, attention, column): (&F, &A, &G),
     prefix: &Prefixes,
     best: &mut f64,
 ) where
     F: Fn(&Action) -> f64,
+    A: Fn(&Action) -> f64,
     G: Fn(&Action) -> f64,
 {
-    let mut by_time: Vec<(f64, usize, usize)> = at
+    let mut by_attention: Vec<(f64, usize, usize)> = at
         .iter()
-        .map(|&(r, i)| (cost(&s.actions[r][i]), r, i))
+        .map(|&(r, i)| (attention(&s.actions[r][i]), r, i))
         .collect();
-    by_time.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let p = by_time.len();
+    by_attention.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let p = by_attention.len();
     for j in 0..p / 2 {
-        let (short, long) = (by_time[j], by_time[p - 1 - j]);
-        let h = &s.actions[long.1][long.2];
+        let (light, heavy) = (by_attention[j], by_attention[p - 1 - j]);
+        let h = &s.actions[heavy.1][heavy.2];
         let per_token = column(h);
         if per_token.is_nan() || per_token <= 0.0 {
             continue;
         }
-        let level = ((long.0 - short.0) / (2.0 * per_token)).max(0.0) as u64;
+        let level = ((heavy.0 - light.0) / (2.0 * per_token)).max(0.0) as u64;
         let head = u32::try_from(level.min(prefix.of(h))).unwrap_or(u32::MAX);
         if head == 0 {
             continue;
         }
         let backward = h.op != Op::Forward;
-        s.actions[long.1][long.2].pair = Some(Pair {
-            peer: Stage(short.1 as u32),
+        let mark = |peer: usize, head: u32| Pair {
+            peer: Stage(peer as u32),
             head,
             backward,
-        });
-        s.actions[short.1][short.2].pair = Some(Pair {
-            peer: Stage(long.1 as u32),
-            head: 0,
-            backward,
-        });
-        if !(validate(s).is_empty() && makespan(s, cost, column).is_some_and(|m| m <= *best)) {
-            s.actions[long.1][long.2].pair = None;
-            s.actions[short.1][short.2].pair = None;
-        } else {
-            *best = makespan(s, cost, column).unwrap_or(*best);
+        };
+        s.actions[heavy.1][heavy.2].pair = Some(mark(light.1, head));
+        s.actions[light.1][light.2].pair = Some(mark(heavy.1, 0));
+        let shorter = match best.is_finite() {
+            false => Some(*best),
+            true => makespan(s, cost, column).filter(|m| m <= best),
+        };
+        match shorter {
+            Some(m) if validate(s).is_empty() => *best = m,
+            _ => {
+                s.actions[heavy.1][heavy.2].pair = None;
+                s.actions[light.1][light.2].pair = None;
+            }
         }
     }
 }
@@ -235,26 +250,32 @@ where
     F: Fn(&Action) -> f64 + 'a,
     G: Fn(&Action) -> f64,
 {
-    let mut sides: HashMap<(usize, usize), Vec<Action>> = HashMap::new();
-    for a in schedule.iter().filter(|a| a.pair.is_some()) {
-        let peer = a.pair.map_or(0, |p| p.peer.index());
-        sides.entry((a.stage.index(), peer)).or_default().push(*a);
-    }
     let mut moved: HashMap<Action, f64> = HashMap::new();
-    for (&(r, q), mine) in &sides {
-        let Some(theirs) = sides.get(&(q, r)) else {
-            continue;
-        };
-        for (h, l) in mine.iter().zip(theirs) {
-            let head = h.pair.map_or(0, |p| p.head);
-            if head > 0 {
-                let work = f64::from(head) * column(h);
-                *moved.entry(*h).or_default() -= work;
-                *moved.entry(*l).or_default() += work;
-            }
-        }
+    for (h, l) in matched_pairs(schedule) {
+        let work = f64::from(h.pair.map_or(0, |p| p.head)) * column(&h);
+        *moved.entry(h).or_default() -= work;
+        *moved.entry(l).or_default() += work;
     }
     move |a: &Action| (cost(a) + moved.get(a).copied().unwrap_or(0.0)).max(0.0)
+}
+
+/// The (heavy, light) marks of `schedule` that meet: the `n`-th heavy mark of a stage towards
+/// a peer in one direction and the `n`-th light mark of the peer from it in that direction.
+pub fn matched_pairs(schedule: &Schedule) -> Vec<(Action, Action)> {
+    let mut sides: HashMap<(usize, usize, bool, bool), Vec<Action>> = HashMap::new();
+    for a in schedule.iter() {
+        if let Some(p) = a.pair {
+            let key = (a.stage.index(), p.peer.index(), p.head > 0, p.backward);
+            sides.entry(key).or_default().push(*a);
+        }
+    }
+    let mut pairs = Vec::new();
+    for (&(r, q, heavy, backward), mine) in &sides {
+        if let (true, Some(theirs)) = (heavy, sides.get(&(q, r, false, backward))) {
+            pairs.extend(mine.iter().copied().zip(theirs.iter().copied()));
+        }
+    }
+    pairs
 }
 
 /// A simple price list for drawing and testing exchanges: a forward of slice `j` costs its
@@ -333,8 +354,6 @@ pub fn strip_exchange(schedule: &Schedule) -> Schedule {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::{generate, lower, ScheduleConfig, ScheduleKind};
     use ExchangePolicy::*;
@@ -358,42 +377,36 @@ mod tests {
         }
     }
 
-    /// Every pair ends together to within one token's column of the long side: the long side
-    /// less what it hands takes at least the short side plus it, and one token more would turn
-    /// them round; the bubble drops.
+    /// Every pair attends to as many keys to within one token's column: the heavy side less
+    /// what it hands keeps at least the light side's attention plus it, and one token more
+    /// would turn them round; each step's pairs are the paper's (the k-th steady computes of
+    /// every stage); the bubble drops.
     #[test]
-    fn partners_take_the_same_time_to_one_column() {
+    fn partners_attend_equally_to_one_column() {
         let (p, n, s) = (4u32, 16u32, 64u64);
         let bounds: Vec<u64> = (0..=u64::from(n)).map(|j| s * j).collect();
         let t = AttentionCosts::new(&bounds, 0.6);
         let plain = slimpipe(p, n);
         let x = insert_exchange(&plain, |a| t.cost(a), |a| t.column(a), &bounds, Level).unwrap();
+        let prefix = Prefixes::new(&bounds, n).unwrap();
+        let attention = |a: &Action| t.column(a) * prefix.attended(a);
+        let pairs = matched_pairs(&x);
+        for (h, l) in &pairs {
+            let head = u64::from(h.pair.unwrap().head);
+            let moved = head as f64 * t.column(h);
+            let (heavy, light) = (attention(h) - moved, attention(l) + moved);
+            let what = format!("{} {}: {heavy} vs {light}", x.text(h), x.text(l));
+            // A heavy side that hands its whole prefix may stay heavier.
+            let whole = head == bounds[h.slice.index()];
+            assert!(heavy >= light - 1e-12, "{what}");
+            assert!(
+                whole || heavy - light <= 2.0 * t.column(h) * (1.0 + 1e-9),
+                "{what}"
+            );
+            assert_eq!(h.op, l.op, "{what}: a step pairs computes of one kind");
+        }
+        assert!(pairs.len() > 10, "{} pairs", pairs.len());
         let priced = exchange_costs(&x, |a| t.cost(a), |a| t.column(a));
-        let mut sides: HashMap<(usize, usize), Vec<Action>> = HashMap::new();
-        for a in x.iter().filter(|a| a.pair.is_some()) {
-            let peer = a.pair.unwrap().peer.index();
-            sides.entry((a.stage.index(), peer)).or_default().push(*a);
-        }
-        let mut pairs = 0;
-        for (&(r, q), mine) in &sides {
-            for (h, l) in mine.iter().zip(&sides[&(q, r)]) {
-                let head = u64::from(h.pair.unwrap().head);
-                if head == 0 {
-                    continue;
-                }
-                // A long side that hands its whole prefix may stay longer.
-                let whole = head == bounds[h.slice.index()];
-                let (long, short) = (priced(h), priced(l));
-                let what = format!("{} {}: {long} vs {short}", x.text(h), x.text(l));
-                assert!(long >= short, "{what}");
-                assert!(
-                    whole || long - short <= 2.0 * t.column(h) * (1.0 + 1e-9),
-                    "{what}"
-                );
-                pairs += 1;
-            }
-        }
-        assert!(pairs > 0);
         let before = simulate(&plain, |a| t.cost(a), &P2p::free()).unwrap();
         let after = simulate(&x, priced, &P2p::free()).unwrap();
         assert!(

@@ -281,7 +281,6 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
     let mut pos = vec![0usize; stages];
     let mut clock = vec![0.0f64; stages];
     let mut vocab = VocabMeetings::new(stages);
-    let mut pairs = PairMeetings::default();
     let mut timeline: Vec<Vec<Timed>> = sched
         .actions
         .iter()
@@ -303,12 +302,6 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
                 }
                 let start = clock[r];
                 let mut wait = 0.0;
-                if let Some(pair) = a.pair {
-                    match pairs.arrive(r, pair.peer.index(), start) {
-                        Some(ready) => wait = (ready - start).max(0.0),
-                        None => break, // blocked until the exchange partner arrives
-                    }
-                }
                 if a.op.is_vocab() {
                     match vocab.arrive(a, r, start) {
                         Some(ready) => wait = (ready - start).max(0.0),
@@ -348,9 +341,6 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
                 });
                 clock[r] = end;
                 pos[r] += 1;
-                if let Some(pair) = a.pair {
-                    pairs.done(r, pair.peer.index());
-                }
                 progressed = true;
             }
         }
@@ -403,34 +393,6 @@ impl VocabMeetings {
             let t = times[q];
             (!t.is_nan()).then(|| ready.max(t))
         })
-    }
-}
-
-/// Where exchange partners meet: the `n`-th exchange between two stages starts on both when
-/// both have reached it.
-#[derive(Default)]
-struct PairMeetings {
-    /// Exchanges each (stage, peer) has finished.
-    done: HashMap<(usize, usize), u32>,
-    /// Arrival times at the `n`-th exchange of a pair, by stage.
-    arrivals: HashMap<(usize, usize, u32), HashMap<usize, f64>>,
-}
-
-impl PairMeetings {
-    /// Records stage `r` at its next exchange with `peer` from time `at`; the time both are
-    /// there, or `None` while the partner has not arrived.
-    fn arrive(&mut self, r: usize, peer: usize, at: f64) -> Option<f64> {
-        let n = self.done.get(&(r, peer)).copied().unwrap_or(0);
-        let here = self
-            .arrivals
-            .entry((r.min(peer), r.max(peer), n))
-            .or_default();
-        let mine = *here.entry(r).or_insert(at);
-        here.get(&peer).map(|&theirs| mine.max(theirs))
-    }
-
-    fn done(&mut self, r: usize, peer: usize) {
-        *self.done.entry((r, peer)).or_default() += 1;
     }
 }
 

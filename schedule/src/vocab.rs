@@ -71,7 +71,7 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
     let base = strip_vocab(schedule);
     let lowered = if base.lowered { base } else { lower(&base)? };
     if let Some(a) = lowered.iter().find(|a| a.pair.is_some()) {
-        // Partners meet; a cut between them would leave each waiting for the other.
+        // The exchange steps are counted among the computes; the vocabulary ops go in first.
         return Err(ScheduleError::NotLowered {
             reason: format!(
                 "{} takes part in an attention exchange: insert the vocabulary-parallel ops \

@@ -61,8 +61,7 @@ fn cases() -> Vec<ScheduleConfig> {
 #[test]
 fn exchanged_attention_matches_single_device_f64() {
     let model = tiny_model();
-    // Pairs form where stages run at the same time: forwards and backwards both, not in every
-    // case.
+    // Pairs form at the steady steps, forwards and backwards both.
     let mut exchanged = [0, 0];
     for cfg in cases() {
         for vocab in [false, true] {
@@ -140,8 +139,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The executor's own counts: with the exchange, the steady forward steps' attention is more
-/// even across the stages (figures printed with `--nocapture`), the total unchanged.
+/// The executor's own counts: with the exchange, the steady forward steps' attention is even
+/// across the stages, max/min at most 1.1 at the median step where it is at least 1.5 without
+/// (figures printed with `--nocapture`), the total unchanged. An answer counts against its light
+/// mark, the step the pass levelled, whenever the partner computed it.
 #[test]
 fn the_exchange_evens_out_the_attention_of_steady_steps() {
     let model = tiny_model();
@@ -181,7 +182,7 @@ fn the_exchange_evens_out_the_attention_of_steady_steps() {
         without.0
     );
     assert!(
-        with.0 < without.0 && with.1 < without.1,
+        with.0 <= 1.1 && with.1 < without.1,
         "{with:?} vs {without:?}"
     );
 }
@@ -233,8 +234,8 @@ fn a_schedule_file_with_exchanges_needs_the_setting() {
     let exchanging = [&with_file[..], &["--exchange", "--seq-len", "32"]].concat();
     let (ok, _, err) = common::seqpipe(&exchanging);
     assert!(ok, "{err}");
-    // Paired for 32 tokens, the file hands more than 16-token sequences have before a slice.
-    let short = [&with_file[..], &["--exchange", "--seq-len", "16"]].concat();
+    // Paired for 32 tokens, the file hands more than 8-token sequences have before a slice.
+    let short = [&with_file[..], &["--exchange", "--seq-len", "8"]].concat();
     let (ok, _, err) = common::seqpipe(&short);
     assert!(
         !ok && err.contains("tokens of its prefix, but slice"),

@@ -16,7 +16,8 @@ use crate::message::Message;
 use crate::progress::Progress;
 use crate::tag::Tag;
 use crate::transport::{
-    check_peer, disconnected, receive, recv_op, send_op, CommOptions, SendHandle, Transport,
+    check_peer, disconnected, receive, receive_any, recv_op, send_op, CommOptions, SendHandle,
+    Transport,
 };
 #[cfg(feature = "nccl")]
 use crate::transport::{receive_envelope, Envelope};
@@ -248,6 +249,11 @@ impl Transport for TcpTransport {
     fn try_recv(&mut self, peer: usize, tag: Tag) -> Result<Option<Message>> {
         let inbox = self.link(peer)?.inbox();
         receive(inbox, &self.progress, recv_op(peer, tag), None)
+    }
+
+    fn try_recv_any(&mut self, peer: usize) -> Result<Option<(Tag, Message)>> {
+        let inbox = self.link(peer)?.inbox();
+        receive_any(inbox, &self.progress, peer)
     }
 }
 

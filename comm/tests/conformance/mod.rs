@@ -40,6 +40,11 @@ pub trait Backend: Sync {
 
     /// `world` connected ranks (index = rank) whose blocking calls time out after `timeout`.
     fn mesh(&self, world: usize, timeout: Duration) -> Vec<Self::T>;
+
+    /// Whether [`Transport::try_recv_any`] receives (the NCCL backend refuses it by name).
+    fn receives_in_arrival_order(&self) -> bool {
+        true
+    }
 }
 
 /// The worlds of `wanted` that `b` can build; prints the ones it cannot.
@@ -75,6 +80,7 @@ macro_rules! with_scenarios {
             ring_exchange_of_varying_shapes,
             random_messages_round_trip,
             isend_and_try_recv_do_not_block,
+            try_recv_any_takes_whatever_came_next,
             tags_shapes_and_dtypes_must_match,
             silent_peer_times_out_naming_it,
             dead_peer_fails_the_waiting_rank_at_once,

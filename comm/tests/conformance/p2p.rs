@@ -186,6 +186,47 @@ pub fn isend_and_try_recv_do_not_block<B: Backend>(b: &B) {
     }
 }
 
+/// `try_recv_any` hands over the next message from a peer whatever its tag, in the peer's
+/// sending order, and `None` when nothing has come; a backend that cannot says so by name.
+pub fn try_recv_any_takes_whatever_came_next<B: Backend>(b: &B) {
+    let arrival = b.receives_in_arrival_order();
+    on_mesh(b, 2, LONG, |mut t| {
+        let tags = [act(7), nth_tag(3), act(1)];
+        match t.rank() {
+            0 => {
+                for (i, &tag) in tags.iter().enumerate() {
+                    t.send(1, tag, random_message(i as u64)).unwrap();
+                }
+                t.recv(1, act(9)).unwrap();
+            }
+            _ if !arrival => {
+                let e = t.try_recv_any(0).unwrap_err().to_string();
+                assert!(e.contains("arrival order"), "{e}");
+                for (i, &tag) in tags.iter().enumerate() {
+                    assert_eq!(t.recv(0, tag).unwrap(), random_message(i as u64));
+                }
+                t.send(0, act(9), random_message(9)).unwrap();
+            }
+            _ => {
+                let deadline = Instant::now() + LONG;
+                let mut got = Vec::new();
+                while got.len() < tags.len() && Instant::now() < deadline {
+                    match t.try_recv_any(0).unwrap() {
+                        Some(m) => got.push(m),
+                        None => std::thread::yield_now(),
+                    }
+                }
+                let sent: Vec<(Tag, Message)> = (0..tags.len())
+                    .map(|i| (tags[i], random_message(i as u64)))
+                    .collect();
+                assert_eq!(got, sent);
+                assert_eq!(t.try_recv_any(0).unwrap(), None, "nothing more was sent");
+                t.send(0, act(9), random_message(9)).unwrap();
+            }
+        }
+    });
+}
+
 fn big_message() -> Message {
     let v: Vec<f32> = (0..1 << 20).map(|i| (i % 4099) as f32 - 7.5).collect();
     Message::from_f32(vec![1024, 1024], v).unwrap()

@@ -1,10 +1,11 @@
 //! The rules of attention exchanges ([`crate::Pair`]): only forwards and input-gradient
 //! backwards exchange, with another stage of the pipeline, the heavy side in its own compute's
 //! direction and handing part of a prefix, so never from a sequence's first slice (the token
-//! count against the prefix's length is the executor's business, which knows the tokens); and the `n`-th exchange of
-//! stage `r` with `q` meets the `n`-th of `q` with `r`: the same direction, exactly one of them
-//! heavy. Whether they meet
-//! in an order that finishes is the dry run's business.
+//! count against the prefix's length is the executor's business, which knows the tokens); and
+//! the `n`-th heavy mark of stage `r` towards `q` in one direction (forward or backward) meets
+//! the `n`-th light mark of `q` from `r` in that direction. Partners need not run at the same
+//! time (the light side answers whenever a request arrives), so an exchange adds no wait the
+//! dry run could find.
 
 use std::collections::HashMap;
 
@@ -12,8 +13,9 @@ use crate::action::{Action, Op};
 use crate::schedule::Schedule;
 use crate::validate::{push, Rule, Violation};
 
-/// The exchanges of stage `r` with each peer, in program order: (position, action).
-type Sides = HashMap<(usize, usize), Vec<(usize, Action)>>;
+/// The marks of stage `r` towards `q`, heavy or not, backward or not, in program order:
+/// (position, action).
+type Sides = HashMap<(usize, usize, bool, bool), Vec<(usize, Action)>>;
 
 pub(crate) fn exchange_violations(s: &Schedule, out: &mut Vec<Violation>) {
     let p = s.actions.len();
@@ -34,23 +36,14 @@ pub(crate) fn exchange_violations(s: &Schedule, out: &mut Vec<Violation>) {
                 push(out, s, a, Some(i), Rule::ExchangeOutOfPlace);
                 continue;
             }
-            sides.entry((r, peer)).or_default().push((i, *a));
+            let key = (r, peer, pair.head > 0, pair.backward);
+            sides.entry(key).or_default().push((i, *a));
         }
     }
-    for (&(r, q), mine) in &sides {
-        let theirs = sides.get(&(q, r)).map_or(&[][..], Vec::as_slice);
-        for (n, &(i, a)) in mine.iter().enumerate() {
-            let matched = theirs.get(n).is_some_and(|(_, b)| meets(&a, b));
-            if !matched {
-                push(out, s, &a, Some(i), Rule::UnmatchedExchange);
-            }
+    for (&(r, q, heavy, backward), mine) in &sides {
+        let theirs = sides.get(&(q, r, !heavy, backward)).map_or(0, Vec::len);
+        for &(i, a) in mine.iter().skip(theirs) {
+            push(out, s, &a, Some(i), Rule::UnmatchedExchange);
         }
     }
-}
-
-/// Two exchanges meet when they exchange the same direction and exactly one hands tokens.
-fn meets(a: &Action, b: &Action) -> bool {
-    let heavy = |x: &Action| x.pair.is_some_and(|p| p.head > 0);
-    let backward = |x: &Action| x.pair.is_some_and(|p| p.backward);
-    backward(a) == backward(b) && heavy(a) != heavy(b)
 }

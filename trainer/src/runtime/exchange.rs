@@ -1,7 +1,8 @@
 //! SlimPipe's attention context exchange for a run: `parallel.attention_exchange` pairs the
-//! ranks of each steady step by the cache lengths of their slices
-//! (`seqpipe_schedule::insert_exchange`), and the executor computes each marked compute's
-//! attention with its partner (`worker/exchange.rs`).
+//! ranks of each steady step by the attention of their slices
+//! (`seqpipe_schedule::insert_exchange`), and the executor computes each heavy compute's
+//! attention with its partner (`worker/exchange.rs`), which answers whenever a request arrives
+//! (`worker/serve.rs`).
 
 use std::ops::Range;
 
@@ -12,12 +13,12 @@ use crate::error::{fail, Result};
 use crate::model::ModelConfig;
 use crate::train::flop_costs;
 
-/// `schedule` with its exchange pairs (those `policy` keeps) for a sequence sliced into
-/// `slices`, placed and sized on
-/// the timeline simulated with each compute's FLOPs ([`flop_costs`]), which is
-/// how the executor's computes line up; a schedule that already has pairs (a schedule file) keeps its own. The partner answers one request per layer of its own walk, so every virtual stage
-/// must have the same number of layers; a schedule with nothing to exchange (one stage, one
-/// slice per sequence) is refused rather than run without it.
+/// `schedule` with its exchange pairs for a sequence sliced into `slices`: those `policy` keeps
+/// on the iteration simulated with each compute's FLOPs ([`flop_costs`]); a schedule that
+/// already has pairs (a schedule file) keeps its own. The partner answers one request per layer
+/// of the heavy side's walk, so every virtual stage must have the same number of layers; a
+/// schedule with nothing to exchange (one stage, one slice per sequence) is refused rather than
+/// run without it.
 pub fn with_exchange(
     schedule: Lowered,
     model: &ModelConfig,

@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use seqpipe_comm::{Tag, TagKind};
 use seqpipe_schedule::{Action, Op, Schedule};
 
-use super::worker::{exchange_sends, vocab_sends};
+use super::worker::vocab_sends;
 
 /// Per-peer expected send order plus messages received early.
 #[derive(Debug, Default)]
@@ -63,35 +63,41 @@ impl Inbox {
         }
     }
 
-    /// [`Inbox::recv`] without waiting: the tensor `tag` from `peer` if it, and everything the
-    /// peer sent before it, has arrived (`try_receive` returns `None` for a message not there).
-    pub fn try_recv(
-        &mut self,
-        peer: usize,
-        tag: Tag,
-        mut try_receive: impl FnMut(usize, Tag) -> Result<Option<Tensor>>,
-    ) -> Result<Option<Tensor>> {
-        if let Some(msg) = self.early.remove(&(peer, tag)) {
-            return Ok(Some(msg));
-        }
-        loop {
-            let Some(&next) = self.expected.get(&peer).and_then(VecDeque::front) else {
-                return Ok(None);
-            };
-            let Some(msg) = try_receive(peer, next)? else {
-                return Ok(None);
-            };
-            self.expected.get_mut(&peer).and_then(VecDeque::pop_front);
-            if next == tag {
-                return Ok(Some(msg));
+    /// Files a message received in arrival order (a run with attention exchanges): an
+    /// exchange's message is kept by its tag, any other must be the next one `peer` sends in
+    /// the schedule's order.
+    pub fn file(&mut self, peer: usize, tag: Tag, t: Tensor) -> Result<()> {
+        let exchange = matches!(
+            tag.unit(),
+            Some((TagKind::ExchangeAsk | TagKind::ExchangeAnswer, ..))
+        );
+        if !exchange {
+            let next = self.expected.get_mut(&peer).and_then(VecDeque::pop_front);
+            if next != Some(tag) {
+                fail!(
+                    Runtime,
+                    "stage {peer} sent {tag} where the schedule has it send {}",
+                    next.map_or("nothing more".to_string(), |t| t.to_string())
+                );
             }
-            self.early.insert((peer, next), msg);
         }
+        self.early.insert((peer, tag), t);
+        Ok(())
     }
 
-    /// Keeps a received tensor until [`Inbox::recv`] asks for it.
-    pub fn keep(&mut self, peer: usize, tag: Tag, t: Tensor) {
-        self.early.insert((peer, tag), t);
+    /// Whether `peer` has messages still to send in the schedule's order.
+    pub fn expects(&self, peer: usize) -> bool {
+        self.expected.get(&peer).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Whether `tag` from `peer` is filed.
+    pub fn has(&self, peer: usize, tag: Tag) -> bool {
+        self.early.contains_key(&(peer, tag))
+    }
+
+    /// The filed message `tag` from `peer`, if it is there.
+    pub fn take(&mut self, peer: usize, tag: Tag) -> Option<Tensor> {
+        self.early.remove(&(peer, tag))
     }
 
     /// Bytes of tensors received early and not yet used.
@@ -105,25 +111,18 @@ pub(crate) fn message_tag(kind: TagKind, a: &Action, vstage: usize) -> Result<Ta
     Ok(Tag::new(kind, a.mb.0, a.slice.0, vstage as u32)?)
 }
 
-/// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order;
-/// an attention exchange runs over `layers` layers (every chunk's count).
+/// For `stage`, the (peer, tag) of every message sent to it, in each sender's program order.
+/// An attention exchange's messages have no order fixed in advance (a partner answers when a
+/// request arrives) and are not listed: they are filed by tag ([`Inbox::file`]).
 pub(crate) fn incoming_order(
     schedule: &Schedule,
     stage: usize,
     rank_offset: usize,
-    layers: usize,
 ) -> Result<Vec<(usize, Tag)>> {
     let p = schedule.config.stages;
     let mut order = Vec::new();
     for (sender, program) in schedule.actions.iter().enumerate() {
-        let mut exchanges = 0u32;
         for a in program.iter() {
-            if a.pair.is_some_and(|pair| pair.peer.index() == stage) {
-                for (kind, call, part) in exchange_sends(a, layers) {
-                    order.push((sender + rank_offset, Tag::new(kind, exchanges, call, part)?));
-                }
-                exchanges += 1;
-            }
             if !(a.op.is_send() || a.op.is_vocab()) {
                 continue;
             }

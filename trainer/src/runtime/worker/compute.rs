@@ -74,13 +74,13 @@ impl StageWorker {
             .then(|| self.recompute.of(&u))
             .flatten();
         let last_slice = a.slice.index() + 1 == input.slices.len();
-        let partner = self.partner(link, st, a, input)?;
+        let site = self.site(link, st, a, input)?;
         let caches = st.store.caches(&u, layers);
         let batch_heads = x.dim(0)? * self.model.heads;
-        let ((x, saved_layers, kv), handed, served) = at_site(partner, |site| {
+        let ((x, saved_layers, kv), handed) = at_site(site, |site| {
             self.chunk_forward(chunk, caches, x, offset, site)
         })?;
-        st.attention += layers as u64 * own_entries(batch_heads, offset, len, handed) + served;
+        st.attention += layers as u64 * own_entries(batch_heads, offset, len, handed);
         // The K/V sink: the slice's keys and values join the prefix of the later slices — but
         // a layer recomputed whole on the last slice keeps none: no later slice reads them, and
         // its RECOMPUTE makes them again.
@@ -220,7 +220,7 @@ impl StageWorker {
             }
         };
         let chunk = a.chunk.index();
-        let partner = self.partner(link, st, a, input)?;
+        let site = self.site(link, st, a, input)?;
         let caches = st
             .store
             .existing_caches(&u)
@@ -232,11 +232,10 @@ impl StageWorker {
             }
             None => (0, 0, 0),
         };
-        let ((dx, norm_grads, weight_inputs), handed, served) = at_site(partner, |site| {
+        let ((dx, norm_grads, weight_inputs), handed) = at_site(site, |site| {
             self.chunk_backward(chunk, caches, &layers, dy, site)
         })?;
-        st.attention +=
-            layers.len() as u64 * own_entries(batch_heads, offset, len, handed) + served;
+        st.attention += layers.len() as u64 * own_entries(batch_heads, offset, len, handed);
         let dy = dx;
         pending.layers.extend(weight_inputs);
         for (index, [d_attn, d_mlp]) in norm_grads {

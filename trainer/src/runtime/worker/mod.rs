@@ -14,12 +14,14 @@ use seqpipe_schedule::{Action, Lowered, Op, Unit};
 
 use super::inbox::{incoming_order, Inbox};
 pub use super::input::IterationInput;
+use serve::Service;
 
 mod compute;
 mod exchange;
 mod host_link;
 mod link;
 mod recompute;
+mod serve;
 mod store;
 mod tiers;
 mod vocab;
@@ -30,7 +32,6 @@ use crate::model::layer::{LayerCtx, LayerWeights};
 use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::{zeros_like, TensorMap};
 use crate::model::ModelConfig;
-pub(crate) use exchange::exchange_sends;
 use host_link::HostLink;
 use link::Link;
 pub use recompute::{Granularity, StageRecompute};
@@ -69,8 +70,8 @@ struct IterState {
     recomputed: HashSet<Unit>,
     loss: f64,
     answers: Answers,
-    /// Attention exchanges begun with each peer stage (their number tags the messages).
-    exchanges: HashMap<usize, u32>,
+    /// Heavy exchanges begun with each (peer stage, backward) (their number tags the messages).
+    exchanges: HashMap<(usize, bool), u32>,
     /// Attention score entries computed by the current action (see `record::Event`).
     attention: u64,
 }
@@ -224,7 +225,6 @@ impl StageWorker {
             schedule,
             self.spec.stage,
             self.spec.rank_offset,
-            layers,
         )?);
         let device = self.device.clone();
         let dtype = self
@@ -240,6 +240,10 @@ impl StageWorker {
             rank_offset: self.spec.rank_offset,
             device: &device,
             dtype,
+            service: schedule
+                .iter()
+                .any(|a| a.pair.is_some())
+                .then(|| Service::new(program, layers as u32, self.attention)),
         };
         let batch = input.tokens.first().map_or(Ok(0), |t| t.dim(0))?;
         let mut st = IterState {
@@ -274,6 +278,9 @@ impl StageWorker {
             rec.action(text, a.op, (start, end), st.store.held(), attention);
         }
         join_all(&mut st)?;
+        link.finish_service().with_context(|| {
+            format!("stage {} answering its exchange partners", self.spec.stage)
+        })?;
         if !st.store.is_drained() {
             fail!(
                 Runtime,
@@ -281,7 +288,12 @@ impl StageWorker {
                 self.spec.stage
             );
         }
-        Ok(rec.finish(st.loss, st.answers, st.link.wait_seconds))
+        let mut report = rec.finish(st.loss, st.answers, st.link.wait_seconds);
+        // An answer counts against its light mark, the step the exchange levelled.
+        for (position, served) in link.service.iter().flat_map(Service::served) {
+            report.events[position].attention += served;
+        }
+        Ok(report)
     }
 
     /// The units `program` recomputes; an error naming the first one the stage's setting gives
