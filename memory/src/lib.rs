@@ -83,7 +83,7 @@ pub use pipeline::{PipelineKind, StageLayout};
 pub use program::{schedule_program, ProgramInputs, ScheduleProgram};
 pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
 pub use search::{candidates, evaluate, evaluate_at, search, Candidate, Evaluation, SearchSpace};
-pub use simulated::{schedule_config, simulated_bubble};
+pub use simulated::{schedule_config, simulated_bubble, simulated_bubbles, SimulatedBubbles};
 pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};
 pub use timeline::{
     ledger_of_simulation, pipeline_kind, spans_from_simulation, spans_in_program_order, unit_key,

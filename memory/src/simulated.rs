@@ -5,9 +5,10 @@
 //! steps of equal cost; with uniform slices a slice's attention grows with the tokens before it,
 //! and the LM head weighs on the last stage, which only a simulation sees.
 //!
-//! SlimPipe's attention exchange is not priced here: it is off in the plans `seqpipe plan`
-//! emits, and its pass (pairing step by step on a re-simulated timeline) is far too slow for
-//! schedules of this size.
+//! [`simulated_bubbles`] also prices SlimPipe with its attention exchange, every pair of every
+//! steady step as the paper makes them (`seqpipe_schedule::ExchangePolicy::Level`, which
+//! `parallel.exchange_pairs = "level"` runs), the moved work priced by
+//! `seqpipe_schedule::exchange_costs`.
 //!
 //! # Example
 //!
@@ -34,7 +35,8 @@
 use std::ops::Range;
 
 use seqpipe_schedule::{
-    generate, insert_vocab_parallel, lower, simulate, Action, P2p, ScheduleConfig, ScheduleKind,
+    exchange_costs, generate, insert_exchange, insert_vocab_parallel, lower, simulate, Action,
+    ExchangePolicy, P2p, Schedule, ScheduleConfig, ScheduleKind,
 };
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
@@ -87,6 +89,64 @@ fn slices(space: &SearchSpace, kind: PipelineKind) -> Result<Vec<Range<u64>>> {
 
 /// The simulated bubble ratio of `c`'s schedule (see the module header).
 pub fn simulated_bubble(space: &SearchSpace, c: &Candidate) -> Result<f64> {
+    let (schedule, prices) = as_run(space, c)?;
+    Ok(simulate(&schedule, |a| prices.cost(a), &P2p::free())?.bubble_ratio)
+}
+
+/// The simulated bubbles of a plan's schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimulatedBubbles {
+    /// As generated.
+    pub plain: f64,
+    /// SlimPipe with every pair of its attention exchange; `None` for other kinds.
+    pub exchange: Option<f64>,
+}
+
+impl SimulatedBubbles {
+    /// Whether the exchange shortens the iteration.
+    pub fn exchange_helps(&self) -> bool {
+        self.exchange.is_some_and(|x| x < self.plain)
+    }
+
+    /// The bubble of the better of the two.
+    pub fn best(&self) -> f64 {
+        self.exchange.map_or(self.plain, |x| x.min(self.plain))
+    }
+}
+
+/// `c`'s schedule simulated as generated and, for SlimPipe, with its attention exchange (see
+/// the module header); the two run side by side.
+pub fn simulated_bubbles(space: &SearchSpace, c: &Candidate) -> Result<SimulatedBubbles> {
+    let (schedule, prices) = as_run(space, c)?;
+    let cost = |a: &Action| prices.cost(a);
+    if !matches!(c.kind, PipelineKind::SlimPipe { .. }) {
+        let plain = simulate(&schedule, cost, &P2p::free())?.bubble_ratio;
+        return Ok(SimulatedBubbles {
+            plain,
+            exchange: None,
+        });
+    }
+    let bounds: Vec<u64> = std::iter::once(0)
+        .chain(slices(space, c.kind)?.iter().map(|r| r.end))
+        .collect();
+    let column = |a: &Action| prices.column(a);
+    let (plain, exchange) = std::thread::scope(|scope| {
+        let plain = scope.spawn(|| simulate(&schedule, cost, &P2p::free()));
+        let paired = insert_exchange(&schedule, cost, column, &bounds, ExchangePolicy::Level)
+            .and_then(|x| simulate(&x, exchange_costs(&x, cost, column), &P2p::free()));
+        (plain.join(), paired)
+    });
+    // A panic in the simulation is a bug: it goes on as itself.
+    let plain = plain.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    Ok(SimulatedBubbles {
+        plain: plain.bubble_ratio,
+        exchange: Some(exchange?.bubble_ratio),
+    })
+}
+
+/// `c`'s schedule as the trainer runs it (lowered; SlimPipe's vocabulary-parallel ops placed),
+/// and its FLOP prices.
+fn as_run(space: &SearchSpace, c: &Candidate) -> Result<(Schedule, FlopCosts)> {
     let config = schedule_config(c)?;
     let ranges = slices(space, c.kind)?;
     let virtual_stages = (c.stages * c.kind.chunks()) as usize;
@@ -99,12 +159,11 @@ pub fn simulated_bubble(space: &SearchSpace, c: &Candidate) -> Result<f64> {
         &ranges,
         sharded,
     );
-    let cost = |a: &Action| prices.cost(a);
     let mut schedule = lower(&generate(&config)?)?;
     if sharded {
-        schedule = insert_vocab_parallel(&schedule, cost)?;
+        schedule = insert_vocab_parallel(&schedule, |a| prices.cost(a))?;
     }
-    Ok(simulate(&schedule, cost, &P2p::free())?.bubble_ratio)
+    Ok((schedule, prices))
 }
 
 #[cfg(test)]
@@ -174,5 +233,40 @@ mod tests {
         println!("closed {closed}, simulated at 1K {short}, at 256K {long}");
         assert!(short > closed + 0.03, "{short} vs {closed}");
         assert!(long > short + 0.03, "{long} vs {short}");
+    }
+
+    /// At a long sequence the attention exchange (every pair) evens out the steps of SlimPipe's
+    /// uniform slices, and here (interleaved, 16 slices) the simulated bubble drops; other kinds
+    /// have no exchange to price.
+    #[test]
+    fn the_exchange_shortens_slimpipe_at_long_sequences() {
+        let h100 = crate::gpu::gpu_preset("h100").unwrap();
+        let space = SearchSpace {
+            shape: seqpipe_slicing::preset("llama-7b").unwrap(),
+            seq_len: 256 * 1024,
+            gpus: 4,
+            global_batch: 8,
+            gpu: h100,
+            budget_bytes: h100.memory_bytes,
+            efficiency: 0.5,
+            max_tp: 1,
+            max_cp: 1,
+            min_stages: 2,
+        };
+        let slim = candidate(PipelineKind::SlimPipe {
+            slices: 16,
+            chunks: 2,
+        });
+        let both = simulated_bubbles(&space, &slim).unwrap();
+        let exchange = both.exchange.unwrap();
+        println!(
+            "SlimPipe 7B 256K p=4 n=16 v=2: {} without, {exchange} with",
+            both.plain
+        );
+        assert_eq!(both.plain, simulated_bubble(&space, &slim).unwrap());
+        assert!(exchange < both.plain - 0.01, "{both:?}");
+        assert_eq!(both.best(), exchange);
+        let seq = candidate(PipelineKind::Seq1F1B { slices: 4 });
+        assert_eq!(simulated_bubbles(&space, &seq).unwrap().exchange, None);
     }
 }

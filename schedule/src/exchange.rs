@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use seqpipe_schedule::*;
-//! let config = ScheduleConfig::new(ScheduleKind::SlimPipe, 4, 2).with_slices(8);
+//! let config = ScheduleConfig::new(ScheduleKind::SlimPipe, 4, 4).with_slices(8);
 //! let bounds: Vec<u64> = (0..=8).map(|j| 64 * j).collect(); // 8 slices of 64 tokens
 //! // Half of a forward's time in its attention, a backward twice a forward.
 //! let times = AttentionCosts::new(&bounds, 0.5);
@@ -41,18 +41,19 @@ use crate::error::{Result, ScheduleError};
 use crate::ids::Stage;
 use crate::schedule::Schedule;
 use crate::simulate::{simulate, P2p};
-use crate::validate::validate;
+use crate::validate::exchange::exchange_violations;
 
-/// Whether position `i` of `list` is a steady compute: a forward after the stage's first
-/// backward, or an input-gradient backward before its last forward.
-fn steady(list: &[Action], i: usize) -> bool {
+/// The positions of `list`'s steady computes of one direction: the forwards after the stage's
+/// first backward, or (`forward` false) the input-gradient backwards before its last forward.
+fn steady(list: &[Action], forward: bool) -> Vec<usize> {
     let first_backward = list.iter().position(|a| a.op.makes_input_grad());
     let last_forward = list.iter().rposition(|a| a.op == Op::Forward);
-    match list[i].op {
-        Op::Forward => first_backward.is_some_and(|b| b < i),
-        op if op.makes_input_grad() => last_forward.is_some_and(|f| i < f),
+    let is_steady = |i: usize| match list[i].op {
+        Op::Forward => forward && first_backward.is_some_and(|b| b < i),
+        op if op.makes_input_grad() => !forward && last_forward.is_some_and(|f| i < f),
         _ => false,
-    }
+    };
+    (0..list.len()).filter(|&i| is_steady(i)).collect()
 }
 
 /// `schedule` (lowered) with its pairs marked (existing marks are replaced). `cost` is each
@@ -62,9 +63,10 @@ fn steady(list: &[Action], i: usize) -> bool {
 /// `bounds[j]..bounds[j + 1]`), so a pair's [`Pair::head`] counts tokens.
 ///
 /// Steps are taken in order; a compute's attention is `column` times the keys its queries see
-/// on average. Each pair is kept only if the schedule still validates and `policy` takes it
-/// (the durations `cost` and the moved work price the simulated iteration). One stage, or one
-/// slice per sequence, leaves nothing to move.
+/// on average. Each pair is kept if `policy` takes it (the durations `cost` and the moved work
+/// price the simulated iteration); pairs made step by step meet in order on both sides, which
+/// the exchange's rules check once at the end. One stage, or one slice per sequence, leaves nothing
+/// to move.
 pub fn insert_exchange<F, G>(
     schedule: &Schedule,
     cost: F,
@@ -83,7 +85,7 @@ where
         ExchangePolicy::Shorten => makespan(&out, &cost, &column).unwrap_or(f64::INFINITY),
     };
     let attention = |a: &Action| column(a) * prefix.attended(a);
-    for step in lockstep_steps(&out) {
+    for step in exchange_steps(&out, &cost)? {
         if policy == ExchangePolicy::Level {
             best = f64::INFINITY;
         }
@@ -95,40 +97,83 @@ where
             &mut best,
         );
     }
-    Ok(out)
+    // Only the marks changed: their rules are the ones to check again.
+    let mut broken = Vec::new();
+    exchange_violations(&out, &mut broken);
+    match broken.into_iter().next() {
+        None => Ok(out),
+        Some(v) => Err(ScheduleError::Unmatched {
+            stage: v.stage,
+            position: v.position.unwrap_or(0),
+            action: v.action,
+            reason: format!(
+                "breaks {:?} after pairing (a bug in the exchange pass)",
+                v.rule
+            ),
+        }),
+    }
 }
 
-/// The schedule's steady steps in order. Forward step `k` is the `k`-th steady forward of
-/// every stage. A backward reaches stage `r` one backward after stage `r + 1`, so backward step
-/// `k` is the `k`-th steady backward of the last stage and the one `p - 1 - r` places earlier
-/// on stage `r` (slices that run side by side, whose prefixes differ). A step some stage lacks
-/// (its warm-up or cool-down) is left out, as in the paper.
-fn lockstep_steps(s: &Schedule) -> Vec<Vec<(usize, usize)>> {
-    let steady_of = |forward: bool| -> Vec<Vec<usize>> {
-        s.actions
+/// The steady steps of `schedule` (lowered) as [`insert_exchange`] pairs them, in order: each
+/// step the `(stage, position)` of one steady compute of every stage, all forwards or all
+/// input-gradient backwards. A steady forward comes after its stage's first backward, a steady
+/// backward before its last forward. The stages run their steady computes one after another at
+/// a common pace, each some computes behind or ahead of the last stage; that offset is read
+/// off the timeline simulated with `cost` (the compute nearest in time to the last stage's
+/// middle steady one), so step `k` holds the last stage's `k`-th steady compute and on every
+/// other stage the one running beside it. A step some stage lacks (its warm-up or cool-down) is
+/// left out, as in the paper.
+pub fn exchange_steps<F>(schedule: &Schedule, cost: F) -> Result<Vec<Vec<(usize, usize)>>>
+where
+    F: Fn(&Action) -> f64,
+{
+    let sim = simulate(schedule, cost, &P2p::free())?;
+    let p = schedule.actions.len();
+    let mut out = Vec::new();
+    let mut by_direction = Vec::new();
+    for forward in [true, false] {
+        let lists: Vec<Vec<usize>> = schedule
+            .actions
             .iter()
-            .map(|list| {
-                (0..list.len())
-                    .filter(|&i| steady(list, i) && (list[i].op == Op::Forward) == forward)
+            .map(|l| steady(l, forward))
+            .collect();
+        let start = |r: usize, i: usize| sim.timeline[r][i].start + sim.timeline[r][i].wait;
+        let reference = &lists[p - 1];
+        let Some(&middle) = reference.get(reference.len() / 2) else {
+            by_direction.push(Vec::new());
+            continue;
+        };
+        let at = start(p - 1, middle);
+        let lags: Vec<i64> = (0..p)
+            .map(|r| {
+                let nearest = (0..lists[r].len())
+                    .min_by(|&a, &b| {
+                        let d = |j: usize| (start(r, lists[r][j]) - at).abs();
+                        d(a).total_cmp(&d(b))
+                    })
+                    .unwrap_or(0);
+                (reference.len() / 2) as i64 - nearest as i64
+            })
+            .collect();
+        let steps: Vec<Vec<(usize, usize)>> = (0..reference.len())
+            .filter_map(|k| {
+                (0..p)
+                    .map(|r| {
+                        let j = usize::try_from(k as i64 - lags[r]).ok()?;
+                        lists[r].get(j).map(|&i| (r, i))
+                    })
                     .collect()
             })
-            .collect()
-    };
-    let p = s.actions.len();
-    let step = |lists: &[Vec<usize>], k: usize, lag: &dyn Fn(usize) -> usize| {
-        let at = |r: usize| k.checked_sub(lag(r)).and_then(|j| lists[r].get(j).copied());
-        (0..p)
-            .map(|r| at(r).map(|i| (r, i)))
-            .collect::<Option<Vec<_>>>()
-    };
-    let (forwards, backwards) = (steady_of(true), steady_of(false));
-    let longest = forwards.iter().chain(&backwards).map(Vec::len).max();
-    let mut out = Vec::new();
-    for k in 0..longest.unwrap_or(0) + p {
-        out.extend(step(&forwards, k, &|_| 0));
-        out.extend(step(&backwards, k, &|r| p - 1 - r));
+            .collect();
+        by_direction.push(steps);
     }
-    out
+    // Forward and backward steps interleaved, as the pipeline runs them.
+    let (forwards, backwards) = (&by_direction[0], &by_direction[1]);
+    for k in 0..forwards.len().max(backwards.len()) {
+        out.extend(forwards.get(k).cloned());
+        out.extend(backwards.get(k).cloned());
+    }
+    Ok(out)
 }
 
 /// Which pairs [`insert_exchange`] keeps.
@@ -174,8 +219,8 @@ impl<'b> Prefixes<'b> {
 }
 
 /// Pairs one step's computes `(stage, position)`, the heaviest attention with the lightest, the
-/// heavy side handing the tokens that level them; a pair that breaks a rule, or makes the
-/// simulated iteration longer than `best` (the shortest so far), is undone.
+/// heavy side handing the tokens that level them; a pair that makes the simulated iteration
+/// longer than `best` (the shortest so far; infinite keeps every pair) is undone.
 fn pair_step<F, A, G>(
     s: &mut Schedule,
     at: &[(usize, usize)],
@@ -218,8 +263,8 @@ fn pair_step<F, A, G>(
             true => makespan(s, cost, column).filter(|m| m <= best),
         };
         match shorter {
-            Some(m) if validate(s).is_empty() => *best = m,
-            _ => {
+            Some(m) => *best = m,
+            None => {
                 s.actions[heavy.1][heavy.2].pair = None;
                 s.actions[light.1][light.2].pair = None;
             }

@@ -52,7 +52,8 @@ pub use action::{Action, Compact, Op, Pair, Unit};
 pub use cost::{CostTable, UnitCosts};
 pub use error::{Blocked, Result, ScheduleError};
 pub use exchange::{
-    exchange_costs, insert_exchange, matched_pairs, strip_exchange, AttentionCosts, ExchangePolicy,
+    exchange_costs, exchange_steps, insert_exchange, matched_pairs, strip_exchange, AttentionCosts,
+    ExchangePolicy,
 };
 pub use gen::{
     elastic, generate, gis, gpipe, group_pipelines, interleaved, longest_first, one_f_one_b,

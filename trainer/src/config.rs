@@ -43,6 +43,26 @@ pub enum SlicingMethod {
     Balanced,
 }
 
+/// Which of SlimPipe's exchange pairs a run keeps (`parallel.exchange_pairs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangePairs {
+    /// Only the pairs that do not lengthen the iteration simulated with each compute's FLOPs.
+    Shorten,
+    /// Every pair of every steady step, as the paper does (what `seqpipe plan` prices).
+    Level,
+}
+
+impl ExchangePairs {
+    /// The pass's policy.
+    pub fn policy(self) -> seqpipe_schedule::ExchangePolicy {
+        match self {
+            ExchangePairs::Shorten => seqpipe_schedule::ExchangePolicy::Shorten,
+            ExchangePairs::Level => seqpipe_schedule::ExchangePolicy::Level,
+        }
+    }
+}
+
 /// Pipeline layout and schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,6 +118,8 @@ pub struct ParallelConfig {
     /// are paired by their slices' cache lengths and the heavy one's oldest K/V prefix is
     /// attended by the light one.
     pub attention_exchange: bool,
+    /// Which exchange pairs run (default `shorten`); only with `attention_exchange = true`.
+    pub exchange_pairs: Option<ExchangePairs>,
 }
 
 impl Default for ParallelConfig {
@@ -122,6 +144,7 @@ impl Default for ParallelConfig {
             context_parallel: 1,
             vocab_parallel: false,
             attention_exchange: false,
+            exchange_pairs: None,
         }
     }
 }

@@ -55,7 +55,8 @@ fn llama70b_512k_on_256_h100() {
         "{one_f1b}"
     );
     // The best plan's exact schedule, simulated, has more bubble than the closed form ranked it
-    // with (uniform slices, vocabulary-parallel meetings), and so a lower MFU.
+    // with (uniform slices, vocabulary-parallel meetings), and so a lower MFU; the attention
+    // exchange (every pair) takes some of it back, and the configuration turns it on.
     let simulated = out
         .lines()
         .find(|l| l.contains("simulated as seqpipe train runs it"))
@@ -64,10 +65,18 @@ fn llama70b_512k_on_256_h100() {
         .split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .filter_map(|w| w.parse().ok())
         .collect();
-    let [bubble, ranked_bubble, mfu, ranked_mfu] = figures[..] else {
+    let [bubble, exchanged, ranked_bubble, mfu, ranked_mfu] = figures[..] else {
         panic!("{simulated}");
     };
-    assert!(bubble > ranked_bubble && mfu < ranked_mfu, "{simulated}");
+    assert!(
+        bubble > exchanged && exchanged > ranked_bubble,
+        "{simulated}"
+    );
+    assert!(
+        simulated.contains("which --emit-config turns on"),
+        "{simulated}"
+    );
+    assert!(mfu < ranked_mfu, "{simulated}");
 }
 
 #[test]
@@ -128,13 +137,10 @@ fn features_the_trainer_does_not_run_are_marked_planner_only() {
                 "offload overlapped with GPU compute",
                 c["offload_fraction"].as_f64() > Some(0.0),
             ),
-            // The trainer runs SlimPipe's vocabulary-parallel head: never marked; the balanced
-            // steps its pricing assumes, not yet.
+            // The trainer runs SlimPipe's vocabulary-parallel head and attention exchange: never
+            // marked.
             ("vocabulary-parallel head", false),
-            (
-                "balanced steps of the attention exchange",
-                c["kind"].get("slim_pipe").is_some(),
-            ),
+            ("attention exchange", false),
         ];
         for (mark, priced) in expect {
             assert_eq!(marks.contains(&mark), priced, "{mark}: {e}");

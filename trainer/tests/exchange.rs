@@ -15,7 +15,7 @@ use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
 use seqpipe_trainer::model::ModelConfig;
 use seqpipe_trainer::optim::OptimConfig;
 use seqpipe_trainer::runtime::recompute::Recompute;
-use seqpipe_trainer::runtime::record::steady_attention_ratios;
+use seqpipe_trainer::runtime::record::step_attention_ratios;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
 const SEQ: usize = 16;
@@ -139,7 +139,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The executor's own counts: with the exchange, the steady forward steps' attention is even
+/// The executor's own counts: with the exchange, the steady steps' attention is even
 /// across the stages, max/min at most 1.1 at the median step where it is at least 1.5 without
 /// (figures printed with `--nocapture`), the total unchanged. An answer counts against its light
 /// mark, the step the pass levelled, whenever the partner computed it.
@@ -161,13 +161,14 @@ fn the_exchange_evens_out_the_attention_of_steady_steps() {
             .flat_map(|r| &r.events)
             .map(|e| e.attention)
             .sum();
-        let ratios = steady_attention_ratios(&reports);
+        let steps = pl.exchange_steps(&inp.slices).unwrap();
+        let ratios = step_attention_ratios(&reports, &steps);
         let (med, max) = (
             median(ratios.clone()),
             ratios.iter().copied().fold(0.0, f64::max),
         );
         println!(
-            "SlimPipe p=4 m=4 n=16 (4 tokens a slice), exchange {exchange}: {} steady steps, \
+            "SlimPipe p=4 m=4 n=16 (4 tokens a slice), exchange {exchange}: {} steady steps (forward and backward), \
              max/min attention per step: median {med:.3}, largest {max:.3}; total {total}",
             ratios.len()
         );
@@ -241,4 +242,40 @@ fn a_schedule_file_with_exchanges_needs_the_setting() {
         !ok && err.contains("tokens of its prefix, but slice"),
         "{err}"
     );
+}
+
+/// `exchange_pairs` chooses the exchange's pairs: without the exchange it is named, not
+/// ignored; `--exchange-pairs level` runs every pair, and needs `--exchange`.
+#[test]
+fn the_exchange_pairs_setting_needs_the_exchange() {
+    let mut cfg = seqpipe_trainer::config::TrainConfig::default();
+    cfg.parallel.exchange_pairs = Some(seqpipe_trainer::config::ExchangePairs::Level);
+    let e = seqpipe_trainer::checks::check(&cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("parallel.exchange_pairs = Level") && e.contains("attention_exchange = false"),
+        "{e}"
+    );
+    let shape = [
+        "--stages",
+        "2",
+        "--microbatches",
+        "4",
+        "--slices",
+        "4",
+        "--chunks",
+        "1",
+    ];
+    let run = [
+        &["train", "--schedule", "slimpipe", "--steps", "1"][..],
+        &shape,
+    ]
+    .concat();
+    let (ok, _, err) = common::seqpipe(&[&run[..], &["--exchange-pairs", "level"]].concat());
+    assert!(!ok && err.contains("--exchange"), "{err}");
+    let level = [&run[..], &["--exchange", "--exchange-pairs", "level"]].concat();
+    let (ok, out, err) = common::seqpipe(&level);
+    assert!(ok, "{err}");
+    assert!(out.contains("attention exchange: pairs kept"), "{out}");
 }

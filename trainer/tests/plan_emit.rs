@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::seqpipe;
-use seqpipe_trainer::config::TrainConfig;
+use seqpipe_trainer::config::{ExchangePairs, TrainConfig};
 
 /// Plans `model` at `seq` on `gpus` H100s with `extra` flags and emits the best plan to `path`.
 fn emit(path: &Path, model: &str, seq: &str, gpus: &str, extra: &[&str]) -> (bool, String) {
@@ -52,13 +52,28 @@ fn an_emitted_plan_is_read_by_train_which_names_what_it_does_not_run() {
     assert_eq!(cfg.parallel.tensor_parallel, 1);
     // The planner's best plan here is SlimPipe, priced with a vocabulary-sharded head.
     assert_eq!(cfg.parallel.schedule, "slimpipe", "{text}");
-    // SlimPipe as planned: its head sharded over the vocabulary; the balanced steps its
-    // pricing assumes are named as the planner's only.
-    assert!(cfg.parallel.vocab_parallel && !cfg.parallel.attention_exchange);
+    // SlimPipe as planned: its head sharded over the vocabulary, and its attention exchange
+    // (every pair) on exactly where the simulation says it shortens the iteration.
+    assert!(cfg.parallel.vocab_parallel, "{text}");
     assert!(
-        text.contains(
-            "planner only, not run by seqpipe train yet: balanced steps of the attention exchange"
-        ),
+        text.contains("seqpipe train runs every part of this plan"),
+        "{text}"
+    );
+    let simulated = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# simulated bubble "))
+        .unwrap_or_else(|| panic!("no simulated bubble in\n{text}"));
+    let figures: Vec<f64> = simulated
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [plain, exchange] = figures[..] else {
+        panic!("{simulated}");
+    };
+    let level = Some(ExchangePairs::Level);
+    assert_eq!(
+        cfg.parallel.attention_exchange && cfg.parallel.exchange_pairs == level,
+        exchange < plain,
         "{text}"
     );
     // Without scale-down the plan's CUDA device is named (this build is CPU-only).

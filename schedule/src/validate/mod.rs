@@ -23,7 +23,7 @@
 //! ```
 
 mod comm;
-mod exchange;
+pub(crate) mod exchange;
 mod vocab;
 
 use std::fmt;

@@ -4,7 +4,7 @@
 
 use clap::{Args, ValueEnum};
 use seqpipe_memory::{
-    evaluate_at, search, simulated_bubble, Evaluation, RecomputePolicy, SearchSpace, GIB,
+    evaluate_at, search, simulated_bubbles, Evaluation, RecomputePolicy, SearchSpace, GIB,
 };
 use seqpipe_slicing::parse_token_count;
 
@@ -173,7 +173,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
                 "--emit-config: no configuration fits the budget, so there is no plan to write"
             );
         };
-        super::plan_emit::emit(path, best, &shape, seq_len)?;
+        let simulated = simulated_bubbles(&space, &best.candidate)?;
+        super::plan_emit::emit(path, best, &shape, seq_len, &simulated)?;
         eprintln!(
             "wrote the best plan as a seqpipe train configuration to {}",
             path.display()
@@ -285,18 +286,31 @@ fn print_train_config(evals: &[Evaluation]) -> anyhow::Result<()> {
 }
 
 /// The best plan again, its bubble simulated on the exact schedule the trainer would run
-/// (`seqpipe_memory::simulated_bubble`) rather than the closed form the ranking uses.
+/// (`seqpipe_memory::simulated_bubbles`) rather than the closed form the ranking uses: as
+/// generated and, for SlimPipe, with its attention exchange (every pair, `exchange_pairs =
+/// "level"`); the MFU with the better of the two, the one `--emit-config` writes.
 fn print_simulated(space: &SearchSpace, evals: &[Evaluation]) -> anyhow::Result<()> {
     let Some(best) = evals.iter().find(|e| e.fits()) else {
         return Ok(());
     };
-    let bubble = simulated_bubble(space, &best.candidate)?;
-    let again = evaluate_at(space, &best.candidate, bubble)?;
+    let simulated = simulated_bubbles(space, &best.candidate)?;
+    let again = evaluate_at(space, &best.candidate, simulated.best())?;
+    let exchange = match simulated.exchange {
+        Some(x) => format!(
+            "; with the attention exchange (every pair) {:.2}%, which --emit-config {}",
+            100.0 * x,
+            match simulated.exchange_helps() {
+                true => "turns on",
+                false => "leaves off",
+            }
+        ),
+        None => String::new(),
+    };
     outln!(
         "\nthe best plan's schedule simulated as seqpipe train runs it (FLOP costs; SlimPipe: \
-         uniform slices, vocabulary-parallel HEAD meetings, no exchange): bubble {:.2}% (ranked \
-         with {:.2}%), predicted MFU {:.1}% (ranked with {:.1}%)",
-        100.0 * bubble,
+         uniform slices, vocabulary-parallel HEAD meetings): bubble {:.2}%{exchange} (ranked \
+         with {:.2}%); predicted MFU {:.1}% (ranked with {:.1}%)",
+        100.0 * simulated.plain,
         100.0 * best.bubble,
         100.0 * again.mfu,
         100.0 * best.mfu

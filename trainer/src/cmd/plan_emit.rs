@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use seqpipe_memory::Evaluation;
+use seqpipe_memory::{Evaluation, SimulatedBubbles};
 use seqpipe_slicing::{FfnKind, ModelShape};
-use seqpipe_trainer::config::{ParallelConfig, Precision, TrainConfig};
+use seqpipe_trainer::config::{ExchangePairs, ParallelConfig, Precision, TrainConfig};
 use seqpipe_trainer::model::ModelConfig;
 use seqpipe_trainer::runtime::capabilities::{pipeline_settings, planned_only};
 
@@ -19,14 +19,34 @@ use seqpipe_trainer::runtime::capabilities::{pipeline_settings, planned_only};
 pub const MARK: &str = "# seqpipe plan --emit-config";
 
 /// Writes `e` as a `seqpipe train` configuration to `path`.
-pub fn emit(path: &Path, e: &Evaluation, shape: &ModelShape, seq_len: u64) -> anyhow::Result<()> {
+/// `simulated` is the plan's schedule simulated: SlimPipe's attention exchange is turned on
+/// (every pair) where it shortens the iteration.
+pub fn emit(
+    path: &Path,
+    e: &Evaluation,
+    shape: &ModelShape,
+    seq_len: u64,
+    simulated: &SimulatedBubbles,
+) -> anyhow::Result<()> {
     check_writable(path)?;
-    let cfg = train_config(e, shape, seq_len)?;
+    let mut cfg = train_config(e, shape, seq_len)?;
+    if simulated.exchange_helps() {
+        cfg.parallel.attention_exchange = true;
+        cfg.parallel.exchange_pairs = Some(ExchangePairs::Level);
+    }
     let missing = planned_only(&e.candidate);
     let mut header = vec![
         MARK.to_string(),
         format!("# plan: {}", summary(e)),
         "# rope_theta, norm_eps and the optimizer are not part of a plan: defaults below".into(),
+        format!(
+            "# simulated bubble {:.2} %{}",
+            100.0 * simulated.plain,
+            simulated.exchange.map_or(String::new(), |x| format!(
+                ", with the attention exchange (every pair) {:.2} %",
+                100.0 * x
+            ))
+        ),
     ];
     header.push(match missing.is_empty() {
         true => "# seqpipe train runs every part of this plan".into(),

@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use seqpipe_comm::{CommOptions, TcpTransport, Transport};
-use seqpipe_trainer::config::{Precision, SlicingMethod, TrainConfig};
+use seqpipe_trainer::config::{ExchangePairs, Precision, SlicingMethod, TrainConfig};
 
 use super::data_args::DataArgs;
 use seqpipe_trainer::health::OnNonFinite;
@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// slices' cache lengths; the heavy one's oldest K/V is attended by the light one.
     #[arg(long)]
     exchange: bool,
+    /// Which exchange pairs run: `shorten` (default) keeps those that do not lengthen the
+    /// iteration simulated with each compute's FLOPs, `level` every one, as the paper does.
+    #[arg(long, value_enum, requires = "exchange")]
+    exchange_pairs: Option<ExchangePairs>,
     /// Host-link bandwidth for offloads and reloads, in GB/s (default: as fast as memory copies
     /// go); on a CPU run it emulates a PCIe link.
     #[arg(long, value_name = "GB/s")]
@@ -186,6 +190,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if args.exchange {
         par.attention_exchange = true;
+    }
+    if let Some(v) = args.exchange_pairs {
+        par.exchange_pairs = Some(v);
     }
     if let Some(v) = args.host_link_bandwidth {
         par.host_link_bandwidth = Some(v);
@@ -493,7 +500,7 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
     );
     if let Some((pairs, without)) = s.exchange {
         outln!(
-            "| attention exchange: pairs kept (those that do not lengthen the simulated step); simulated bubble without them | {pairs}; {:.2}% |",
+            "| attention exchange: pairs kept (parallel.exchange_pairs chooses which); simulated bubble without them | {pairs}; {:.2}% |",
             100.0 * without
         );
     }

@@ -24,15 +24,9 @@ pub fn planned_only(c: &Candidate) -> Vec<&'static str> {
         // stream (no pinned buffers or copy stream yet), so a GPU run does not overlap.
         missing.push("offload overlapped with GPU compute");
     }
-    // SlimPipe's vocabulary-sharded head the planner prices and the trainer runs
-    // (`parallel.vocab_parallel`, which `plan --emit-config` sets for SlimPipe). Its equal-cost
-    // steps are another matter: the trainer runs the attention exchange, which evens out each
-    // step's attention, but its partners wait for each other where the pipeline's stages are
-    // not in step (`cargo xtask bench exchange`: slower, not faster, on 2 stages), so the
-    // balanced steps the planner assumes are not what the trainer delivers yet.
-    if matches!(c.kind, PipelineKind::SlimPipe { .. }) {
-        missing.push("balanced steps of the attention exchange");
-    }
+    // SlimPipe's vocabulary-sharded head and attention exchange, which the planner's simulation
+    // prices, the trainer runs (`parallel.vocab_parallel`, `parallel.attention_exchange` with
+    // `exchange_pairs = "level"`, which `plan --emit-config` writes).
     missing
 }
 

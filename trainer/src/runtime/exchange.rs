@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use seqpipe_schedule::{insert_exchange, ExchangePolicy, Lowered};
+use seqpipe_schedule::{exchange_steps, insert_exchange, strip_exchange, ExchangePolicy, Lowered};
 
 use super::partition::Partition;
 use crate::error::{fail, Result};
@@ -54,4 +54,19 @@ pub fn with_exchange(
         );
     }
     Ok(Lowered::check(paired)?)
+}
+
+/// The steady steps the exchange pairs in `schedule` for a sequence sliced into `slices`
+/// (`seqpipe_schedule::exchange_steps` on the timeline [`with_exchange`] prices): each step the
+/// `(stage, program position)` of one compute of every stage.
+pub fn steps(
+    schedule: &Lowered,
+    model: &ModelConfig,
+    partition: &Partition,
+    slices: &[Range<usize>],
+) -> Result<Vec<Vec<(usize, usize)>>> {
+    let prices = flop_costs(model, schedule.config.stages, schedule, partition, slices);
+    Ok(exchange_steps(&strip_exchange(schedule), |a| {
+        prices.cost(a)
+    })?)
 }

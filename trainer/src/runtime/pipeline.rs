@@ -274,6 +274,13 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The steady steps the attention exchange pairs for sequences sliced into `slices`, as
+    /// `(stage, program position)` of one compute of every stage ([`super::exchange::steps`]).
+    pub fn exchange_steps(&self, slices: &[Range<usize>]) -> Result<Vec<Vec<(usize, usize)>>> {
+        let model = &self.ranks[0].worker.model;
+        super::exchange::steps(&self.schedule, model, &self.partition, slices)
+    }
+
     /// Runs one forward/backward iteration on every stage (gradients accumulate into the ranks).
     pub fn run_iteration(&mut self, input: &IterationInput) -> Result<(Vec<StageReport>, f64)> {
         let report = self.compute_gradients(input)?;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use seqpipe_comm::{Group, Transport};
-use seqpipe_schedule::{ExchangePolicy, Lowered};
+use seqpipe_schedule::Lowered;
 
 use super::admit::load_schedule;
 use super::budget::{fit, with_memory_actions};
@@ -29,7 +29,7 @@ use super::vocab::with_vocab_parallel;
 use super::worker::IterationInput;
 use crate::checkpoint::resume;
 use crate::checkpoint::store::CheckpointDir;
-use crate::config::TrainConfig;
+use crate::config::{ExchangePairs, TrainConfig};
 use crate::data::DataSource;
 use crate::health::{Health, Verdict};
 use crate::progress_io::{checkpoint_due, MetricsLine, MetricsWriter};
@@ -95,8 +95,11 @@ pub fn plan_as_run(cfg: &TrainConfig) -> Result<(Lowered, Partition, TrainConfig
     };
     let schedule = match cfg.parallel.attention_exchange {
         true => {
-            let shorten = ExchangePolicy::Shorten;
-            with_exchange(schedule, &cfg.model, &partition, &slices, shorten)?
+            let pairs = cfg
+                .parallel
+                .exchange_pairs
+                .unwrap_or(ExchangePairs::Shorten);
+            with_exchange(schedule, &cfg.model, &partition, &slices, pairs.policy())?
         }
         false => schedule,
     };

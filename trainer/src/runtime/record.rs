@@ -151,27 +151,22 @@ pub fn chrome_trace(reports: &[StageReport]) -> serde_json::Value {
     serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
 }
 
-/// Per steady forward step (the k-th forward after each stage's first backward, on every
-/// stage), the largest stage's attention score entries over the smallest's, as the executor
-/// counted them ([`Event::attention`]): how even the stages' attention is. A step where a stage
-/// computed no attention gives infinity.
-pub fn steady_attention_ratios(reports: &[StageReport]) -> Vec<f64> {
-    let steady: Vec<Vec<u64>> = reports
+/// Per step (each the `(stage, program position)` of one compute of every stage, as
+/// `seqpipe_schedule::exchange_steps` gives them), the largest stage's attention score entries
+/// over the smallest's, as the executor counted them ([`Event::attention`]): how even the
+/// stages' attention is. A step where a stage computed no attention gives infinity.
+pub fn step_attention_ratios(reports: &[StageReport], steps: &[Vec<(usize, usize)>]) -> Vec<f64> {
+    let attention = |r: usize, i: usize| {
+        reports
+            .iter()
+            .find(|rep| rep.stage == r)
+            .and_then(|rep| rep.events.get(i))
+            .map_or(0, |e| e.attention)
+    };
+    steps
         .iter()
-        .map(|r| {
-            let first_backward = r.events.iter().position(|e| e.op.makes_input_grad());
-            r.events
-                .iter()
-                .enumerate()
-                .filter(|(i, e)| e.op == Op::Forward && first_backward.is_some_and(|b| b < *i))
-                .map(|(_, e)| e.attention)
-                .collect()
-        })
-        .collect();
-    let steps = steady.iter().map(Vec::len).min().unwrap_or(0);
-    (0..steps)
-        .map(|k| {
-            let at = steady.iter().map(|s| s[k]);
+        .map(|step| {
+            let at = step.iter().map(|&(r, i)| attention(r, i));
             let (lo, hi) = at.fold((u64::MAX, 0), |(lo, hi), x| (lo.min(x), hi.max(x)));
             hi as f64 / lo as f64
         })

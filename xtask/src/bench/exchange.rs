@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 use seqpipe_schedule::{simulate, Action, Lowered, Op, P2p};
 use seqpipe_trainer::config::{ParallelConfig, Precision, TrainConfig};
-use seqpipe_trainer::runtime::record::steady_attention_ratios;
+use seqpipe_trainer::runtime::record::step_attention_ratios;
 use seqpipe_trainer::runtime::StageReport;
 
 use super::exchange_sim::OpTimes;
@@ -99,8 +99,8 @@ fn computes(steps: &[Vec<StageReport>], schedule: &Lowered) -> HashMap<Action, (
 }
 
 /// The steady steps' largest over smallest stage attention: (median, largest).
-fn step_ratio(reports: &[StageReport]) -> (f64, f64) {
-    let ratios = steady_attention_ratios(reports);
+fn step_ratio(reports: &[StageReport], steps: &[Vec<(usize, usize)>]) -> (f64, f64) {
+    let ratios = step_attention_ratios(reports, steps);
     match ratios.is_empty() {
         true => (1.0, 1.0),
         false => (
@@ -147,7 +147,8 @@ pub fn run_all(mut progress: impl FnMut(&str)) -> Result<(Vec<ExchangeRun>, OpTi
         seq_len: cfg.data.seq_len as u64,
     };
     let mut out = Vec::new();
-    for (i, (pl, _, seconds, steps)) in runs.into_iter().enumerate() {
+    for (i, (pl, inp, seconds, steps)) in runs.into_iter().enumerate() {
+        let exchange_steps = pl.0.exchange_steps(&inp.slices)?;
         let schedule = pl.1;
         let counted = computes(&steps, &schedule);
         let cost = |a: &Action| match counted.get(a) {
@@ -161,7 +162,7 @@ pub fn run_all(mut progress: impl FnMut(&str)) -> Result<(Vec<ExchangeRun>, OpTi
         out.push(ExchangeRun {
             exchange: i == 1,
             seconds: median(seconds),
-            step_ratio: step_ratio(&steps[0]),
+            step_ratio: step_ratio(&steps[0], &exchange_steps),
             bubble: sim.bubble_ratio,
             makespan: sim.makespan,
         });
