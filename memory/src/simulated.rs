@@ -205,13 +205,10 @@ mod tests {
         }
     }
 
-    /// The closed form assumes equal steps; the simulation of SlimPipe's schedule as the trainer
-    /// runs it finds more bubble: every unit's vocabulary-parallel `HEAD` makes all stages meet,
-    /// and at long sequences the uniform slices' attention grows along the sequence.
-    #[test]
-    fn slimpipe_as_run_has_more_bubble_than_its_closed_form() {
+    /// Llama-7B at `seq_len` tokens on 4 H100s.
+    fn space(seq_len: u64) -> SearchSpace {
         let h100 = crate::gpu::gpu_preset("h100").unwrap();
-        let space = |seq_len| SearchSpace {
+        SearchSpace {
             shape: seqpipe_slicing::preset("llama-7b").unwrap(),
             seq_len,
             gpus: 4,
@@ -222,7 +219,14 @@ mod tests {
             max_tp: 1,
             max_cp: 1,
             min_stages: 2,
-        };
+        }
+    }
+
+    /// The closed form assumes equal steps; the simulation of SlimPipe's schedule as the trainer
+    /// runs it finds more bubble: every unit's vocabulary-parallel `HEAD` makes all stages meet,
+    /// and at long sequences the uniform slices' attention grows along the sequence.
+    #[test]
+    fn slimpipe_as_run_has_more_bubble_than_its_closed_form() {
         let c = candidate(PipelineKind::SlimPipe {
             slices: 8,
             chunks: 1,
@@ -240,19 +244,7 @@ mod tests {
     /// have no exchange to price.
     #[test]
     fn the_exchange_shortens_slimpipe_at_long_sequences() {
-        let h100 = crate::gpu::gpu_preset("h100").unwrap();
-        let space = SearchSpace {
-            shape: seqpipe_slicing::preset("llama-7b").unwrap(),
-            seq_len: 256 * 1024,
-            gpus: 4,
-            global_batch: 8,
-            gpu: h100,
-            budget_bytes: h100.memory_bytes,
-            efficiency: 0.5,
-            max_tp: 1,
-            max_cp: 1,
-            min_stages: 2,
-        };
+        let space = space(256 * 1024);
         let slim = candidate(PipelineKind::SlimPipe {
             slices: 16,
             chunks: 2,

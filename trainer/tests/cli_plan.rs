@@ -57,26 +57,14 @@ fn llama70b_512k_on_256_h100() {
     // The best plan's exact schedule, simulated, has more bubble than the closed form ranked it
     // with (uniform slices, vocabulary-parallel meetings), and so a lower MFU; the attention
     // exchange (every pair) takes some of it back, and the configuration turns it on.
-    let simulated = out
-        .lines()
-        .find(|l| l.contains("simulated as seqpipe train runs it"))
-        .unwrap_or_else(|| panic!("no simulated line in\n{out}"));
-    let figures: Vec<f64> = simulated
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let marker = "simulated as seqpipe train runs it";
+    let figures = common::figures_on_line(&out, marker);
     let [bubble, exchanged, ranked_bubble, mfu, ranked_mfu] = figures[..] else {
-        panic!("{simulated}");
+        panic!("{figures:?} in\n{out}");
     };
-    assert!(
-        bubble > exchanged && exchanged > ranked_bubble,
-        "{simulated}"
-    );
-    assert!(
-        simulated.contains("which --emit-config turns on"),
-        "{simulated}"
-    );
-    assert!(mfu < ranked_mfu, "{simulated}");
+    assert!(bubble > exchanged && exchanged > ranked_bubble, "{out}");
+    assert!(out.contains("which --emit-config turns on"), "{out}");
+    assert!(mfu < ranked_mfu, "{out}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use common::{assert_matches_reference, pipeline_of, tiny_model, uniform_input};
 use seqpipe_schedule::ExchangePolicy::Level;
 use seqpipe_schedule::{ScheduleConfig, ScheduleKind};
@@ -19,6 +19,17 @@ use seqpipe_trainer::runtime::record::step_attention_ratios;
 use seqpipe_trainer::runtime::{IterationInput, Pipeline};
 
 const SEQ: usize = 16;
+/// The pipeline of the command-line tests: 2 stages, 4 micro-batches of 4 slices.
+const SHAPE: [&str; 8] = [
+    "--stages",
+    "2",
+    "--microbatches",
+    "4",
+    "--slices",
+    "4",
+    "--chunks",
+    "1",
+];
 const BATCH: usize = 2;
 const SEED: u64 = 13;
 
@@ -193,16 +204,7 @@ fn the_exchange_evens_out_the_attention_of_steady_steps() {
 fn a_schedule_file_with_exchanges_needs_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("x.json");
-    let shape = [
-        "--stages",
-        "2",
-        "--microbatches",
-        "4",
-        "--slices",
-        "4",
-        "--chunks",
-        "1",
-    ];
+    let shape = SHAPE;
     let (ok, json, err) = common::seqpipe(
         &[
             &[
@@ -257,16 +259,7 @@ fn the_exchange_pairs_setting_needs_the_exchange() {
         e.contains("parallel.exchange_pairs = Level") && e.contains("attention_exchange = false"),
         "{e}"
     );
-    let shape = [
-        "--stages",
-        "2",
-        "--microbatches",
-        "4",
-        "--slices",
-        "4",
-        "--chunks",
-        "1",
-    ];
+    let shape = SHAPE;
     let run = [
         &["train", "--schedule", "slimpipe", "--steps", "1"][..],
         &shape,
@@ -278,4 +271,38 @@ fn the_exchange_pairs_setting_needs_the_exchange() {
     let (ok, out, err) = common::seqpipe(&level);
     assert!(ok, "{err}");
     assert!(out.contains("attention exchange: pairs kept"), "{out}");
+}
+
+/// A stage that fails in the middle of an exchanging iteration (a target outside the vocabulary
+/// in the last micro-batch) stops every stage quickly, those waiting on or answering a partner
+/// included, and the error names it first.
+#[test]
+fn a_failing_stage_stops_every_exchanging_stage() {
+    let model = tiny_model();
+    let cfg = ScheduleConfig::new(ScheduleKind::SlimPipe, 4, 4).with_slices(16);
+    let mut inp = uniform_input(&model, (4, 1, 64, 16), SEED);
+    let mut pl = pipeline_of(&model, cfg, DType::F64, SEED);
+    pl.set_exchange(&inp.slices, Level).unwrap();
+    let last = inp.tokens[3]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let mut bad = last.clone();
+    *bad.last_mut().unwrap() = 999; // a target no vocabulary of 32 has
+    inp.tokens[3] = candle_core::Tensor::from_vec(bad, (1, last.len()), &Device::Cpu).unwrap();
+    let started = std::time::Instant::now();
+    let err = pl.run_iteration(&inp).unwrap_err();
+    let elapsed = started.elapsed();
+    let seqpipe_trainer::error::Error::Ranks { failures } = err.kind() else {
+        panic!("every stage fails: {err:?}");
+    };
+    assert_eq!(failures.len(), 4, "{err:?}");
+    let text = err.to_string();
+    let first = text.lines().nth(1).unwrap_or("");
+    assert!(first.contains("stage 3 step"), "stage 3 first:\n{text}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "took {elapsed:?}:\n{text}"
+    );
 }

@@ -59,16 +59,9 @@ fn an_emitted_plan_is_read_by_train_which_names_what_it_does_not_run() {
         text.contains("seqpipe train runs every part of this plan"),
         "{text}"
     );
-    let simulated = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# simulated bubble "))
-        .unwrap_or_else(|| panic!("no simulated bubble in\n{text}"));
-    let figures: Vec<f64> = simulated
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let figures = common::figures_on_line(&text, "# simulated bubble ");
     let [plain, exchange] = figures[..] else {
-        panic!("{simulated}");
+        panic!("{figures:?} in\n{text}");
     };
     let level = Some(ExchangePairs::Level);
     assert_eq!(

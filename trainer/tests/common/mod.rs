@@ -144,6 +144,18 @@ pub const SMALL_RUN: &[&str] = &[
     "1",
 ];
 
+/// The numbers of the first line of `text` that contains `marker` (panics naming the text
+/// when none does).
+pub fn figures_on_line(text: &str, marker: &str) -> Vec<f64> {
+    let line = text
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no line with {marker:?} in\n{text}"));
+    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
 /// Runs the `seqpipe` binary: (success, stdout, stderr); no backtraces, so errors read as users
 /// see them.
 pub fn seqpipe(args: &[&str]) -> (bool, String, String) {
