@@ -6,10 +6,10 @@
 //! [`insert_exchange`] marks both computes with a [`Pair`]; [`exchange_costs`] prices a marked
 //! schedule (the work moved from one side to the other).
 //!
-//! A step is the paper's lock-step one: step `k` of a direction is the `k`-th steady forward
-//! (or input-gradient backward) of every stage, where a steady forward comes after the stage's
-//! first backward and a steady backward before its last forward; a step some stage lacks (its
-//! warm-up or cool-down) is left out, as in the paper. Partners need not run at the same time:
+//! A step is the paper's lock-step one ([`exchange_steps`]): one steady forward (or
+//! input-gradient backward) of every stage, those that run side by side on the simulated
+//! timeline; a step some stage lacks (its warm-up or cool-down) is left out, as in the paper.
+//! Partners need not run at the same time:
 //! the light side answers a request whenever it arrives (the executor between layers and while
 //! it waits; the simulator charges the work to the light mark), so a pair adds no wait. Heads
 //! count tokens, not slices: the paper's rounding to whole slices leaves slices one apart as
