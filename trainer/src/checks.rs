@@ -53,8 +53,9 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
     }
     if let (false, Some(pairs)) = (cfg.parallel.attention_exchange, cfg.parallel.exchange_pairs) {
         problems.push(format!(
-            "parallel.exchange_pairs = {pairs:?} chooses the attention exchange's pairs, but \
-             parallel.attention_exchange = false: set it to true, or drop exchange_pairs"
+            "parallel.exchange_pairs = \"{}\" chooses the attention exchange's pairs, but \
+             parallel.attention_exchange = false: set it to true, or drop exchange_pairs",
+            format!("{pairs:?}").to_lowercase()
         ));
     }
     if cfg.parallel.vocab_parallel {

@@ -256,7 +256,8 @@ fn the_exchange_pairs_setting_needs_the_exchange() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("parallel.exchange_pairs = Level") && e.contains("attention_exchange = false"),
+        e.contains("parallel.exchange_pairs = \"level\"")
+            && e.contains("attention_exchange = false"),
         "{e}"
     );
     let shape = SHAPE;
