@@ -11,7 +11,8 @@
 //!   [`program`] builds its program from any lowered schedule, as the trainer runs it.
 //! - [`window`], [`elastic_plan`], [`elastic_compare`]: InfiniPipe's window model and per-pipeline
 //!   recomputation, elastic planning end to end, and its comparison with fixed-slicing baselines.
-//! - [`search`]: the planner's search over parallel layouts, schedules, offload and recomputation.
+//! - [`search`]: the planner's search over parallel layouts, schedules, offload and recomputation;
+//!   [`rank`] re-ranks its leading plans by simulating their schedules.
 //! - [`ledger`], [`lives`], [`export`]: the exact per-stage curve of a simulated schedule, as
 //!   CSV, JSON or SVG.
 //!
@@ -53,6 +54,7 @@ pub mod offload;
 pub mod peak;
 pub mod pipeline;
 pub mod program;
+pub mod rank;
 pub mod recompute;
 pub mod search;
 pub mod simulated;
@@ -81,8 +83,12 @@ pub use offload::{plan_offload, with_offload_actions, OffloadKnob, OffloadPlan, 
 pub use peak::{StagePeak, StaticConfig, GIB, OFFLOAD_BUFFER_UNITS};
 pub use pipeline::{PipelineKind, StageLayout};
 pub use program::{schedule_program, ProgramInputs, ScheduleProgram};
+pub use rank::{rank_by_simulation, Ranking, Simulations};
 pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
-pub use search::{candidates, evaluate, evaluate_at, search, Candidate, Evaluation, SearchSpace};
+pub use search::{
+    candidates, evaluate, evaluate_at, plan_order, search, BubbleSource, Candidate, Evaluation,
+    SearchSpace,
+};
 pub use simulated::{schedule_config, simulated_bubble, simulated_bubbles, SimulatedBubbles};
 pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};
 pub use timeline::{

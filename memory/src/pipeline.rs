@@ -69,7 +69,7 @@ impl StageLayout {
 }
 
 /// Schedule kinds whose memory the closed forms describe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PipelineKind {
     /// All forwards, then all backwards.

@@ -31,6 +31,8 @@
 //! assert_eq!(format!("{:.2}", best.mfu), "0.50");
 //! ```
 
+use std::cmp::Ordering;
+
 use seqpipe_slicing::{CostModel, ModelShape};
 use serde::{Deserialize, Serialize};
 
@@ -94,8 +96,10 @@ pub struct Evaluation {
     pub peak_bytes: f64,
     /// Model states of that stage, bytes.
     pub states_bytes: f64,
-    /// Bubble ratio (closed form, unless scored by [`evaluate_at`]).
+    /// Bubble ratio.
     pub bubble: f64,
+    /// Where the bubble comes from.
+    pub bubble_source: BubbleSource,
     /// Predicted step time, seconds.
     pub step_time: f64,
     /// Predicted MFU.
@@ -104,6 +108,21 @@ pub struct Evaluation {
     pub comm: crate::comm::CommTime,
     /// Bytes over the budget (≤ 0 when it fits).
     pub over_bytes: f64,
+}
+
+/// Where an [`Evaluation`]'s bubble comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BubbleSource {
+    /// The kind's closed form, which assumes steps of equal cost: a lower bound of the
+    /// simulated bubble (tested over the planner's matrix), so the MFU it gives is an upper
+    /// bound.
+    ClosedForm,
+    /// The simulation of the exact schedule the trainer runs ([`crate::simulated_bubbles`]).
+    Simulated,
+    /// The same with SlimPipe's attention exchange (every pair), which shortens this one: the
+    /// plan turns the exchange on.
+    SimulatedWithExchange,
 }
 
 impl Evaluation {
@@ -196,12 +215,18 @@ pub fn candidates(space: &SearchSpace) -> Vec<Candidate> {
 
 /// Scores one candidate, its bubble from the closed form of its kind.
 pub fn evaluate(space: &SearchSpace, c: &Candidate) -> Result<Evaluation> {
-    evaluate_at(space, c, c.kind.bubble_ratio(c.stages, c.microbatches)?)
+    let bubble = c.kind.bubble_ratio(c.stages, c.microbatches)?;
+    evaluate_at(space, c, bubble, BubbleSource::ClosedForm)
 }
 
 /// Scores one candidate with the given bubble ratio (a simulated one,
-/// [`crate::simulated_bubble`]).
-pub fn evaluate_at(space: &SearchSpace, c: &Candidate, bubble: f64) -> Result<Evaluation> {
+/// [`crate::simulated_bubbles`]) from `source`.
+pub fn evaluate_at(
+    space: &SearchSpace,
+    c: &Candidate,
+    bubble: f64,
+    source: BubbleSource,
+) -> Result<Evaluation> {
     let sharded = matches!(c.kind, PipelineKind::SlimPipe { .. });
     let logits = if sharded {
         LogitsPlacement::VocabSharded
@@ -259,6 +284,7 @@ pub fn evaluate_at(space: &SearchSpace, c: &Candidate, bubble: f64) -> Result<Ev
         peak_bytes: worst.total(),
         states_bytes: worst.states.total(),
         bubble,
+        bubble_source: source,
         step_time,
         mfu,
         comm,
@@ -292,9 +318,11 @@ fn offload_traffic_time(space: &SearchSpace, c: &Candidate, activation: &Activat
     2.0 * bytes / space.gpu.memory_bytes_per_s
 }
 
-/// Every evaluated candidate: fitting ones by descending MFU (in 0.1 % steps), then the rest.
-/// Ties go to less offload, lighter recomputation, smaller `t·c` and lower peak, in that order: a plan should
-/// not use a feature that buys nothing in the model.
+/// Every evaluated candidate, its bubble from the closed form of its kind: fitting ones by
+/// descending MFU (in 0.1 % steps), then the rest. Ties go to less offload, lighter
+/// recomputation, smaller `t·c` and lower peak, in that order: a plan should not use a feature
+/// that buys nothing in the model. [`crate::rank_by_simulation`] prices the leading plans by
+/// simulating their schedules.
 pub fn search(space: &SearchSpace) -> Result<Vec<Evaluation>> {
     positive("GPUs", space.gpus)?;
     positive("largest TP size", space.max_tp)?;
@@ -334,23 +362,28 @@ pub fn search(space: &SearchSpace) -> Result<Vec<Evaluation>> {
         // A candidate the closed forms refuse (e.g. more slices than tokens) is not a plan.
         .filter_map(|c| evaluate(space, c).ok())
         .collect();
+    evals.sort_by(plan_order);
+    Ok(evals)
+}
+
+/// The planner's order: fitting plans first, then by descending MFU (in 0.1 % steps: finer
+/// differences are below the model's accuracy), then less offload, lighter recomputation, smaller
+/// `t·c` and lower peak. Only the MFU depends on the bubble, and a larger bubble never moves a
+/// plan forward.
+pub fn plan_order(a: &Evaluation, b: &Evaluation) -> Ordering {
     let rank = |r: RecomputePolicy| match r {
         RecomputePolicy::None => 0,
         RecomputePolicy::Selective => 1,
         RecomputePolicy::Full => 2,
     };
     let tc = |e: &Evaluation| e.candidate.parallel.tp * e.candidate.parallel.cp;
-    // MFU in steps of 0.1 %: finer differences are below the model's accuracy.
     let mfu = |e: &Evaluation| (e.mfu * 1000.0).round() as i64;
-    evals.sort_by(|a, b| {
-        let (ca, cb) = (&a.candidate, &b.candidate);
-        b.fits()
-            .cmp(&a.fits())
-            .then(mfu(b).cmp(&mfu(a)))
-            .then(ca.offload_fraction.total_cmp(&cb.offload_fraction))
-            .then(rank(ca.recompute).cmp(&rank(cb.recompute)))
-            .then(tc(a).cmp(&tc(b)))
-            .then(a.peak_bytes.total_cmp(&b.peak_bytes))
-    });
-    Ok(evals)
+    let (ca, cb) = (&a.candidate, &b.candidate);
+    b.fits()
+        .cmp(&a.fits())
+        .then(mfu(b).cmp(&mfu(a)))
+        .then(ca.offload_fraction.total_cmp(&cb.offload_fraction))
+        .then(rank(ca.recompute).cmp(&rank(cb.recompute)))
+        .then(tc(a).cmp(&tc(b)))
+        .then(a.peak_bytes.total_cmp(&b.peak_bytes))
 }

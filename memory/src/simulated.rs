@@ -35,8 +35,8 @@
 use std::ops::Range;
 
 use seqpipe_schedule::{
-    exchange_costs, generate, insert_exchange, insert_vocab_parallel, lower, simulate, Action,
-    ExchangePolicy, P2p, Schedule, ScheduleConfig, ScheduleKind,
+    exchange_costs, generate, insert_exchange, insert_vocab_parallel, lower, simulate_bubble,
+    Action, ExchangePolicy, P2p, Schedule, ScheduleConfig, ScheduleKind,
 };
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
@@ -90,7 +90,11 @@ fn slices(space: &SearchSpace, kind: PipelineKind) -> Result<Vec<Range<u64>>> {
 /// The simulated bubble ratio of `c`'s schedule (see the module header).
 pub fn simulated_bubble(space: &SearchSpace, c: &Candidate) -> Result<f64> {
     let (schedule, prices) = as_run(space, c)?;
-    Ok(simulate(&schedule, |a| prices.cost(a), &P2p::free())?.bubble_ratio)
+    Ok(simulate_bubble(
+        &schedule,
+        |a| prices.cost(a),
+        &P2p::free(),
+    )?)
 }
 
 /// The simulated bubbles of a plan's schedule.
@@ -120,7 +124,7 @@ pub fn simulated_bubbles(space: &SearchSpace, c: &Candidate) -> Result<Simulated
     let (schedule, prices) = as_run(space, c)?;
     let cost = |a: &Action| prices.cost(a);
     if !matches!(c.kind, PipelineKind::SlimPipe { .. }) {
-        let plain = simulate(&schedule, cost, &P2p::free())?.bubble_ratio;
+        let plain = simulate_bubble(&schedule, cost, &P2p::free())?;
         return Ok(SimulatedBubbles {
             plain,
             exchange: None,
@@ -131,16 +135,16 @@ pub fn simulated_bubbles(space: &SearchSpace, c: &Candidate) -> Result<Simulated
         .collect();
     let column = |a: &Action| prices.column(a);
     let (plain, exchange) = std::thread::scope(|scope| {
-        let plain = scope.spawn(|| simulate(&schedule, cost, &P2p::free()));
+        let plain = scope.spawn(|| simulate_bubble(&schedule, cost, &P2p::free()));
         let paired = insert_exchange(&schedule, cost, column, &bounds, ExchangePolicy::Level)
-            .and_then(|x| simulate(&x, exchange_costs(&x, cost, column), &P2p::free()));
+            .and_then(|x| simulate_bubble(&x, exchange_costs(&x, cost, column), &P2p::free()));
         (plain.join(), paired)
     });
     // A panic in the simulation is a bug: it goes on as itself.
     let plain = plain.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     Ok(SimulatedBubbles {
-        plain: plain.bubble_ratio,
-        exchange: Some(exchange?.bubble_ratio),
+        plain,
+        exchange: Some(exchange?),
     })
 }
 

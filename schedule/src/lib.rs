@@ -66,6 +66,6 @@ pub use ids::{
 pub use lower::{insert_comm, insert_recompute, lower, strip_comm};
 pub use lowered::Lowered;
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};
-pub use simulate::{simulate, MessageBytes, P2p, Simulation, StageStats, Timed};
+pub use simulate::{simulate, simulate_bubble, MessageBytes, P2p, Simulation, StageStats, Timed};
 pub use validate::{validate, validate_ragged, Rule, Violation};
 pub use vocab::{insert_vocab_parallel, strip_vocab};

@@ -314,3 +314,26 @@ fn depends(b: &Action, a: &Action, s: &Schedule) -> bool {
         _ => false,
     }
 }
+
+proptest! {
+    /// The planner's lean path gives the full simulation's bubble bit for bit, with and without
+    /// the vocabulary-parallel meetings, over links with latency and bandwidth.
+    #[test]
+    fn simulate_bubble_is_the_simulations_bubble(
+        config in any_config(),
+        vocab in any::<bool>(),
+        costs in (0.1f64..3.0, 0.1f64..5.0, 0.0f64..2.0, 0.0f64..0.5),
+    ) {
+        let lowered = lower(&generate(&config).unwrap()).unwrap();
+        let (f, b, v, latency) = costs;
+        let unit_costs = UnitCosts { vocab: v, ..UnitCosts::new(f, b) };
+        let s = match vocab {
+            true => insert_vocab_parallel(&lowered, |a| unit_costs.cost(a)).unwrap(),
+            false => lowered,
+        };
+        let p2p = P2p::new(latency, 4.0, MessageBytes::Constant(1.0));
+        let full = simulate(&s, |a| unit_costs.cost(a), &p2p).unwrap().bubble_ratio;
+        let lean = simulate_bubble(&s, |a| unit_costs.cost(a), &p2p).unwrap();
+        prop_assert_eq!(full.to_bits(), lean.to_bits(), "{} vs {}", full, lean);
+    }
+}

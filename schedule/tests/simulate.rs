@@ -69,6 +69,9 @@ fn deadlock_names_every_waiting_stage() {
         e.to_string(),
         "deadlock: stage 0 waits at step 0 in 0RECV_B0 for stage 1; stage 1 waits at step 0 in 1RECV_F0 for stage 0"
     );
+    // The planner's lean path stops the same way.
+    let lean = simulate_bubble(&s, |_| 1.0, &P2p::free()).unwrap_err();
+    assert_eq!(lean.to_string(), e.to_string());
 }
 
 #[test]

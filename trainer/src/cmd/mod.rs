@@ -35,6 +35,7 @@ pub mod model;
 pub mod plan;
 pub mod plan_elastic;
 pub mod plan_emit;
+pub mod plan_rank;
 pub mod schedule;
 pub mod simulate;
 pub mod slice;

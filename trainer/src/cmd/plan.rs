@@ -4,11 +4,14 @@
 
 use clap::{Args, ValueEnum};
 use seqpipe_memory::{
-    evaluate_at, search, simulated_bubbles, Evaluation, RecomputePolicy, SearchSpace, GIB,
+    rank_by_simulation, search, simulated_bubbles, Evaluation, RecomputePolicy, SearchSpace,
+    Simulations, GIB,
 };
 use seqpipe_slicing::parse_token_count;
 
 use seqpipe_trainer::runtime::capabilities::{planned_only, train_parallel, TrainParallel};
+
+use super::plan_rank::{print_ranking, source_tag, Runnable};
 
 use super::model::{describe, resolve_model};
 use super::plan_elastic::ElasticArgs;
@@ -95,9 +98,18 @@ pub struct PlanArgs {
     /// Override the preset's host-link bandwidth, GB/s.
     #[arg(long, conflicts_with = "lengths")]
     host_gbps: Option<f64>,
-    /// How many plans to print.
-    #[arg(long, default_value_t = 8, conflicts_with = "lengths")]
-    top: usize,
+    /// How many plans to print (and to rank by simulation).
+    #[arg(long, default_value_t = 8, conflicts_with = "lengths", value_parser = clap::value_parser!(u64).range(1..))]
+    top: u64,
+    /// Distinct schedules to simulate while ranking (the leading plans of the closed forms'
+    /// order); the output says whether that settled the top plans.
+    #[arg(long, default_value_t = 8, conflicts_with_all = ["lengths", "exact"], value_parser = clap::value_parser!(u64).range(1..))]
+    simulate: u64,
+    /// Simulate until the top plans are certain: every plan left has a closed-form MFU (an
+    /// upper bound) below them. Slower: Llama-70B at 512K on 256 GPUs simulates about 140
+    /// schedules.
+    #[arg(long, conflicts_with = "lengths")]
+    exact: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text, conflicts_with = "lengths")]
     format: Format,
@@ -167,13 +179,23 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             args.global_batch
         );
     }
+    let started = std::time::Instant::now();
+    let cap = (!args.exact).then_some(args.simulate as usize);
+    let mut known = Simulations::new();
+    let closed_forms = evals.clone();
+    let ranking = rank_by_simulation(&space, evals, args.top as usize, cap, &mut known)?;
+    let ranked_in = started.elapsed();
+    let evals = &ranking.evaluations;
     if let Some(path) = &args.emit_config {
         let Some(best) = evals.iter().find(|e| e.fits()) else {
             anyhow::bail!(
                 "--emit-config: no configuration fits the budget, so there is no plan to write"
             );
         };
-        let simulated = simulated_bubbles(&space, &best.candidate)?;
+        let simulated = match known.bubbles(&best.candidate) {
+            Some(b) => b,
+            None => simulated_bubbles(&space, &best.candidate)?,
+        };
         super::plan_emit::emit(path, best, &shape, seq_len, &simulated)?;
         eprintln!(
             "wrote the best plan as a seqpipe train configuration to {}",
@@ -181,20 +203,25 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         );
     }
     if let Format::Json = args.format {
-        outln!("{}", serde_json::to_string_pretty(&marked(&evals))?);
+        outln!("{}", serde_json::to_string_pretty(&marked(evals))?);
         return Ok(());
     }
-    print_context(args, &space, &evals)?;
+    print_context(args, &space, evals)?;
     let fitting = evals.iter().filter(|e| e.fits()).count();
     if fitting == 0 {
         outln!("no configuration fits the budget");
     } else {
         outln!("\nbest plans:");
-        print_table(evals.iter().filter(|e| e.fits()).take(args.top))?;
-        print_simulated(&space, &evals)?;
-        print_train_config(&evals)?;
+        print_table(evals.iter().filter(|e| e.fits()).take(args.top as usize))?;
+        print_ranking(&ranking, args.top, ranked_in)?;
+        let runnable = Runnable {
+            space: &space,
+            cap,
+            known: &mut known,
+        };
+        runnable.print(closed_forms)?;
     }
-    print_rejections(&evals)
+    print_rejections(evals)
 }
 
 /// What was searched: the model, the sequence and cluster, and how many configurations fit.
@@ -229,7 +256,7 @@ fn print_context(args: &PlanArgs, space: &SearchSpace, evals: &[Evaluation]) -> 
 
 fn header() -> anyhow::Result<()> {
     outln!(
-        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>7} {:>13} {:>8} {:>7} {:>6} {:>6}",
+        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>7} {:>13} {:>8} {:>7} {:<5} {:>6} {:>6}",
         "schedule",
         "pp",
         "tp",
@@ -241,6 +268,7 @@ fn header() -> anyhow::Result<()> {
         "peak GiB@stg",
         "states",
         "bubble",
+        "by",
         "MFU",
         "comm"
     );
@@ -268,56 +296,6 @@ fn marked(evals: &[Evaluation]) -> Vec<Marked<'_>> {
         .collect()
 }
 
-/// The best fitting plan the trainer can run, as the `[parallel]` table of a `seqpipe train`
-/// configuration.
-fn print_train_config(evals: &[Evaluation]) -> anyhow::Result<()> {
-    let runnable = evals.iter().filter(|e| e.fits()).find_map(|e| {
-        let c = &e.candidate;
-        train_parallel(c).map(|p| (row(e), p))
-    });
-    if let Some((row, parallel)) = runnable {
-        outln!(
-            "\nthe best plan without TP/CP, as seqpipe train's [parallel] table ({}):",
-            row.split_whitespace().collect::<Vec<_>>().join(" ")
-        );
-        outln!("[parallel]\n{}", toml::to_string(&parallel)?.trim_end());
-    }
-    Ok(())
-}
-
-/// The best plan again, its bubble simulated on the exact schedule the trainer would run
-/// (`seqpipe_memory::simulated_bubbles`) rather than the closed form the ranking uses: as
-/// generated and, for SlimPipe, with its attention exchange (every pair, `exchange_pairs =
-/// "level"`); the MFU with the better of the two, the one `--emit-config` writes.
-fn print_simulated(space: &SearchSpace, evals: &[Evaluation]) -> anyhow::Result<()> {
-    let Some(best) = evals.iter().find(|e| e.fits()) else {
-        return Ok(());
-    };
-    let simulated = simulated_bubbles(space, &best.candidate)?;
-    let again = evaluate_at(space, &best.candidate, simulated.best())?;
-    let exchange = match simulated.exchange {
-        Some(x) => format!(
-            "; with the attention exchange (every pair) {:.2}%, which --emit-config {}",
-            100.0 * x,
-            match simulated.exchange_helps() {
-                true => "turns on",
-                false => "leaves off",
-            }
-        ),
-        None => String::new(),
-    };
-    outln!(
-        "\nthe best plan's schedule simulated as seqpipe train runs it (FLOP costs; SlimPipe: \
-         uniform slices, vocabulary-parallel HEAD meetings): bubble {:.2}%{exchange} (ranked \
-         with {:.2}%); predicted MFU {:.1}% (ranked with {:.1}%)",
-        100.0 * simulated.plain,
-        100.0 * best.bubble,
-        100.0 * again.mfu,
-        100.0 * best.mfu
-    );
-    Ok(())
-}
-
 /// The row's features the trainer does not run, as a note under it (empty when it runs all).
 fn planned_only_note(e: &Evaluation) -> Option<String> {
     let missing = planned_only(&e.candidate);
@@ -329,7 +307,7 @@ fn planned_only_note(e: &Evaluation) -> Option<String> {
     })
 }
 
-fn row(e: &Evaluation) -> String {
+pub(super) fn row(e: &Evaluation) -> String {
     let c = &e.candidate;
     let recompute = match c.recompute {
         RecomputePolicy::None => "none",
@@ -337,7 +315,7 @@ fn row(e: &Evaluation) -> String {
         RecomputePolicy::Full => "full",
     };
     format!(
-        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>6.0}% {:>9.2}@{:<3} {:>8.2} {:>6.2}% {:>5.1}% {:>5.1}%",
+        "{:<20} {:>3} {:>3} {:>3} {:>4} {:>4} {:>10} {:>6.0}% {:>9.2}@{:<3} {:>8.2} {:>6.2}% {:<5} {:>5.1}% {:>5.1}%",
         c.kind.to_string(),
         c.stages,
         c.parallel.tp,
@@ -350,6 +328,7 @@ fn row(e: &Evaluation) -> String {
         e.worst_stage,
         e.states_bytes / GIB,
         100.0 * e.bubble,
+        source_tag(e.bubble_source),
         100.0 * e.mfu,
         100.0 * e.comm.total() / e.step_time
     )

@@ -5,14 +5,14 @@
 
 use anyhow::Result;
 use seqpipe_memory::{
-    evaluate, evaluate_at, simulated_bubbles, ActivationModel, Candidate, Evaluation, Parallelism,
-    PipelineKind, RecomputePolicy, SimulatedBubbles, StateOptions, StaticConfig,
-    OFFLOAD_BUFFER_UNITS,
+    candidates, evaluate, plan_order, rank_by_simulation, ActivationModel, Candidate, Evaluation,
+    Parallelism, PipelineKind, RecomputePolicy, SearchSpace, SimulatedBubbles, Simulations,
+    StateOptions, StaticConfig, OFFLOAD_BUFFER_UNITS,
 };
 use seqpipe_schedule::{generate, simulate, P2p, ScheduleConfig, ScheduleKind, UnitCosts};
 use seqpipe_slicing::preset;
 
-use super::sim::{best_per_family_where, describe, space, Setup};
+use super::sim::{best_per_family_where, describe, family, space, Setup};
 use super::table::{gib, Table};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -300,7 +300,7 @@ fn slimpipe_rows(out: &mut Vec<Row>) -> Result<()> {
             base * 100.0
         ),
     ));
-    out.push(slimpipe_simulated_row(&setup, &slim, &one, &inter)?);
+    out.push(slimpipe_simulated_row(&setup)?);
     let space = space(&setup, 2048 * 1024)?;
     let fixed = Candidate {
         kind: PipelineKind::SlimPipe {
@@ -329,57 +329,95 @@ fn slimpipe_rows(out: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
-/// The 512K row again with every plan's bubble simulated on its exact schedule as the trainer
-/// runs it (`seqpipe_memory::simulated_bubbles`: SlimPipe's slices uniform, its head
-/// vocabulary-parallel, and its attention exchange where it shortens the iteration) instead of
-/// the closed forms; the plans are the ones the closed forms chose.
-fn slimpipe_simulated_row(
-    setup: &Setup,
-    slim: &Option<Evaluation>,
-    one: &Option<Evaluation>,
-    inter: &Option<Evaluation>,
-) -> Result<Row> {
+/// The 512K row again, each family's plans ranked by simulating their exact schedules as the
+/// trainer runs them (`seqpipe_memory::rank_by_simulation`, run until certain: SlimPipe's slices
+/// uniform, its head vocabulary-parallel, and its attention exchange where it shortens the
+/// iteration) instead of by the closed forms.
+fn slimpipe_simulated_row(setup: &Setup) -> Result<Row> {
     let space = space(setup, 512 * 1024)?;
-    // (MFU at the better simulated bubble, the closed form's bubble, the simulated ones.)
-    type Simulated = Option<(f64, f64, SimulatedBubbles)>;
-    let simulated = |e: &Option<Evaluation>| -> Result<Simulated> {
-        let Some(e) = e.filter(Evaluation::fits) else {
-            return Ok(None);
-        };
-        let bubble = simulated_bubbles(&space, &e.candidate)?;
-        let again = evaluate_at(&space, &e.candidate, bubble.best())?;
-        Ok(Some((again.mfu, e.bubble, bubble)))
-    };
-    let (s, o, i) = (simulated(slim)?, simulated(one)?, simulated(inter)?);
-    let mfu = |x: &Simulated| x.map_or(0.0, |x| x.0);
-    let bubbles = |name: &str, x: &Simulated| match x {
-        Some((_, closed, sim)) => format!(
-            "{name} {:.1} → {:.1} %{}",
-            100.0 * closed,
-            100.0 * sim.plain,
-            sim.exchange.map_or(String::new(), |x| format!(
-                " (with the attention exchange, every pair: {:.1} %)",
-                100.0 * x
+    let mut known = Simulations::new();
+    let megatron = |c: &Candidate| c.offload_fraction == 0.0;
+    let s = best_simulated(&space, "slimpipe", |_| true, &mut known)?;
+    let o = best_simulated(&space, "1f1b", megatron, &mut known)?;
+    let i = best_simulated(&space, "interleaved", megatron, &mut known)?;
+    let mfu = |x: &Option<Simulated>| x.as_ref().map_or(0.0, |x| x.plan.mfu);
+    let bubbles = |name: &str, x: &Option<Simulated>| match x {
+        Some(x) => format!(
+            "{name} {} (closed form {:.1} → simulated {:.1} %{})",
+            describe(&x.plan.candidate),
+            100.0 * x.closed_form,
+            100.0 * x.bubbles.plain,
+            x.bubbles.exchange.map_or(String::new(), |e| format!(
+                ", with the attention exchange, every pair: {:.1} %",
+                100.0 * e
             ))
         ),
         None => format!("{name}: no fitting plan"),
     };
     Ok(row(
         "SlimPipe §6",
-        "Llama-70B 512K 256×H100 SlimPipe ÷ best Megatron MFU, bubbles simulated (paper: up to)"
+        "Llama-70B 512K 256×H100 SlimPipe ÷ best Megatron MFU, ranked by simulation (paper: up to)"
             .into(),
         1.57,
         mfu(&s) / mfu(&o).max(mfu(&i)),
         "×",
         format!(
-            "bubble closed form → simulated: {}, {}, {}; SlimPipe's vocabulary-parallel HEAD \
-             makes every stage meet (once per micro-batch), and its uniform slices' attention \
-             grows along the sequence; the better of SlimPipe's two figures counts",
+            "{}; {}; {}; {} schedules simulated; SlimPipe's vocabulary-parallel HEAD makes every \
+             stage meet (once per micro-batch), and its uniform slices' attention grows along \
+             the sequence; the better of SlimPipe's two figures counts",
             bubbles("SlimPipe", &s),
             bubbles("1F1B", &o),
-            bubbles("interleaved", &i)
+            bubbles("interleaved", &i),
+            known.len()
         ),
     ))
+}
+
+/// A family's best plan by simulation, with the closed-form bubble it had and its simulated
+/// bubbles.
+struct Simulated {
+    plan: Evaluation,
+    closed_form: f64,
+    bubbles: SimulatedBubbles,
+}
+
+/// The best fitting plan of `family` among the candidates `keep` accepts, ranked by simulation
+/// until certain; `None` where none fits.
+fn best_simulated(
+    space: &SearchSpace,
+    family_name: &str,
+    keep: impl Fn(&Candidate) -> bool,
+    known: &mut Simulations,
+) -> Result<Option<Simulated>> {
+    let mut evals: Vec<Evaluation> = candidates(space)
+        .iter()
+        .filter(|c| family(&c.kind) == family_name && keep(c))
+        // A candidate the closed forms refuse is not a plan.
+        .filter_map(|c| evaluate(space, c).ok())
+        .filter(Evaluation::fits)
+        .collect();
+    evals.sort_by(plan_order);
+    let ranking = rank_by_simulation(space, evals.clone(), 1, None, known)?;
+    anyhow::ensure!(
+        ranking.exact,
+        "the {family_name} ranking is not certain: {:?}",
+        ranking.bound_broken
+    );
+    let Some(plan) = ranking.evaluations.first().copied() else {
+        return Ok(None);
+    };
+    let closed_form = evals
+        .iter()
+        .find(|e| e.candidate == plan.candidate)
+        .map_or(f64::NAN, |e| e.bubble);
+    let bubbles = known
+        .bubbles(&plan.candidate)
+        .ok_or_else(|| anyhow::anyhow!("the best {family_name} plan was not simulated"))?;
+    Ok(Some(Simulated {
+        plan,
+        closed_form,
+        bubbles,
+    }))
 }
 
 /// Longest context (4K steps, up to 4096K) at which `family` has a fitting plan.

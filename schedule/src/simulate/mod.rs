@@ -22,15 +22,18 @@
 //! assert_eq!((sim.stages[0].busy, sim.stages[0].idle), (3.0, 5.0));
 //! ```
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
 use crate::action::{Action, Op};
 use crate::error::{Blocked, Result, ScheduleError};
-use crate::ids::{MicroBatch, VirtualStage};
 use crate::lower::lower;
 use crate::schedule::{Schedule, ScheduleConfig};
+
+mod index;
+
+use index::{MessageIndex, VocabMeetings};
 
 /// Size of each message.
 #[derive(Clone, Copy)]
@@ -203,53 +206,6 @@ impl Simulation {
     }
 }
 
-/// Dense index of the message a send or receive carries: direction × destination × (mb, slice).
-struct MessageIndex {
-    offsets: Vec<usize>,
-    per_direction: usize,
-    virtual_stages: u32,
-}
-
-impl MessageIndex {
-    fn new(config: &ScheduleConfig) -> Self {
-        let mut offsets = Vec::with_capacity(config.microbatches as usize + 1);
-        let mut total = 0usize;
-        for mb in 0..config.microbatches {
-            offsets.push(total);
-            total += config.slices_of(MicroBatch(mb)) as usize;
-        }
-        offsets.push(total);
-        MessageIndex {
-            per_direction: total * config.virtual_stages() as usize,
-            offsets,
-            virtual_stages: config.virtual_stages(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        2 * self.per_direction
-    }
-
-    /// `None` when the destination virtual stage does not exist.
-    fn of(&self, a: &Action, p: u32) -> Option<usize> {
-        let here = a.virtual_stage(p);
-        let (grad, dest) = match a.op {
-            Op::SendAct => (0, a.peer_virtual_stage(p)?),
-            Op::RecvAct => (0, here),
-            Op::SendGrad => (1, a.peer_virtual_stage(p)?),
-            Op::RecvGrad => (1, here),
-            _ => return None,
-        };
-        let VirtualStage(d) = dest;
-        if d >= self.virtual_stages {
-            return None;
-        }
-        let base = self.offsets[a.mb.index()] + a.slice.index();
-        let units = self.offsets[self.offsets.len() - 1];
-        Some(grad * self.per_direction + d as usize * units + base)
-    }
-}
-
 /// Simulates a schedule (lowering it first if it is not lowered) with per-action durations from
 /// `cost` and messages priced by `p2p`. Errors: invalid durations or sizes, unmatched or duplicate
 /// sends, and deadlock (naming every waiting stage).
@@ -258,34 +214,89 @@ pub fn simulate<F: Fn(&Action) -> f64>(
     cost: F,
     p2p: &P2p,
 ) -> Result<Simulation> {
-    p2p.check()?;
-    let owned;
-    let sched = if schedule.lowered {
-        schedule.check_ranges()?;
-        schedule
-    } else {
-        owned = lower(schedule)?;
-        &owned
-    };
-    let timeline = run(sched, &cost, p2p)?;
+    let sched = prepared(schedule, p2p)?;
+    let mut timeline: Vec<Vec<Timed>> = sched
+        .actions
+        .iter()
+        .map(|l| Vec::with_capacity(l.len()))
+        .collect();
+    run(&sched, &cost, p2p, &mut timeline)?;
     Ok(summarise(sched.config, timeline))
+}
+
+/// [`simulate`]'s `bubble_ratio` (the same figure, bit for bit) without keeping the timeline:
+/// the planner's path, which simulates schedules of millions of actions per plan.
+pub fn simulate_bubble<F: Fn(&Action) -> f64>(
+    schedule: &Schedule,
+    cost: F,
+    p2p: &P2p,
+) -> Result<f64> {
+    let sched = prepared(schedule, p2p)?;
+    let stages = sched.actions.len();
+    let mut busy = Busy {
+        busy: vec![0.0; stages],
+        end: vec![0.0; stages],
+    };
+    run(&sched, &cost, p2p, &mut busy)?;
+    let makespan = busy.end.iter().copied().fold(0.0, f64::max);
+    let idle: f64 = busy.busy.iter().map(|b| (makespan - b).max(0.0)).sum();
+    Ok(match makespan > 0.0 {
+        true => idle / (makespan * stages as f64),
+        false => 0.0,
+    })
+}
+
+/// The schedule lowered (as it is when it already is), after checking `p2p`.
+fn prepared<'a>(schedule: &'a Schedule, p2p: &P2p) -> Result<Cow<'a, Schedule>> {
+    p2p.check()?;
+    if schedule.lowered {
+        schedule.check_ranges()?;
+        return Ok(Cow::Borrowed(schedule));
+    }
+    Ok(Cow::Owned(lower(schedule)?))
+}
+
+/// What the event loop keeps of each action it times.
+trait Record {
+    fn record(&mut self, stage: usize, timed: Timed);
+}
+
+/// The whole timeline ([`simulate`]).
+impl Record for Vec<Vec<Timed>> {
+    fn record(&mut self, stage: usize, timed: Timed) {
+        self[stage].push(timed);
+    }
+}
+
+/// Per stage, the time spent working and the end of its last action: all the bubble needs
+/// ([`simulate_bubble`]).
+struct Busy {
+    busy: Vec<f64>,
+    end: Vec<f64>,
+}
+
+impl Record for Busy {
+    fn record(&mut self, stage: usize, timed: Timed) {
+        self.busy[stage] += timed.busy();
+        self.end[stage] = timed.end;
+    }
 }
 
 /// The event loop: advance every stage as far as its receives allow, until all finish or none
 /// can move.
-fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<Vec<Vec<Timed>>> {
+fn run<F: Fn(&Action) -> f64>(
+    sched: &Schedule,
+    cost: &F,
+    p2p: &P2p,
+    out: &mut impl Record,
+) -> Result<()> {
     let p = sched.config.stages;
     let index = MessageIndex::new(&sched.config);
     let mut arrival: Vec<f64> = vec![f64::NAN; index.len()];
     let stages = sched.actions.len();
     let mut pos = vec![0usize; stages];
     let mut clock = vec![0.0f64; stages];
-    let mut vocab = VocabMeetings::new(stages);
-    let mut timeline: Vec<Vec<Timed>> = sched
-        .actions
-        .iter()
-        .map(|l| Vec::with_capacity(l.len()))
-        .collect();
+    let mut vocab = VocabMeetings::new(&sched.config, stages);
     loop {
         let mut progressed = false;
         for r in 0..stages {
@@ -333,12 +344,15 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
                     }
                 }
                 let end = start + wait + duration;
-                timeline[r].push(Timed {
-                    action: *a,
-                    start,
-                    end,
-                    wait,
-                });
+                out.record(
+                    r,
+                    Timed {
+                        action: *a,
+                        start,
+                        end,
+                        wait,
+                    },
+                );
                 clock[r] = end;
                 pos[r] += 1;
                 progressed = true;
@@ -352,48 +366,7 @@ fn run<F: Fn(&Action) -> f64>(sched: &Schedule, cost: &F, p2p: &P2p) -> Result<V
     if !blocked.is_empty() {
         return Err(ScheduleError::Deadlock { blocked });
     }
-    Ok(timeline)
-}
-
-/// Where the stages meet for the vocabulary-parallel ops: each stage's arrival time per
-/// (op, micro-batch, slice). `EMBED` on stage 0 needs every other stage's share (they only
-/// send); `EMBED_B` on the other stages needs stage 0's gradient (stage 0 only sends); `HEAD`
-/// needs every stage (each exchanges with each).
-struct VocabMeetings {
-    stages: usize,
-    arrivals: HashMap<(Op, u32, u32), Vec<f64>>,
-}
-
-impl VocabMeetings {
-    fn new(stages: usize) -> Self {
-        VocabMeetings {
-            stages,
-            arrivals: HashMap::new(),
-        }
-    }
-
-    /// Records stage `r` at `a` from time `at`; the time its data is all there, or `None`
-    /// while a stage it needs has not arrived.
-    fn arrive(&mut self, a: &Action, r: usize, at: f64) -> Option<f64> {
-        let stages = self.stages;
-        let times = self
-            .arrivals
-            .entry((a.op, a.mb.0, a.slice.0))
-            .or_insert_with(|| vec![f64::NAN; stages]);
-        if times[r].is_nan() {
-            times[r] = at;
-        }
-        let needs: Vec<usize> = match (a.op, r) {
-            (Op::VocabEmbed, 0) => (1..stages).collect(),
-            (Op::VocabEmbedGrad, r) if r > 0 => vec![0],
-            (Op::VocabHead, _) => (0..stages).collect(),
-            _ => Vec::new(),
-        };
-        needs.iter().try_fold(at, |ready, &q| {
-            let t = times[q];
-            (!t.is_nan()).then(|| ready.max(t))
-        })
-    }
+    Ok(())
 }
 
 fn blocked_stages(sched: &Schedule, pos: &[usize]) -> Vec<Blocked> {
