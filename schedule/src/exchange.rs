@@ -40,7 +40,7 @@ use crate::action::{Action, Op, Pair};
 use crate::error::{Result, ScheduleError};
 use crate::ids::Stage;
 use crate::schedule::Schedule;
-use crate::simulate::{simulate, P2p};
+use crate::simulate::{simulate, timeline, P2p};
 use crate::validate::exchange::exchange_violations;
 
 /// The positions of `list`'s steady computes of one direction: the forwards after the stage's
@@ -127,7 +127,7 @@ pub fn exchange_steps<F>(schedule: &Schedule, cost: F) -> Result<Vec<Vec<(usize,
 where
     F: Fn(&Action) -> f64,
 {
-    let sim = simulate(schedule, cost, &P2p::free())?;
+    let timeline = timeline(schedule, cost, &P2p::free())?;
     let p = schedule.actions.len();
     let mut out = Vec::new();
     let mut by_direction = Vec::new();
@@ -137,7 +137,7 @@ where
             .iter()
             .map(|l| steady(l, forward))
             .collect();
-        let start = |r: usize, i: usize| sim.timeline[r][i].start + sim.timeline[r][i].wait;
+        let start = |r: usize, i: usize| timeline[r][i].start + timeline[r][i].wait;
         let reference = &lists[p - 1];
         let Some(&middle) = reference.get(reference.len() / 2) else {
             by_direction.push(Vec::new());
@@ -301,7 +301,11 @@ where
         *moved.entry(h).or_default() -= work;
         *moved.entry(l).or_default() += work;
     }
-    move |a: &Action| (cost(a) + moved.get(a).copied().unwrap_or(0.0)).max(0.0)
+    // Only marked computes moved work: the others skip the lookup (the planner prices millions).
+    move |a: &Action| match a.pair {
+        None => cost(a).max(0.0),
+        Some(_) => (cost(a) + moved.get(a).copied().unwrap_or(0.0)).max(0.0),
+    }
 }
 
 /// The (heavy, light) marks of `schedule` that meet: the `n`-th heavy mark of a stage towards

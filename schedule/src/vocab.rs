@@ -36,7 +36,7 @@ use crate::error::{Result, ScheduleError};
 use crate::ids::Stage;
 use crate::lower::lower;
 use crate::schedule::Schedule;
-use crate::simulate::{simulate, P2p, Timed};
+use crate::simulate::{timeline, P2p, Timed};
 
 /// Removes every vocabulary-parallel op (the inverse of [`insert_vocab_parallel`]).
 pub fn strip_vocab(schedule: &Schedule) -> Schedule {
@@ -95,10 +95,9 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
             });
         }
     }
-    let sim = simulate(&lowered, &cost, &P2p::free())?;
-    let meetings = meetings(&lowered, &sim.timeline);
-    let actions = sim
-        .timeline
+    let timeline = timeline(&lowered, &cost, &P2p::free())?;
+    let meetings = meetings(&lowered, &timeline);
+    let actions = timeline
         .iter()
         .enumerate()
         .map(|(r, timed)| with_meetings(r, timed, &meetings))
@@ -173,7 +172,7 @@ fn with_meetings(r: usize, timed: &[Timed], meetings: &[Meeting]) -> Vec<Action>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{generate, ScheduleConfig, ScheduleKind, UnitCosts};
+    use crate::{generate, simulate, ScheduleConfig, ScheduleKind, UnitCosts};
 
     /// A micro-batch's units meet one after the other on every stage, so the stages wait once
     /// per micro-batch and op: SlimPipe p=4, m=8, n=8 takes within 10 % of its plain makespan

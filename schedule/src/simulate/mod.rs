@@ -215,13 +215,32 @@ pub fn simulate<F: Fn(&Action) -> f64>(
     p2p: &P2p,
 ) -> Result<Simulation> {
     let sched = prepared(schedule, p2p)?;
+    let timeline = timeline_of(&sched, &cost, p2p)?;
+    Ok(summarise(sched.config, timeline))
+}
+
+/// [`simulate`]'s timeline alone, without the per-stage figures: for the passes that place
+/// actions by it.
+pub(crate) fn timeline<F: Fn(&Action) -> f64>(
+    schedule: &Schedule,
+    cost: F,
+    p2p: &P2p,
+) -> Result<Vec<Vec<Timed>>> {
+    timeline_of(&*prepared(schedule, p2p)?, &cost, p2p)
+}
+
+fn timeline_of<F: Fn(&Action) -> f64>(
+    sched: &Schedule,
+    cost: &F,
+    p2p: &P2p,
+) -> Result<Vec<Vec<Timed>>> {
     let mut timeline: Vec<Vec<Timed>> = sched
         .actions
         .iter()
         .map(|l| Vec::with_capacity(l.len()))
         .collect();
-    run(&sched, &cost, p2p, &mut timeline)?;
-    Ok(summarise(sched.config, timeline))
+    run(sched, cost, p2p, &mut timeline)?;
+    Ok(timeline)
 }
 
 /// [`simulate`]'s `bubble_ratio` (the same figure, bit for bit) without keeping the timeline:
