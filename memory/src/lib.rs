@@ -94,4 +94,7 @@ pub use states::{model_states, stage_parameters, Precision, StageStates, StateOp
 pub use timeline::{
     ledger_of_simulation, pipeline_kind, spans_from_simulation, spans_in_program_order, unit_key,
 };
-pub use window::{alive_after_forwards, uniform_checkpoints, window, window_problem, WindowInputs};
+pub use window::{
+    alive_after_forwards, uniform_checkpoints, uniform_checkpoints_replayed, window,
+    window_problem, WindowInputs,
+};

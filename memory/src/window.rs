@@ -71,8 +71,9 @@ pub struct WindowInputs<'a> {
     pub last_stage_fixed: &'a [Vec<f64>],
 }
 
-/// The recomputation program of `schedule` (one chunk per stage) under `inputs`.
-pub fn window_problem(schedule: &Schedule, inputs: &WindowInputs<'_>) -> Result<RecomputeProblem> {
+/// The stage count of `schedule`, once `inputs` has a budget per stage and a memory row per
+/// micro-batch.
+fn check_inputs(schedule: &Schedule, inputs: &WindowInputs<'_>) -> Result<usize> {
     let d = schedule.actions.len();
     crate::error::positive("stages", d as u64)?;
     if inputs.budgets.len() != d || inputs.mem.len() != inputs.counts.len() {
@@ -87,6 +88,31 @@ pub fn window_problem(schedule: &Schedule, inputs: &WindowInputs<'_>) -> Result<
             ),
         });
     }
+    Ok(d)
+}
+
+/// Unit `u`'s term on stage `r`: the bytes it holds without recomputation (the last stage's
+/// extra included) and what each checkpointed layer saves.
+fn unit_term(inputs: &WindowInputs<'_>, r: usize, u: &Unit) -> Result<(f64, f64)> {
+    let c = inputs
+        .mem
+        .get(u.mb.index())
+        .and_then(|row| row.get(u.slice.index()))
+        .ok_or_else(|| MemoryError::BadSchedule {
+            kind: "elastic",
+            requirement: "a memory entry for every unit",
+            got: format!("none for micro-batch {} slice {}", u.mb.0, u.slice.0),
+        })?;
+    let mut full = c.per_layer * inputs.layers_per_stage as f64 + c.fixed;
+    if r + 1 == inputs.budgets.len() {
+        full += inputs.last_stage_fixed[u.mb.index()][u.slice.index()];
+    }
+    Ok((full, c.per_layer - c.kept_per_layer))
+}
+
+/// The recomputation program of `schedule` (one chunk per stage) under `inputs`.
+pub fn window_problem(schedule: &Schedule, inputs: &WindowInputs<'_>) -> Result<RecomputeProblem> {
+    let d = check_inputs(schedule, inputs)?;
     // Flat unit numbering in forward order (micro-batch-major, slices ascending) and its
     // position in the backward order (micro-batch-major, slices descending).
     let mut offset = Vec::with_capacity(inputs.counts.len());
@@ -114,27 +140,14 @@ pub fn window_problem(schedule: &Schedule, inputs: &WindowInputs<'_>) -> Result<
             weights[v] += 1;
         }
     }
-    let l = inputs.layers_per_stage as f64;
     let mut constraints = Vec::new();
     for (r, steps) in alive_after_forwards(schedule).into_iter().enumerate() {
         for (step, set) in steps.into_iter().enumerate() {
             let terms = set
                 .iter()
                 .map(|u| {
-                    let c = inputs
-                        .mem
-                        .get(u.mb.index())
-                        .and_then(|row| row.get(u.slice.index()))
-                        .ok_or_else(|| MemoryError::BadSchedule {
-                            kind: "elastic",
-                            requirement: "a memory entry for every unit",
-                            got: format!("none for micro-batch {} slice {}", u.mb.0, u.slice.0),
-                        })?;
-                    let mut full = c.per_layer * l + c.fixed;
-                    if r + 1 == d {
-                        full += inputs.last_stage_fixed[u.mb.index()][u.slice.index()];
-                    }
-                    Ok((var_of(r, flat(u)), full, c.per_layer - c.kept_per_layer))
+                    let (full, saved) = unit_term(inputs, r, u)?;
+                    Ok((var_of(r, flat(u)), full, saved))
                 })
                 .collect::<Result<Vec<_>>>()?;
             constraints.push(StepConstraint {
@@ -172,6 +185,48 @@ pub fn uniform_checkpoints(problem: &RecomputeProblem) -> Option<u64> {
         }
     }
     Some(lo)
+}
+
+/// [`uniform_checkpoints`] of [`window_problem`]'s program (the same count), found by replaying
+/// the schedule without building the program: the pipeline-grouping DP prices thousands of
+/// candidate pipelines. Each constraint sums its alive units in the program's order and is
+/// checked with the same tolerance, and memory only falls as the count grows, so the least
+/// count that fits them all is the largest any one of them needs.
+pub fn uniform_checkpoints_replayed(
+    schedule: &Schedule,
+    inputs: &WindowInputs<'_>,
+) -> Result<Option<u64>> {
+    check_inputs(schedule, inputs)?;
+    let mut count = 0u64;
+    let mut alive: Vec<(Unit, f64, f64)> = Vec::new();
+    for (r, list) in schedule.actions.iter().enumerate() {
+        let budget = inputs.budgets[r];
+        let fits = |alive: &[(Unit, f64, f64)], c: u64| {
+            let terms: f64 = alive
+                .iter()
+                .map(|&(_, full, saved)| full - saved * c as f64)
+                .sum();
+            0.0 + terms <= budget + 1e-9 * budget.abs().max(1.0)
+        };
+        alive.clear();
+        for a in list {
+            if a.op == Op::Forward {
+                let u = a.unit();
+                let (full, saved) = unit_term(inputs, r, &u)?;
+                alive.push((u, full, saved));
+                while !fits(&alive, count) {
+                    if count == inputs.layers_per_stage {
+                        return Ok(None);
+                    }
+                    count += 1;
+                }
+            } else if a.op.ends_unit() {
+                let u = a.unit();
+                alive.retain(|x| x.0 != u);
+            }
+        }
+    }
+    Ok(Some(count))
 }
 
 /// Peak activation bytes of each stage under checkpoint counts `c` (per variable).

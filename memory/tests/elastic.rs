@@ -51,6 +51,37 @@ proptest! {
         }
     }
 
+    /// The grouping DP's replay finds the least uniform checkpoint count the program's
+    /// feasibility scan finds, or none where full recomputation does not fit either.
+    #[test]
+    fn replayed_uniform_checkpoints_are_the_programs(
+        p in 1usize..=5,
+        counts in prop::collection::vec(1u32..=4, 1..7),
+        sizes in prop::collection::vec((1.0f64..10.0, 0.0f64..1.0), 20),
+        layers in 1u64..=8,
+        tight in 0.1f64..1.2,
+    ) {
+        let e = elastic(p as u32, &counts).unwrap();
+        let mem: Vec<Vec<ChunkMem>> = e.slice_counts.iter().enumerate().map(|(mb, &n)| {
+            (0..n as usize).map(|s| {
+                let (x, kept) = sizes[(mb * 3 + s) % sizes.len()];
+                ChunkMem { sequence: mb, per_layer: x, kept_per_layer: x * kept, fixed: 0.5 }
+            }).collect()
+        }).collect();
+        let logits: Vec<Vec<f64>> = mem.iter().map(|row| vec![0.25; row.len()]).collect();
+        let no_ckpt = replay_peaks(&e, &mem, layers, |_, _, _| 0);
+        let budgets: Vec<f64> = no_ckpt.iter().map(|b| b * tight).collect();
+        let inputs = WindowInputs {
+            counts: &e.slice_counts, mem: &mem, layers_per_stage: layers,
+            budgets: &budgets, last_stage_fixed: &logits,
+        };
+        let problem = window_problem(&e.schedule, &inputs).unwrap();
+        prop_assert_eq!(
+            uniform_checkpoints_replayed(&e.schedule, &inputs).unwrap(),
+            uniform_checkpoints(&problem)
+        );
+    }
+
     #[test]
     fn recompute_plan_fits_every_stage(
         p in 1usize..=4,

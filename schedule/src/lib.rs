@@ -56,8 +56,9 @@ pub use exchange::{
     ExchangePolicy,
 };
 pub use gen::{
-    elastic, generate, gis, gpipe, group_pipelines, interleaved, longest_first, one_f_one_b,
-    seq1f1b, seq1f1b_interleaved, slimpipe, zb_h1, ElasticSchedule, Grouping,
+    elastic, generate, gis, gpipe, group_pipelines, group_pipelines_bounded, interleaved,
+    longest_first, one_f_one_b, seq1f1b, seq1f1b_interleaved, slimpipe, zb_h1, ElasticSchedule,
+    Grouping,
 };
 pub use ids::{
     next_virtual_stage, placement, previous_virtual_stage, virtual_stage, Chunk, MicroBatch, Slice,
@@ -66,6 +67,9 @@ pub use ids::{
 pub use lower::{insert_comm, insert_recompute, lower, strip_comm};
 pub use lowered::Lowered;
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};
-pub use simulate::{simulate, simulate_bubble, MessageBytes, P2p, Simulation, StageStats, Timed};
+pub use simulate::{
+    simulate, simulate_bubble, simulate_span, MessageBytes, P2p, Simulation, Span, StageStats,
+    Timed,
+};
 pub use validate::{validate, validate_ragged, Rule, Violation};
 pub use vocab::{insert_vocab_parallel, strip_vocab};

@@ -93,6 +93,35 @@ proptest! {
             Err(e) => prop_assert!(false, "{e}"),
         }
     }
+
+    /// A lower bound of the cost prices fewer groups and finds the same split.
+    #[test]
+    fn a_lower_bound_prices_fewer_groups_and_changes_nothing(
+        weights in prop::collection::vec(0.1f64..5.0, 1..12),
+        delta in 0.0f64..4.0,
+        cap in 1.0f64..25.0,
+        widest in 1usize..6,
+    ) {
+        let calls = std::cell::Cell::new(0);
+        let cost = |r: std::ops::Range<usize>| {
+            calls.set(calls.get() + 1);
+            let w: f64 = weights[r].iter().sum();
+            (w <= cap).then_some(delta + w * w)
+        };
+        let plain = group_pipelines(weights.len(), Some(widest), cost);
+        let unbounded = calls.replace(0);
+        let bound = |r: std::ops::Range<usize>| weights[r].iter().sum::<f64>().powi(2);
+        let bounded = group_pipelines_bounded(weights.len(), Some(widest), cost, bound);
+        prop_assert!(calls.get() <= unbounded);
+        match (plain, bounded) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(a.groups, b.groups);
+                prop_assert_eq!(a.cost.to_bits(), b.cost.to_bits());
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            other => prop_assert!(false, "{other:?}"),
+        }
+    }
 }
 
 #[test]

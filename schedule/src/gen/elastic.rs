@@ -123,7 +123,20 @@ pub struct Grouping {
 pub fn group_pipelines(
     items: usize,
     max_group: Option<usize>,
+    cost: impl FnMut(Range<usize>) -> Option<f64>,
+) -> Result<Grouping> {
+    group_pipelines_bounded(items, max_group, cost, |_| f64::NEG_INFINITY)
+}
+
+/// [`group_pipelines`] with a lower bound of each group's cost: a group whose bound cannot
+/// beat the best split found so far is not priced. The split and its cost are the same as
+/// without the bound (a group priced at or above the best so far is never chosen); only the
+/// cost calls are fewer. `lower_bound(range)` must not exceed `cost(range)` where that runs.
+pub fn group_pipelines_bounded(
+    items: usize,
+    max_group: Option<usize>,
     mut cost: impl FnMut(Range<usize>) -> Option<f64>,
+    mut lower_bound: impl FnMut(Range<usize>) -> f64,
 ) -> Result<Grouping> {
     positive("sequences to group", items as u32)?;
     let widest = max_group.unwrap_or(items).max(1);
@@ -134,6 +147,9 @@ pub fn group_pipelines(
         // Longest group last: once `start..end` cannot run, no longer group ending at `end`
         // can (it holds more, and longer, sequences), so the scan stops there.
         for start in (end.saturating_sub(widest)..end).rev() {
+            if best[start].0 + lower_bound(start..end) >= best[end].0 {
+                continue;
+            }
             let Some(c) = cost(start..end).filter(|c| c.is_finite()) else {
                 break;
             };

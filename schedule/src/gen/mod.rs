@@ -29,7 +29,9 @@ pub mod slimpipe;
 pub mod zb_h1;
 
 pub use self::core::MAX_ACTIONS;
-pub use elastic::{elastic, group_pipelines, longest_first, ElasticSchedule, Grouping};
+pub use elastic::{
+    elastic, group_pipelines, group_pipelines_bounded, longest_first, ElasticSchedule, Grouping,
+};
 pub use gis::gis;
 pub use gpipe::gpipe;
 pub use interleaved::interleaved;

@@ -250,6 +250,37 @@ pub fn simulate_bubble<F: Fn(&Action) -> f64>(
     cost: F,
     p2p: &P2p,
 ) -> Result<f64> {
+    Ok(simulate_span(schedule, cost, p2p)?.bubble_ratio())
+}
+
+/// What [`simulate_span`] keeps of a simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// End of the last action.
+    pub makespan: f64,
+    /// Per stage, the sum of its action durations.
+    pub busy: Vec<f64>,
+}
+
+impl Span {
+    /// [`Simulation::bubble_ratio`], bit for bit.
+    pub fn bubble_ratio(&self) -> f64 {
+        let makespan = self.makespan;
+        let idle: f64 = self.busy.iter().map(|b| (makespan - b).max(0.0)).sum();
+        match makespan > 0.0 {
+            true => idle / (makespan * self.busy.len() as f64),
+            false => 0.0,
+        }
+    }
+}
+
+/// [`simulate`]'s makespan and per-stage busy time (the same figures, bit for bit) without
+/// keeping the timeline.
+pub fn simulate_span<F: Fn(&Action) -> f64>(
+    schedule: &Schedule,
+    cost: F,
+    p2p: &P2p,
+) -> Result<Span> {
     let sched = prepared(schedule, p2p)?;
     let stages = sched.actions.len();
     let mut busy = Busy {
@@ -257,11 +288,9 @@ pub fn simulate_bubble<F: Fn(&Action) -> f64>(
         end: vec![0.0; stages],
     };
     run(&sched, &cost, p2p, &mut busy)?;
-    let makespan = busy.end.iter().copied().fold(0.0, f64::max);
-    let idle: f64 = busy.busy.iter().map(|b| (makespan - b).max(0.0)).sum();
-    Ok(match makespan > 0.0 {
-        true => idle / (makespan * stages as f64),
-        false => 0.0,
+    Ok(Span {
+        makespan: busy.end.iter().copied().fold(0.0, f64::max),
+        busy: busy.busy,
     })
 }
 
@@ -287,8 +316,7 @@ impl Record for Vec<Vec<Timed>> {
     }
 }
 
-/// Per stage, the time spent working and the end of its last action: all the bubble needs
-/// ([`simulate_bubble`]).
+/// Per stage, the time spent working and the end of its last action ([`simulate_span`]).
 struct Busy {
     busy: Vec<f64>,
     end: Vec<f64>,

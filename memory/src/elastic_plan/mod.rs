@@ -40,7 +40,9 @@
 //! assert_eq!(format!("{:.2} s, {:.2} s", seconds.0, seconds.1), "1.05 s, 2.13 s");
 //! ```
 
-use seqpipe_schedule::{elastic, group_pipelines, longest_first, seq1f1b, Op, P2p, Schedule};
+use std::ops::Range;
+
+use seqpipe_schedule::{elastic, longest_first, simulate_span, Op, P2p, Schedule, Span};
 use seqpipe_slicing::{balanced, chunk, Chunking, CostModel, CostUnit};
 use serde::Serialize;
 
@@ -53,6 +55,15 @@ use crate::window::{stage_peaks, uniform_checkpoints, window_problem, WindowInpu
 
 /// A document piece: `(document length, start, end)`.
 pub type DocPiece = (u64, u64, u64);
+
+mod packed;
+mod price;
+
+pub use packed::{pack, plan_packed};
+use price::{split_into_pipelines, RowPrices};
+
+/// Per unit `[mb][slice]`: memory per layer, and logits bytes on the last stage.
+type UnitRows = (Vec<Vec<ChunkMem>>, Vec<Vec<f64>>);
 
 /// One pipeline ready to plan: schedule, slice counts, and the pieces of every unit `[mb][slice]`.
 type Pipeline = (Schedule, Vec<u32>, Vec<Vec<Vec<DocPiece>>>);
@@ -179,13 +190,8 @@ impl PlanSetup {
         work + cost.per_slice
     }
 
-    /// Recomputation program of `schedule` over `units[mb][slice]`.
-    fn problem(
-        &self,
-        schedule: &Schedule,
-        counts: &[u32],
-        units: &[Vec<Vec<DocPiece>>],
-    ) -> Result<RecomputeProblem> {
+    /// Per unit `[mb][slice]`: its memory per layer, and its logits bytes on the last stage.
+    fn unit_rows(&self, units: &[Vec<Vec<DocPiece>>]) -> Result<UnitRows> {
         let mut mem = Vec::with_capacity(units.len());
         let mut logits = Vec::with_capacity(units.len());
         for row in units {
@@ -198,6 +204,17 @@ impl PlanSetup {
             mem.push(m);
             logits.push(l);
         }
+        Ok((mem, logits))
+    }
+
+    /// Recomputation program of `schedule` over `units[mb][slice]`.
+    fn problem(
+        &self,
+        schedule: &Schedule,
+        counts: &[u32],
+        units: &[Vec<Vec<DocPiece>>],
+    ) -> Result<RecomputeProblem> {
+        let (mem, logits) = self.unit_rows(units)?;
         let budgets = self.budgets()?;
         window_problem(
             schedule,
@@ -211,6 +228,36 @@ impl PlanSetup {
         )
     }
 
+    /// Simulates `schedule` with forward times `times[mb][slice]` and `checkpoints(stage, unit)`
+    /// layers checkpointed per unit (units numbered micro-batch-major, slices ascending).
+    fn simulate_with(
+        &self,
+        schedule: &Schedule,
+        counts: &[u32],
+        times: &[&[f64]],
+        checkpoints: impl Fn(usize, usize) -> u64,
+    ) -> Result<Span> {
+        let cost = self.cost()?;
+        let l = self.layers_per_stage()? as f64;
+        let mut offset = vec![0usize; counts.len()];
+        for mb in 1..counts.len() {
+            offset[mb] = offset[mb - 1] + counts[mb - 1] as usize;
+        }
+        let duration = |a: &seqpipe_schedule::Action| {
+            let f = times[a.mb.index()][a.slice.index()];
+            match a.op {
+                Op::Forward => f,
+                Op::Backward => {
+                    let k = offset[a.mb.index()] + a.slice.index();
+                    let c = checkpoints(a.stage.index(), k) as f64;
+                    cost.backward_factor * f + f * c / l
+                }
+                _ => 0.0,
+            }
+        };
+        simulate_span(schedule, duration, &P2p::free()).map_err(|e| schedule_error(e.to_string()))
+    }
+
     /// Simulates `schedule` with checkpoint counts `diagonal` (one per program variable).
     fn run(
         &self,
@@ -222,29 +269,13 @@ impl PlanSetup {
         adaptive: bool,
     ) -> Result<PipelineRun> {
         let cost = self.cost()?;
-        let l = self.layers_per_stage()? as f64;
-        let mut offset = vec![0usize; counts.len()];
-        for mb in 1..counts.len() {
-            offset[mb] = offset[mb - 1] + counts[mb - 1] as usize;
-        }
         let times: Vec<Vec<f64>> = units
             .iter()
             .map(|row| row.iter().map(|u| self.unit_time(&cost, u)).collect())
             .collect();
-        let duration = |a: &seqpipe_schedule::Action| {
-            let f = times[a.mb.index()][a.slice.index()];
-            match a.op {
-                Op::Forward => f,
-                Op::Backward => {
-                    let k = offset[a.mb.index()] + a.slice.index();
-                    let c = diagonal[problem.var[a.stage.index()][k]] as f64;
-                    cost.backward_factor * f + f * c / l
-                }
-                _ => 0.0,
-            }
-        };
-        let sim = seqpipe_schedule::simulate(schedule, duration, &P2p::free())
-            .map_err(|e| schedule_error(e.to_string()))?;
+        let times: Vec<&[f64]> = times.iter().map(Vec::as_slice).collect();
+        let span =
+            self.simulate_with(schedule, counts, &times, |r, k| diagonal[problem.var[r][k]])?;
         let recomputed_layers = diagonal
             .iter()
             .zip(&problem.weights)
@@ -257,8 +288,8 @@ impl PlanSetup {
             .collect();
         Ok(PipelineRun {
             checkpointed,
-            makespan: sim.makespan,
-            busy: sim.stages.iter().map(|s| s.busy).sum(),
+            makespan: span.makespan,
+            busy: span.busy.iter().sum(),
             peaks: stage_peaks(problem, diagonal, self.stages),
             recomputed_layers,
             adaptive,
@@ -315,79 +346,6 @@ fn schedule_error(got: String) -> MemoryError {
         requirement: "a schedule that generates and simulates",
         got,
     }
-}
-
-/// First-fit-decreasing packing of `lengths` into buffers of `capacity` tokens; each buffer
-/// lists its documents (lengths) in placement order.
-pub fn pack(lengths: &[u64], capacity: u64) -> Vec<Vec<u64>> {
-    let mut sorted = lengths.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let mut bins: Vec<(u64, Vec<u64>)> = Vec::new();
-    for len in sorted {
-        match bins.iter_mut().find(|b| b.0 + len <= capacity) {
-            Some(b) => {
-                b.0 += len;
-                b.1.push(len);
-            }
-            None => bins.push((len, vec![len])),
-        }
-    }
-    bins.into_iter().map(|b| b.1).collect()
-}
-
-/// The document pieces of a packed buffer that fall in `[from, to)` of the buffer.
-fn buffer_slice(docs: &[u64], from: u64, to: u64) -> Vec<DocPiece> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    for &len in docs {
-        let (s, e) = (from.max(at), to.min(at + len));
-        if s < e {
-            out.push((len, s - at, e - at));
-        }
-        at += len;
-    }
-    out
-}
-
-/// Packing to the context length with `n` Seq1F1B slices per buffer (`n = 1`: 1F1B); the best
-/// feasible `n` of `slice_candidates`. `Ok(None)` when no candidate fits memory.
-pub fn plan_packed(
-    lengths: &[u64],
-    setup: &PlanSetup,
-    slice_candidates: &[usize],
-) -> Result<Option<MethodResult>> {
-    let cost = setup.cost()?;
-    let bins = pack(lengths, setup.context);
-    let mut best: Option<MethodResult> = None;
-    for &n in slice_candidates
-        .iter()
-        .filter(|&&n| n >= 1 && n as u64 <= setup.context)
-    {
-        let plan = balanced(setup.context, n, 1, &cost)?;
-        let units: Vec<Vec<Vec<DocPiece>>> = bins
-            .iter()
-            .map(|docs| {
-                plan.slices
-                    .iter()
-                    .map(|s| buffer_slice(docs, s.start, s.end))
-                    .collect()
-            })
-            .collect();
-        let schedule = seq1f1b(setup.stages as u32, bins.len() as u32, n as u32)
-            .map_err(|e| schedule_error(e.to_string()))?;
-        let counts = vec![n as u32; bins.len()];
-        let Some((run, c, _)) = setup.run_uniform(&schedule, &counts, &units)? else {
-            continue;
-        };
-        let result = setup.result(n, vec![run], vec![bins.len() * n], Some(c))?;
-        if best
-            .as_ref()
-            .is_none_or(|b| result.iteration_time < b.iteration_time)
-        {
-            best = Some(result);
-        }
-    }
-    Ok(best)
 }
 
 /// Elastic planning of one batch: the best `K` of `slice_candidates` (see the module docs).
@@ -481,7 +439,7 @@ pub fn elastic_with_budget(
             })
             .collect()
     };
-    let pipeline = |range: std::ops::Range<usize>| -> Result<Pipeline> {
+    let pipeline = |range: Range<usize>| -> Result<Pipeline> {
         let sub: Vec<u32> = order[range.clone()].iter().map(|&i| counts[i]).collect();
         let e = elastic(setup.stages as u32, &sub).map_err(|e| schedule_error(e.to_string()))?;
         let units = e
@@ -491,20 +449,11 @@ pub fn elastic_with_budget(
             .collect();
         Ok((e.schedule, e.slice_counts, units))
     };
-    let mut failure = None;
-    let grouping = group_pipelines(order.len(), Some(MAX_GROUP), |range| {
-        match pipeline(range).and_then(|(s, c, u)| setup.run_uniform(&s, &c, &u)) {
-            Ok(run) => run.map(|(r, _, _)| r.makespan),
-            Err(e) => {
-                failure.get_or_insert(e);
-                None
-            }
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let Ok(grouping) = grouping else {
+    let prices: Vec<RowPrices> = groups
+        .iter()
+        .map(|g| setup.row_prices(&cost, &pieces_of(g)))
+        .collect::<Result<_>>()?;
+    let Some(grouping) = split_into_pipelines(setup, &order, &counts, &prices)? else {
         return Ok(None); // some sequence fits no pipeline even with full recomputation
     };
     let mut runs = Vec::new();
@@ -554,3 +503,69 @@ pub const MAX_MILP_VARIABLES: usize = 16;
 
 /// Largest number of sequence groups the DP puts in one pipeline (bounds its `O(n²)` cost).
 pub const MAX_GROUP: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elastic_compare::default_setup;
+
+    /// The grouping DP's price of a pipeline is the uniform run's makespan, bit for bit, where
+    /// the run needs no recomputation, some, and more than full recomputation can give.
+    #[test]
+    fn the_dps_price_is_the_uniform_runs_makespan() {
+        let mut seen = (0, 0, 0);
+        for device_gib in [80.0, 24.0, 16.0, 12.0, 10.0, 9.0, 8.0] {
+            let setup = PlanSetup {
+                device_bytes: device_gib * crate::peak::GIB,
+                ..default_setup(4, 64 * 1024).unwrap()
+            };
+            for counts in [
+                vec![1u32],
+                vec![3, 1, 1],
+                vec![4, 2, 2, 1, 1, 1],
+                vec![2; 7],
+            ] {
+                let e = elastic(4, &counts).unwrap();
+                // Micro-batch `mb`'s units: a document of 8K tokens per unit, cut evenly, and a
+                // short whole one beside each.
+                let units: Vec<Vec<Vec<DocPiece>>> = e
+                    .slice_counts
+                    .iter()
+                    .enumerate()
+                    .map(|(mb, &n)| {
+                        let doc = u64::from(n) * 8192;
+                        (0..u64::from(n))
+                            .map(|s| {
+                                vec![
+                                    (doc, s * 8192, (s + 1) * 8192),
+                                    (512 + mb as u64, 0, 512 + mb as u64),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let (s, c) = (&e.schedule, &e.slice_counts);
+                let cost = setup.cost().unwrap();
+                let rows: Vec<RowPrices> = units
+                    .iter()
+                    .map(|row| setup.row_prices(&cost, row).unwrap())
+                    .collect();
+                let rows: Vec<&RowPrices> = rows.iter().collect();
+                let price = setup.uniform_makespan(s, c, &rows).unwrap();
+                let run = setup.run_uniform(s, c, &units).unwrap();
+                match (price, run) {
+                    (Some(p), Some((run, checkpoints, _))) => {
+                        assert_eq!(p.to_bits(), run.makespan.to_bits());
+                        match checkpoints {
+                            0 => seen.0 += 1,
+                            _ => seen.1 += 1,
+                        }
+                    }
+                    (None, None) => seen.2 += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert!(seen.0 > 0 && seen.1 > 0 && seen.2 > 0, "{seen:?}");
+    }
+}
