@@ -1,8 +1,11 @@
 //! `bench cpu`: real training runs of a small model on this machine's CPU, one per (sequence
 //! length, schedule), measured beside the planners' predictions for the same configuration.
 //!
-//! Predicted tokens/s: the run at the first length with the first schedule calibrates one kernel
-//! efficiency `e = achieved ÷ measured matmul peak`; every run is predicted as
+//! Each configuration runs [`REPS`] times, the repetitions of all configurations interleaved, and
+//! the table gives medians.
+//!
+//! Predicted tokens/s: the first configuration (1F1B at the first length) calibrates one kernel
+//! efficiency `e = achieved ÷ measured matmul peak` (its median); every row is predicted as
 //! `e · peak · u ÷ u_calibration ÷ FLOPs per token` with the utilisation `u` of the cores by the
 //! simulated schedule (`Simulation::core_use`): stage threads share the machine's cores, so its
 //! timeline is stretched wherever more stages compute at once than there are cores, and idle
@@ -13,8 +16,9 @@
 use anyhow::Result;
 use seqpipe_slicing::CostModel;
 use seqpipe_trainer::config::{ParallelConfig, SlicingMethod, TrainConfig};
-use seqpipe_trainer::train::{measure_matmul_peak, train};
+use seqpipe_trainer::train::{measure_matmul_peak, train, TrainSummary};
 
+use super::offload::median;
 use super::table::{pct, rel_err, Table};
 
 /// Schedules compared at each length: (name, slices, chunks, slicing).
@@ -22,7 +26,11 @@ pub const SCHEDULES: &[(&str, u32, u32, SlicingMethod)] = &[
     ("1f1b", 1, 1, SlicingMethod::Uniform),
     ("seq1f1b", 4, 1, SlicingMethod::Balanced),
     ("slimpipe", 4, 2, SlicingMethod::Uniform),
+    ("zb-h1", 1, 1, SlicingMethod::Uniform),
 ];
+
+/// Runs of each configuration (medians reported).
+pub const REPS: usize = 3;
 
 /// Sequence lengths run.
 pub const LENGTHS: &[usize] = &[256, 1024];
@@ -39,9 +47,9 @@ pub struct CpuRun {
     pub slices: u32,
     /// Tokens per sequence.
     pub seq_len: usize,
-    /// Measured tokens/s (steps after the first).
+    /// Measured tokens/s (steps after the first), median of the repetitions.
     pub tokens_per_sec: f64,
-    /// Predicted tokens/s (see the module header).
+    /// Predicted tokens/s (see the module header), median of the repetitions' predictions.
     pub predicted_tokens_per_sec: f64,
     /// Achieved model FLOP/s ÷ measured matmul peak.
     pub mfu: f64,
@@ -61,7 +69,7 @@ pub struct CpuRun {
     pub predicted_peak_bytes: Option<f64>,
     /// Largest per-stage relative error of the prediction.
     pub worst_stage_mem_err: Option<f64>,
-    /// Whether this run calibrated the efficiency.
+    /// Whether this row calibrated the efficiency.
     pub calibration: bool,
 }
 
@@ -94,57 +102,92 @@ pub fn config(
     cfg
 }
 
-/// Runs every configuration and returns the measurements. The matmul peak is measured once
-/// before the runs, so every MFU and prediction shares one denominator (each run's own
-/// measurement moves with the machine's load).
+/// Every configuration: (schedule, slices, chunks, slicing, tokens per sequence).
+fn configurations() -> Vec<(&'static str, u32, u32, SlicingMethod, usize)> {
+    LENGTHS
+        .iter()
+        .flat_map(|&len| {
+            SCHEDULES
+                .iter()
+                .map(move |&(name, n, v, slicing)| (name, n, v, slicing, len))
+        })
+        .collect()
+}
+
+/// Runs every configuration [`REPS`] times (interleaved) and returns the measurements. The
+/// matmul peak is measured once before the runs, so every MFU shares one denominator (each
+/// run's own measurement moves with the machine's load).
 pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<CpuRun>> {
     let peak = measure_matmul_peak()?;
-    let mut runs: Vec<CpuRun> = Vec::new();
-    let mut reference: Option<(f64, f64)> = None; // (efficiency, utilisation) of the calibration run
-    for &seq_len in LENGTHS {
-        for &(schedule, slices, chunks, slicing) in SCHEDULES {
+    let configs = configurations();
+    let cfgs: Vec<TrainConfig> = configs
+        .iter()
+        .map(|&(name, n, v, slicing, len)| config(name, n, v, slicing, len))
+        .collect();
+    let mut summaries: Vec<Vec<TrainSummary>> = vec![Vec::new(); cfgs.len()];
+    for rep in 0..REPS {
+        for (i, cfg) in cfgs.iter().enumerate() {
+            let (name, n, v, _, len) = configs[i];
             progress(&format!(
-                "cpu: {schedule} n={slices} v={chunks} s={seq_len}"
+                "cpu: run {}/{REPS}: {name} n={n} v={v} s={len}",
+                rep + 1
             ));
-            let cfg = config(schedule, slices, chunks, slicing, seq_len);
-            let s = train(&cfg, |_| Ok(()))?;
-            let flops_per_token = 3.0
-                * CostModel::flops(&cfg.model.shape())?.sequence(seq_len as u64)
-                / seq_len as f64;
-            let efficiency = s.achieved_flops / peak;
-            let calibration = reference.is_none();
-            let utilisation = s.simulated_core_use;
-            let (e, u_ref) = *reference.get_or_insert((efficiency, utilisation));
-            let predicted = e * peak * utilisation / u_ref / flops_per_token;
-            let measured: Vec<f64> = s.peak_saved_bytes.iter().map(|&b| b as f64).collect();
-            let worst = s.predicted_saved_bytes.as_ref().map(|p| {
-                p.iter()
-                    .zip(&measured)
-                    .map(|(p, m)| (p / m - 1.0).abs())
-                    .fold(0.0, f64::max)
-            });
-            runs.push(CpuRun {
-                schedule: schedule.into(),
-                slices,
-                seq_len,
-                tokens_per_sec: s.tokens_per_sec,
-                predicted_tokens_per_sec: predicted,
-                mfu: efficiency,
-                peak_flops: peak,
-                measured_bubble: s.measured_bubble,
-                simulated_bubble: s.simulated_bubble,
-                utilisation,
-                measured_total_bytes: s.peak_bytes.iter().map(|&b| b as f64).fold(0.0, f64::max),
-                measured_peak_bytes: measured.iter().copied().fold(0.0, f64::max),
-                predicted_peak_bytes: s
-                    .predicted_saved_bytes
-                    .map(|p| p.iter().copied().fold(0.0, f64::max)),
-                worst_stage_mem_err: worst,
-                calibration,
-            });
+            summaries[i].push(train(cfg, |_| Ok(()))?);
         }
     }
+    let mut runs: Vec<CpuRun> = Vec::new();
+    for (cfg, reps) in cfgs.iter().zip(&summaries) {
+        let mut run = summarise(cfg, reps, peak)?;
+        // (efficiency, utilisation) of the calibration row, the first.
+        let (e, u_ref) = runs
+            .first()
+            .map_or((run.mfu, run.utilisation), |c| (c.mfu, c.utilisation));
+        run.calibration = runs.is_empty();
+        run.predicted_tokens_per_sec = e * peak * run.utilisation / u_ref / flops_per_token(cfg)?;
+        runs.push(run);
+    }
     Ok(runs)
+}
+
+/// Model FLOPs per token of `cfg` (forward and backward).
+fn flops_per_token(cfg: &TrainConfig) -> Result<f64> {
+    let seq_len = cfg.data.seq_len as u64;
+    Ok(3.0 * CostModel::flops(&cfg.model.shape())?.sequence(seq_len) / seq_len as f64)
+}
+
+/// One configuration's row: medians of its runs' throughput, the first run's memory (it does
+/// not vary); no prediction yet.
+fn summarise(cfg: &TrainConfig, runs: &[TrainSummary], peak: f64) -> Result<CpuRun> {
+    let seq_len = cfg.data.seq_len;
+    let tokens_per_sec = median(runs.iter().map(|s| s.tokens_per_sec).collect());
+    let s = &runs[0];
+    let measured: Vec<f64> = s.peak_saved_bytes.iter().map(|&b| b as f64).collect();
+    let worst = s.predicted_saved_bytes.as_ref().map(|p| {
+        p.iter()
+            .zip(&measured)
+            .map(|(p, m)| (p / m - 1.0).abs())
+            .fold(0.0, f64::max)
+    });
+    Ok(CpuRun {
+        schedule: cfg.parallel.schedule.clone(),
+        slices: cfg.parallel.slices,
+        seq_len,
+        tokens_per_sec,
+        predicted_tokens_per_sec: f64::NAN,
+        mfu: tokens_per_sec * flops_per_token(cfg)? / peak,
+        peak_flops: peak,
+        measured_bubble: median(runs.iter().map(|s| s.measured_bubble).collect()),
+        simulated_bubble: s.simulated_bubble,
+        utilisation: s.simulated_core_use,
+        measured_total_bytes: s.peak_bytes.iter().map(|&b| b as f64).fold(0.0, f64::max),
+        measured_peak_bytes: measured.iter().copied().fold(0.0, f64::max),
+        predicted_peak_bytes: s
+            .predicted_saved_bytes
+            .as_ref()
+            .map(|p| p.iter().copied().fold(0.0, f64::max)),
+        worst_stage_mem_err: worst,
+        calibration: false,
+    })
 }
 
 fn kib(b: f64) -> String {
@@ -169,10 +212,9 @@ pub fn table(runs: &[CpuRun]) -> Result<Table> {
         "peak saved+transient KiB measured",
     ]);
     for r in runs {
-        let err = if r.calibration {
-            "0 (calibration)".into()
-        } else {
-            rel_err(r.predicted_tokens_per_sec, r.tokens_per_sec)
+        let err = match r.calibration {
+            true => "0 (calibration)".into(),
+            false => rel_err(r.predicted_tokens_per_sec, r.tokens_per_sec),
         };
         t.push(vec![
             format!("{} n={}", r.schedule, r.slices),

@@ -207,10 +207,11 @@ pub fn run_cpu(dir: &Path) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     println!(
-        "## CPU runs (MEASURED on this machine: {cores} cores, f32 matmul peak {:.1} GFLOP/s measured before the runs ({:.1} after; load average {load} at the end: expect noise of that order); 4 stages as threads, 4 micro-batches, batch 1, {} steps, first untimed; prediction calibrated on the first row, see xtask/src/bench/cpu.rs)\n",
+        "## CPU runs (MEASURED on this machine: {cores} cores, f32 matmul peak {:.1} GFLOP/s measured before the runs ({:.1} after; load average {load} at the end: expect noise of that order); 4 stages as threads, 4 micro-batches, batch 1, {} steps, first untimed; {} runs per row, interleaved, medians; prediction calibrated on the first row, see xtask/src/bench/cpu.rs)\n",
         peak / 1e9,
         after / 1e9,
-        cpu::STEPS
+        cpu::STEPS,
+        cpu::REPS
     );
     emit_table(dir, "cpu_runs", &t, &runs, started)
 }
