@@ -4,10 +4,10 @@
 
 use clap::{Args, ValueEnum};
 use seqpipe_memory::{
-    rank_by_simulation, search, simulated_bubbles, Evaluation, RecomputePolicy, SearchSpace,
-    Simulations, GIB,
+    rank_by_simulation, search, simulated_bubbles, Evaluation, GpuPreset, RecomputePolicy,
+    SearchSpace, Simulations, GIB,
 };
-use seqpipe_slicing::parse_token_count;
+use seqpipe_slicing::{parse_token_count, ModelShape};
 
 use seqpipe_trainer::runtime::capabilities::{planned_only, train_parallel, TrainParallel};
 
@@ -149,6 +149,16 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         };
         return super::plan_elastic::run(&elastic, shape, budget_bytes, gpu.achieved_flops);
     }
+    plan_sequences(args, shape, gpu, budget_bytes)
+}
+
+/// `seqpipe plan --seq … --gpus …`: the search, ranked by simulation, and its tables.
+fn plan_sequences(
+    args: &PlanArgs,
+    shape: ModelShape,
+    gpu: GpuPreset,
+    budget_bytes: f64,
+) -> anyhow::Result<()> {
     // clap requires both unless --lengths is given.
     let (Some(seq), Some(gpus)) = (args.seq.as_deref(), args.gpus) else {
         anyhow::bail!("--seq and --gpus are required (or --lengths for elastic planning)");
@@ -187,20 +197,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let ranked_in = started.elapsed();
     let evals = &ranking.evaluations;
     if let Some(path) = &args.emit_config {
-        let Some(best) = evals.iter().find(|e| e.fits()) else {
-            anyhow::bail!(
-                "--emit-config: no configuration fits the budget, so there is no plan to write"
-            );
-        };
-        let simulated = match known.bubbles(&best.candidate) {
-            Some(b) => b,
-            None => simulated_bubbles(&space, &best.candidate)?,
-        };
-        super::plan_emit::emit(path, best, &shape, seq_len, &simulated)?;
-        eprintln!(
-            "wrote the best plan as a seqpipe train configuration to {}",
-            path.display()
-        );
+        emit_best(path, &space, evals, &known)?;
     }
     if let Format::Json = args.format {
         outln!("{}", serde_json::to_string_pretty(&marked(evals))?);
@@ -222,6 +219,31 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         runnable.print(closed_forms)?;
     }
     print_rejections(evals)
+}
+
+/// `--emit-config`: the best fitting plan as a `seqpipe train` configuration, with the bubbles
+/// its ranking simulated.
+fn emit_best(
+    path: &std::path::Path,
+    space: &SearchSpace,
+    evals: &[Evaluation],
+    known: &Simulations,
+) -> anyhow::Result<()> {
+    let Some(best) = evals.iter().find(|e| e.fits()) else {
+        anyhow::bail!(
+            "--emit-config: no configuration fits the budget, so there is no plan to write"
+        );
+    };
+    let simulated = match known.bubbles(&best.candidate) {
+        Some(b) => b,
+        None => simulated_bubbles(space, &best.candidate)?,
+    };
+    super::plan_emit::emit(path, best, &space.shape, space.seq_len, &simulated)?;
+    eprintln!(
+        "wrote the best plan as a seqpipe train configuration to {}",
+        path.display()
+    );
+    Ok(())
 }
 
 /// What was searched: the model, the sequence and cluster, and how many configurations fit.
