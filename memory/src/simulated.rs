@@ -35,8 +35,8 @@
 use std::ops::Range;
 
 use seqpipe_schedule::{
-    exchange_costs, generate, insert_exchange, insert_vocab_parallel, lower, simulate_bubble,
-    Action, ExchangePolicy, P2p, Schedule, ScheduleConfig, ScheduleKind,
+    exchange_costs, generate, insert_exchange_on, insert_vocab_parallel, lower, simulate_bubble,
+    simulate_timeline, Action, ExchangePolicy, P2p, Schedule, ScheduleConfig, ScheduleKind, Span,
 };
 use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
@@ -119,7 +119,7 @@ impl SimulatedBubbles {
 }
 
 /// `c`'s schedule simulated as generated and, for SlimPipe, with its attention exchange (see
-/// the module header); the two run side by side.
+/// the module header).
 pub fn simulated_bubbles(space: &SearchSpace, c: &Candidate) -> Result<SimulatedBubbles> {
     let (schedule, prices) = as_run(space, c)?;
     let cost = |a: &Action| prices.cost(a);
@@ -133,18 +133,23 @@ pub fn simulated_bubbles(space: &SearchSpace, c: &Candidate) -> Result<Simulated
     let bounds: Vec<u64> = std::iter::once(0)
         .chain(slices(space, c.kind)?.iter().map(|r| r.end))
         .collect();
+    // One simulation serves both: the plain bubble, and the timeline the exchange's steps are
+    // read off.
+    let timeline = simulate_timeline(&schedule, cost, &P2p::free())?;
+    let plain = Span::of(&timeline).bubble_ratio();
     let column = |a: &Action| prices.column(a);
-    let (plain, exchange) = std::thread::scope(|scope| {
-        let plain = scope.spawn(|| simulate_bubble(&schedule, cost, &P2p::free()));
-        let paired = insert_exchange(&schedule, cost, column, &bounds, ExchangePolicy::Level)
-            .and_then(|x| simulate_bubble(&x, exchange_costs(&x, cost, column), &P2p::free()));
-        (plain.join(), paired)
-    });
-    // A panic in the simulation is a bug: it goes on as itself.
-    let plain = plain.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    let paired = insert_exchange_on(
+        &schedule,
+        &timeline,
+        cost,
+        column,
+        &bounds,
+        ExchangePolicy::Level,
+    )?;
+    let exchange = simulate_bubble(&paired, exchange_costs(&paired, cost, column), &P2p::free())?;
     Ok(SimulatedBubbles {
         plain,
-        exchange: Some(exchange?),
+        exchange: Some(exchange),
     })
 }
 

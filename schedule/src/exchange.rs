@@ -40,7 +40,7 @@ use crate::action::{Action, Op, Pair};
 use crate::error::{Result, ScheduleError};
 use crate::ids::Stage;
 use crate::schedule::Schedule;
-use crate::simulate::{simulate, timeline, P2p};
+use crate::simulate::{simulate, simulate_timeline, P2p, Timed};
 use crate::validate::exchange::exchange_violations;
 
 /// The positions of `list`'s steady computes of one direction: the forwards after the stage's
@@ -78,14 +78,48 @@ where
     F: Fn(&Action) -> f64,
     G: Fn(&Action) -> f64,
 {
+    let plain = strip_exchange(schedule);
+    let timeline = simulate_timeline(&plain, &cost, &P2p::free())?;
+    insert_exchange_on(&plain, &timeline, cost, column, bounds, policy)
+}
+
+/// [`insert_exchange`] on a schedule without exchanges whose simulated timeline under `cost`
+/// the caller has already (the planner prices the schedule both ways); a schedule that
+/// already has exchanges is refused.
+pub fn insert_exchange_on<F, G>(
+    schedule: &Schedule,
+    timeline: &[Vec<Timed>],
+    cost: F,
+    column: G,
+    bounds: &[u64],
+    policy: ExchangePolicy,
+) -> Result<Schedule>
+where
+    F: Fn(&Action) -> f64,
+    G: Fn(&Action) -> f64,
+{
+    let marked = schedule.actions.iter().enumerate().find_map(|(r, list)| {
+        let position = list.iter().position(|a| a.pair.is_some())?;
+        Some((r, position, &list[position]))
+    });
+    if let Some((stage, position, a)) = marked {
+        return Err(ScheduleError::Unmatched {
+            stage: stage as u32,
+            position,
+            action: schedule.text(a),
+            reason: "is an exchange already: exchanges are placed on a schedule without any \
+                     (strip_exchange first)"
+                .into(),
+        });
+    }
     let prefix = Prefixes::new(bounds, schedule.config.slices)?;
-    let mut out = strip_exchange(schedule);
+    let mut out = schedule.clone();
     let mut best = match policy {
         ExchangePolicy::Level => f64::INFINITY,
         ExchangePolicy::Shorten => makespan(&out, &cost, &column).unwrap_or(f64::INFINITY),
     };
     let attention = |a: &Action| column(a) * prefix.attended(a);
-    for step in exchange_steps(&out, &cost)? {
+    for step in exchange_steps_on(&out, timeline) {
         if policy == ExchangePolicy::Level {
             best = f64::INFINITY;
         }
@@ -127,7 +161,13 @@ pub fn exchange_steps<F>(schedule: &Schedule, cost: F) -> Result<Vec<Vec<(usize,
 where
     F: Fn(&Action) -> f64,
 {
-    let timeline = timeline(schedule, cost, &P2p::free())?;
+    let timeline = simulate_timeline(schedule, cost, &P2p::free())?;
+    Ok(exchange_steps_on(schedule, &timeline))
+}
+
+/// [`exchange_steps`] read off `timeline`, `schedule`'s simulated timeline (for a caller that
+/// has simulated it already).
+pub fn exchange_steps_on(schedule: &Schedule, timeline: &[Vec<Timed>]) -> Vec<Vec<(usize, usize)>> {
     let p = schedule.actions.len();
     let mut out = Vec::new();
     let mut by_direction = Vec::new();
@@ -173,7 +213,7 @@ where
         out.extend(forwards.get(k).cloned());
         out.extend(backwards.get(k).cloned());
     }
-    Ok(out)
+    out
 }
 
 /// Which pairs [`insert_exchange`] keeps.
@@ -410,6 +450,29 @@ mod tests {
     fn slimpipe(p: u32, n: u32) -> Schedule {
         let config = ScheduleConfig::new(ScheduleKind::SlimPipe, p, 4).with_slices(n);
         lower(&generate(&config).unwrap()).unwrap()
+    }
+
+    /// On a timeline the caller simulated, the pass places the same pairs; a schedule with
+    /// exchanges already is refused, naming the first.
+    #[test]
+    fn a_given_timeline_places_the_same_pairs() {
+        let s = slimpipe(4, 8);
+        let bounds: Vec<u64> = (0..=8).map(|j| 16 * j).collect();
+        let t = AttentionCosts::new(&bounds, 0.5);
+        let (cost, column) = (|a: &Action| t.cost(a), |a: &Action| t.column(a));
+        let timeline = simulate_timeline(&s, cost, &P2p::free()).unwrap();
+        for policy in [Level, Shorten] {
+            let x = insert_exchange(&s, cost, column, &bounds, policy).unwrap();
+            let on = insert_exchange_on(&s, &timeline, cost, column, &bounds, policy).unwrap();
+            assert_eq!(x, on);
+            assert!(
+                x.iter().any(|a| a.pair.is_some()),
+                "{policy:?} placed no pair"
+            );
+        }
+        let x = insert_exchange(&s, cost, column, &bounds, Level).unwrap();
+        let e = insert_exchange_on(&x, &timeline, cost, column, &bounds, Level).unwrap_err();
+        assert!(e.to_string().contains("is an exchange already"), "{e}");
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub use action::{Action, Compact, Op, Pair, Unit};
 pub use cost::{CostTable, UnitCosts};
 pub use error::{Blocked, Result, ScheduleError};
 pub use exchange::{
-    exchange_costs, exchange_steps, insert_exchange, matched_pairs, strip_exchange, AttentionCosts,
-    ExchangePolicy,
+    exchange_costs, exchange_steps, exchange_steps_on, insert_exchange, insert_exchange_on,
+    matched_pairs, strip_exchange, AttentionCosts, ExchangePolicy,
 };
 pub use gen::{
     elastic, generate, gis, gpipe, group_pipelines, group_pipelines_bounded, interleaved,
@@ -68,8 +68,8 @@ pub use lower::{insert_comm, insert_recompute, lower, strip_comm};
 pub use lowered::Lowered;
 pub use schedule::{Schedule, ScheduleConfig, ScheduleKind};
 pub use simulate::{
-    simulate, simulate_bubble, simulate_span, MessageBytes, P2p, Simulation, Span, StageStats,
-    Timed,
+    simulate, simulate_bubble, simulate_span, simulate_timeline, MessageBytes, P2p, Simulation,
+    Span, StageStats, Timed,
 };
 pub use validate::{validate, validate_ragged, Rule, Violation};
 pub use vocab::{insert_vocab_parallel, strip_vocab};

@@ -36,7 +36,7 @@ use crate::error::{Result, ScheduleError};
 use crate::ids::Stage;
 use crate::lower::lower;
 use crate::schedule::Schedule;
-use crate::simulate::{timeline, P2p, Timed};
+use crate::simulate::{simulate_timeline, P2p, Timed};
 
 /// Removes every vocabulary-parallel op (the inverse of [`insert_vocab_parallel`]).
 pub fn strip_vocab(schedule: &Schedule) -> Schedule {
@@ -95,7 +95,7 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
             });
         }
     }
-    let timeline = timeline(&lowered, &cost, &P2p::free())?;
+    let timeline = simulate_timeline(&lowered, &cost, &P2p::free())?;
     let meetings = meetings(&lowered, &timeline);
     let actions = timeline
         .iter()

@@ -220,8 +220,8 @@ pub fn simulate<F: Fn(&Action) -> f64>(
 }
 
 /// [`simulate`]'s timeline alone, without the per-stage figures: for the passes that place
-/// actions by it.
-pub(crate) fn timeline<F: Fn(&Action) -> f64>(
+/// actions by it ([`Span::of`] gives its makespan and busy times).
+pub fn simulate_timeline<F: Fn(&Action) -> f64>(
     schedule: &Schedule,
     cost: F,
     p2p: &P2p,
@@ -263,6 +263,20 @@ pub struct Span {
 }
 
 impl Span {
+    /// The makespan and busy times of `timeline` (as [`simulate`] sums them).
+    pub fn of(timeline: &[Vec<Timed>]) -> Span {
+        Span {
+            makespan: timeline
+                .iter()
+                .filter_map(|l| l.last().map(|t| t.end))
+                .fold(0.0, f64::max),
+            busy: timeline
+                .iter()
+                .map(|l| l.iter().map(Timed::busy).sum())
+                .collect(),
+        }
+    }
+
     /// [`Simulation::bubble_ratio`], bit for bit.
     pub fn bubble_ratio(&self) -> f64 {
         let makespan = self.makespan;
