@@ -13,6 +13,9 @@
 //! - [`attention_forward`] / [`attention_backward`]: a query slice against a KV prefix, causal
 //!   bottom-right, GQA, blockwise with online softmax; [`merge_attention`] by log-sum-exp; and
 //!   [`SliceKvCache`], the KV-prefix cache and prefix-gradient accumulator of SPEC §4;
+//! - [`Documents`]: packed rows of documents, with [`attention_forward_documents`] /
+//!   [`attention_backward_documents`] and [`Rope::forward_documents`] masking every document
+//!   from the others and restarting its positions;
 //! - [`cross_entropy_forward`] / [`cross_entropy_backward`] fused with the LM head, in vocabulary
 //!   blocks, and over row shards of the vocabulary ([`vocab_shard_forward`],
 //!   [`vocab_shard_backward`], [`combine_lse`]: vocabulary parallelism).
@@ -47,6 +50,7 @@ mod check;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod documents;
 pub mod error;
 mod exp_shifted;
 mod fused_cpu;
@@ -64,6 +68,7 @@ pub use cross_entropy::{
     cross_entropy_backward, cross_entropy_backward_input, cross_entropy_backward_weight,
     cross_entropy_forward, CrossEntropySaved,
 };
+pub use documents::{attention_backward_documents, attention_forward_documents, Documents, Piece};
 pub use error::{KernelError, Result};
 pub use linear::{
     linear_backward_bias, linear_backward_input, linear_backward_weight, linear_forward,

@@ -12,6 +12,7 @@ use candle_core::Tensor;
 
 use crate::attention::{attention_forward, AttentionOptions};
 use crate::attention_backward::backward_compute;
+use crate::documents::{attention_forward_documents, backward_documents_compute, Documents};
 use crate::error::{KernelError, Result};
 
 /// KV-prefix cache and prefix-gradient accumulator of one sequence in one attention layer.
@@ -73,6 +74,12 @@ impl SliceKvCache {
         opts: &AttentionOptions,
     ) -> Result<(Tensor, Tensor)> {
         self.check_next(k)?;
+        self.check_same_tokens(q, k)?;
+        let (k_all, v_all) = self.prefix_with(k, v)?;
+        attention_forward(q, &k_all, &v_all, opts)
+    }
+
+    fn check_same_tokens(&self, q: &Tensor, k: &Tensor) -> Result<()> {
         if q.dims().get(2) != k.dims().get(2) {
             return Err(walk(format!(
                 "forward: a slice's q {:?} and its own k {:?} must have the same token count (dim 2)",
@@ -80,8 +87,39 @@ impl SliceKvCache {
                 k.dims()
             )));
         }
+        Ok(())
+    }
+
+    /// [`SliceKvCache::attend`] over packed rows: each query sees only the earlier tokens of its
+    /// own document ([`crate::attention_forward_documents`]).
+    pub fn attend_documents(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+        docs: &Documents,
+    ) -> Result<(Tensor, Tensor)> {
+        self.check_next(k)?;
+        self.check_same_tokens(q, k)?;
         let (k_all, v_all) = self.prefix_with(k, v)?;
-        attention_forward(q, &k_all, &v_all, opts)
+        attention_forward_documents(q, &k_all, &v_all, opts, docs)
+    }
+
+    /// [`SliceKvCache::backward`] of a slice attended with [`SliceKvCache::attend_documents`].
+    pub fn backward_documents(
+        &mut self,
+        q: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+        docs: &Documents,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let by_document = |k_all: &Tensor, v_all: &Tensor| -> Result<Split> {
+            backward_documents_compute([q, k_all, v_all], out, lse, d_out, opts, docs)
+        };
+        self.walk_back(q, by_document)
     }
 
     /// SlimPipe's exchange, forward: the cached tokens `0..head` (post-RoPE K and V) that a heavy

@@ -148,6 +148,7 @@ mod tests {
             config,
             lowered: false,
             actions: vec![list],
+            slice_counts: None,
         })
         .unwrap()
     }

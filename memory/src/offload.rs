@@ -333,6 +333,7 @@ pub fn with_offload_actions(sim: &Simulation, plan: &OffloadPlan) -> Schedule {
         config: sim.config,
         lowered: true,
         actions,
+        slice_counts: sim.slice_counts.clone(),
     }
 }
 

@@ -34,6 +34,7 @@ pub fn strip_comm(schedule: &Schedule) -> Schedule {
     Schedule {
         config: schedule.config,
         lowered: false,
+        slice_counts: schedule.slice_counts.clone(),
         actions: schedule
             .actions
             .iter()
@@ -91,6 +92,7 @@ pub(crate) fn insert_comm_mapped(schedule: &Schedule) -> Result<(Schedule, Vec<V
         config: schedule.config,
         lowered: true,
         actions,
+        slice_counts: schedule.slice_counts.clone(),
     };
     Ok((lowered, origins))
 }
@@ -121,6 +123,7 @@ pub fn insert_recompute(schedule: &Schedule, checkpointed: impl Fn(&Action) -> b
         config: schedule.config,
         lowered: schedule.lowered,
         actions,
+        slice_counts: schedule.slice_counts.clone(),
     }
 }
 

@@ -197,9 +197,27 @@ pub struct Schedule {
     pub lowered: bool,
     /// `actions[r]` = stage `r`'s program.
     pub actions: Vec<Vec<Action>>,
+    /// Slices of each micro-batch where they differ (elastic pipelines, [`crate::elastic`]:
+    /// at most the configuration's `n` each); none: every micro-batch has `n`.
+    pub slice_counts: Option<Vec<u32>>,
 }
 
 impl Schedule {
+    /// Slices of every micro-batch, in micro-batch order.
+    pub fn slice_counts(&self) -> Vec<u32> {
+        self.slice_counts
+            .clone()
+            .unwrap_or_else(|| self.config.slice_counts())
+    }
+
+    /// Slices of micro-batch `mb` (0 for a micro-batch the schedule does not have).
+    pub fn slices_of(&self, mb: MicroBatch) -> u32 {
+        match &self.slice_counts {
+            Some(counts) => counts.get(mb.index()).copied().unwrap_or(0),
+            None => self.config.slices_of(mb),
+        }
+    }
+
     /// Number of physical stages (rows).
     pub fn stages(&self) -> usize {
         self.actions.len()
@@ -234,7 +252,7 @@ impl Schedule {
 
     /// Every unit the configuration defines on one stage, micro-batch-major.
     pub fn units(&self) -> Vec<Unit> {
-        self.units_with(&self.config.slice_counts())
+        self.units_with(&self.slice_counts())
     }
 
     /// Every unit on one stage when micro-batch `mb` has `counts[mb]` slices (heterogeneous
@@ -276,7 +294,7 @@ impl Schedule {
     /// Checks that every action sits in its own stage's list and names a chunk, micro-batch and
     /// slice inside the configuration.
     pub fn check_ranges(&self) -> Result<()> {
-        self.check_ranges_with(&self.config.slice_counts())
+        self.check_ranges_with(&self.slice_counts())
     }
 
     /// [`Schedule::check_ranges`] with `counts[mb]` slices in micro-batch `mb` (a micro-batch
@@ -361,6 +379,7 @@ impl Schedule {
             config,
             lowered,
             actions,
+            slice_counts: None,
         };
         schedule.check_ranges()?;
         Ok(schedule)
@@ -381,6 +400,8 @@ struct ScheduleJson {
     config: ScheduleConfig,
     lowered: bool,
     actions: Vec<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slice_counts: Option<Vec<u32>>,
 }
 
 impl From<Schedule> for ScheduleJson {
@@ -389,6 +410,7 @@ impl From<Schedule> for ScheduleJson {
             actions: s.to_texts(),
             config: s.config,
             lowered: s.lowered,
+            slice_counts: s.slice_counts,
         }
     }
 }
@@ -397,7 +419,9 @@ impl TryFrom<ScheduleJson> for Schedule {
     type Error = ScheduleError;
 
     fn try_from(j: ScheduleJson) -> Result<Self> {
-        Schedule::from_texts(j.config, j.lowered, &j.actions)
+        let mut schedule = Schedule::from_texts(j.config, j.lowered, &j.actions)?;
+        schedule.slice_counts = j.slice_counts;
+        Ok(schedule)
     }
 }
 

@@ -43,6 +43,7 @@ pub fn strip_vocab(schedule: &Schedule) -> Schedule {
     Schedule {
         config: schedule.config,
         lowered: schedule.lowered,
+        slice_counts: schedule.slice_counts.clone(),
         actions: schedule
             .actions
             .iter()
@@ -106,6 +107,7 @@ pub fn insert_vocab_parallel<F: Fn(&Action) -> f64>(
         config: lowered.config,
         lowered: true,
         actions,
+        slice_counts: lowered.slice_counts.clone(),
     })
 }
 

@@ -143,7 +143,17 @@ fn ragged_validation_catches_a_missing_slice() {
     // A count above the configuration's n, or the wrong number of counts, is reported.
     assert!(!validate_ragged(&e.schedule, &[4, 1]).is_empty());
     assert!(!validate_ragged(&e.schedule, &[3]).is_empty());
-    // Plain validation against n = 3 everywhere flags micro-batch 1's absent slices.
-    assert!(!validate(&e.schedule).is_empty());
+    // The schedule carries its counts, so plain validation, lowering and a JSON round trip
+    // keep them; stripped of them, n = 3 everywhere flags micro-batch 1's absent slices.
+    assert_eq!(e.schedule.slice_counts.as_deref(), Some(&[3, 1][..]));
+    assert!(validate(&e.schedule).is_empty());
     assert!(e.validate().is_empty());
+    let lowered = seqpipe_schedule::Lowered::check(lower(&e.schedule).unwrap()).unwrap();
+    assert_eq!(lowered.slice_counts(), vec![3, 1]);
+    let json = serde_json::to_string(&*lowered).unwrap();
+    let back: seqpipe_schedule::Schedule = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, &*lowered);
+    let mut stripped = e.schedule.clone();
+    stripped.slice_counts = None;
+    assert!(!validate(&stripped).is_empty());
 }

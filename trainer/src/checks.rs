@@ -2,7 +2,8 @@
 //! sizes that bound memory and time, the schedule (generated, offloaded or read from a file),
 //! the layer partition, the memory budget, and data and output options that cannot take effect.
 
-use crate::config::{DataKind, TrainConfig};
+use crate::config::{DataKind, SlicingMethod, TrainConfig};
+use crate::data::Packing;
 use crate::error::{fail, Result};
 use crate::runtime::admit::load_schedule;
 use crate::runtime::offload::Offload;
@@ -11,6 +12,99 @@ use crate::runtime::rank_loop::plan_as_run;
 use crate::runtime::recompute::Recompute;
 use crate::train::schedule_config;
 use seqpipe_schedule::{Lowered, Op};
+
+/// What masked packing needs, and settings that would be ignored without it.
+fn packing_problems(cfg: &TrainConfig) -> Vec<String> {
+    let (data, mut problems) = (&cfg.data, Vec::new());
+    let masked = data.packing == Packing::Masked;
+    match data.eos {
+        Some(eos) if !masked => problems.push(format!(
+            "data.eos = {eos} ends documents only for data.packing = \"masked\"; set it, or \
+             drop data.eos"
+        )),
+        Some(eos) if eos as usize >= cfg.model.vocab => problems.push(format!(
+            "data.eos = {eos} is outside the model's vocabulary 0..{}",
+            cfg.model.vocab
+        )),
+        _ => {}
+    }
+    if masked && !matches!(data.kind, DataKind::Tokens | DataKind::Text) {
+        problems.push(format!(
+            "data.packing = \"masked\" needs documents: data.kind = \"{}\" generates \
+             sequences without any; use data.kind = \"tokens\" or \"text\"",
+            format!("{:?}", data.kind).to_lowercase()
+        ));
+    }
+    if masked && data.kind == DataKind::Tokens && data.eos.is_none() {
+        problems.push(
+            "data.packing = \"masked\" over a token file needs data.eos, the id that ends \
+             each document"
+                .into(),
+        );
+    }
+    if masked && cfg.parallel.attention_exchange {
+        problems.push(crate::runtime::input::EXCHANGE_OVER_DOCUMENTS.into());
+    }
+    problems
+}
+
+/// What elastic pipelines need, and what they do not run with yet.
+fn elastic_problems(cfg: &TrainConfig) -> Vec<String> {
+    let par = &cfg.parallel;
+    if !par.elastic {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, what: String| {
+        if !ok {
+            problems.push(format!("parallel.elastic = true {what}"));
+        }
+    };
+    need(
+        par.schedule == "seq1f1b",
+        format!(
+            "runs 1F1B over chunks, as Seq1F1B over slices: set parallel.schedule = \"seq1f1b\" \
+             (it is {:?})",
+            par.schedule
+        ),
+    );
+    need(
+        par.chunks == 1,
+        format!(
+            "runs one model chunk per stage: set parallel.chunks = 1 (it is {})",
+            par.chunks
+        ),
+    );
+    need(
+        par.slicing == SlicingMethod::Balanced,
+        "cuts the longest document into compute-balanced slices (InfiniPipe's mesh): set \
+         parallel.slicing = \"balanced\""
+            .into(),
+    );
+    need(
+        cfg.data.packing == Packing::Masked,
+        "trains documents masked from each other: set data.packing = \"masked\"".into(),
+    );
+    let unsupported = [
+        (par.vocab_parallel, "parallel.vocab_parallel"),
+        (par.attention_exchange, "parallel.attention_exchange"),
+        (par.offload != Offload::None, "parallel.offload"),
+        (par.memory_budget.is_some(), "parallel.memory_budget"),
+        (par.schedule_file.is_some(), "parallel.schedule_file"),
+        (par.replicas.unwrap_or(1) > 1, "parallel.replicas > 1"),
+        (
+            matches!(par.recompute, Recompute::Auto { .. }),
+            "parallel.recompute = \"auto\"",
+        ),
+    ];
+    for (set, what) in unsupported {
+        need(
+            !set,
+            format!("does not run with {what} yet: drop one of them"),
+        );
+    }
+    problems
+}
 
 /// Every problem with the configuration, found before any work starts.
 pub fn check(cfg: &TrainConfig) -> Result<()> {
@@ -58,6 +152,8 @@ pub fn check(cfg: &TrainConfig) -> Result<()> {
             format!("{pairs:?}").to_lowercase()
         ));
     }
+    problems.extend(packing_problems(cfg));
+    problems.extend(elastic_problems(cfg));
     if cfg.parallel.vocab_parallel {
         let (vocab, stages) = (cfg.model.vocab, cfg.parallel.stages as usize);
         if vocab < stages {

@@ -1,6 +1,7 @@
 //! `seqpipe train`'s configuration: a TOML file, every field with a default, so that no file at
 //! all means "train the tiny model on generated data with 4 SlimPipe stages".
 
+use crate::data::Packing;
 use crate::error::{Error, Result};
 use crate::runtime::offload::Offload;
 use crate::runtime::recompute::Recompute;
@@ -120,6 +121,12 @@ pub struct ParallelConfig {
     pub attention_exchange: bool,
     /// Which exchange pairs run (default `shorten`); only with `attention_exchange = true`.
     pub exchange_pairs: Option<ExchangePairs>,
+    /// Elastic pipelines (InfiniPipe): each step takes whole documents for the tokens of
+    /// `microbatches × batch × seq_len`, splits the long ones and packs the short ones into
+    /// compute-balanced chunks (`slices` mesh slices of the longest), and runs them longest
+    /// first, micro-batches of their own shapes. Needs `schedule = "seq1f1b"`, `chunks = 1`,
+    /// `slicing = "balanced"` and `data.packing = "masked"`.
+    pub elastic: bool,
 }
 
 impl Default for ParallelConfig {
@@ -145,6 +152,7 @@ impl Default for ParallelConfig {
             vocab_parallel: false,
             attention_exchange: false,
             exchange_pairs: None,
+            elastic: false,
         }
     }
 }
@@ -185,6 +193,12 @@ pub struct DataConfig {
     pub tokenizer: Option<std::path::PathBuf>,
     /// JSONL field holding each document's text.
     pub jsonl_field: String,
+    /// How a token stream's documents share a row: `plain` (back to back, attending across
+    /// them) or `masked` (each document its own causal sequence; needs end-of-document tokens).
+    pub packing: Packing,
+    /// The token that ends each document, for `packing = "masked"` (text corpora default to
+    /// their tokenizer's end-of-text token).
+    pub eos: Option<u32>,
 }
 
 impl Default for DataConfig {
@@ -197,6 +211,8 @@ impl Default for DataConfig {
             token_bytes: 2,
             tokenizer: None,
             jsonl_field: "text".into(),
+            packing: Packing::Plain,
+            eos: None,
         }
     }
 }

@@ -4,11 +4,13 @@
 
 use crate::error::{Error, Result};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::runtime::recompute::Recompute;
 use candle_core::{Device, Tensor};
 use seqpipe_comm::{CommOptions, LocalTransport};
+use seqpipe_kernels::Documents;
 use seqpipe_memory::FlopCosts;
 use seqpipe_schedule::{
     exchange_costs, simulate, strip_exchange, Action, Op, P2p, Schedule, ScheduleConfig,
@@ -18,10 +20,12 @@ use seqpipe_slicing::{balanced, uniform, CostModel, Padding};
 
 use crate::checkpoint::store::CheckpointDir;
 use crate::config::{DataKind, SlicingMethod, TrainConfig};
-use crate::data::{entropy, RetrievalSource};
+use crate::data::{entropy, Packing, RetrievalSource};
 use crate::model::ModelConfig;
 use crate::predict::{predicted_peaks, PredictInput};
 use crate::runtime::budget::predicted_stage_peaks;
+use crate::runtime::elastic::{prepare, ElasticIteration};
+use crate::runtime::elastic_step::{simulate_iteration, ElasticStats};
 use crate::runtime::error::combine;
 use crate::runtime::offload::Offload;
 use crate::runtime::rank_loop::{plan_as_run, train_rank, RankSummary};
@@ -61,6 +65,11 @@ pub struct TrainSummary {
     pub accuracy: Option<(f64, f64)>,
     /// Accuracy of guessing without the context, for masked tasks.
     pub chance_accuracy: Option<f64>,
+    /// What the accuracy scores: a task's answers, or every scored next token (packed
+    /// documents).
+    pub accuracy_of: &'static str,
+    /// Mean documents per step under masked packing (pieces cut by row ends counted apart).
+    pub documents_per_step: Option<f64>,
     /// Tokens per second over all steps after the first.
     pub tokens_per_sec: f64,
     /// Model FLOP/s achieved (3 × forward FLOPs of the cost model).
@@ -94,6 +103,8 @@ pub struct TrainSummary {
     /// With a memory budget: the budget, and the predicted peak per stage (model states +
     /// activations).
     pub budget: Option<(u64, Vec<f64>)>,
+    /// What every elastic step ran (`parallel.elastic`).
+    pub elastic_steps: Vec<ElasticStats>,
     /// The last step's per-stage records (for a Chrome trace).
     pub last_step: Vec<StageReport>,
 }
@@ -250,6 +261,18 @@ pub fn step_flops(cfg: &TrainConfig) -> Result<f64> {
     Ok(3.0 * per_sequence * (cfg.parallel.microbatches as usize * cfg.data.batch) as f64)
 }
 
+/// Model FLOPs of a step over packed rows: 3 × the forward FLOPs of every document as its own
+/// causal sequence (what masked packing computes; a document cut by a row end counts per piece).
+pub fn documents_flops(cfg: &TrainConfig, documents: &[Arc<Documents>]) -> Result<f64> {
+    let cost = CostModel::flops(&cfg.model.shape())?;
+    let forward: f64 = documents
+        .iter()
+        .flat_map(|d| (0..d.rows()).flat_map(move |row| d.pieces(row, 0..d.len())))
+        .map(|p| cost.sequence((p.end - p.start) as u64))
+        .sum();
+    Ok(3.0 * forward)
+}
+
 /// Runs the configured training from scratch; `on_step` sees every step as it finishes (an
 /// error it returns, such as a closed output, stops the run).
 pub fn train(
@@ -343,15 +366,11 @@ fn run_threads(
 fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Result<TrainSummary> {
     let slices = slice_ranges(cfg)?;
     let (schedule, partition, as_run) = plan_as_run(cfg)?;
-    let budget = match cfg.parallel.memory_budget {
-        Some(b) => Some((
-            b,
-            predicted_stage_peaks(&as_run, &schedule, &partition, &slices)?,
-        )),
-        None => None,
+    let head = &ranks[0];
+    let figures = match &head.last_elastic {
+        Some(iteration) => elastic_figures(cfg, &partition, iteration)?,
+        None => schedule_figures(cfg, &schedule, &partition, &as_run, &slices)?,
     };
-    let predicted_saved_bytes =
-        predicted_peaks(&PredictInput::of(&as_run, &schedule, &partition, &slices))?;
     let (loss_floor, chance_accuracy) = match cfg.data.kind {
         DataKind::Markov => (Some(entropy()), None),
         DataKind::Retrieval => (
@@ -362,14 +381,14 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
         DataKind::Passkey => (Some(0.0), cfg.data.tokenizer.is_none().then_some(0.1)),
         DataKind::Tokens | DataKind::Text => (None, None),
     };
-    let head = &ranks[0];
-    let replicas = ranks.len() / cfg.parallel.stages as usize;
-    let tokens = (step_tokens(cfg) * replicas) as f64;
     // The first step warms caches up: time the others (or the only one).
-    let timed = &head.step_seconds[head.step_seconds.len().min(1)..];
+    let skip = head.step_seconds.len().min(1);
+    let timed = &head.step_seconds[skip..];
+    let timed_flops: f64 = head.step_flops[skip..].iter().sum();
+    let timed_tokens: usize = head.step_tokens[skip..].iter().sum();
     let tokens_per_sec = match timed.is_empty() {
         true => 0.0,
-        false => tokens * timed.len() as f64 / timed.iter().sum::<f64>(),
+        false => timed_tokens as f64 / timed.iter().sum::<f64>(),
     };
     let tail = |xs: &[f64]| {
         let t = &xs[xs.len().saturating_sub(5)..];
@@ -389,25 +408,103 @@ fn summarise(cfg: &TrainConfig, ranks: &[RankSummary], peak_flops: f64) -> Resul
             .first()
             .map(|&a| (a, tail(&head.accuracies))),
         chance_accuracy,
+        accuracy_of: match cfg.data.packing {
+            Packing::Masked => "next-token accuracy",
+            Packing::Plain => "answer accuracy",
+        },
+        documents_per_step: (!head.step_documents.is_empty()).then(|| {
+            head.step_documents.iter().sum::<usize>() as f64 / head.step_documents.len() as f64
+        }),
         tokens_per_sec,
-        achieved_flops: step_flops(cfg)? * replicas as f64 * tokens_per_sec / tokens,
+        achieved_flops: match timed.is_empty() {
+            true => 0.0,
+            false => timed_flops / timed.iter().sum::<f64>(),
+        },
         peak_flops,
         measured_bubble: measured_bubble(&last_step),
-        simulated_bubble: simulated_bubble(cfg, &schedule, &partition, &slices)?,
-        exchange: exchange_figures(cfg, &schedule, &partition, &slices)?,
-        simulated_core_use: {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            simulate_flops(cfg, &schedule, &partition, &slices)?.core_use(cores)
-        },
+        simulated_bubble: figures.simulated_bubble,
+        exchange: figures.exchange,
+        simulated_core_use: figures.simulated_core_use,
         peak_bytes: last_step.iter().map(|r| r.peak_bytes).collect(),
         peak_saved_bytes: last_step.iter().map(|r| r.peak_saved_bytes).collect(),
-        predicted_saved_bytes,
+        predicted_saved_bytes: figures.predicted_saved_bytes,
         offload: as_run.parallel.offload,
-        budget,
-        offloaded_units: per_stage_count(&schedule, Op::Offload),
-        recomputed_units: per_stage_count(&schedule, Op::Recompute),
+        budget: figures.budget,
+        offloaded_units: figures.offloaded_units,
+        recomputed_units: figures.recomputed_units,
         recompute: as_run.parallel.recompute.clone(),
+        elastic_steps: head.elastic.clone(),
         last_step,
+    })
+}
+
+/// What the planners say of the run's schedule: simulated, predicted and counted.
+struct ScheduleFigures {
+    simulated_bubble: f64,
+    exchange: Option<(usize, f64)>,
+    simulated_core_use: f64,
+    predicted_saved_bytes: Option<Vec<f64>>,
+    budget: Option<(u64, Vec<f64>)>,
+    offloaded_units: Vec<usize>,
+    recomputed_units: Vec<usize>,
+}
+
+/// The figures of the run's one schedule over fixed-shape micro-batches.
+fn schedule_figures(
+    cfg: &TrainConfig,
+    schedule: &seqpipe_schedule::Lowered,
+    partition: &Partition,
+    as_run: &TrainConfig,
+    slices: &[Range<usize>],
+) -> Result<ScheduleFigures> {
+    let budget = match cfg.parallel.memory_budget {
+        Some(b) => Some((
+            b,
+            predicted_stage_peaks(as_run, schedule, partition, slices)?,
+        )),
+        None => None,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(ScheduleFigures {
+        simulated_bubble: simulated_bubble(cfg, schedule, partition, slices)?,
+        exchange: exchange_figures(cfg, schedule, partition, slices)?,
+        simulated_core_use: simulate_flops(cfg, schedule, partition, slices)?.core_use(cores),
+        predicted_saved_bytes: predicted_peaks(&PredictInput::of(
+            as_run, schedule, partition, slices,
+        ))?,
+        budget,
+        offloaded_units: per_stage_count(schedule, Op::Offload),
+        recomputed_units: per_stage_count(schedule, Op::Recompute),
+    })
+}
+
+/// The figures of the last step's elastic pipelines: simulated with each action's FLOPs; no
+/// memory prediction (the planner does not model the runtime's elastic records yet).
+fn elastic_figures(
+    cfg: &TrainConfig,
+    partition: &Partition,
+    iteration: &ElasticIteration,
+) -> Result<ScheduleFigures> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (bubble, core_use) = simulate_iteration(&cfg.model, partition, iteration, cores)?;
+    let stages = cfg.parallel.stages as usize;
+    let mut recomputed = vec![0; stages];
+    for (schedule, _) in prepare(&iteration.runs, partition, stages)? {
+        for (s, n) in per_stage_count(&schedule, Op::Recompute)
+            .into_iter()
+            .enumerate()
+        {
+            recomputed[s] += n;
+        }
+    }
+    Ok(ScheduleFigures {
+        simulated_bubble: bubble,
+        exchange: None,
+        simulated_core_use: core_use,
+        predicted_saved_bytes: None,
+        budget: None,
+        offloaded_units: vec![0; stages],
+        recomputed_units: recomputed,
     })
 }
 

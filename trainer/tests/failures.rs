@@ -110,6 +110,8 @@ fn a_failing_stage_stops_every_stage_and_is_named() {
     *last.last_mut().unwrap() = 999; // a target no vocabulary of 32 has
     tokens[3] = Tensor::from_vec(last, (1, 9), &Device::Cpu).unwrap();
     let input = IterationInput {
+        ragged: None,
+        documents: None,
         tokens,
         masks: None,
         slices: vec![0..8],

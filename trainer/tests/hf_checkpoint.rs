@@ -105,6 +105,8 @@ fn loaded_checkpoint_loss_equals_the_reference_forward() {
     )
     .unwrap();
     let input = IterationInput {
+        ragged: None,
+        documents: None,
         tokens,
         masks: None,
         slices: vec![0..4, 4..8, 8..12, 12..16],

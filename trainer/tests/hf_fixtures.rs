@@ -34,6 +34,8 @@ fn batch(expected: &HashMap<String, Tensor>) -> IterationInput {
     let tokens = expected["tokens"].to_dtype(DType::U32).unwrap();
     let (b, len) = tokens.dims2().unwrap();
     IterationInput {
+        ragged: None,
+        documents: None,
         tokens: (0..b).map(|i| tokens.narrow(0, i, 1).unwrap()).collect(),
         masks: None,
         slices: std::iter::once(0..len - 1).collect(),

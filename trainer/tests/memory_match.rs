@@ -67,6 +67,8 @@ fn measure_and_predict_with(
     let slices = slice_ranges(&model, slicing, SEQ, cfg.slices as usize);
     let m = cfg.microbatches as usize;
     let input = IterationInput {
+        ragged: None,
+        documents: None,
         tokens: data(&model, m, BATCH, SEQ, 5),
         masks: None,
         slices: slices.clone(),

@@ -46,6 +46,8 @@ fn input(
     let tokens = data(model, m, BATCH, SEQ, SEED);
     let _ = dtype;
     IterationInput {
+        ragged: None,
+        documents: None,
         tokens,
         masks: None,
         slices: slice_ranges(model, slicing, SEQ, n),
@@ -320,6 +322,8 @@ fn masked_losses_match_single_device_f64() {
         (ScheduleKind::ZbH1, Slicing::None, 1),
     ] {
         let inp = IterationInput {
+            ragged: None,
+            documents: None,
             tokens: tokens.clone(),
             masks: Some(masks.clone()),
             slices: slice_ranges(&model, slicing, SEQ, n as usize),

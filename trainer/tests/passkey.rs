@@ -53,6 +53,8 @@ fn each_cell_counts_the_keys_whose_every_answer_token_is_predicted() {
             let s = keys.sequence_at(cell.length, cell.depth).unwrap();
             let report = pl
                 .compute_gradients(&IterationInput {
+                    ragged: None,
+                    documents: None,
                     tokens: vec![
                         Tensor::from_vec(s.tokens, (1, cell.length + 1), &Device::Cpu).unwrap(),
                     ],

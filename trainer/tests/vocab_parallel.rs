@@ -28,6 +28,8 @@ fn pipeline(model: &ModelConfig, cfg: ScheduleConfig, dtype: DType, vocab: bool)
 
 fn input(model: &ModelConfig, m: usize, slicing: Slicing, n: usize) -> IterationInput {
     IterationInput {
+        ragged: None,
+        documents: None,
         tokens: data(model, m, BATCH, SEQ, SEED),
         masks: None,
         slices: slice_ranges(model, slicing, SEQ, n),

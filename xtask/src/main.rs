@@ -68,6 +68,13 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// InfiniPipe's elastic pipelines against context-length packing (1F1B, Seq1F1B) on the
+    /// same documents: useful tokens/s on this CPU, and the simulated table at cluster scale.
+    Elastic {
+        /// Output directory for CSV/JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// seqpipe beside PyTorch (`torch.distributed.pipelining`, gloo) on the same model, data
     /// shape and schedule, interleaved runs; makes the peer's venv `.venv-peer` (not for CI).
     Peer {
@@ -105,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Cpu { out } => xtask::bench::run_cpu(&out.unwrap_or(default_out)),
             Bench::Offload { out } => xtask::bench::run_offload(&out.unwrap_or(default_out)),
             Bench::Exchange { out } => xtask::bench::run_exchange(&out.unwrap_or(default_out)),
+            Bench::Elastic { out } => xtask::bench::run_elastic(&out.unwrap_or(default_out)),
             Bench::Peer { out, reps } => {
                 xtask::bench::run_peer(&root, &out.unwrap_or(default_out), reps)
             }

@@ -134,6 +134,7 @@ pub(crate) fn build_in_flight(
         config,
         lowered: false,
         actions,
+        slice_counts: None,
     })
 }
 

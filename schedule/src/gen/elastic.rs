@@ -98,7 +98,10 @@ pub fn elastic(stages: u32, counts: &[u32]) -> Result<ElasticSchedule> {
         backwards.extend((0..n).rev().map(|s| Unit::new(mb, s, 0)));
     }
     let target = |r: u32| (stages - r - 1 + widest) as usize;
-    let schedule = build_in_flight(config, &forwards, &backwards, target, BackwardStyle::Full)?;
+    let mut schedule = build_in_flight(config, &forwards, &backwards, target, BackwardStyle::Full)?;
+    // The schedule itself says which micro-batches have fewer than `n` slices, so that it
+    // validates, lowers and runs as it is.
+    schedule.slice_counts = Some(slice_counts.clone());
     Ok(ElasticSchedule {
         schedule,
         slice_counts,

@@ -40,6 +40,7 @@ pub fn zb_h1(stages: u32, microbatches: u32) -> Result<Schedule> {
         config,
         lowered: false,
         actions,
+        slice_counts: None,
     })
 }
 

@@ -157,6 +157,8 @@ pub struct StageStats {
 pub struct Simulation {
     /// Configuration of the simulated schedule.
     pub config: ScheduleConfig,
+    /// The schedule's per-micro-batch slice counts, where they differ ([`Schedule::slice_counts`]).
+    pub slice_counts: Option<Vec<u32>>,
     /// Per stage, every action of the lowered schedule in list order with its times.
     pub timeline: Vec<Vec<Timed>>,
     /// End of the last action.
@@ -216,7 +218,11 @@ pub fn simulate<F: Fn(&Action) -> f64>(
 ) -> Result<Simulation> {
     let sched = prepared(schedule, p2p)?;
     let timeline = timeline_of(&sched, &cost, p2p)?;
-    Ok(summarise(sched.config, timeline))
+    Ok(summarise(
+        sched.config,
+        sched.slice_counts.clone(),
+        timeline,
+    ))
 }
 
 /// [`simulate`]'s timeline alone, without the per-stage figures: for the passes that place
@@ -447,7 +453,11 @@ fn blocked_stages(sched: &Schedule, pos: &[usize]) -> Vec<Blocked> {
         .collect()
 }
 
-fn summarise(config: ScheduleConfig, timeline: Vec<Vec<Timed>>) -> Simulation {
+fn summarise(
+    config: ScheduleConfig,
+    slice_counts: Option<Vec<u32>>,
+    timeline: Vec<Vec<Timed>>,
+) -> Simulation {
     let makespan = timeline
         .iter()
         .filter_map(|l| l.last().map(|t| t.end))
@@ -461,6 +471,7 @@ fn summarise(config: ScheduleConfig, timeline: Vec<Vec<Timed>>) -> Simulation {
     };
     Simulation {
         config,
+        slice_counts,
         timeline,
         makespan,
         stages,

@@ -154,7 +154,7 @@ impl fmt::Display for Violation {
 
 /// Checks every rule (see the module docs); an empty list means the schedule is valid.
 pub fn validate(schedule: &Schedule) -> Vec<Violation> {
-    validate_ragged(schedule, &schedule.config.slice_counts())
+    validate_ragged(schedule, &schedule.slice_counts())
 }
 
 /// [`validate`] for heterogeneous micro-batches: micro-batch `mb` has `counts[mb]` slices

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use seqpipe_trainer::config::{DataConfig, DataKind};
+use seqpipe_trainer::data::Packing;
 
 /// Where the tokens come from.
 #[derive(Args, Debug, Default)]
@@ -18,6 +19,13 @@ pub struct DataArgs {
     /// Hugging Face tokenizer.json for text corpora (and the passkey task in words).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// How documents share a row: `plain` (attending across them) or `masked` (each document
+    /// its own causal sequence, RoPE from 0; needs end-of-document tokens).
+    #[arg(long, value_enum)]
+    pub packing: Option<Packing>,
+    /// The token id that ends each document (masked packing of a token file).
+    #[arg(long)]
+    pub eos: Option<u32>,
 }
 
 impl DataArgs {
@@ -31,6 +39,12 @@ impl DataArgs {
         }
         if let Some(v) = &self.tokenizer {
             data.tokenizer = Some(v.clone());
+        }
+        if let Some(v) = self.packing {
+            data.packing = v;
+        }
+        if let Some(v) = self.eos {
+            data.eos = Some(v);
         }
     }
 }

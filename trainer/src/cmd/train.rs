@@ -11,10 +11,12 @@ use seqpipe_comm::{CommOptions, TcpTransport, Transport};
 use seqpipe_trainer::config::{ExchangePairs, Precision, SlicingMethod, TrainConfig};
 
 use super::data_args::DataArgs;
+use seqpipe_trainer::data::Packing;
 use seqpipe_trainer::health::OnNonFinite;
 use seqpipe_trainer::init::{refuse_model_with_init, InitFrom};
 use seqpipe_trainer::runtime::budget::parse_bytes;
 use seqpipe_trainer::runtime::distributed::{launched_multi_process, rank_timeout};
+use seqpipe_trainer::runtime::elastic_step::ElasticStats;
 use seqpipe_trainer::runtime::offload::Offload;
 use seqpipe_trainer::runtime::rank_loop::train_rank;
 use seqpipe_trainer::runtime::recompute::Recompute;
@@ -71,6 +73,11 @@ pub struct TrainArgs {
     /// slices' cache lengths; the heavy one's oldest K/V is attended by the light one.
     #[arg(long)]
     exchange: bool,
+    /// Elastic pipelines (InfiniPipe): whole documents per step, long ones split and short ones
+    /// packed into compute-balanced chunks, run longest first. Implies --schedule seq1f1b
+    /// --chunks 1 --slicing balanced --packing masked where those are not given.
+    #[arg(long)]
+    elastic: bool,
     /// Which exchange pairs run: `shorten` (default) keeps those that do not lengthen the
     /// iteration simulated with each compute's FLOPs, `level` every one, as the paper does.
     #[arg(long, value_enum, requires = "exchange")]
@@ -193,6 +200,13 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(v) = args.exchange_pairs {
         par.exchange_pairs = Some(v);
+    }
+    if args.elastic {
+        par.elastic = true;
+        par.schedule = args.schedule.clone().unwrap_or_else(|| "seq1f1b".into());
+        par.chunks = args.chunks.unwrap_or(1);
+        par.slicing = args.slicing.unwrap_or(SlicingMethod::Balanced);
+        cfg.data.packing = args.data.packing.unwrap_or(Packing::Masked);
     }
     if let Some(v) = args.host_link_bandwidth {
         par.host_link_bandwidth = Some(v);
@@ -459,6 +473,32 @@ fn rank_trace_path(path: &std::path::Path, rank: usize) -> PathBuf {
     path.with_file_name(format!("{stem}.rank{rank}.{ext}"))
 }
 
+/// What the elastic steps ran, per step on average, and the last step's mesh.
+fn print_elastic(steps: &[ElasticStats]) -> anyhow::Result<()> {
+    let Some(last) = steps.last() else {
+        return Ok(());
+    };
+    let mean = |f: &dyn Fn(&ElasticStats) -> usize| {
+        steps.iter().map(f).sum::<usize>() as f64 / steps.len() as f64
+    };
+    outln!(
+        "| elastic pipelines per step: chunks batched / split / hybrid; micro-batches; pipelines | \
+         {:.1} / {:.1} / {:.1}; {:.1}; {:.1} |",
+        mean(&|e| e.chunks[0]),
+        mean(&|e| e.chunks[1]),
+        mean(&|e| e.chunks[2]),
+        mean(&|e| e.microbatches),
+        mean(&|e| e.pipelines)
+    );
+    outln!(
+        "| elastic, last step: mesh slices of the longest document; chunk token budget; time-budget raises | {}; {}; {} |",
+        last.slices,
+        last.token_budget,
+        last.relaxations
+    );
+    Ok(())
+}
+
 fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
     outln!("\n| metric | value |\n|---|---|");
     let floor = s
@@ -474,11 +514,16 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
             .chance_accuracy
             .map_or(String::new(), |c| format!(" (chance {:.1}%)", 100.0 * c));
         outln!(
-            "| answer accuracy (first step → mean of last 5) | {:.1}% → {:.1}%{chance} |",
+            "| {} (first step → mean of last 5) | {:.1}% → {:.1}%{chance} |",
+            s.accuracy_of,
             100.0 * first,
             100.0 * last
         );
     }
+    if let Some(docs) = s.documents_per_step {
+        outln!("| documents per step (masked packing) | {docs:.1} |");
+    }
+    print_elastic(&s.elastic_steps)?;
     outln!("| tokens/s | {:.0} |", s.tokens_per_sec);
     outln!(
         "| MFU vs measured CPU matmul peak | {:.2}% ({:.2} GFLOP/s of {:.2} GFLOP/s) |",
@@ -537,6 +582,7 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
     for (stage, saved) in s.peak_saved_bytes.iter().enumerate() {
         let predicted = match &s.predicted_saved_bytes {
             Some(p) => format!("{:.0}", p[stage]),
+            None if !s.elastic_steps.is_empty() => "not predicted for elastic pipelines".into(),
             None => "n/a".to_string(),
         };
         outln!(

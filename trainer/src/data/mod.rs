@@ -3,6 +3,7 @@
 //! tokenizer, behind one [`DataSource`].
 
 pub mod markov;
+pub mod packing;
 pub mod passkey;
 pub mod retrieval;
 pub mod stream;
@@ -10,8 +11,11 @@ pub mod text;
 
 use crate::error::{fail, Error, Result};
 use candle_core::{Device, Tensor};
+use seqpipe_kernels::Documents;
+use std::sync::Arc;
 
 pub use markov::{entropy, MarkovSource, SUCCESSOR_PROBS};
+pub use packing::Packing;
 pub use passkey::PasskeySource;
 pub use retrieval::RetrievalSource;
 pub use stream::TokenStream;
@@ -25,6 +29,8 @@ pub struct Batch {
     pub tokens: Vec<Tensor>,
     /// Per micro-batch, `[batch, seq_len]` f32 weights of the targets (none: every target counts).
     pub masks: Option<Vec<Tensor>>,
+    /// Per micro-batch, the documents packed in its rows (masked packing; none: plain rows).
+    pub documents: Option<Vec<Arc<Documents>>>,
 }
 
 impl Batch {
@@ -92,11 +98,33 @@ pub enum DataSource {
     Passkey(Box<PasskeySource>),
     /// A token file or tokenized text.
     Stream(TokenStream),
+    /// A token file or tokenized text whose documents, ended by the token `eos`, are packed
+    /// masked from each other ([`packing`]).
+    Documents(TokenStream, u32),
 }
 
 impl DataSource {
     /// Opens the configured source for a model of `vocab` tokens.
     pub fn open(cfg: &DataConfig, vocab: usize, seed: u64) -> Result<Self> {
+        let source = Self::open_plain(cfg, vocab, seed)?;
+        match (cfg.packing, source) {
+            (Packing::Plain, source) => Ok(source),
+            (Packing::Masked, DataSource::Stream(stream)) => {
+                let eos = packing::end_of_document(cfg)?;
+                stream.check_has(eos, "the end-of-document token")?;
+                Ok(DataSource::Documents(stream, eos))
+            }
+            (Packing::Masked, _) => fail!(
+                Config,
+                "data.packing = \"masked\" needs documents: data.kind = \"{}\" generates \
+                 sequences without any; use data.kind = \"tokens\" or \"text\"",
+                format!("{:?}", cfg.kind).to_lowercase()
+            ),
+        }
+    }
+
+    /// The source `cfg` names, its rows plain.
+    fn open_plain(cfg: &DataConfig, vocab: usize, seed: u64) -> Result<Self> {
         let path = || {
             cfg.path
                 .as_deref()
@@ -150,11 +178,26 @@ impl DataSource {
             return Ok(Batch {
                 tokens,
                 masks: Some(masks),
+                documents: None,
             });
         }
+        let tokens = self.batch(microbatches, batch, seq_len, device)?;
+        let DataSource::Documents(_, eos) = self else {
+            return Ok(Batch {
+                tokens,
+                masks: None,
+                documents: None,
+            });
+        };
+        let packed = tokens
+            .iter()
+            .map(|t| packing::pack_masked(t, *eos))
+            .collect::<Result<Vec<_>>>()?;
+        let (documents, masks) = packed.into_iter().map(|p| (p.documents, p.mask)).unzip();
         Ok(Batch {
-            tokens: self.batch(microbatches, batch, seq_len, device)?,
-            masks: None,
+            tokens,
+            masks: Some(masks),
+            documents: Some(documents),
         })
     }
 
@@ -170,7 +213,7 @@ impl DataSource {
             DataSource::Markov(m) => Ok(m.batch(microbatches, batch, seq_len, device)?),
             DataSource::Retrieval(r) => Ok(r.batch(microbatches, batch, seq_len, device)?.0),
             DataSource::Passkey(p) => Ok(p.batch(microbatches, batch, seq_len, device)?.0),
-            DataSource::Stream(s) => (0..microbatches)
+            DataSource::Stream(s) | DataSource::Documents(s, _) => (0..microbatches)
                 .map(|_| {
                     let mut rows = Vec::with_capacity(batch * (seq_len + 1));
                     for _ in 0..batch {
@@ -182,13 +225,39 @@ impl DataSource {
         }
     }
 
+    /// Whole documents for one elastic iteration: documents in stream order until they hold at
+    /// least `budget` tokens, each at most `max_len` tokens (a longer one is cut, its pieces
+    /// trained as documents of their own). Only a source of documents has them.
+    pub fn next_documents(&mut self, budget: usize, max_len: usize) -> Result<Vec<Vec<u32>>> {
+        let DataSource::Documents(stream, eos) = self else {
+            fail!(
+                Config,
+                "elastic pipelines train documents: set data.packing = \"masked\" over a token \
+                 file or text corpus"
+            );
+        };
+        if max_len == 0 {
+            fail!(
+                Config,
+                "documents of at most 0 tokens: data.seq_len must be at least 1"
+            );
+        }
+        let (mut docs, mut tokens) = (Vec::new(), 0);
+        while tokens < budget {
+            let doc = stream.next_document(*eos, max_len);
+            tokens += doc.len();
+            docs.push(doc);
+        }
+        Ok(docs)
+    }
+
     /// Position in the stream (for checkpoints).
     pub fn position(&self) -> u128 {
         match self {
             DataSource::Markov(m) => m.position(),
             DataSource::Retrieval(r) => r.position(),
             DataSource::Passkey(p) => p.position(),
-            DataSource::Stream(s) => s.position(),
+            DataSource::Stream(s) | DataSource::Documents(s, _) => s.position(),
         }
     }
 
@@ -209,7 +278,7 @@ impl DataSource {
             DataSource::Markov(m) => m.seek(position),
             DataSource::Retrieval(r) => r.seek(position),
             DataSource::Passkey(p) => p.seek(position),
-            DataSource::Stream(s) => s.seek(position)?,
+            DataSource::Stream(s) | DataSource::Documents(s, _) => s.seek(position)?,
         }
         Ok(())
     }

@@ -156,6 +156,21 @@ impl TokenStream {
         }
     }
 
+    /// An error unless `token` (`what`) occurs somewhere in the stream.
+    pub fn check_has(&self, token: u32, what: &str) -> Result<()> {
+        if (0..self.len).any(|i| self.token(i) == token) {
+            return Ok(());
+        }
+        fail!(
+            Data,
+            "{}: {what}, id {token}, occurs nowhere in its {} tokens; masked packing would train the whole \
+             stream as one document: set data.eos to the id that ends its documents, or use \
+             data.packing = \"plain\"",
+            self.name,
+            self.len
+        )
+    }
+
     /// The next window of `n` tokens.
     pub fn next_window(&mut self, n: usize) -> Result<Vec<u32>> {
         if n > self.len {
@@ -186,6 +201,25 @@ impl TokenStream {
         }
         self.position += n;
         Ok(window)
+    }
+
+    /// The next document: the tokens from the position through the next `eos` (included), at
+    /// most `max_len` of them (the rest of a longer document is the next one), or to the end of
+    /// the stream, after which it starts again from its beginning.
+    pub fn next_document(&mut self, eos: u32, max_len: usize) -> Vec<u32> {
+        if self.position >= self.len {
+            self.position = 0;
+        }
+        let mut doc = Vec::new();
+        while doc.len() < max_len && self.position < self.len {
+            let t = self.token(self.position);
+            self.position += 1;
+            doc.push(t);
+            if t == eos {
+                break;
+            }
+        }
+        doc
     }
 
     /// Offset of the next window.

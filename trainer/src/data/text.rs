@@ -6,7 +6,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 /// End-of-text tokens tried, in order, to separate packed documents.
-const EOS_NAMES: &[&str] = &["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>"];
+pub const EOS_NAMES: &[&str] = &["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>"];
 
 /// Reads `tokenizer.json`; a file that does not parse is an error naming it.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
@@ -47,11 +47,16 @@ pub fn documents(path: &Path, field: &str) -> Result<Vec<String>> {
     Ok(vec![text])
 }
 
+/// The tokenizer's end-of-text token, the first of [`EOS_NAMES`] it knows.
+pub fn end_of_text(tokenizer: &Tokenizer) -> Option<u32> {
+    EOS_NAMES
+        .iter()
+        .find_map(|name| tokenizer.token_to_id(name))
+}
+
 /// Tokenizes and packs documents, an end-of-text token between them when the tokenizer has one.
 pub fn tokenize(tokenizer: &Tokenizer, docs: &[String]) -> Result<Vec<u32>> {
-    let eos = EOS_NAMES
-        .iter()
-        .find_map(|name| tokenizer.token_to_id(name));
+    let eos = end_of_text(tokenizer);
     let mut tokens = Vec::new();
     for doc in docs {
         let encoding = tokenizer

@@ -118,6 +118,8 @@ fn evaluate_length(
     let targets = batch.scored_targets(0..on.sequences)?;
     let mut pipeline = scorer(model, params, on.sequences)?;
     let report = pipeline.compute_gradients(&IterationInput {
+        ragged: None,
+        documents: batch.documents,
         tokens: batch.tokens,
         masks: batch.masks,
         slices: std::iter::once(0..length).collect(),

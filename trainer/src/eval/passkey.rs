@@ -69,6 +69,8 @@ pub fn passkey_probe(
             for _ in 0..probe.trials {
                 let seq = keys.sequence_at(length, depth)?;
                 let report = pipeline.compute_gradients(&IterationInput {
+                    ragged: None,
+                    documents: None,
                     tokens: vec![Tensor::from_vec(seq.tokens, (1, length + 1), &Device::Cpu)?],
                     masks: Some(vec![Tensor::from_vec(seq.mask, (1, length), &Device::Cpu)?]),
                     slices: std::iter::once(0..length).collect(),

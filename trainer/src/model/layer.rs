@@ -7,11 +7,13 @@
 //! (small: computed at once) and a [`WeightGradInputs`] record from which the weight half computes
 //! the seven matrix gradients (and their biases', where the model has them) later.
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor};
 use seqpipe_kernels::{
     linear_backward_bias, linear_backward_input, linear_backward_weight, linear_forward,
     linear_forward_biased, rms_norm_backward, rms_norm_forward, swiglu_backward, swiglu_forward,
-    AttentionOptions, Rope, SliceKvCache,
+    AttentionOptions, Documents, Rope, SliceKvCache,
 };
 
 use super::config::ModelConfig;
@@ -102,8 +104,47 @@ pub struct LayerSaved {
     pub up: Tensor,
     /// SiLU(gate)·up.
     pub act: Tensor,
-    /// First token position of the slice.
+    /// Where the slice's tokens lie.
+    pub place: Place,
+}
+
+/// Where a slice's tokens lie in their rows: the first token's index, and the rows' documents
+/// when several are packed in a row (none: each row is one sequence).
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// Index of the slice's first token in its rows.
     pub offset: usize,
+    /// The packed rows' documents: attention stays inside each, and RoPE positions restart at
+    /// each one's first token.
+    pub documents: Option<Arc<Documents>>,
+}
+
+impl Place {
+    /// Tokens from `offset` on of rows that are one sequence each.
+    pub fn at(offset: usize) -> Self {
+        Place {
+            offset,
+            documents: None,
+        }
+    }
+
+    /// RoPE of the slice's `x [b, heads, s, d]`.
+    fn rope_forward(&self, rope: &Rope, x: &Tensor) -> Result<Tensor> {
+        match &self.documents {
+            Some(docs) => rope.forward_documents(x, self.offset, docs),
+            None => rope.forward(x, self.offset),
+        }
+        .map_err(k)
+    }
+
+    /// Gradient of [`Place::rope_forward`].
+    fn rope_backward(&self, rope: &Rope, dy: &Tensor) -> Result<Tensor> {
+        match &self.documents {
+            Some(docs) => rope.backward_documents(dy, self.offset, docs),
+            None => rope.backward(dy, self.offset),
+        }
+        .map_err(k)
+    }
 }
 
 /// Bytes of a tensor's elements.
@@ -140,7 +181,7 @@ impl LayerSaved {
             gate: to(&self.gate)?,
             up: to(&self.up)?,
             act: to(&self.act)?,
-            offset: self.offset,
+            place: self.place.clone(),
         })
     }
 }
@@ -153,7 +194,7 @@ impl LayerSaved {
 pub struct SelectiveSaved {
     /// The record with `h1`, `h2` and `act` taken out.
     kept: [Tensor; 9],
-    offset: usize,
+    place: Place,
 }
 
 impl LayerSaved {
@@ -169,12 +210,12 @@ impl LayerSaved {
             inv2,
             gate,
             up,
-            offset,
+            place,
             ..
         } = self;
         SelectiveSaved {
             kept: [x, inv1, q, o, lse, x2, inv2, gate, up],
-            offset,
+            place,
         }
     }
 }
@@ -194,7 +235,7 @@ impl SelectiveSaved {
                 .collect::<Result<Vec<_>>>()?
                 .try_into()
                 .expect("nine"),
-            offset: self.offset,
+            place: self.place.clone(),
         })
     }
 
@@ -220,7 +261,7 @@ impl SelectiveSaved {
             gate,
             up,
             act,
-            offset: self.offset,
+            place: self.place,
         })
     }
 }
@@ -279,18 +320,19 @@ pub struct SliceKv {
 /// Where a layer's attention against the K/V prefix is computed: on this stage alone
 /// ([`Alone`]), or with part of it done by a SlimPipe exchange partner (the runtime's).
 pub trait AttentionSite {
-    /// `(out, lse)` of the slice's `q` against `prefix` and its own `k`, `v` (post-RoPE).
+    /// `(out, lse)` of the slice's `q` against `prefix` and its own `k`, `v` (post-RoPE);
+    /// with `documents`, each query sees only its own document.
     fn forward(
         &mut self,
         prefix: &SliceKvCache,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        qkv: [&Tensor; 3],
         opts: &AttentionOptions,
+        documents: Option<&Documents>,
     ) -> Result<(Tensor, Tensor)>;
 
     /// `(dq, dk, dv)` of the last slice in `cache` (which it leaves), as
-    /// [`SliceKvCache::backward`].
+    /// [`SliceKvCache::backward`] (or [`SliceKvCache::backward_documents`] for the documents of
+    /// `saved.place`).
     fn backward(
         &mut self,
         cache: &mut SliceKvCache,
@@ -307,12 +349,15 @@ impl AttentionSite for Alone {
     fn forward(
         &mut self,
         prefix: &SliceKvCache,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        [q, k, v]: [&Tensor; 3],
         opts: &AttentionOptions,
+        documents: Option<&Documents>,
     ) -> Result<(Tensor, Tensor)> {
-        prefix.attend(q, k, v, opts).map_err(self::k)
+        match documents {
+            Some(docs) => prefix.attend_documents(q, k, v, opts, docs),
+            None => prefix.attend(q, k, v, opts),
+        }
+        .map_err(self::k)
     }
 
     fn backward(
@@ -322,23 +367,37 @@ impl AttentionSite for Alone {
         d_out: &Tensor,
         opts: &AttentionOptions,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        cache
-            .backward(&saved.q, &saved.o, &saved.lse, d_out, opts)
-            .map_err(self::k)
+        backward_alone(cache, saved, d_out, opts)
     }
 }
 
-/// Forward of one slice `x [b, s, H]` starting at token `offset`, against the K/V of the earlier
-/// slices in `prefix`, which it leaves unchanged (a forward can run again: recomputation).
-/// Returns the output, what the backward needs, and the slice's own K/V for the caller to append.
+/// The attention backward of the last slice in `cache`, all on this stage.
+pub fn backward_alone(
+    cache: &mut SliceKvCache,
+    saved: &LayerSaved,
+    d_out: &Tensor,
+    opts: &AttentionOptions,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (q, o, lse) = (&saved.q, &saved.o, &saved.lse);
+    match &saved.place.documents {
+        Some(docs) => cache.backward_documents(q, o, lse, d_out, opts, docs),
+        None => cache.backward(q, o, lse, d_out, opts),
+    }
+    .map_err(self::k)
+}
+
+/// Forward of one slice `x [b, s, H]` whose tokens lie at `place`, against the K/V of the
+/// earlier slices in `prefix`, which it leaves unchanged (a forward can run again:
+/// recomputation). Returns the output, what the backward needs, and the slice's own K/V for the
+/// caller to append.
 pub fn forward(
     ctx: &LayerCtx,
     w: &LayerWeights,
     prefix: &SliceKvCache,
     x: &Tensor,
-    offset: usize,
+    place: &Place,
 ) -> Result<(Tensor, LayerSaved, SliceKv)> {
-    forward_at(ctx, w, prefix, x, offset, &mut Alone)
+    forward_at(ctx, w, prefix, x, place, &mut Alone)
 }
 
 /// [`forward`] with the attention computed at `site`.
@@ -347,7 +406,7 @@ pub fn forward_at(
     w: &LayerWeights,
     prefix: &SliceKvCache,
     x: &Tensor,
-    offset: usize,
+    place: &Place,
     site: &mut dyn AttentionSite,
 ) -> Result<(Tensor, LayerSaved, SliceKv)> {
     let (cfg, d) = (ctx.cfg, ctx.cfg.head_dim());
@@ -356,9 +415,10 @@ pub fn forward_at(
     let q = split_heads(&w.project(&h1, 0)?, cfg.heads, d)?;
     let kk = split_heads(&w.project(&h1, 1)?, cfg.kv_heads, d)?;
     let v = split_heads(&w.project(&h1, 2)?, cfg.kv_heads, d)?;
-    let q = ctx.rope.forward(&q, offset).map_err(k)?;
-    let kk = ctx.rope.forward(&kk, offset).map_err(k)?;
-    let (o, lse) = site.forward(prefix, &q, &kk, &v, &ctx.attention)?;
+    let q = place.rope_forward(ctx.rope, &q)?;
+    let kk = place.rope_forward(ctx.rope, &kk)?;
+    let docs = place.documents.as_deref();
+    let (o, lse) = site.forward(prefix, [&q, &kk, &v], &ctx.attention, docs)?;
     let x2 = (x + w.project(&merge_heads(&o)?, 3)?)?;
     let (h2, inv2) = rms_norm_forward(&x2, mlp_norm, cfg.norm_eps).map_err(k)?;
     let gate = w.project(&h2, 4)?;
@@ -378,7 +438,7 @@ pub fn forward_at(
         gate,
         up,
         act,
-        offset,
+        place: place.clone(),
     };
     Ok((y, saved, SliceKv { k: kk, v }))
 }
@@ -421,8 +481,8 @@ pub fn backward_input_at(
         ctx.cfg.head_dim(),
     )?;
     let (dq, dk, dv) = site.backward(cache, saved, &d_o, &ctx.attention)?;
-    let dq = merge_heads(&ctx.rope.backward(&dq, saved.offset).map_err(k)?)?;
-    let dk = merge_heads(&ctx.rope.backward(&dk, saved.offset).map_err(k)?)?;
+    let dq = merge_heads(&saved.place.rope_backward(ctx.rope, &dq)?)?;
+    let dk = merge_heads(&saved.place.rope_backward(ctx.rope, &dk)?)?;
     let dv = merge_heads(&dv)?;
     let dh1 = ((linear_backward_input(&dq, wq).map_err(k)?
         + linear_backward_input(&dk, wk).map_err(k)?)?

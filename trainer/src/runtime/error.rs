@@ -24,11 +24,14 @@ pub fn cause(e: &Error) -> Cause {
     }
 }
 
-/// One error for the failures of several ranks, root causes first.
+/// One error for the failures of several ranks, root causes first; ranks that failed with the
+/// same message (each opening the same bad data file, say) are reported once.
 pub fn combine(mut failures: Vec<Error>) -> Error {
+    failures.sort_by_key(cause);
+    let mut seen = std::collections::HashSet::new();
+    failures.retain(|e| seen.insert(e.to_string()));
     if failures.len() == 1 {
         return failures.remove(0);
     }
-    failures.sort_by_key(cause);
     Error::Ranks { failures }
 }

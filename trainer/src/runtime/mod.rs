@@ -5,6 +5,8 @@ pub mod admit;
 pub mod budget;
 pub mod capabilities;
 pub mod distributed;
+pub mod elastic;
+pub mod elastic_step;
 pub mod error;
 pub mod exchange;
 pub mod handshake;

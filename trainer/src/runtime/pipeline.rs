@@ -15,11 +15,11 @@ use super::distributed::placement;
 use super::error::combine;
 use super::exchange::with_exchange;
 use super::partition::Partition;
-use super::rank::{Rank, RankSetup, StepFigures, Weights};
+use super::rank::{Rank, RankSetup, StageRun, StepFigures, Weights};
 use super::recompute::{fewest_layers, with_planned_recompute, Recompute};
 use super::record::{Answers, StageReport};
 use super::vocab::with_vocab_parallel;
-use super::worker::IterationInput;
+use super::worker::{IterationInput, StageRecompute};
 use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::TensorMap;
 use crate::model::ModelConfig;
@@ -38,6 +38,25 @@ pub struct StepReport {
     pub stages: Vec<StageReport>,
     /// Wall time of the forward/backward iteration (seconds).
     pub iteration_seconds: f64,
+}
+
+/// One pipeline of an iteration: its schedule, its micro-batches and, per stage, what that
+/// stage recomputes in it (`None`: the stages' own settings).
+pub(super) struct PipelineRun<'a> {
+    pub schedule: &'a Lowered,
+    pub input: &'a IterationInput,
+    pub recompute: Option<&'a [StageRecompute]>,
+}
+
+impl<'a> PipelineRun<'a> {
+    /// The run as stage `stage` sees it.
+    fn on(&self, stage: usize) -> StageRun<'a> {
+        StageRun {
+            schedule: self.schedule,
+            input: self.input,
+            recompute: self.recompute.and_then(|r| r.get(stage)),
+        }
+    }
 }
 
 /// The ranks of one replica in this process, their transports, and the lowered schedule they
@@ -199,6 +218,11 @@ impl Pipeline {
         &self.recompute
     }
 
+    /// Whether the attention exchange runs.
+    pub(super) fn exchange_on(&self) -> bool {
+        self.exchange.is_some()
+    }
+
     /// Recomputes as `recompute` says from now on: each stage's granularity, and a `RECOMPUTE`
     /// before every backward on the stages that recompute, put into the current schedule.
     pub fn set_recompute(&mut self, recompute: Recompute) -> Result<()> {
@@ -298,6 +322,16 @@ impl Pipeline {
     /// caller can judge the figures before [`Pipeline::update`]).
     pub fn compute_gradients(&mut self, input: &IterationInput) -> Result<StepReport> {
         input.check(&self.schedule)?;
+        if self.exchange.is_some() && input.documents.is_some() {
+            fail!(Config, "{}", super::input::EXCHANGE_OVER_DOCUMENTS);
+        }
+        if self.exchange.is_some() && input.ragged.is_some() {
+            fail!(
+                Config,
+                "the attention exchange pairs slices of equal micro-batches; it does not run \
+                 over micro-batches of their own slices (elastic pipelines) yet"
+            );
+        }
         if let Some((paired, _)) = self.exchange.as_ref().filter(|s| s.0 != input.slices) {
             fail!(
                 Config,
@@ -306,23 +340,35 @@ impl Pipeline {
                 input.slices
             );
         }
+        let run = PipelineRun {
+            schedule: &self.schedule.clone(),
+            input,
+            recompute: None,
+        };
+        self.run_ranks(&[run])
+    }
+
+    /// Runs `runs` one after another on every rank's thread, gradients accumulated, and reduces
+    /// once: one iteration.
+    pub(super) fn run_ranks(&mut self, runs: &[PipelineRun<'_>]) -> Result<StepReport> {
         let mut transports = Vec::with_capacity(self.transports.len());
         for (rank, t) in self.transports.iter_mut().enumerate() {
             transports.push(t.take().ok_or(Error::TransportLost { rank })?);
         }
         let clock = Instant::now();
-        let schedule = &self.schedule;
         let results: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .ranks
                 .iter_mut()
                 .zip(transports)
-                .map(|(rank, mut transport)| {
+                .enumerate()
+                .map(|(stage, (rank, mut transport))| {
+                    let mine: Vec<StageRun> = runs.iter().map(|r| r.on(stage)).collect();
                     scope.spawn(move || {
                         // candle's CUDA device uses the per-thread default stream: finish this
                         // thread's work before its tensors are read from another thread.
                         let result = rank
-                            .compute_gradients(schedule, input, &mut transport, clock)
+                            .compute_gradients_over(&mine, &mut transport, clock)
                             .and_then(|r| Ok(rank.worker.device.synchronize().map(|()| r)?));
                         // A failed rank drops its transport so its peers fail fast, naming it.
                         (result.is_ok().then_some(transport), result)

@@ -20,7 +20,7 @@ use super::distributed::Placement;
 use super::partition::Partition;
 use super::record::{Answers, StageReport};
 use super::tensor_msg::{from_message, to_message};
-use super::worker::{IterationInput, StageSpec, StageWorker};
+use super::worker::{IterationInput, StageRecompute, StageSpec, StageWorker};
 use crate::model::names::{EMBED, LM_HEAD};
 use crate::model::params::{init_params, param_specs, vocab_rows, Holding, TensorMap};
 use crate::model::ModelConfig;
@@ -143,6 +143,18 @@ pub struct Rank {
     world: Group,
 }
 
+/// One pipeline of an iteration as a stage runs it: the schedule, its micro-batches, and what
+/// this stage recomputes in it (`None`: the stage's own setting).
+#[derive(Debug, Clone, Copy)]
+pub struct StageRun<'a> {
+    /// The lowered schedule.
+    pub schedule: &'a Lowered,
+    /// Its micro-batches.
+    pub input: &'a IterationInput,
+    /// This stage's recomputation in this pipeline.
+    pub recompute: Option<&'a StageRecompute>,
+}
+
 impl Rank {
     /// Builds the rank's stage with its initial weights and a fresh optimizer.
     pub fn new(setup: &RankSetup) -> Result<Rank> {
@@ -193,8 +205,38 @@ impl Rank {
         transport: &mut dyn Transport,
         clock: Instant,
     ) -> Result<(StageReport, StepFigures)> {
+        let run = StageRun {
+            schedule,
+            input,
+            recompute: None,
+        };
+        self.compute_gradients_over(&[run], transport, clock)
+    }
+
+    /// Runs several pipelines one after another (an elastic iteration), accumulating their
+    /// gradients, then reduces gradients and figures over the world once.
+    pub fn compute_gradients_over(
+        &mut self,
+        runs: &[StageRun<'_>],
+        transport: &mut dyn Transport,
+        clock: Instant,
+    ) -> Result<(StageReport, StepFigures)> {
         self.worker.zero_grads()?;
-        let report = self.worker.run(schedule, input, transport, clock)?;
+        let mut report: Option<StageReport> = None;
+        let kept = self.worker.recompute.clone();
+        for run in runs {
+            if let Some(r) = run.recompute {
+                self.worker.recompute = r.clone();
+            }
+            let next = self.worker.run(run.schedule, run.input, transport, clock);
+            self.worker.recompute = kept.clone();
+            let next = next?;
+            report = Some(match report {
+                Some(before) => before.followed_by(next),
+                None => next,
+            });
+        }
+        let report = report.ok_or_else(|| Error::Runtime("an iteration runs a pipeline".into()))?;
         self.reduce_gradients(transport)?;
         let figures = self.reduce_figures(transport, &report)?;
         Ok((report, figures))

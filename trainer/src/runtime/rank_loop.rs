@@ -18,10 +18,12 @@ use seqpipe_schedule::Lowered;
 use super::admit::load_schedule;
 use super::budget::{fit, with_memory_actions};
 use super::distributed::{placement, Placement};
+use super::elastic::{prepare, ElasticIteration};
+use super::elastic_step::{next_elastic, ElasticStats};
 use super::exchange::with_exchange;
 use super::handshake::agree_on_configuration;
 use super::partition::Partition;
-use super::rank::{Rank, RankSetup, StepFigures, Weights};
+use super::rank::{Rank, RankSetup, StageRun, StepFigures, Weights};
 use super::rank_checkpoint;
 use super::recompute::fewest_layers;
 use super::record::StageReport;
@@ -46,6 +48,18 @@ pub struct RankSummary {
     pub accuracies: Vec<f64>,
     /// Wall seconds of every applied step (iteration, reductions and update).
     pub step_seconds: Vec<f64>,
+    /// Model FLOPs of every applied step, all replicas (packed documents count each
+    /// document's own attention).
+    pub step_flops: Vec<f64>,
+    /// Documents (pieces cut by row ends counted apart) of every applied step, all replicas,
+    /// under masked packing.
+    pub step_documents: Vec<usize>,
+    /// What every applied elastic step ran.
+    pub elastic: Vec<ElasticStats>,
+    /// The last applied elastic step's plan (for the summary's simulation).
+    pub last_elastic: Option<ElasticIteration>,
+    /// Tokens of every applied step, all replicas.
+    pub step_tokens: Vec<usize>,
     /// This rank's record of its last applied step (for a Chrome trace).
     pub last_step: Option<StageReport>,
 }
@@ -174,8 +188,59 @@ fn start(
     })
 }
 
+/// A step's input, with figures of the global batch it is a share of.
+pub(crate) struct StepData {
+    /// This replica's share.
+    pub work: Work,
+    /// Tokens of the global batch.
+    pub tokens: usize,
+    /// Model FLOPs of the global batch.
+    pub flops: f64,
+    /// Documents in the global batch, when they are packed masked.
+    pub documents: Option<usize>,
+}
+
+/// What a step runs.
+pub(crate) enum Work {
+    /// The run's schedule over fixed-shape micro-batches.
+    Fixed(IterationInput),
+    /// Elastic pipelines over the step's documents.
+    Elastic(ElasticIteration),
+}
+
+impl RankRun {
+    /// This rank's part of `work`'s iteration.
+    fn compute(
+        &mut self,
+        work: &Work,
+        transport: &mut dyn Transport,
+        started: Instant,
+    ) -> Result<(StageReport, StepFigures)> {
+        match work {
+            Work::Fixed(input) => {
+                self.rank
+                    .compute_gradients(&self.schedule, input, transport, started)
+            }
+            Work::Elastic(iteration) => {
+                let (stage, stages) = (self.at.stage, self.schedule.actions.len());
+                let prepared = prepare(&iteration.runs, &self.partition, stages)?;
+                let mine: Vec<StageRun> = prepared
+                    .iter()
+                    .zip(&iteration.runs)
+                    .map(|((schedule, plans), run)| StageRun {
+                        schedule,
+                        input: &run.input,
+                        recompute: plans.get(stage),
+                    })
+                    .collect();
+                self.rank.compute_gradients_over(&mine, transport, started)
+            }
+        }
+    }
+}
+
 /// This replica's share of the next global batch.
-fn next_input(cfg: &TrainConfig, run: &mut RankRun) -> Result<IterationInput> {
+fn next_input(cfg: &TrainConfig, run: &mut RankRun) -> Result<StepData> {
     let (m, b, s) = (
         cfg.parallel.microbatches as usize,
         cfg.data.batch,
@@ -184,13 +249,29 @@ fn next_input(cfg: &TrainConfig, run: &mut RankRun) -> Result<IterationInput> {
     let at = run.at;
     let batch = run.source.draw(at.replicas * m, b, s, &Device::Cpu)?;
     let mine = at.replica * m..(at.replica + 1) * m;
-    Ok(IterationInput {
+    let flops = match &batch.documents {
+        Some(documents) => crate::train::documents_flops(cfg, documents)?,
+        None => crate::train::step_flops(cfg)? * at.replicas as f64,
+    };
+    let documents = batch
+        .documents
+        .as_ref()
+        .map(|d| d.iter().map(|d| d.count()).sum());
+    let input = IterationInput {
+        ragged: None,
+        documents: batch.documents.as_ref().map(|d| d[mine.clone()].to_vec()),
         // Each replica's losses are divided by the global count over `d`, so that the mean over
         // replicas is the global mean (masks may score different counts per replica).
         normaliser: batch.scored_targets(0..at.replicas * m)? / at.replicas as f64,
         tokens: batch.tokens[mine.clone()].to_vec(),
         masks: batch.masks.map(|masks| masks[mine].to_vec()),
         slices: slice_ranges(cfg)?,
+    };
+    Ok(StepData {
+        work: Work::Fixed(input),
+        tokens: crate::train::step_tokens(cfg) * at.replicas,
+        flops,
+        documents,
     })
 }
 
@@ -217,21 +298,25 @@ pub fn train_rank(
     };
     let mut health = Health::new(&cfg.optim);
     let tokens = crate::train::step_tokens(cfg) * at.replicas;
-    let flops = crate::train::step_flops(cfg)? * at.replicas as f64;
     for step in run.first_step..cfg.steps {
         // The allocator's phase boundary: what is held between steps, and each step's peak.
         crate::heap::mark(format!("step {step}"));
-        let input = next_input(cfg, &mut run)?;
+        let StepData {
+            work,
+            tokens: step_tokens,
+            flops,
+            documents,
+        } = match cfg.parallel.elastic {
+            true => next_elastic(cfg, &mut run.source)?,
+            false => next_input(cfg, &mut run)?,
+        };
         let started = Instant::now();
-        let (report, figures) = run
-            .rank
-            .compute_gradients(&run.schedule, &input, transport, started)
-            .with_context(|| {
-                format!(
-                    "rank {} (stage {}, replica {}) at step {step}",
-                    at.rank, at.stage, at.replica
-                )
-            })?;
+        let (report, figures) = run.compute(&work, transport, started).with_context(|| {
+            format!(
+                "rank {} (stage {}, replica {}) at step {step}",
+                at.rank, at.stage, at.replica
+            )
+        })?;
         let lr = cfg.optim.lr_at(step, cfg.steps);
         // Every rank judges the same all-reduced figures, so every rank stops (or skips).
         let verdict = health.check(step, figures.loss, figures.grad_sq)?;
@@ -271,6 +356,13 @@ pub fn train_rank(
         summary.losses.push(figures.loss);
         summary.accuracies.extend(event.accuracy);
         summary.step_seconds.push(seconds);
+        summary.step_flops.push(flops);
+        summary.step_documents.extend(documents);
+        summary.step_tokens.push(step_tokens);
+        if let Work::Elastic(iteration) = work {
+            summary.elastic.push(ElasticStats::of(&iteration));
+            summary.last_elastic = Some(iteration);
+        }
         on_step(&event)?;
         summary.last_step = Some(report);
     }

@@ -48,6 +48,18 @@ pub struct StageReport {
 }
 
 impl StageReport {
+    /// This stage's record of one iteration that ran `next`'s pipeline after this one's
+    /// (elastic pipelines, one after another): losses and answers add up, events follow.
+    pub fn followed_by(mut self, next: StageReport) -> StageReport {
+        self.loss += next.loss;
+        self.answers.add(next.answers);
+        self.events.extend(next.events);
+        self.peak_saved_bytes = self.peak_saved_bytes.max(next.peak_saved_bytes);
+        self.peak_bytes = self.peak_bytes.max(next.peak_bytes);
+        self.link_wait_seconds += next.link_wait_seconds;
+        self
+    }
+
     /// Seconds spent in compute actions (recomputation included: it runs forwards again).
     pub fn compute_seconds(&self) -> f64 {
         self.events

@@ -238,6 +238,8 @@ pub fn uniform_input(
     seed: u64,
 ) -> seqpipe_trainer::runtime::IterationInput {
     seqpipe_trainer::runtime::IterationInput {
+        ragged: None,
+        documents: None,
         tokens: data(model, m, batch, seq, seed),
         masks: None,
         slices: slice_ranges(model, Slicing::Uniform, seq, n),

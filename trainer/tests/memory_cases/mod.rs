@@ -30,6 +30,8 @@ pub fn input(sc: &ScheduleConfig, slicing: Slicing, seed: u64) -> IterationInput
     let model = tiny_model();
     let m = sc.microbatches as usize;
     IterationInput {
+        ragged: None,
+        documents: None,
         tokens: data(&model, m, BATCH, SEQ, seed),
         masks: None,
         slices: slice_ranges(&model, slicing, SEQ, sc.slices as usize),

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod detail;
+pub mod elastic;
 pub mod exchange;
 pub mod exchange_sim;
 pub mod offload;
@@ -256,6 +257,43 @@ pub fn run_exchange(dir: &Path) -> Result<()> {
     );
     let t = exchange_sim::table(&what_ifs)?;
     emit_table(dir, "exchange_what_if", &t, &what_ifs, started)
+}
+
+/// `bench elastic`: elastic pipelines against context-length packing, measured on this CPU and
+/// simulated at cluster scale (see `elastic.rs`).
+pub fn run_elastic(dir: &Path) -> Result<()> {
+    seqpipe_trainer::train::one_thread_per_op();
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    let runs = elastic::measure(|line| eprintln!("{line}"))?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "## Elastic pipelines vs context-length packing (MEASURED on this machine: {}, {cores} cores; the same documents ({} tokens), log-normal lengths (mu 5.2, sigma 1.0) up to {} tokens; {} stages as threads, hidden 256, 4 layers, f32; {} mesh / fixed slices; {} timed iterations per method, interleaved, medians; see xtask/src/bench/elastic.rs)\n",
+        cpu_model(),
+        runs[0].useful,
+        elastic::CONTEXT,
+        elastic::STAGES,
+        elastic::SLICES,
+        elastic::REPS
+    );
+    emit_table(
+        dir,
+        "elastic_measured",
+        &elastic::measured_table(&runs)?,
+        &runs,
+        started,
+    )?;
+    let rows = elastic::simulated(128)?;
+    println!(
+        "\n## Elastic pipelines at cluster scale (SIMULATED: memory::elastic_compare, Llama-7B, TP 4 × 8 stages = 32 GPUs of 80 GiB at 400 TFLOP/s, 128 sequences per batch; iteration time of the best plan per method)\n"
+    );
+    emit_table(
+        dir,
+        "elastic_simulated",
+        &elastic::simulated_table(&rows)?,
+        &rows,
+        started,
+    )
 }
 
 /// `bench peer`: seqpipe and PyTorch on the same model, data shape and schedule, interleaved

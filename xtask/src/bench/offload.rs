@@ -117,6 +117,8 @@ pub(super) fn input(cfg: &TrainConfig) -> Result<IterationInput> {
         })
         .collect::<candle_core::Result<_>>()?;
     Ok(IterationInput {
+        ragged: None,
+        documents: None,
         tokens,
         masks: None,
         slices: slice_ranges(cfg)?,

@@ -138,6 +138,8 @@ pub fn training_step(
     let m = cfg.parallel.microbatches as usize;
     let slice_list = slice_ranges(&cfg)?;
     let input = IterationInput {
+        ragged: None,
+        documents: None,
         tokens: MarkovSource::new(cfg.model.vocab, 1).batch(m, 1, seq, &Device::Cpu)?,
         masks: None,
         slices: slice_list.clone(),

@@ -89,6 +89,8 @@ fn iteration(
     );
     let tokens = MarkovSource::new(cfg.model.vocab, 3).batch(m, b, s, &Device::Cpu)?;
     let input = IterationInput {
+        ragged: None,
+        documents: None,
         tokens,
         masks: None,
         slices: slice_ranges(cfg)?,

@@ -16,7 +16,7 @@ use crate::model::ends::{
     head_forward, Answers, HeadSaved,
 };
 use crate::model::layer::{
-    self, AttentionSite, LayerSaved, SliceKv, WeightGradInputs, MATRIX_SLOTS,
+    self, AttentionSite, LayerSaved, Place, SliceKv, WeightGradInputs, MATRIX_SLOTS,
 };
 use crate::model::names::{layer_param, EMBED, FINAL_NORM, LAYER_BIASES, LAYER_PARTS, LM_HEAD};
 use crate::model::params::TensorMap;
@@ -27,6 +27,34 @@ pub(super) fn add_into(map: &mut TensorMap, name: &str, g: &Tensor) -> Result<()
         .ok_or_else(|| Error::Runtime(format!("no gradient slot for {name}")))?;
     *acc = (&*acc + g.to_dtype(acc.dtype())?)?;
     Ok(())
+}
+
+/// Where compute `a`'s tokens lie: from `offset` on, in its micro-batch's packed documents if
+/// the input has them.
+fn place(input: &IterationInput, a: &Action, offset: usize) -> Result<Place> {
+    let documents = match &input.documents {
+        Some(all) => Some(all.get(a.mb.index()).cloned().ok_or_else(|| {
+            Error::Runtime(format!("micro-batch {} has no document layout", a.mb.0))
+        })?),
+        None => None,
+    };
+    Ok(Place { offset, documents })
+}
+
+/// Score entries one layer's attention computes on this stage for `len` queries at `place`
+/// (`batch_heads` rows of heads), less the `handed` prefix tokens a partner attends to.
+fn attended(place: &Place, batch_heads: usize, len: usize, handed: usize) -> u64 {
+    match &place.documents {
+        // The exchange does not run over documents, so nothing is handed here.
+        Some(docs) => {
+            let heads = (batch_heads / docs.rows().max(1)) as u64;
+            let range = place.offset..place.offset + len;
+            (0..docs.rows())
+                .map(|row| heads * docs.causal_entries(row, range.clone()))
+                .sum()
+        }
+        None => own_entries(batch_heads, place.offset, len, handed),
+    }
 }
 
 impl StageWorker {
@@ -40,7 +68,7 @@ impl StageWorker {
     ) -> Result<()> {
         let u = unit(a);
         let range = input
-            .slices
+            .slices_of(a.mb.index())
             .get(a.slice.index())
             .ok_or_else(|| Error::Runtime(format!("slice {} is not in the plan", a.slice.0)))?;
         let tokens = input
@@ -73,14 +101,15 @@ impl StageWorker {
             .contains(&u)
             .then(|| self.recompute.of(&u))
             .flatten();
-        let last_slice = a.slice.index() + 1 == input.slices.len();
+        let last_slice = a.slice.index() + 1 == input.slices_of(a.mb.index()).len();
         let site = self.site(link, st, a, input)?;
         let caches = st.store.caches(&u, layers);
+        let place = place(input, a, offset)?;
         let batch_heads = x.dim(0)? * self.model.heads;
         let ((x, saved_layers, kv), handed) = at_site(site, |site| {
-            self.chunk_forward(chunk, caches, x, offset, site)
+            self.chunk_forward(chunk, caches, x, &place, site)
         })?;
-        st.attention += layers as u64 * own_entries(batch_heads, offset, len, handed);
+        st.attention += layers as u64 * attended(&place, batch_heads, len, handed);
         // The K/V sink: the slice's keys and values join the prefix of the later slices — but
         // a layer recomputed whole on the last slice keeps none: no later slice reads them, and
         // its RECOMPUTE makes them again.
@@ -120,14 +149,14 @@ impl StageWorker {
         chunk: usize,
         prefix: &[SliceKvCache],
         mut x: Tensor,
-        offset: usize,
+        place: &Place,
         site: &mut dyn AttentionSite,
     ) -> Result<(Tensor, Vec<LayerSaved>, Vec<SliceKv>)> {
         let ctx = self.ctx();
         let layers = &self.weights[chunk];
         let (mut saved, mut kv) = (Vec::with_capacity(layers.len()), Vec::new());
         for (w, cache) in layers.iter().zip(prefix) {
-            let (y, s, slice_kv) = layer::forward_at(&ctx, w, cache, &x, offset, site)?;
+            let (y, s, slice_kv) = layer::forward_at(&ctx, w, cache, &x, place, site)?;
             saved.push(s);
             kv.push(slice_kv);
             x = y;
@@ -168,7 +197,10 @@ impl StageWorker {
         a: &Action,
         tokens: &Tensor,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let range = &input.slices[a.slice.index()];
+        let range = input
+            .slices_of(a.mb.index())
+            .get(a.slice.index())
+            .ok_or_else(|| Error::Runtime(format!("slice {} is not in the plan", a.slice.0)))?;
         let (offset, len) = (range.start, range.len());
         let targets = tokens
             .narrow(1, offset + 1, len)?
@@ -225,17 +257,17 @@ impl StageWorker {
             .store
             .existing_caches(&u)
             .ok_or_else(|| Error::Runtime("no KV cache for this micro-batch".into()))?;
-        let (offset, len, batch_heads) = match layers.first() {
+        let (place, len, batch_heads) = match layers.first() {
             Some(l) => {
                 let (b, len, _) = l.x.dims3()?;
-                (l.offset, len, b * self.model.heads)
+                (l.place.clone(), len, b * self.model.heads)
             }
-            None => (0, 0, 0),
+            None => (Place::at(0), 0, 0),
         };
         let ((dx, norm_grads, weight_inputs), handed) = at_site(site, |site| {
             self.chunk_backward(chunk, caches, &layers, dy, site)
         })?;
-        st.attention += layers.len() as u64 * own_entries(batch_heads, offset, len, handed);
+        st.attention += layers.len() as u64 * attended(&place, batch_heads, len, handed);
         let dy = dx;
         pending.layers.extend(weight_inputs);
         for (index, [d_attn, d_mlp]) in norm_grads {

@@ -15,14 +15,15 @@
 
 use candle_core::Tensor;
 use seqpipe_comm::TagKind;
-use seqpipe_kernels::{merge_attention, AttentionOptions, SliceKvCache};
+use seqpipe_kernels::{merge_attention, AttentionOptions, Documents, SliceKvCache};
 use seqpipe_schedule::Action;
 
 use super::link::Link;
 use super::serve::{exchange_seq, exchange_tag, ANSWER_PARTS};
 use super::{IterState, IterationInput, StageWorker};
 use crate::error::{fail, Error, Result};
-use crate::model::layer::{Alone, AttentionSite, LayerSaved};
+use crate::model::layer::{backward_alone, Alone, AttentionSite, LayerSaved};
+use crate::runtime::input::EXCHANGE_OVER_DOCUMENTS;
 
 /// A heavy compute's partner and the exchange's tag number.
 #[derive(Debug, Clone, Copy)]
@@ -123,14 +124,14 @@ impl AttentionSite for Site<'_, '_> {
     fn forward(
         &mut self,
         prefix: &SliceKvCache,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        qkv: [&Tensor; 3],
         opts: &AttentionOptions,
+        documents: Option<&Documents>,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let result = match self.heavy {
-            Some(h) => self.heavy_forward(h, prefix, [q, k, v], opts),
-            None => prefix.attend(q, k, v, opts).map_err(Error::from),
+        let result = match (self.heavy, documents) {
+            (Some(_), Some(_)) => Err(Error::Config(EXCHANGE_OVER_DOCUMENTS.into())),
+            (Some(h), None) => self.heavy_forward(h, prefix, qkv, opts),
+            (None, docs) => Alone.forward(prefix, qkv, opts, docs).map_err(Error::from),
         };
         self.between_layers(result)
     }
@@ -142,11 +143,10 @@ impl AttentionSite for Site<'_, '_> {
         d_out: &Tensor,
         opts: &AttentionOptions,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let result = match self.heavy {
-            Some(h) => self.heavy_backward(h, cache, saved, d_out, opts),
-            None => cache
-                .backward(&saved.q, &saved.o, &saved.lse, d_out, opts)
-                .map_err(Error::from),
+        let result = match (self.heavy, &saved.place.documents) {
+            (Some(_), Some(_)) => Err(Error::Config(EXCHANGE_OVER_DOCUMENTS.into())),
+            (Some(h), None) => self.heavy_backward(h, cache, saved, d_out, opts),
+            (None, _) => backward_alone(cache, saved, d_out, opts).map_err(Error::from),
         };
         self.between_layers(result)
     }
@@ -170,7 +170,8 @@ impl StageWorker {
             None => None,
             Some(pair) => {
                 let head = pair.head as usize;
-                let cached = input.slices.get(a.slice.index()).map_or(0, |r| r.start);
+                let slices = input.slices_of(a.mb.index());
+                let cached = slices.get(a.slice.index()).map_or(0, |r| r.start);
                 if head > cached {
                     fail!(
                         Config,

@@ -22,7 +22,7 @@ use seqpipe_schedule::{Action, Unit};
 
 use super::{unit, IterState, StageWorker};
 use crate::error::{fail, Error, Result};
-use crate::model::layer::{self, LayerSaved, SelectiveSaved};
+use crate::model::layer::{self, LayerSaved, Place, SelectiveSaved};
 
 /// How much of a checkpointed unit's layer records is dropped after its forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +72,11 @@ pub(super) enum LayerRecord {
     Whole(LayerSaved),
     /// Selective recomputation's record.
     Selective(SelectiveSaved),
-    /// Full recomputation's record: the layer input, the slice's first token position, and
+    /// Full recomputation's record: the layer input, where the slice's tokens lie, and
     /// whether the slice's own K/V stayed in the cache (not on a sequence's last slice).
     Input {
         x: Tensor,
-        offset: usize,
+        place: Place,
         kv_cached: bool,
     },
 }
@@ -101,11 +101,11 @@ impl LayerRecord {
             LayerRecord::Selective(s) => LayerRecord::Selective(s.map(to)?),
             LayerRecord::Input {
                 x,
-                offset,
+                place,
                 kv_cached,
             } => LayerRecord::Input {
                 x: to(x)?,
-                offset: *offset,
+                place: place.clone(),
                 kv_cached: *kv_cached,
             },
         })
@@ -137,7 +137,7 @@ pub(super) fn checkpoint(
             Some(Granularity::Selective) => LayerRecord::Selective(s.without_cheap()),
             _ if recomputed_whole(granularity, i) => LayerRecord::Input {
                 x: s.x,
-                offset: s.offset,
+                place: s.place,
                 kv_cached,
             },
             _ => LayerRecord::Whole(s),
@@ -183,9 +183,9 @@ impl StageWorker {
                 LayerRecord::Selective(s) => s.restore(&ctx, w)?,
                 LayerRecord::Input {
                     x,
-                    offset,
+                    place,
                     kv_cached,
-                } => rerun_layer(&ctx, w, cache, &x, offset, kv_cached)?,
+                } => rerun_layer(&ctx, w, cache, &x, &place, kv_cached)?,
             }));
         }
         saved.layers = rebuilt;
@@ -202,10 +202,10 @@ fn rerun_layer(
     w: &layer::LayerWeights,
     cache: &mut SliceKvCache,
     x: &Tensor,
-    offset: usize,
+    place: &Place,
     kv_cached: bool,
 ) -> Result<LayerSaved> {
-    let (len, cached) = (x.dim(1)?, cache.cached_tokens());
+    let (offset, len, cached) = (place.offset, x.dim(1)?, cache.cached_tokens());
     let expected = if kv_cached { offset + len } else { offset };
     if cached != expected {
         fail!(
@@ -216,10 +216,10 @@ fn rerun_layer(
         );
     }
     if kv_cached {
-        let (_, saved, _) = layer::forward(ctx, w, &cache.without_last()?, x, offset)?;
+        let (_, saved, _) = layer::forward(ctx, w, &cache.without_last()?, x, place)?;
         return Ok(saved);
     }
-    let (_, saved, kv) = layer::forward(ctx, w, cache, x, offset)?;
+    let (_, saved, kv) = layer::forward(ctx, w, cache, x, place)?;
     cache.append(&kv.k, &kv.v)?;
     Ok(saved)
 }

@@ -82,7 +82,10 @@ impl StageWorker {
 
     /// The slice's token ids `[b, len]` (inputs) and their flat values.
     fn slice_ids(&self, input: &IterationInput, a: &Action) -> Result<(Tensor, Vec<u32>)> {
-        let range = &input.slices[a.slice.index()];
+        let range = input
+            .slices_of(a.mb.index())
+            .get(a.slice.index())
+            .ok_or_else(|| Error::Runtime(format!("slice {} is not in the plan", a.slice.0)))?;
         let tokens = input
             .tokens
             .get(a.mb.index())
