@@ -152,6 +152,9 @@ pub struct UnitSizer {
     pub layers_per_chunk: u64,
     /// `(start, len)` of each slice of a sequence, in order.
     pub slices: Vec<(u64, u64)>,
+    /// Per micro-batch, its own `(start, len)` slices, where micro-batches differ (elastic
+    /// pipelines); `slices` is then not read.
+    pub per_microbatch: Option<Vec<Vec<(u64, u64)>>>,
     /// Pipeline stages `p`.
     pub stages: usize,
     /// Chunks per stage `v` (the last virtual stage is chunk `v−1` of stage `p−1`).
@@ -159,21 +162,35 @@ pub struct UnitSizer {
 }
 
 impl UnitSizer {
+    /// The slices of micro-batch `mb`.
+    pub fn slices_of(&self, mb: u32) -> &[(u64, u64)] {
+        match &self.per_microbatch {
+            Some(all) => all.get(mb as usize).map_or(&[], Vec::as_slice),
+            None => &self.slices,
+        }
+    }
+
     fn slice(&self, unit: &UnitKey) -> Result<(u64, u64)> {
-        self.slices
+        let slices = self.slices_of(unit.mb);
+        slices
             .get(unit.slice as usize)
             .copied()
             .ok_or(MemoryError::BadSchedule {
                 kind: "timeline",
                 requirement: "slice indices below the number of slices in the sizer",
-                got: format!("slice {} of {}", unit.slice, self.slices.len()),
+                got: format!(
+                    "slice {} of {} (micro-batch {})",
+                    unit.slice,
+                    slices.len(),
+                    unit.mb
+                ),
             })
     }
 
     /// Activation bytes (all named per-unit terms) of `unit`.
     pub fn unit_bytes(&self, unit: &UnitKey) -> Result<f64> {
         let (start, len) = self.slice(unit)?;
-        let later = (unit.slice as usize) + 1 < self.slices.len();
+        let later = (unit.slice as usize) + 1 < self.slices_of(unit.mb).len();
         Ok(self
             .activation
             .unit(len, start, later, self.layers_per_chunk)
@@ -241,10 +258,11 @@ pub fn events_from_lives(lives: &[UnitLife], sizer: &UnitSizer) -> Result<Vec<Me
                 push(life.backward.1, holder, MemOp::Free, name.clone(), 0.0);
             }
         }
-        if sizer.slices.len() > 1 {
+        let slices = sizer.slices_of(u.mb).len();
+        if slices > 1 {
             // The accumulator of (mb, chunk) passes from slice j's backward to slice j−1's.
             let acc = |slice: u32| format!("dkv mb{}.c{} after s{slice}", u.mb, u.chunk);
-            if (u.slice as usize) + 1 < sizer.slices.len() {
+            if (u.slice as usize) + 1 < slices {
                 push(life.backward.1, stage, MemOp::Free, acc(u.slice + 1), 0.0);
             }
             let bytes = sizer.accumulator_bytes(&u)?;

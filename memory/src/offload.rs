@@ -27,7 +27,7 @@
 //! let act = ActivationModel::new(shape, Parallelism::new(1, 1, 1).unwrap()).unwrap();
 //! let bandwidth = act.bytes_per_token_layer() / 0.25; // a unit's copy takes 0.25 of a forward
 //! let slices = vec![(0, 1)];
-//! let sizer = UnitSizer { activation: act, layers_per_chunk: 1, slices, stages: 2, chunks: 1 };
+//! let sizer = UnitSizer { activation: act, layers_per_chunk: 1, slices, per_microbatch: None, stages: 2, chunks: 1 };
 //! // Offload the longest-lived unit (one token through one layer) of each stage.
 //! let plan = plan_offload(&lives, &sizer, OffloadKnob::Count(1), bandwidth).unwrap();
 //! let t = &plan.transfers[..];

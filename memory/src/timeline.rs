@@ -16,7 +16,7 @@
 //! let act = ActivationModel::new(shape, Parallelism::new(1, 1, 1).unwrap()).unwrap();
 //! let unit = act.bytes_per_token_layer(); // units of one token through one layer
 //! let slices = vec![(0, 1)];
-//! let sizer = UnitSizer { activation: act, layers_per_chunk: 1, slices, stages: 2, chunks: 1 };
+//! let sizer = UnitSizer { activation: act, layers_per_chunk: 1, slices, per_microbatch: None, stages: 2, chunks: 1 };
 //! let report = ledger_of_simulation(&sim, &sizer, &[0.0, 0.0]).unwrap();
 //! assert_eq!(report.stages[0].peak, 2.0 * unit); // 1F1B: p − r units on stage r
 //! assert_eq!(report.stages[1].peak, unit + 32000.0 * 4.0); // one unit and its fp32 logits

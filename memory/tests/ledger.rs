@@ -142,6 +142,7 @@ fn lives_pair_spans_and_produce_side_terms() {
     let shape = seqpipe_slicing::preset("llama-7b").unwrap();
     let act = ActivationModel::new(shape, Parallelism::new(1, 1, 1).unwrap()).unwrap();
     let sizer = UnitSizer {
+        per_microbatch: None,
         activation: act,
         layers_per_chunk: 16,
         slices: vec![(0, 100), (100, 100)],

@@ -36,6 +36,7 @@ fn report(
         .with_recompute(policy);
     let n = config.slices as u64;
     let sizer = UnitSizer {
+        per_microbatch: None,
         activation: act,
         layers_per_chunk: 2,
         slices: (0..n).map(|j| (j * 512, 512)).collect(),

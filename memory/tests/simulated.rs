@@ -23,6 +23,7 @@ fn unit_sizer(config: &ScheduleConfig) -> UnitSizer {
     act.logits_dtype = Dtype::F8;
     // 1 token of 1 layer weighs bytes_per_token_layer; divide it out below instead.
     UnitSizer {
+        per_microbatch: None,
         activation: act,
         layers_per_chunk: 1,
         slices: (0..config.slices as u64).map(|j| (j, 1)).collect(),
@@ -142,6 +143,7 @@ fn static_vs_ledger(config: ScheduleConfig, policy: RecomputePolicy, logits: Log
     let peaks = static_cfg.peaks().unwrap();
     let states: Vec<f64> = peaks.iter().map(|p| p.states.total()).collect();
     let sizer = UnitSizer {
+        per_microbatch: None,
         activation: act,
         layers_per_chunk: layers,
         slices: (0..n).map(|j| (j * x, x)).collect(),

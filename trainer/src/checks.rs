@@ -89,13 +89,8 @@ fn elastic_problems(cfg: &TrainConfig) -> Vec<String> {
         (par.vocab_parallel, "parallel.vocab_parallel"),
         (par.attention_exchange, "parallel.attention_exchange"),
         (par.offload != Offload::None, "parallel.offload"),
-        (par.memory_budget.is_some(), "parallel.memory_budget"),
         (par.schedule_file.is_some(), "parallel.schedule_file"),
         (par.replicas.unwrap_or(1) > 1, "parallel.replicas > 1"),
-        (
-            matches!(par.recompute, Recompute::Auto { .. }),
-            "parallel.recompute = \"auto\"",
-        ),
     ];
     for (set, what) in unsupported {
         need(
@@ -103,6 +98,18 @@ fn elastic_problems(cfg: &TrainConfig) -> Vec<String> {
             format!("does not run with {what} yet: drop one of them"),
         );
     }
+    let auto = matches!(par.recompute, Recompute::Auto { .. });
+    need(
+        auto == par.memory_budget.is_some(),
+        format!(
+            "plans its recomputation under parallel.memory_budget: set both \
+             parallel.memory_budget and parallel.recompute = \"auto\", or neither (recompute is \
+             {}, the budget {})",
+            par.recompute,
+            par.memory_budget
+                .map_or("unset".to_string(), |b| format!("{b} bytes"))
+        ),
+    );
     problems
 }
 

@@ -22,7 +22,7 @@ use crate::checkpoint::store::CheckpointDir;
 use crate::config::{DataKind, SlicingMethod, TrainConfig};
 use crate::data::{entropy, Packing, RetrievalSource};
 use crate::model::ModelConfig;
-use crate::predict::{predicted_peaks, PredictInput};
+use crate::predict::{predict, predicted_peaks, stage_states, PredictInput};
 use crate::runtime::budget::predicted_stage_peaks;
 use crate::runtime::elastic::{prepare, ElasticIteration};
 use crate::runtime::elastic_step::{simulate_iteration, ElasticStats};
@@ -478,8 +478,8 @@ fn schedule_figures(
     })
 }
 
-/// The figures of the last step's elastic pipelines: simulated with each action's FLOPs; no
-/// memory prediction (the planner does not model the runtime's elastic records yet).
+/// The figures of the last step's elastic pipelines: simulated with each action's FLOPs, and
+/// the memory model's peaks, the largest over the pipelines.
 fn elastic_figures(
     cfg: &TrainConfig,
     partition: &Partition,
@@ -489,20 +489,49 @@ fn elastic_figures(
     let (bubble, core_use) = simulate_iteration(&cfg.model, partition, iteration, cores)?;
     let stages = cfg.parallel.stages as usize;
     let mut recomputed = vec![0; stages];
-    for (schedule, _) in prepare(&iteration.runs, partition, stages)? {
-        for (s, n) in per_stage_count(&schedule, Op::Recompute)
+    let mut peaks: Option<(Vec<f64>, Vec<f64>)> = Some((vec![0.0; stages], vec![0.0; stages]));
+    let prepared = prepare(&iteration.runs, partition, stages)?;
+    for ((schedule, _), run) in prepared.iter().zip(&iteration.runs) {
+        for (s, n) in per_stage_count(schedule, Op::Recompute)
             .into_iter()
             .enumerate()
         {
             recomputed[s] += n;
         }
+        let predicted = predict(&PredictInput {
+            model: &cfg.model,
+            dtype: cfg.precision.dtype(),
+            batch: 1,
+            slices: &[],
+            ragged: run.input.ragged.as_deref(),
+            schedule,
+            partition,
+            recompute: &run.recompute,
+        })?;
+        peaks = match (peaks, predicted) {
+            (Some((mut saved, mut working)), Some(p)) => {
+                for (s, stage) in p.iter().enumerate() {
+                    saved[s] = saved[s].max(stage.peaks.saved);
+                    working[s] = working[s].max(stage.peaks.working);
+                }
+                Some((saved, working))
+            }
+            _ => None,
+        };
     }
+    let states = stage_states(&cfg.model, cfg.precision.dtype(), cfg.parallel.stages, 1)?;
+    let budget = match (cfg.parallel.memory_budget, &peaks, states) {
+        (Some(b), Some((_, working)), Some(states)) => {
+            Some((b, states.iter().zip(working).map(|(s, w)| s + w).collect()))
+        }
+        _ => None,
+    };
     Ok(ScheduleFigures {
         simulated_bubble: bubble,
         exchange: None,
         simulated_core_use: core_use,
-        predicted_saved_bytes: None,
-        budget: None,
+        predicted_saved_bytes: peaks.map(|(saved, _)| saved),
+        budget,
         offloaded_units: vec![0; stages],
         recomputed_units: recomputed,
     })

@@ -183,6 +183,19 @@ fn corpus_file(dir: &std::path::Path, eos: u16) -> std::path::PathBuf {
     path
 }
 
+/// Each stage's "measured / predicted" peak saved bytes in a summary are equal.
+fn assert_predicted_as_measured(stdout: &str) {
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("peak saved activations"))
+        .collect();
+    assert!(!lines.is_empty(), "{stdout}");
+    for line in lines {
+        let figures: Vec<&str> = line.split('|').nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(figures[0], figures[2], "measured / predicted: {line}");
+    }
+}
+
 fn seqpipe(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_seqpipe"))
         .args(args)
@@ -226,10 +239,7 @@ fn train_elastic_runs_resumes_and_refuses_what_it_cannot_run() {
         String::from_utf8_lossy(&whole.stderr)
     );
     assert!(stdout.contains("elastic pipelines per step"), "{stdout}");
-    assert!(
-        stdout.contains("not predicted for elastic pipelines"),
-        "{stdout}"
-    );
+    assert_predicted_as_measured(&stdout);
 
     // Cut after step 2, resumed: the same documents, in the same chunks, give the same losses.
     let ckpt = p("ckpt");
@@ -269,7 +279,14 @@ fn train_elastic_runs_resumes_and_refuses_what_it_cannot_run() {
     for (extra, named) in [
         (&["--exchange"][..], "parallel.attention_exchange"),
         (&["--chunks", "2"][..], "parallel.chunks = 1"),
-        (&["--memory-budget", "1GiB"][..], "parallel.memory_budget"),
+        (
+            &["--memory-budget", "1GiB", "--recompute", "full"][..],
+            "parallel.recompute = \"auto\"",
+        ),
+        (
+            &["--recompute", "auto"][..],
+            "parallel.recompute = \"auto\"",
+        ),
         (&["--vocab-parallel"][..], "parallel.vocab_parallel"),
         (&["--packing", "plain"][..], "data.packing = \"masked\""),
         (
@@ -284,10 +301,165 @@ fn train_elastic_runs_resumes_and_refuses_what_it_cannot_run() {
             "{extra:?}: {stderr}"
         );
     }
+    // Under a memory budget the summary gives the predicted peaks, equal to the measured ones.
+    let out = with(&["--steps", "2", "--memory-budget", "64MiB"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("recompute = auto; predicted peak per stage"),
+        "{stdout}"
+    );
+    assert_predicted_as_measured(&stdout);
     let out = seqpipe(&["train", "--elastic", "--steps", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("needs documents"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_memory_model_predicts_elastic_pipelines_byte_for_byte() {
+    use seqpipe_trainer::predict::{predict, PredictInput};
+    use seqpipe_trainer::runtime::elastic::prepare;
+    let model = tiny_model();
+    let mut rng = Rng(SEED + 3);
+    let (_, lengths) = mixes(&mut rng).remove(0);
+    let docs = documents(&model, &lengths, &mut rng);
+    let c = chunking(&model, &lengths, 3, 30);
+    for p in [2u32, 4] {
+        for recompute in ["none", "full", "selective", "full:1"] {
+            let what = format!("p={p} recompute {recompute}");
+            let groups = split(&c, 2);
+            let settings = vec![recompute.parse::<Recompute>().unwrap(); groups.len()];
+            let runs = elastic_runs(&docs, &c, &groups, &settings, p).unwrap();
+            let config = ScheduleConfig::new(ScheduleKind::OneFOneB, p, 1);
+            let mut pl = pipeline_of(&model, config, DType::F32, SEED);
+            let prepared = prepare(&runs, &pl.partition, p as usize).unwrap();
+            for (run, (schedule, _)) in runs.iter().zip(&prepared) {
+                let report = pl
+                    .compute_gradients_elastic(std::slice::from_ref(run))
+                    .unwrap();
+                let predicted = predict(&PredictInput {
+                    model: &model,
+                    dtype: DType::F32,
+                    batch: 1,
+                    slices: &[],
+                    ragged: run.input.ragged.as_deref(),
+                    schedule,
+                    partition: &pl.partition,
+                    recompute: &run.recompute,
+                })
+                .unwrap()
+                .expect("an even partition in f32 has a prediction");
+                for (stage, (r, p)) in report.stages.iter().zip(&predicted).enumerate() {
+                    assert_eq!(
+                        r.peak_saved_bytes as f64, p.peaks.saved,
+                        "{what}, stage {stage}: measured vs predicted peak saved bytes"
+                    );
+                    let held: Vec<f64> = r.events.iter().map(|e| e.held.saved as f64).collect();
+                    let want: Vec<f64> = p.after_action.iter().map(|a| a.0).collect();
+                    assert_eq!(
+                        held, want,
+                        "{what}, stage {stage}: saved bytes after each action"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_memory_budget_splits_pipelines_recomputes_and_keeps_the_numbers() {
+    use seqpipe_trainer::predict::{predict, PredictInput};
+    use seqpipe_trainer::runtime::elastic::{plan_iteration, prepare};
+    use seqpipe_trainer::runtime::elastic_budget::{plan_iteration_within, Fit};
+    let model = tiny_model();
+    let mut rng = Rng(SEED + 4);
+    let (_, lengths) = mixes(&mut rng).remove(1);
+    let docs = documents(&model, &lengths, &mut rng);
+    let cost = CostModel::flops(&model.shape()).unwrap();
+    let p = 2u32;
+    let config = ScheduleConfig::new(ScheduleKind::OneFOneB, p, 1);
+    let mut f32_pipeline = pipeline_of(&model, config, DType::F32, SEED);
+    let partition = f32_pipeline.partition.clone();
+    // The unbudgeted plan's working peaks; the budget is 60 % of them.
+    let free = plan_iteration(&docs, &cost, p, 3, &Recompute::None).unwrap();
+    let (schedule, _) = &prepare(&free.runs, &partition, 2).unwrap()[0];
+    let peaks: Vec<f64> = predict(&PredictInput {
+        model: &model,
+        dtype: DType::F32,
+        batch: 1,
+        slices: &[],
+        ragged: free.runs[0].input.ragged.as_deref(),
+        schedule,
+        partition: &partition,
+        recompute: &Recompute::None,
+    })
+    .unwrap()
+    .unwrap()
+    .iter()
+    .map(|s| s.peaks.working)
+    .collect();
+    // The tightest budget, in steps of 5 % of the free peaks, that still plans.
+    let mut tightest = None;
+    for percent in (30..100).rev().step_by(5) {
+        let budgets: Vec<f64> = peaks.iter().map(|w| w * percent as f64 / 100.0).collect();
+        let fit = Fit {
+            model: &model,
+            dtype: DType::F32,
+            partition: &partition,
+            budgets: &budgets,
+        };
+        match plan_iteration_within(&docs, &cost, 3, &fit) {
+            Ok(planned) => tightest = Some((budgets, planned)),
+            Err(e) => {
+                assert!(e.to_string().contains("fits in no pipeline"), "{e}");
+                break;
+            }
+        }
+    }
+    let (budgets, planned) = tightest.expect("95 % of the free peaks plans");
+    let recomputes = planned
+        .runs
+        .iter()
+        .filter(|r| matches!(r.recompute, Recompute::Auto { .. }))
+        .count();
+    eprintln!(
+        "budgets {budgets:.0?} of free peaks {peaks:.0?}: {} pipelines, {recomputes} recompute",
+        planned.runs.len()
+    );
+    assert!(
+        planned.runs.len() > 1 || recomputes > 0,
+        "the tightest budget splits the iteration or recomputes"
+    );
+    // f32: every stage stays within its budget, as the memory model promised.
+    let report = f32_pipeline
+        .compute_gradients_elastic(&planned.runs)
+        .unwrap();
+    for (stage, r) in report.stages.iter().enumerate() {
+        assert!(
+            r.peak_bytes as f64 <= budgets[stage],
+            "stage {stage}: {} bytes over a budget of {}",
+            r.peak_bytes,
+            budgets[stage]
+        );
+    }
+    // f64: the same plan gives each document's own loss and gradients.
+    let params = full_params(&model, SEED, DType::F64);
+    let alone: Vec<Tensor> = docs
+        .iter()
+        .filter(|d| d.len() > 1)
+        .map(|d| Tensor::from_vec(d.clone(), (1, d.len()), &Device::Cpu).unwrap())
+        .collect();
+    let (ref_loss, ref_grads) = reference::loss_and_grads(&model, &params, &alone);
+    let mut pl = pipeline_of(&model, config, DType::F64, SEED);
+    let report = pl.compute_gradients_elastic(&planned.runs).unwrap();
+    assert!((report.loss - ref_loss).abs() <= 1e-10 * ref_loss.abs());
+    let (err, name) = worst_rel_err(&pl.gradients().unwrap(), &ref_grads);
+    assert!(err <= 1e-10, "gradient of {name} off by {err:e}");
 }

@@ -76,6 +76,7 @@ fn measure_and_predict_with(
     };
     let (reports, _) = pl.run_iteration(&input).unwrap();
     let predicted = predict(&PredictInput {
+        ragged: None,
         model: &model,
         dtype,
         batch: BATCH,

@@ -75,7 +75,8 @@ pub struct TrainArgs {
     exchange: bool,
     /// Elastic pipelines (InfiniPipe): whole documents per step, long ones split and short ones
     /// packed into compute-balanced chunks, run longest first. Implies --schedule seq1f1b
-    /// --chunks 1 --slicing balanced --packing masked where those are not given.
+    /// --chunks 1 --slicing balanced --packing masked where those are not given (and, with
+    /// --memory-budget, --recompute auto: pipelines and recomputation planned to fit).
     #[arg(long)]
     elastic: bool,
     /// Which exchange pairs run: `shorten` (default) keeps those that do not lengthen the
@@ -207,6 +208,9 @@ fn effective_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         par.chunks = args.chunks.unwrap_or(1);
         par.slicing = args.slicing.unwrap_or(SlicingMethod::Balanced);
         cfg.data.packing = args.data.packing.unwrap_or(Packing::Masked);
+        if args.memory_budget.is_some() && args.recompute.is_none() {
+            par.recompute = Recompute::Auto { plan: None };
+        }
     }
     if let Some(v) = args.host_link_bandwidth {
         par.host_link_bandwidth = Some(v);
@@ -496,6 +500,11 @@ fn print_elastic(steps: &[ElasticStats]) -> anyhow::Result<()> {
         last.token_budget,
         last.relaxations
     );
+    let planning: f64 = steps.iter().map(|e| e.plan_seconds).sum::<f64>() / steps.len() as f64;
+    outln!(
+        "| elastic planning per step (chunks, pipelines, recomputation; before the step, not in its time) | {:.1} ms |",
+        1e3 * planning
+    );
     Ok(())
 }
 
@@ -582,7 +591,6 @@ fn print_summary(s: &TrainSummary) -> anyhow::Result<()> {
     for (stage, saved) in s.peak_saved_bytes.iter().enumerate() {
         let predicted = match &s.predicted_saved_bytes {
             Some(p) => format!("{:.0}", p[stage]),
-            None if !s.elastic_steps.is_empty() => "not predicted for elastic pipelines".into(),
             None => "n/a".to_string(),
         };
         outln!(

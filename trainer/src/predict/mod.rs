@@ -102,6 +102,8 @@ pub struct PredictInput<'a> {
     pub batch: usize,
     /// Slice token ranges.
     pub slices: &'a [std::ops::Range<usize>],
+    /// Per micro-batch, its own slices (elastic pipelines; `slices` is then not read).
+    pub ragged: Option<&'a [Vec<std::ops::Range<usize>>]>,
     /// The lowered schedule that runs.
     pub schedule: &'a Schedule,
     /// Layers per virtual stage.
@@ -111,6 +113,14 @@ pub struct PredictInput<'a> {
 }
 
 impl<'a> PredictInput<'a> {
+    /// The slices of micro-batch `mb`.
+    pub fn slices_of(&self, mb: usize) -> &'a [std::ops::Range<usize>] {
+        match self.ragged {
+            Some(all) => all.get(mb).map_or(&[], Vec::as_slice),
+            None => self.slices,
+        }
+    }
+
     /// The input for a training configuration's run of `schedule` over `partition`, its
     /// sequences cut into `slices`.
     pub fn of(
@@ -120,6 +130,7 @@ impl<'a> PredictInput<'a> {
         slices: &'a [std::ops::Range<usize>],
     ) -> Self {
         PredictInput {
+            ragged: None,
             model: &cfg.model,
             dtype: cfg.precision.dtype(),
             batch: cfg.data.batch,

@@ -104,11 +104,10 @@ impl<'a> Setup<'a> {
             activation,
             layers_per_chunk: chunk_layers as u64,
             // A micro-batch of b sequences is b times the tokens of every per-token term.
-            slices: input
-                .slices
-                .iter()
-                .map(|r| (r.start as u64 * b, r.len() as u64 * b))
-                .collect(),
+            slices: scaled(input.slices, b),
+            per_microbatch: input
+                .ragged
+                .map(|all| all.iter().map(|s| scaled(s, b)).collect()),
             stages: input.schedule.config.stages as usize,
             chunks: input.schedule.config.chunks,
         };
@@ -135,7 +134,7 @@ impl<'a> Setup<'a> {
     /// The token range of `unit`'s slice in its sequence.
     pub(super) fn slice(&self, unit: &UnitKey) -> Result<&std::ops::Range<usize>> {
         self.input
-            .slices
+            .slices_of(unit.mb as usize)
             .get(unit.slice as usize)
             .ok_or_else(|| Error::Runtime(format!("slice {} is not in the plan", unit.slice)))
     }
@@ -226,7 +225,8 @@ impl<'a> Setup<'a> {
             },
             Granularity::Full { layers } => {
                 // K and V stay cached for the later slices of the sequence, if any.
-                let later_slices = (unit.slice as usize) + 1 < self.input.slices.len();
+                let later_slices =
+                    (unit.slice as usize) + 1 < self.input.slices_of(unit.mb as usize).len();
                 let n = layers as f64 * tokens;
                 Dropped {
                     records: (pt.weight_inputs_per_layer - pt.row - pt.kv_per_layer) * n,
@@ -289,4 +289,13 @@ pub(super) fn as_unit(u: &UnitKey) -> Unit {
         slice: Slice(u.slice),
         chunk: Chunk(u.chunk),
     }
+}
+
+/// `(start, len)` of each slice over a micro-batch of `b` sequences (`b` times the tokens of
+/// every per-token term).
+fn scaled(slices: &[std::ops::Range<usize>], b: u64) -> Vec<(u64, u64)> {
+    slices
+        .iter()
+        .map(|r| (r.start as u64 * b, r.len() as u64 * b))
+        .collect()
 }

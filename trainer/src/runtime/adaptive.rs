@@ -82,7 +82,7 @@ impl AdaptivePlan {
     }
 
     /// The plan of `program` at variable values `values`.
-    fn of(program: &ScheduleProgram, values: &[u64], exact: bool) -> Self {
+    pub(crate) fn of(program: &ScheduleProgram, values: &[u64], exact: bool) -> Self {
         let layers = (0..program.units.len())
             .map(|r| {
                 let cells = program.recomputed(r, values);

@@ -144,30 +144,65 @@ pub fn elastic_runs(
             pipelines.len()
         );
     }
-    let rows: Vec<GroupRow> = groups
-        .iter()
-        .map(|g| group_row(docs, chunking, g))
-        .collect::<Result<_>>()?;
-    let normaliser: f64 = rows
-        .iter()
-        .map(|r| r.weights.iter().map(|&w| w as f64).sum::<f64>())
-        .sum();
+    let rows = GroupRows::of(docs, chunking)?;
     pipelines
         .iter()
         .zip(recompute)
-        .map(|(members, recompute)| {
-            let counts: Vec<u32> = members.iter().map(|&g| groups[g].len() as u32).collect();
-            let e = elastic(stages, &counts)?;
-            let order: Vec<usize> = e.order.iter().map(|&j| members[j]).collect();
-            let input = pipeline_input(&rows, &order, normaliser)?;
-            Ok(ElasticRun {
-                schedule: Lowered::check(lower(&e.schedule)?)?,
-                input,
-                recompute: recompute.clone(),
-                groups: order,
-            })
-        })
+        .map(|(members, recompute)| rows.pipeline(members, stages, recompute.clone()))
         .collect()
+}
+
+/// The micro-batch rows of every chunker group of one iteration.
+pub(crate) struct GroupRows {
+    rows: Vec<GroupRow>,
+    /// Chunks of each group.
+    counts: Vec<u32>,
+    /// Scored targets of the whole iteration.
+    normaliser: f64,
+}
+
+impl GroupRows {
+    /// The rows of `chunking`'s groups over `docs`.
+    pub(crate) fn of(docs: &[Vec<u32>], chunking: &Chunking) -> Result<Self> {
+        let groups = chunking.groups();
+        let rows: Vec<GroupRow> = groups
+            .iter()
+            .map(|g| group_row(docs, chunking, g))
+            .collect::<Result<_>>()?;
+        let normaliser = rows
+            .iter()
+            .map(|r| r.weights.iter().map(|&w| w as f64).sum::<f64>())
+            .sum();
+        Ok(GroupRows {
+            rows,
+            counts: groups.iter().map(|g| g.len() as u32).collect(),
+            normaliser,
+        })
+    }
+
+    /// Chunks of each group.
+    pub(crate) fn counts(&self) -> &[u32] {
+        &self.counts
+    }
+
+    /// The pipeline of groups `members`, longest first, with `recompute`.
+    pub(crate) fn pipeline(
+        &self,
+        members: &[usize],
+        stages: u32,
+        recompute: Recompute,
+    ) -> Result<ElasticRun> {
+        let counts: Vec<u32> = members.iter().map(|&g| self.counts[g]).collect();
+        let e = elastic(stages, &counts)?;
+        let order: Vec<usize> = e.order.iter().map(|&j| members[j]).collect();
+        let input = pipeline_input(&self.rows, &order, self.normaliser)?;
+        Ok(ElasticRun {
+            schedule: Lowered::check(lower(&e.schedule)?)?,
+            input,
+            recompute,
+            groups: order,
+        })
+    }
 }
 
 /// The micro-batches `order` (indices into `rows`), every loss divided by `normaliser`.
@@ -232,12 +267,7 @@ pub fn plan_iteration(
     slices: usize,
     recompute: &Recompute,
 ) -> Result<ElasticIteration> {
-    let lengths: Vec<u64> = docs.iter().map(|d| d.len() as u64).collect();
-    let longest = lengths.iter().copied().max().unwrap_or(0);
-    let k = slices.min(longest as usize).max(1);
-    let mesh = balanced(longest, k, 1, cost)?;
-    let token_budget = mesh.lengths().into_iter().max().unwrap_or(1);
-    let chunking = chunk(&lengths, cost, k, token_budget)?;
+    let chunking = chunk_documents(docs, cost, slices)?;
     let all: Vec<usize> = (0..chunking.groups().len()).collect();
     let runs = elastic_runs(
         docs,
@@ -247,6 +277,17 @@ pub fn plan_iteration(
         stages,
     )?;
     Ok(ElasticIteration { chunking, runs })
+}
+
+/// The chunking of `docs`: the longest cut into (at most) `slices` compute-balanced mesh
+/// slices under `cost`, whose largest is every chunk's token budget.
+pub fn chunk_documents(docs: &[Vec<u32>], cost: &CostModel, slices: usize) -> Result<Chunking> {
+    let lengths: Vec<u64> = docs.iter().map(|d| d.len() as u64).collect();
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    let k = slices.min(longest as usize).max(1);
+    let mesh = balanced(longest, k, 1, cost)?;
+    let token_budget = mesh.lengths().into_iter().max().unwrap_or(1);
+    Ok(chunk(&lengths, cost, k, token_budget)?)
 }
 
 /// Each run's schedule with its `RECOMPUTE` actions and each stage's recomputation, checked

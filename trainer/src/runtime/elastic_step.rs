@@ -2,21 +2,23 @@
 //! planned into chunks and pipelines ([`plan_iteration`]), and what the step ran, for the
 //! summary.
 
-use seqpipe_schedule::{simulate, Action, Op, P2p};
+use seqpipe_schedule::{simulate, Action, Op, P2p, Schedule, Simulation};
 use seqpipe_slicing::CostModel;
 
 use super::elastic::{plan_iteration, prepare, ElasticIteration};
+use super::elastic_budget::{plan_iteration_within, Fit};
 use super::partition::Partition;
 use super::rank_loop::{StepData, Work};
 use super::worker::{Granularity, StageRecompute};
 use super::IterationInput;
 use crate::config::TrainConfig;
 use crate::data::DataSource;
-use crate::error::Result;
+use crate::error::{fail, Error, Result};
 use crate::model::ModelConfig;
+use crate::predict::stage_states;
 
 /// What one elastic step ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ElasticStats {
     /// Documents (a document longer than `data.seq_len` counts once per piece).
     pub documents: usize,
@@ -32,11 +34,14 @@ pub struct ElasticStats {
     pub token_budget: u64,
     /// Raises of the chunker's time budget.
     pub relaxations: usize,
+    /// Wall seconds the step's planning took (chunking, pipelines, recomputation), before the
+    /// step itself (not in its time).
+    pub plan_seconds: f64,
 }
 
 impl ElasticStats {
-    /// The figures of `iteration`.
-    pub fn of(iteration: &ElasticIteration) -> Self {
+    /// The figures of `iteration`, planned in `plan_seconds`.
+    pub fn of(iteration: &ElasticIteration, plan_seconds: f64) -> Self {
         let c = &iteration.chunking;
         ElasticStats {
             documents: iteration
@@ -51,6 +56,7 @@ impl ElasticStats {
             slices: c.slices,
             token_budget: c.token_budget,
             relaxations: c.relaxations,
+            plan_seconds,
         }
     }
 }
@@ -58,29 +64,72 @@ impl ElasticStats {
 /// The next elastic step: documents in stream order until they hold the tokens of
 /// `microbatches × batch × seq_len` (the fixed-shape step's), each at most `seq_len` tokens,
 /// planned on the run's stages with `parallel.slices` mesh slices.
-pub(crate) fn next_elastic(cfg: &TrainConfig, source: &mut DataSource) -> Result<StepData> {
+pub(crate) fn next_elastic(
+    cfg: &TrainConfig,
+    partition: &Partition,
+    source: &mut DataSource,
+) -> Result<StepData> {
     let (par, data) = (&cfg.parallel, &cfg.data);
     let budget = par.microbatches as usize * data.batch * data.seq_len;
     let docs = source.next_documents(budget, data.seq_len)?;
     let cost = CostModel::flops(&cfg.model.shape())?;
-    let iteration = plan_iteration(
-        &docs,
-        &cost,
-        par.stages,
-        par.slices as usize,
-        &par.recompute,
-    )?;
+    let started = std::time::Instant::now();
+    let iteration = match par.memory_budget {
+        Some(bytes) => {
+            let budgets = activation_budgets(cfg, bytes)?;
+            let fit = Fit {
+                model: &cfg.model,
+                dtype: cfg.precision.dtype(),
+                partition,
+                budgets: &budgets,
+            };
+            plan_iteration_within(&docs, &cost, par.slices as usize, &fit)?
+        }
+        None => plan_iteration(
+            &docs,
+            &cost,
+            par.stages,
+            par.slices as usize,
+            &par.recompute,
+        )?,
+    };
+    let plan_seconds = started.elapsed().as_secs_f64();
     let flops = 3.0
         * docs
             .iter()
             .map(|d| cost.sequence(d.len() as u64))
             .sum::<f64>();
     Ok(StepData {
-        work: Work::Elastic(iteration),
+        work: Work::Elastic(iteration, plan_seconds),
         tokens: docs.iter().map(Vec::len).sum(),
         flops,
         documents: Some(docs.len()),
     })
+}
+
+/// Each stage's bytes for activations under a memory budget of `bytes` per stage: the budget
+/// less the stage's model states.
+fn activation_budgets(cfg: &TrainConfig, bytes: u64) -> Result<Vec<f64>> {
+    let dtype = cfg.precision.dtype();
+    let states = stage_states(&cfg.model, dtype, cfg.parallel.stages, 1)?.ok_or_else(|| {
+        Error::Config(
+            "parallel.memory_budget needs the memory model, which covers f32 and bf16 runs with \
+             layers split evenly over the stages"
+                .into(),
+        )
+    })?;
+    states
+        .iter()
+        .enumerate()
+        .map(|(stage, &s)| match bytes as f64 - s {
+            left if left > 0.0 => Ok(left),
+            _ => fail!(
+                Config,
+                "memory budget {bytes} bytes per stage is below stage {stage}'s model states, \
+                 {s:.0} bytes: nothing is left for activations"
+            ),
+        })
+        .collect()
 }
 
 /// The simulated bubble and core use of an elastic iteration: each pipeline simulated with
@@ -96,9 +145,7 @@ pub fn simulate_iteration(
     let prepared = prepare(&iteration.runs, partition, stages)?;
     let (mut makespan, mut busy, mut core_time) = (0.0, 0.0, 0.0);
     for ((schedule, plans), run) in prepared.iter().zip(&iteration.runs) {
-        let prices = UnitFlops::new(model, partition, &run.input)?;
-        let duration = |a: &Action| prices.duration(a, &plans[a.stage.index()]);
-        let sim = simulate(schedule, duration, &P2p::free())?;
+        let sim = simulate_run(model, partition, schedule, plans, &run.input)?;
         makespan += sim.makespan;
         busy += sim.stages.iter().map(|s| s.busy).sum::<f64>();
         core_time += sim.core_use(cores) * sim.makespan;
@@ -110,6 +157,37 @@ pub fn simulate_iteration(
         1.0 - busy / (stages as f64 * makespan),
         core_time / makespan,
     ))
+}
+
+/// One elastic pipeline (`schedule` with its `RECOMPUTE`s, `plans` per stage) simulated with
+/// every action's FLOPs.
+pub fn simulate_run(
+    model: &ModelConfig,
+    partition: &Partition,
+    schedule: &Schedule,
+    plans: &[StageRecompute],
+    input: &IterationInput,
+) -> Result<Simulation> {
+    let prices = UnitFlops::new(model, partition, input)?;
+    let duration = |a: &Action| prices.duration(a, &plans[a.stage.index()]);
+    Ok(simulate(schedule, duration, &P2p::free())?)
+}
+
+/// FLOPs of the forwards and backwards of `input`'s micro-batches on each stage (no
+/// recomputation): a lower bound of any pipeline's makespan over them.
+pub fn stage_work(
+    model: &ModelConfig,
+    partition: &Partition,
+    input: &IterationInput,
+) -> Result<Vec<f64>> {
+    let prices = UnitFlops::new(model, partition, input)?;
+    let mut work = vec![0.0; partition.ranges.len()];
+    for per_stage in prices.forward.iter().flatten() {
+        for (w, f) in work.iter_mut().zip(per_stage) {
+            *w += 3.0 * f;
+        }
+    }
+    Ok(work)
 }
 
 /// Forward FLOPs of every (micro-batch, slice) on every stage of one elastic pipeline.

@@ -6,6 +6,7 @@ pub mod budget;
 pub mod capabilities;
 pub mod distributed;
 pub mod elastic;
+pub mod elastic_budget;
 pub mod elastic_step;
 pub mod error;
 pub mod exchange;

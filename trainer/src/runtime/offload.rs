@@ -147,6 +147,7 @@ fn unit_sizer(
     };
     let b = cfg.data.batch as u64;
     Ok(UnitSizer {
+        per_microbatch: None,
         activation,
         layers_per_chunk: partition.ranges.iter().map(|r| r.len()).max().unwrap_or(0) as u64,
         slices: slices

@@ -91,6 +91,8 @@ pub fn plan_as_run(cfg: &TrainConfig) -> Result<(Lowered, Partition, TrainConfig
     .map_err(Error::Config)?;
     let slices = slice_ranges(cfg)?;
     let (schedule, as_run) = match (cfg.parallel.memory_budget, &cfg.parallel.schedule_file) {
+        // Elastic steps plan their own pipelines and recomputation (`elastic_step.rs`).
+        _ if cfg.parallel.elastic => (schedule, cfg.clone()),
         (Some(budget), _) => {
             let fitted = fit(schedule, cfg, &partition, &slices, budget)?;
             (fitted.schedule, fitted.config)
@@ -168,7 +170,9 @@ fn start(
     })?;
     let chunks = cfg.parallel.chunks as usize;
     let fewest = fewest_layers(&partition, at.stage, p, chunks);
-    rank.worker.recompute = as_run.parallel.recompute.stage(at.stage, fewest)?;
+    if !cfg.parallel.elastic {
+        rank.worker.recompute = as_run.parallel.recompute.stage(at.stage, fewest)?;
+    }
     rank.worker.host_bandwidth = cfg.parallel.host_link_bandwidth.map(|gbs| gbs * 1e9);
     let mut source = DataSource::open(&cfg.data, cfg.model.vocab, cfg.seed)?;
     let mut first_step = 0;
@@ -204,8 +208,8 @@ pub(crate) struct StepData {
 pub(crate) enum Work {
     /// The run's schedule over fixed-shape micro-batches.
     Fixed(IterationInput),
-    /// Elastic pipelines over the step's documents.
-    Elastic(ElasticIteration),
+    /// Elastic pipelines over the step's documents, and the seconds their planning took.
+    Elastic(ElasticIteration, f64),
 }
 
 impl RankRun {
@@ -221,7 +225,7 @@ impl RankRun {
                 self.rank
                     .compute_gradients(&self.schedule, input, transport, started)
             }
-            Work::Elastic(iteration) => {
+            Work::Elastic(iteration, _) => {
                 let (stage, stages) = (self.at.stage, self.schedule.actions.len());
                 let prepared = prepare(&iteration.runs, &self.partition, stages)?;
                 let mine: Vec<StageRun> = prepared
@@ -307,7 +311,7 @@ pub fn train_rank(
             flops,
             documents,
         } = match cfg.parallel.elastic {
-            true => next_elastic(cfg, &mut run.source)?,
+            true => next_elastic(cfg, &run.partition, &mut run.source)?,
             false => next_input(cfg, &mut run)?,
         };
         let started = Instant::now();
@@ -359,8 +363,10 @@ pub fn train_rank(
         summary.step_flops.push(flops);
         summary.step_documents.extend(documents);
         summary.step_tokens.push(step_tokens);
-        if let Work::Elastic(iteration) = work {
-            summary.elastic.push(ElasticStats::of(&iteration));
+        if let Work::Elastic(iteration, plan_seconds) = work {
+            summary
+                .elastic
+                .push(ElasticStats::of(&iteration, plan_seconds));
             summary.last_elastic = Some(iteration);
         }
         on_step(&event)?;

@@ -186,6 +186,7 @@ pub fn adaptive_midway(
     use seqpipe_trainer::runtime::recompute::Recompute;
     let model = tiny_model();
     let input = PredictInput {
+        ragged: None,
         model: &model,
         dtype: DType::F32,
         batch: b,

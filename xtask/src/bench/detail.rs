@@ -83,6 +83,7 @@ pub fn run(d: &Detail) -> Result<(Simulation, LedgerReport)> {
         .map(|s| s.total())
         .collect();
     let sizer = UnitSizer {
+        per_microbatch: None,
         activation,
         layers_per_chunk: layout.layers_per_chunk(&shape)?,
         slices,

@@ -169,6 +169,7 @@ pub fn training_step(
     .expect("bf16 has model states");
     let state_bytes = states.iter().sum::<f64>() as usize;
     let saved_predicted = predicted_peaks(&PredictInput {
+        ragged: None,
         model: &cfg.model,
         dtype: DType::BF16,
         batch: 1,
