@@ -169,10 +169,16 @@ pub fn plan_iteration_within(
         busiest * (1.0 - 1e-12)
     };
     let grouping =
-        group_pipelines_bounded(order.len(), Some(MAX_GROUPS_PER_PIPELINE), price, bound)?;
+        group_pipelines_bounded(order.len(), Some(MAX_GROUPS_PER_PIPELINE), price, bound);
     if let Some(e) = failure.into_inner() {
         return Err(e);
     }
+    let grouping = match grouping {
+        Err(seqpipe_schedule::ScheduleError::NoFeasibleGrouping { item }) => {
+            return Err(does_not_fit(&(item..item + 1), fit))
+        }
+        other => other?,
+    };
     let mut runs = Vec::with_capacity(grouping.groups.len());
     for range in grouping.groups {
         let run = rows.pipeline(&members(range.clone()), fit.stages(), Recompute::None)?;
@@ -187,9 +193,9 @@ pub fn plan_iteration_within(
 
 fn does_not_fit(range: &Range<usize>, fit: &Fit) -> Error {
     Error::Config(format!(
-        "elastic pipeline of sequence groups {range:?} does not fit the memory budget even \
-         recomputing every layer (activation bytes per stage {:?}): raise \
-         parallel.memory_budget, or lower data.seq_len",
+        "elastic pipeline of sequence groups {range:?} (longest first) does not fit the memory \
+         budget even recomputing every layer ({:.0?} bytes per stage left for activations): \
+         raise parallel.memory_budget, or lower data.seq_len",
         fit.budgets
     ))
 }
