@@ -111,15 +111,41 @@ fn run_ranks(world: usize, args: &[&str]) -> (bool, String) {
 
 /// Threaded and multi-process runs are the same rank loop over different transports: their
 /// losses are equal bit for bit, for every schedule family, a tied embedding, data
-/// parallelism (4 processes = 2 stages × 2 replicas against 4 threads) and the
-/// vocabulary-parallel head.
+/// parallelism (4 processes = 2 stages × 2 replicas against 4 threads), the
+/// vocabulary-parallel head and elastic pipelines (each rank plans the same chunks).
 #[test]
 fn multi_process_losses_equal_the_threaded_run_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     let tied = dir.path().join("tied.toml");
     std::fs::write(&tied, "[model]\ntie_embeddings = true\n").unwrap();
     let tied = tied.to_str().unwrap();
-    let cases: [(&str, usize, Vec<&str>); 9] = [
+    // Documents ending in 255 for the elastic case: lengths 1 to 20 (some cut at the context).
+    let docs = dir.path().join("docs.bin");
+    let tokens: Vec<u8> = (0..2000u32)
+        .map(|i| {
+            if (i * i + 7 * i) % 23 == 0 {
+                255
+            } else {
+                (i % 200) as u16
+            }
+        })
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    std::fs::write(&docs, tokens).unwrap();
+    let docs = docs.to_str().unwrap();
+    let elastic = [
+        "--elastic",
+        "--slices",
+        "3",
+        "--data-kind",
+        "tokens",
+        "--data-path",
+        docs,
+        "--eos",
+        "255",
+    ];
+    let cases: [(&str, usize, Vec<&str>); 10] = [
+        ("elastic, masked documents", 2, elastic.to_vec()),
         ("1f1b", 2, vec!["--schedule", "1f1b", "--slices", "1"]),
         ("seq1f1b", 2, vec![]),
         (
