@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use crate::action::{Action, Op, Pair};
 use crate::error::{Result, ScheduleError};
 use crate::ids::Stage;
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, UnitIndex};
 use crate::simulate::{simulate, simulate_timeline, P2p, Timed};
 use crate::validate::exchange::exchange_violations;
 
@@ -335,16 +335,60 @@ where
     F: Fn(&Action) -> f64 + 'a,
     G: Fn(&Action) -> f64,
 {
-    let mut moved: HashMap<Action, f64> = HashMap::new();
+    // Moved work by mark, in a dense table: the planner prices millions of marked computes.
+    let marks = MarkIndex::new(schedule);
+    let mut moved = vec![0.0; marks.len()];
     for (h, l) in matched_pairs(schedule) {
         let work = f64::from(h.pair.map_or(0, |p| p.head)) * column(&h);
-        *moved.entry(h).or_default() -= work;
-        *moved.entry(l).or_default() += work;
+        for (a, sign) in [(h, -1.0), (l, 1.0)] {
+            if let Some(slot) = marks.of(&a) {
+                moved[slot] += sign * work;
+            }
+        }
     }
-    // Only marked computes moved work: the others skip the lookup (the planner prices millions).
     move |a: &Action| match a.pair {
         None => cost(a).max(0.0),
-        Some(_) => (cost(a) + moved.get(a).copied().unwrap_or(0.0)).max(0.0),
+        Some(_) => (cost(a) + marks.of(a).map_or(0.0, |slot| moved[slot])).max(0.0),
+    }
+}
+
+/// Dense numbering of the marks a schedule can hold: one forward and one backward mark per
+/// (stage, unit).
+struct MarkIndex {
+    units: UnitIndex,
+    counts: Vec<u32>,
+    chunks: u32,
+    stages: usize,
+}
+
+impl MarkIndex {
+    fn new(schedule: &Schedule) -> Self {
+        let counts = schedule.slice_counts();
+        MarkIndex {
+            units: UnitIndex::from_counts(&counts, schedule.config.chunks),
+            counts,
+            chunks: schedule.config.chunks,
+            stages: schedule.stages(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        2 * self.stages * self.units.len()
+    }
+
+    /// The slot of `a`'s mark, `None` for a unit or stage the schedule does not have.
+    fn of(&self, a: &Action) -> Option<usize> {
+        let u = a.unit();
+        let known = self
+            .counts
+            .get(u.mb.index())
+            .is_some_and(|&n| u.slice.0 < n)
+            && u.chunk.0 < self.chunks
+            && a.stage.index() < self.stages;
+        let backward = a.pair.is_some_and(|p| p.backward);
+        known.then(|| {
+            2 * (a.stage.index() * self.units.len() + self.units.of(&u)) + usize::from(backward)
+        })
     }
 }
 
