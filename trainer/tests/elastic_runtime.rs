@@ -377,7 +377,7 @@ fn the_memory_model_predicts_elastic_pipelines_byte_for_byte() {
 fn a_memory_budget_splits_pipelines_recomputes_and_keeps_the_numbers() {
     use seqpipe_trainer::predict::{predict, PredictInput};
     use seqpipe_trainer::runtime::elastic::{plan_iteration, prepare};
-    use seqpipe_trainer::runtime::elastic_budget::{plan_iteration_within, Fit};
+    use seqpipe_trainer::runtime::elastic_budget::{plan_iteration_within, Fit, PlanChoice};
     let model = tiny_model();
     let mut rng = Rng(SEED + 4);
     let (_, lengths) = mixes(&mut rng).remove(1);
@@ -440,6 +440,23 @@ fn a_memory_budget_splits_pipelines_recomputes_and_keeps_the_numbers() {
         planned.runs.len() > 1 || recomputes > 0,
         "the tightest budget splits the iteration or recomputes"
     );
+    // What rank 0 sends the others rebuilds the same iteration from the same documents.
+    let choice = PlanChoice::of(&planned).unwrap();
+    let sent: PlanChoice = serde_json::from_slice(&serde_json::to_vec(&choice).unwrap()).unwrap();
+    let rebuilt = sent.rebuild(&docs, &cost, 3, p).unwrap();
+    let same = |a: &ElasticRun, b: &ElasticRun| a.groups == b.groups && a.recompute == b.recompute;
+    assert!(planned
+        .runs
+        .iter()
+        .zip(&rebuilt.runs)
+        .all(|(a, b)| same(a, b)));
+    assert_eq!(planned.runs.len(), rebuilt.runs.len());
+    // A rank that drew other documents cannot follow the plan, and says so.
+    let e = sent
+        .rebuild(&docs[1..], &cost, 3, p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the step's documents make 5 groups"), "{e}");
     // f32: every stage stays within its budget, as the memory model promised.
     let report = f32_pipeline
         .compute_gradients_elastic(&planned.runs)

@@ -192,6 +192,13 @@ impl GroupRows {
         stages: u32,
         recompute: Recompute,
     ) -> Result<ElasticRun> {
+        if let Some(g) = members.iter().find(|&&g| g >= self.counts.len()) {
+            fail!(
+                Data,
+                "pipeline group {g}: the step's documents make {} groups",
+                self.counts.len()
+            );
+        }
         let counts: Vec<u32> = members.iter().map(|&g| self.counts[g]).collect();
         let e = elastic(stages, &counts)?;
         let order: Vec<usize> = e.order.iter().map(|&j| members[j]).collect();

@@ -17,8 +17,9 @@ use std::ops::Range;
 
 use candle_core::DType;
 use seqpipe_memory::uniform_checkpoints;
-use seqpipe_schedule::group_pipelines_bounded;
+use seqpipe_schedule::{group_pipelines_bounded, Unit};
 use seqpipe_slicing::CostModel;
+use serde::{Deserialize, Serialize};
 
 use super::adaptive::{self, AdaptivePlan};
 use super::elastic::{chunk_documents, prepare, ElasticIteration, ElasticRun, GroupRows};
@@ -198,4 +199,107 @@ fn does_not_fit(range: &Range<usize>, fit: &Fit) -> Error {
          raise parallel.memory_budget, or lower data.seq_len",
         fit.budgets
     ))
+}
+
+/// What a budgeted plan chose, compact enough to send: each pipeline's chunker groups and its
+/// recomputation. The ranks of a run plan once (rank 0) and rebuild the same iteration from
+/// their own copy of the step's documents ([`PlanChoice::rebuild`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanChoice {
+    pipelines: Vec<PipelineChoice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PipelineChoice {
+    /// Chunker groups, in the pipeline's micro-batch order.
+    groups: Vec<usize>,
+    /// Per stage, `[mb, slice, chunk, layers]` of every recomputed unit (none: no recomputation).
+    recompute: Option<Vec<Vec<[u32; 4]>>>,
+    exact: bool,
+}
+
+impl PlanChoice {
+    /// The choice `iteration` holds; a recomputation other than none or a per-unit plan is an
+    /// error (budgeted plans make only those).
+    pub fn of(iteration: &ElasticIteration) -> Result<Self> {
+        let pipeline = |run: &ElasticRun| {
+            let (recompute, exact) = match &run.recompute {
+                Recompute::None => (None, true),
+                Recompute::Auto { plan: Some(plan) } => {
+                    let cells = |units: &Vec<(Unit, u32)>| {
+                        units
+                            .iter()
+                            .map(|(u, n)| [u.mb.0, u.slice.0, u.chunk.0, *n])
+                            .collect()
+                    };
+                    (Some(plan.layers.iter().map(cells).collect()), plan.exact)
+                }
+                other => {
+                    return Err(Error::Runtime(format!(
+                        "a budgeted elastic plan recomputes as none or auto, not {other}"
+                    )))
+                }
+            };
+            Ok(PipelineChoice {
+                groups: run.groups.clone(),
+                recompute,
+                exact,
+            })
+        };
+        Ok(PlanChoice {
+            pipelines: iteration.runs.iter().map(pipeline).collect::<Result<_>>()?,
+        })
+    }
+
+    /// The iteration this choice makes of `docs` (chunked as the planner chunked them).
+    pub fn rebuild(
+        &self,
+        docs: &[Vec<u32>],
+        cost: &CostModel,
+        slices: usize,
+        stages: u32,
+    ) -> Result<ElasticIteration> {
+        let chunking = chunk_documents(docs, cost, slices)?;
+        let rows = GroupRows::of(docs, &chunking)?;
+        let runs = self
+            .pipelines
+            .iter()
+            .map(|p| {
+                let recompute = match &p.recompute {
+                    None => Recompute::None,
+                    Some(stages) => Recompute::Auto {
+                        plan: Some(plan_of(stages, p.exact)),
+                    },
+                };
+                let run = rows.pipeline(&p.groups, stages, recompute)?;
+                match run.groups == p.groups {
+                    true => Ok(run),
+                    false => Err(Error::Runtime(format!(
+                        "the shared elastic plan orders groups {:?}, this rank {:?}: the ranks \
+                         drew different documents",
+                        p.groups, run.groups
+                    ))),
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(ElasticIteration { chunking, runs })
+    }
+}
+
+fn plan_of(stages: &[Vec<[u32; 4]>], exact: bool) -> AdaptivePlan {
+    let layers: Vec<Vec<(Unit, u32)>> = stages
+        .iter()
+        .map(|cells| {
+            cells
+                .iter()
+                .map(|&[mb, slice, chunk, n]| (Unit::new(mb, slice, chunk), n))
+                .collect()
+        })
+        .collect();
+    let recomputed_layers = layers.iter().flatten().map(|(_, n)| u64::from(*n)).sum();
+    AdaptivePlan {
+        layers,
+        recomputed_layers,
+        exact,
+    }
 }

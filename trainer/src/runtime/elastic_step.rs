@@ -6,7 +6,7 @@ use seqpipe_schedule::{simulate, Action, Op, P2p, Schedule, Simulation};
 use seqpipe_slicing::CostModel;
 
 use super::elastic::{plan_iteration, prepare, ElasticIteration};
-use super::elastic_budget::{plan_iteration_within, Fit};
+use super::elastic_budget::{plan_iteration_within, Fit, PlanChoice};
 use super::partition::Partition;
 use super::rank_loop::{StepData, Work};
 use super::worker::{Granularity, StageRecompute};
@@ -16,6 +16,7 @@ use crate::data::DataSource;
 use crate::error::{fail, Error, Result};
 use crate::model::ModelConfig;
 use crate::predict::stage_states;
+use seqpipe_comm::{Group, Message, Transport};
 
 /// What one elastic step ran.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,6 +69,8 @@ pub(crate) fn next_elastic(
     cfg: &TrainConfig,
     partition: &Partition,
     source: &mut DataSource,
+    transport: &mut dyn Transport,
+    world: &mut Group,
 ) -> Result<StepData> {
     let (par, data) = (&cfg.parallel, &cfg.data);
     let budget = par.microbatches as usize * data.batch * data.seq_len;
@@ -83,7 +86,14 @@ pub(crate) fn next_elastic(
                 partition,
                 budgets: &budgets,
             };
-            plan_iteration_within(&docs, &cost, par.slices as usize, &fit)?
+            let slices = par.slices as usize;
+            plan_once(
+                transport,
+                world,
+                par.stages,
+                || plan_iteration_within(&docs, &cost, slices, &fit),
+                |choice| choice.rebuild(&docs, &cost, slices, par.stages),
+            )?
         }
         None => plan_iteration(
             &docs,
@@ -105,6 +115,32 @@ pub(crate) fn next_elastic(
         flops,
         documents: Some(docs.len()),
     })
+}
+
+/// A budgeted plan is made once, on rank 0, and sent to the others, which rebuild the same
+/// iteration from their own copy of the step's documents: the planning is not repeated on
+/// every rank. An error on rank 0 stops it, and its peers then fail naming it.
+fn plan_once(
+    transport: &mut dyn Transport,
+    world: &mut Group,
+    stages: u32,
+    plan: impl FnOnce() -> Result<ElasticIteration>,
+    rebuild: impl FnOnce(&PlanChoice) -> Result<ElasticIteration>,
+) -> Result<ElasticIteration> {
+    if transport.world_size() as u32 == 1 || stages == 1 {
+        return plan();
+    }
+    let planned = (transport.rank() == 0).then(plan).transpose()?;
+    let choice = planned.as_ref().map(PlanChoice::of).transpose()?;
+    let bytes = choice.map(|c| serde_json::to_vec(&c)).transpose()?;
+    let message = bytes
+        .map(|b| Message::from_u8(vec![b.len()], b))
+        .transpose()?;
+    let shared = transport.broadcast(world, 0, message)?;
+    match planned {
+        Some(iteration) => Ok(iteration),
+        None => rebuild(&serde_json::from_slice(shared.as_u8()?)?),
+    }
 }
 
 /// Each stage's bytes for activations under a memory budget of `bytes` per stage: the budget

@@ -311,7 +311,10 @@ pub fn train_rank(
             flops,
             documents,
         } = match cfg.parallel.elastic {
-            true => next_elastic(cfg, &run.partition, &mut run.source)?,
+            true => {
+                let world = run.rank.world();
+                next_elastic(cfg, &run.partition, &mut run.source, transport, world)?
+            }
             false => next_input(cfg, &mut run)?,
         };
         let started = Instant::now();
