@@ -2,7 +2,7 @@
 //! sizes that bound memory and time, the schedule (generated, offloaded or read from a file),
 //! the layer partition, the memory budget, and data and output options that cannot take effect.
 
-use crate::config::{DataKind, SlicingMethod, TrainConfig};
+use crate::config::{DataKind, Precision, SlicingMethod, TrainConfig};
 use crate::data::Packing;
 use crate::error::{fail, Result};
 use crate::runtime::admit::load_schedule;
@@ -98,6 +98,12 @@ fn elastic_problems(cfg: &TrainConfig) -> Vec<String> {
             format!("does not run with {what} yet: drop one of them"),
         );
     }
+    need(
+        !(par.memory_budget.is_some() && cfg.precision == Precision::F64),
+        "fits a memory budget with the memory model, which covers f32 and bf16 runs: drop \
+         parallel.memory_budget or use precision = \"f32\" or \"bf16\""
+            .into(),
+    );
     let auto = matches!(par.recompute, Recompute::Auto { .. });
     need(
         auto == par.memory_budget.is_some(),

@@ -287,6 +287,10 @@ fn train_elastic_runs_resumes_and_refuses_what_it_cannot_run() {
             &["--recompute", "auto"][..],
             "parallel.recompute = \"auto\"",
         ),
+        (
+            &["--memory-budget", "64MiB", "--precision", "f64"][..],
+            "covers f32 and bf16",
+        ),
         (&["--vocab-parallel"][..], "parallel.vocab_parallel"),
         (&["--packing", "plain"][..], "data.packing = \"masked\""),
         (
