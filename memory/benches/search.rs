@@ -14,7 +14,7 @@ fn planner(c: &mut Criterion) {
         global_batch: 64,
         gpu,
         budget_bytes: gpu.memory_bytes,
-        efficiency: 0.5,
+        efficiency: 0.5.into(),
         max_tp: 8,
         max_cp: 8,
         min_stages: 2,

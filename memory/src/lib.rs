@@ -86,8 +86,8 @@ pub use program::{schedule_program, ProgramInputs, ScheduleProgram};
 pub use rank::{rank_by_simulation, Ranking, Simulations};
 pub use recompute::{ChunkMem, RecomputePlan, RecomputeProblem, StepConstraint};
 pub use search::{
-    candidates, evaluate, evaluate_at, plan_order, search, BubbleSource, Candidate, Evaluation,
-    SearchSpace,
+    candidates, evaluate, evaluate_at, plan_order, search, BubbleSource, Candidate, Efficiency,
+    Evaluation, SearchSpace,
 };
 pub use simulated::{schedule_config, simulated_bubble, simulated_bubbles, SimulatedBubbles};
 pub use states::{model_states, stage_parameters, Precision, StageStates, StateOptions};

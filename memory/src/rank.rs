@@ -270,7 +270,7 @@ mod tests {
             global_batch: 8,
             gpu: h100,
             budget_bytes: h100.memory_bytes,
-            efficiency: 0.5,
+            efficiency: 0.5.into(),
             max_tp: 2,
             max_cp: 2,
             min_stages,

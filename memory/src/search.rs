@@ -20,7 +20,7 @@
 //! let h100 = gpu_preset("h100").unwrap();
 //! let space = SearchSpace {
 //!     shape: preset("llama-7b").unwrap(), seq_len: 32 * 1024, gpus: 8, global_batch: 8,
-//!     gpu: h100, budget_bytes: h100.memory_bytes, efficiency: 0.5,
+//!     gpu: h100, budget_bytes: h100.memory_bytes, efficiency: 0.5.into(),
 //!     max_tp: 8, max_cp: 1, min_stages: 2,
 //! };
 //! let ranked = search(&space).unwrap(); // fitting plans first, by predicted MFU
@@ -43,6 +43,40 @@ use crate::peak::StaticConfig;
 use crate::pipeline::PipelineKind;
 use crate::states::StateOptions;
 
+/// The fraction of peak FLOP/s the kernels reach, per kind of op: the matrix products of the
+/// linear layers, embedding and head, and the attention core (flash attention runs at a
+/// different share of peak than a GEMM, and the two weigh differently at every context length).
+/// Measured values replace the defaults (`seqpipe plan --efficiency`, `--attention-efficiency`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Efficiency {
+    /// Matrix products of the linear layers, embedding and LM head.
+    pub linear: f64,
+    /// The attention core (scores, softmax, weighted sum; forward and backward).
+    pub attention: f64,
+}
+
+impl Efficiency {
+    /// The same share of peak for every op.
+    pub fn uniform(efficiency: f64) -> Self {
+        Efficiency {
+            linear: efficiency,
+            attention: efficiency,
+        }
+    }
+
+    /// Seconds per FLOP at `peak` FLOP/s of a workload whose attention core is `attention` of
+    /// its FLOPs.
+    pub fn seconds_per_flop(&self, peak: f64, attention: f64) -> f64 {
+        ((1.0 - attention) / self.linear + attention / self.attention) / peak
+    }
+}
+
+impl From<f64> for Efficiency {
+    fn from(efficiency: f64) -> Self {
+        Efficiency::uniform(efficiency)
+    }
+}
+
 /// What to search over.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SearchSpace {
@@ -58,8 +92,8 @@ pub struct SearchSpace {
     pub gpu: GpuPreset,
     /// Memory per GPU the plan may use, bytes.
     pub budget_bytes: f64,
-    /// Assumed fraction of peak FLOP/s each kernel reaches.
-    pub efficiency: f64,
+    /// Assumed fraction of peak FLOP/s the kernels reach, per kind of op.
+    pub efficiency: Efficiency,
     /// Largest TP size (one node's GPUs).
     pub max_tp: u64,
     /// Largest CP size.
@@ -267,12 +301,18 @@ pub fn evaluate_at(
         RecomputePolicy::Full => layer_share / 3.0,
         _ => 0.0,
     };
-    let compute = per_gpu * (1.0 + recompute) / (space.efficiency * space.gpu.peak_flops)
+    // The attention core's share of the FLOPs, at its own efficiency.
+    let attention = 3.0 * cost.per_pair * CostModel::attention_pairs(0, space.seq_len);
+    let attention_share = attention * space.global_batch as f64 / model_flops;
+    let per_flop = space
+        .efficiency
+        .seconds_per_flop(space.gpu.peak_flops, attention_share);
+    let compute = per_gpu * (1.0 + recompute) * per_flop
         + selective_recompute_time(space, c.recompute)
         + offload_traffic;
     let k = space.gpu.offload_k(&space.shape, space.seq_len)?;
     let exposed = (c.offload_fraction * k - 1.0).max(0.0) * compute;
-    let rate = space.efficiency * space.gpu.peak_flops;
+    let rate = 1.0 / per_flop;
     let net = &space.gpu.interconnect;
     let comm = crate::comm::step_comm(&space.shape, space.seq_len, c, net, rate, compute);
     // TP and CP stretch every unit, so the bubble grows with them; PP and DP sit outside it.
@@ -350,12 +390,18 @@ pub fn search(space: &SearchSpace) -> Result<Vec<Evaluation>> {
             });
         }
     }
-    if !(space.efficiency > 0.0 && space.efficiency <= 1.0) {
-        return Err(crate::error::MemoryError::OutOfRange {
-            what: "kernel efficiency",
-            value: space.efficiency,
-            range: "(0, 1]",
-        });
+    let e = space.efficiency;
+    for (what, value) in [
+        ("kernel efficiency", e.linear),
+        ("attention efficiency", e.attention),
+    ] {
+        if !(value > 0.0 && value <= 1.0) {
+            return Err(crate::error::MemoryError::OutOfRange {
+                what,
+                value,
+                range: "(0, 1]",
+            });
+        }
     }
     let mut evals: Vec<Evaluation> = candidates(space)
         .iter()

@@ -19,7 +19,7 @@
 //! let h100 = gpu_preset("h100").unwrap();
 //! let space = SearchSpace {
 //!     shape: preset("llama-7b").unwrap(), seq_len: 64 * 1024, gpus: 8, global_batch: 8,
-//!     gpu: h100, budget_bytes: h100.memory_bytes, efficiency: 0.5,
+//!     gpu: h100, budget_bytes: h100.memory_bytes, efficiency: 0.5.into(),
 //!     max_tp: 8, max_cp: 1, min_stages: 2,
 //! };
 //! let c = Candidate {
@@ -224,7 +224,7 @@ mod tests {
             global_batch: 8,
             gpu: h100,
             budget_bytes: h100.memory_bytes,
-            efficiency: 0.5,
+            efficiency: 0.5.into(),
             max_tp: 1,
             max_cp: 1,
             min_stages: 2,

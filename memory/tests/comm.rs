@@ -108,7 +108,7 @@ fn the_search_charges_tensor_parallelism_its_traffic() {
         global_batch: 64,
         gpu: h100,
         budget_bytes: h100.memory_bytes,
-        efficiency: 0.5,
+        efficiency: 0.5.into(),
         max_tp: 8,
         max_cp: 1,
         min_stages: 2,

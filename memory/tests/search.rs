@@ -12,7 +12,7 @@ fn space() -> SearchSpace {
         global_batch: 64,
         gpu,
         budget_bytes: gpu.memory_bytes,
-        efficiency: 0.5,
+        efficiency: 0.5.into(),
         max_tp: 8,
         max_cp: 8,
         min_stages: 2,
@@ -68,6 +68,56 @@ fn evaluation_is_consistent_with_the_static_peak() {
     // MFU = efficiency × (1 − bubble) / (1 + recompute share) < efficiency.
     assert!(e.mfu < 0.5 * (1.0 - e.bubble) && e.mfu > 0.3);
     let mut bad = s;
-    bad.efficiency = 0.0;
+    bad.efficiency = 0.0.into();
     assert!(search(&bad).is_err());
+    bad.efficiency = Efficiency {
+        linear: 0.5,
+        attention: 1.5,
+    };
+    let e = search(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("attention efficiency") && e.contains("1.5"),
+        "{e}"
+    );
+}
+
+/// The attention core runs at its own efficiency: at 512K it carries most of the FLOPs, so a
+/// slower attention lengthens the step by nearly its share, and equal efficiencies give the
+/// one-constant model's figures exactly.
+#[test]
+fn attention_efficiency_weighs_by_the_attention_share() {
+    let s = space();
+    let c = Candidate {
+        kind: PipelineKind::OneF1B,
+        stages: 4,
+        parallel: Parallelism::new(8, 4, 1).unwrap(),
+        microbatches: 8,
+        recompute: RecomputePolicy::Full,
+        offload_fraction: 0.0,
+    };
+    let base = evaluate(&s, &c).unwrap();
+    let same = evaluate(
+        &SearchSpace {
+            efficiency: Efficiency::uniform(0.5),
+            ..s
+        },
+        &c,
+    )
+    .unwrap();
+    assert_eq!(base.mfu, same.mfu);
+    let slow = SearchSpace {
+        efficiency: Efficiency {
+            linear: 0.5,
+            attention: 0.25,
+        },
+        ..s
+    };
+    let slower = evaluate(&slow, &c).unwrap();
+    assert!(
+        slower.step_time > 1.5 * base.step_time,
+        "{} vs {}",
+        slower.step_time,
+        base.step_time
+    );
+    assert!(slower.step_time < 2.0 * base.step_time);
 }

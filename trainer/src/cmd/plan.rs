@@ -4,8 +4,8 @@
 
 use clap::{Args, ValueEnum};
 use seqpipe_memory::{
-    rank_by_simulation, search, simulated_bubbles, Evaluation, GpuPreset, RecomputePolicy,
-    SearchSpace, Simulations, GIB,
+    rank_by_simulation, search, simulated_bubbles, Efficiency, Evaluation, GpuPreset,
+    RecomputePolicy, SearchSpace, Simulations, GIB,
 };
 use seqpipe_slicing::{parse_token_count, ModelShape};
 
@@ -80,9 +80,13 @@ pub struct PlanArgs {
     /// Sequences per iteration across all data-parallel replicas.
     #[arg(long, default_value_t = 64, conflicts_with = "lengths")]
     global_batch: u64,
-    /// Assumed fraction of peak FLOP/s every kernel reaches (the MFU model's one free parameter).
+    /// Assumed fraction of peak FLOP/s the linear layers' matrix products (and, unless
+    /// --attention-efficiency says otherwise, every kernel) reach; a measured figure replaces it.
     #[arg(long, default_value_t = 0.5, conflicts_with = "lengths")]
     efficiency: f64,
+    /// Assumed fraction of peak FLOP/s the attention core reaches (default: --efficiency).
+    #[arg(long, conflicts_with = "lengths")]
+    attention_efficiency: Option<f64>,
     /// Largest tensor-parallel size.
     #[arg(long, default_value_t = 8, conflicts_with = "lengths")]
     max_tp: u64,
@@ -171,7 +175,10 @@ fn plan_sequences(
         global_batch: args.global_batch,
         gpu,
         budget_bytes,
-        efficiency: args.efficiency,
+        efficiency: Efficiency {
+            linear: args.efficiency,
+            attention: args.attention_efficiency.unwrap_or(args.efficiency),
+        },
         max_tp: args.max_tp,
         max_cp: args.max_cp,
         min_stages: args.min_pp,
@@ -251,14 +258,15 @@ fn print_context(args: &PlanArgs, space: &SearchSpace, evals: &[Evaluation]) -> 
     let (shape, gpu) = (&space.shape, &space.gpu);
     outln!("model {}: {}", args.model, describe(shape));
     outln!(
-        "sequence {} tokens, {} × {} ({:.0} TFLOP/s peak, offload k = {:.3}), budget {:.2} GiB/GPU, kernel efficiency {:.0}%, global batch {}",
+        "sequence {} tokens, {} × {} ({:.0} TFLOP/s peak, offload k = {:.3}), budget {:.2} GiB/GPU, kernel efficiency {:.0}% (attention {:.0}%), global batch {}",
         space.seq_len,
         space.gpus,
         gpu.name,
         gpu.peak_flops / 1e12,
         gpu.offload_k(shape, space.seq_len)?,
         space.budget_bytes / GIB,
-        100.0 * args.efficiency,
+        100.0 * space.efficiency.linear,
+        100.0 * space.efficiency.attention,
         args.global_batch
     );
     let fitting = evals.iter().filter(|e| e.fits()).count();

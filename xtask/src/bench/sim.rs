@@ -107,7 +107,7 @@ pub fn space(setup: &Setup, context: u64) -> Result<SearchSpace> {
         global_batch: setup.global_batch,
         gpu,
         budget_bytes: gpu.memory_bytes * BUDGET_SHARE,
-        efficiency: EFFICIENCY,
+        efficiency: EFFICIENCY.into(),
         max_tp: 8,
         max_cp: setup.max_cp,
         min_stages: 2,

@@ -365,7 +365,7 @@ fn cluster_rows(md: &mut Report, achieved: f64) -> Result<()> {
         },
         128 * 1024,
     )?;
-    sp.efficiency = efficiency;
+    sp.efficiency = efficiency.into();
     writeln!(md, "\n## Predicted cluster MFU (simulated): Llama-7B, 32 × H100, 128K, kernel efficiency {:.1} % of 989 TFLOP/s (measured above)\n", 100.0 * efficiency)?;
     writeln!(md, "| schedule | predicted MFU | fits |\n|---|---|---|")?;
     for (family, e) in best_per_family(&sp) {
