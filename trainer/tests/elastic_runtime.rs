@@ -231,7 +231,15 @@ fn train_elastic_runs_resumes_and_refuses_what_it_cannot_run() {
         args.extend(extra);
         seqpipe(&args)
     };
-    let whole = with(&["--steps", "4", "--metrics", &p("whole.jsonl")]);
+    let trace = p("trace.json");
+    let whole = with(&[
+        "--steps",
+        "4",
+        "--metrics",
+        &p("whole.jsonl"),
+        "--trace",
+        &trace,
+    ]);
     let stdout = String::from_utf8_lossy(&whole.stdout);
     assert!(
         whole.status.success(),
@@ -240,6 +248,24 @@ fn train_elastic_runs_resumes_and_refuses_what_it_cannot_run() {
     );
     assert!(stdout.contains("elastic pipelines per step"), "{stdout}");
     assert_predicted_as_measured(&stdout);
+    // The trace marks where each pipeline begins, on every stage, and what it holds.
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let marks: Vec<&str> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "i")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        marks.len(),
+        2,
+        "one pipeline on each of 2 stages: {marks:?}"
+    );
+    assert!(marks
+        .iter()
+        .all(|m| m.starts_with("pipeline 0: ") && m.contains("units")));
 
     // Cut after step 2, resumed: the same documents, in the same chunks, give the same losses.
     let ckpt = p("ckpt");

@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use seqpipe_comm::{Group, Transport};
-use seqpipe_schedule::Lowered;
+use seqpipe_schedule::{Lowered, Op};
 
 use super::distributed::Placement;
 use super::partition::Partition;
-use super::record::{Answers, StageReport};
+use super::record::{Answers, Mark, StageReport};
 use super::tensor_msg::{from_message, to_message};
 use super::worker::{IterationInput, StageRecompute, StageSpec, StageWorker};
 use crate::model::names::{EMBED, LM_HEAD};
@@ -143,6 +143,24 @@ pub struct Rank {
     world: Group,
 }
 
+/// What elastic pipeline `i` holds, as stage `stage` runs it: its micro-batches, units and the
+/// units the stage recomputes.
+fn pipeline_label(i: usize, run: &StageRun, stage: usize) -> String {
+    let units: usize = (0..run.input.tokens.len())
+        .map(|mb| run.input.slices_of(mb).len())
+        .sum();
+    let program = run
+        .schedule
+        .actions
+        .get(stage)
+        .map_or(&[][..], Vec::as_slice);
+    let recomputed = program.iter().filter(|a| a.op == Op::Recompute).count();
+    format!(
+        "pipeline {i}: {} micro-batches, {units} units, {recomputed} recomputed here",
+        run.input.tokens.len()
+    )
+}
+
 /// One pipeline of an iteration as a stage runs it: the schedule, its micro-batches, and what
 /// this stage recomputes in it (`None`: the stage's own setting).
 #[derive(Debug, Clone, Copy)]
@@ -224,13 +242,20 @@ impl Rank {
         self.worker.zero_grads()?;
         let mut report: Option<StageReport> = None;
         let kept = self.worker.recompute.clone();
-        for run in runs {
+        for (i, run) in runs.iter().enumerate() {
             if let Some(r) = run.recompute {
                 self.worker.recompute = r.clone();
             }
+            let at = clock.elapsed().as_secs_f64();
             let next = self.worker.run(run.schedule, run.input, transport, clock);
             self.worker.recompute = kept.clone();
-            let next = next?;
+            let mut next = next?;
+            if run.input.ragged.is_some() {
+                next.marks.push(Mark {
+                    at,
+                    label: pipeline_label(i, run, self.at.stage),
+                });
+            }
             report = Some(match report {
                 Some(before) => before.followed_by(next),
                 None => next,

@@ -45,6 +45,18 @@ pub struct StageReport {
     /// Seconds the stage waited for host-link copies (offloads and reloads not yet done where
     /// the program joins them).
     pub link_wait_seconds: f64,
+    /// Labelled instants of the iteration (where each elastic pipeline begins, and what it
+    /// holds), in the trace beside the actions.
+    pub marks: Vec<Mark>,
+}
+
+/// A labelled instant of an iteration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mark {
+    /// Seconds since the iteration started.
+    pub at: f64,
+    /// What happens there.
+    pub label: String,
 }
 
 impl StageReport {
@@ -57,6 +69,7 @@ impl StageReport {
         self.peak_saved_bytes = self.peak_saved_bytes.max(next.peak_saved_bytes);
         self.peak_bytes = self.peak_bytes.max(next.peak_bytes);
         self.link_wait_seconds += next.link_wait_seconds;
+        self.marks.extend(next.marks);
         self
     }
 
@@ -121,6 +134,7 @@ impl Recorder {
             peak_saved_bytes,
             peak_bytes,
             link_wait_seconds,
+            marks: Vec::new(),
         }
     }
 }
@@ -158,6 +172,12 @@ pub fn chrome_trace(reports: &[StageReport]) -> serde_json::Value {
                         "args": {"saved_bytes": e.held.saved, "transient_bytes": e.held.transient},
                     })
                 })
+                .chain(r.marks.iter().map(move |m| {
+                    serde_json::json!({
+                        "name": m.label, "ph": "i", "s": "t", "pid": 0, "tid": r.stage,
+                        "ts": m.at * 1e6,
+                    })
+                }))
         })
         .collect();
     serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
