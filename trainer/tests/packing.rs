@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -189,16 +190,7 @@ fn masked_packing_equals_each_document_alone_f64() {
                     let what = format!("{mix}: {:?} p={p} n={n} recompute {recompute}", cfg.kind);
                     let mut pl = pipeline_of(&model, cfg, DType::F64, SEED);
                     pl.set_recompute(recompute.parse().unwrap()).unwrap();
-                    let (reports, _) = pl
-                        .run_iteration(&inp)
-                        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
-                    let loss: f64 = reports.iter().map(|r| r.loss).sum();
-                    assert!(
-                        (loss - ref_loss).abs() <= 1e-10 * ref_loss.abs(),
-                        "{what}: loss {loss} vs each document alone {ref_loss}"
-                    );
-                    let (err, name) = worst_rel_err(&pl.gradients().unwrap(), &ref_grads);
-                    assert!(err <= 1e-10, "{what}: gradient of {name} off by {err:e}");
+                    assert_equals(&mut pl, &inp, (ref_loss, &ref_grads), &what);
                     runs += 1;
                 }
             }
@@ -207,12 +199,13 @@ fn masked_packing_equals_each_document_alone_f64() {
     assert_eq!(runs, 2 * 3 * 3 * 3);
 }
 
-/// One iteration of `pl` on `inp` against each document alone (f64, 1e-10).
-fn assert_each_document_alone(pl: &mut Pipeline, inp: &IterationInput, what: &str) {
-    let model = tiny_model();
-    let params = full_params(&model, SEED, DType::F64);
-    let (ref_loss, ref_grads) =
-        reference::loss_and_grads(&model, &params, &pieces(&model, &inp.tokens));
+/// One iteration of `pl` on `inp` gives `reference`'s loss and gradients (f64, 1e-10).
+fn assert_equals(
+    pl: &mut Pipeline,
+    inp: &IterationInput,
+    (ref_loss, ref_grads): (f64, &BTreeMap<String, Tensor>),
+    what: &str,
+) {
     let (reports, _) = pl
         .run_iteration(inp)
         .unwrap_or_else(|e| panic!("{what}: {e:#}"));
@@ -221,8 +214,16 @@ fn assert_each_document_alone(pl: &mut Pipeline, inp: &IterationInput, what: &st
         (loss - ref_loss).abs() <= 1e-10 * ref_loss.abs(),
         "{what}: loss {loss} vs each document alone {ref_loss}"
     );
-    let (err, name) = worst_rel_err(&pl.gradients().unwrap(), &ref_grads);
+    let (err, name) = worst_rel_err(&pl.gradients().unwrap(), ref_grads);
     assert!(err <= 1e-10, "{what}: gradient of {name} off by {err:e}");
+}
+
+/// One iteration of `pl` on `inp` against each document alone (f64, 1e-10).
+fn assert_each_document_alone(pl: &mut Pipeline, inp: &IterationInput, what: &str) {
+    let model = tiny_model();
+    let params = full_params(&model, SEED, DType::F64);
+    let (loss, grads) = reference::loss_and_grads(&model, &params, &pieces(&model, &inp.tokens));
+    assert_equals(pl, inp, (loss, &grads), what);
 }
 
 #[test]

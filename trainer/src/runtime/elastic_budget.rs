@@ -58,9 +58,9 @@ impl Fit<'_> {
         self.budgets.len() as u32
     }
 
-    /// The recomputation program of `run` (which recomputes nothing yet).
-    fn program(&self, run: &ElasticRun) -> Result<seqpipe_memory::ScheduleProgram> {
-        let input = PredictInput {
+    /// The memory model's input for `run` recomputing nothing.
+    fn plain<'r>(&'r self, run: &'r ElasticRun) -> PredictInput<'r> {
+        PredictInput {
             model: self.model,
             dtype: self.dtype,
             batch: 1,
@@ -69,8 +69,12 @@ impl Fit<'_> {
             schedule: &run.schedule,
             partition: self.partition,
             recompute: &Recompute::None,
-        };
-        adaptive::program(&input, self.budgets)
+        }
+    }
+
+    /// The recomputation program of `run` (which recomputes nothing yet).
+    fn program(&self, run: &ElasticRun) -> Result<seqpipe_memory::ScheduleProgram> {
+        adaptive::program(&self.plain(run), self.budgets)
     }
 
     /// The simulated makespan of `run` recomputing as `recompute` says.
@@ -111,17 +115,7 @@ impl Fit<'_> {
         if uniform.recompute == Recompute::None {
             return Ok(uniform.recompute);
         }
-        let input = PredictInput {
-            model: self.model,
-            dtype: self.dtype,
-            batch: 1,
-            slices: &[],
-            ragged: run.input.ragged.as_deref(),
-            schedule: &run.schedule,
-            partition: self.partition,
-            recompute: &Recompute::None,
-        };
-        let adaptive = match adaptive::plan(&input, self.budgets) {
+        let adaptive = match adaptive::plan(&self.plain(run), self.budgets) {
             Ok(plan) => self.makespan(run, Recompute::Auto { plan: Some(plan) })?,
             Err(_) => return Ok(uniform.recompute),
         };
