@@ -32,6 +32,8 @@ fn elastic_plan_from_a_distribution() {
         "peak GiB per stage",
         "seq1f1b (packed, fixed n)",
         "1f1b (packed)",
+        "seqpipe train --elastic runs this kind of plan",
+        "planner only, not run by seqpipe train yet: tensor parallelism (tp = 4)",
     ] {
         assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
     }

@@ -116,6 +116,7 @@ pub fn run(
     };
     print_chunks(&chunking, args.show_chunks)?;
     print_pipelines(&elastic)?;
+    print_runs_as(args.tp)?;
     let seq_n: Vec<usize> = SLICE_CANDIDATES
         .iter()
         .copied()
@@ -191,6 +192,20 @@ fn print_chunks(c: &Chunking, show: usize) -> anyhow::Result<()> {
     }
     if c.chunks.len() > show {
         outln!("  … {} more chunks (--show-chunks)", c.chunks.len() - show);
+    }
+    Ok(())
+}
+
+/// What of the plan `seqpipe train --elastic` runs: the chunking, the pipelines and their
+/// recomputation, on one pipeline of stages without tensor parallelism.
+fn print_runs_as(tp: u64) -> anyhow::Result<()> {
+    outln!(
+        "seqpipe train --elastic runs this kind of plan (chunks, pipelines longest first, \
+         recomputation per chunk and stage, planned with its own memory model under \
+         --memory-budget)"
+    );
+    if tp > 1 {
+        outln!("    ↳ planner only, not run by seqpipe train yet: tensor parallelism (tp = {tp})");
     }
     Ok(())
 }
