@@ -346,6 +346,35 @@ fn train_packs_documents_masked_from_the_command_line() {
         !stderr.contains("ranks failed"),
         "one message, not one per rank: {stderr}"
     );
+    // Nothing but end-of-document tokens: every document is empty, and nothing is scored.
+    let empty = dir.path().join("empty.bin");
+    write_tokens(&empty, &[255; 400], 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_seqpipe"))
+        .args([
+            "train",
+            "--steps",
+            "1",
+            "--seq-len",
+            "32",
+            "--data-kind",
+            "tokens",
+        ])
+        .args([
+            "--data-path",
+            empty.to_str().unwrap(),
+            "--packing",
+            "masked",
+            "--eos",
+            "255",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("score no target"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ranks failed"), "{stderr}");
 }
 
 #[test]

@@ -344,6 +344,20 @@ fn train_elastic_runs_resumes_and_refuses_what_it_cannot_run() {
         "{stdout}"
     );
     assert_predicted_as_measured(&stdout);
+    let empty = dir.path().join("empty.bin");
+    std::fs::write(&empty, [255u8, 0].repeat(400)).unwrap();
+    let out = seqpipe(
+        &[
+            &base[..],
+            &["--steps", "1", "--data-path", empty.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("score no target"),
+        "{stderr}"
+    );
     let out = seqpipe(&["train", "--elastic", "--steps", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -169,10 +169,18 @@ impl GroupRows {
             .iter()
             .map(|g| group_row(docs, chunking, g))
             .collect::<Result<_>>()?;
-        let normaliser = rows
+        let normaliser: f64 = rows
             .iter()
             .map(|r| r.weights.iter().map(|&w| w as f64).sum::<f64>())
             .sum();
+        if normaliser <= 0.0 {
+            fail!(
+                Data,
+                "the step's {} documents score no target: each is a single token (an \
+                 end-of-document token alone); the data has nothing to train on here",
+                docs.len()
+            );
+        }
         Ok(GroupRows {
             rows,
             counts: groups.iter().map(|g| g.len() as u32).collect(),

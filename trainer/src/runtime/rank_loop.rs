@@ -261,12 +261,21 @@ fn next_input(cfg: &TrainConfig, run: &mut RankRun) -> Result<StepData> {
         .documents
         .as_ref()
         .map(|d| d.iter().map(|d| d.count()).sum());
+    let scored = batch.scored_targets(0..at.replicas * m)?;
+    if scored <= 0.0 {
+        fail!(
+            Data,
+            "the step's {} sequences score no target (masked packing: every document in them is \
+             empty, an end-of-document token alone); the data has nothing to train on here",
+            at.replicas * m * b
+        );
+    }
     let input = IterationInput {
         ragged: None,
         documents: batch.documents.as_ref().map(|d| d[mine.clone()].to_vec()),
         // Each replica's losses are divided by the global count over `d`, so that the mean over
         // replicas is the global mean (masks may score different counts per replica).
-        normaliser: batch.scored_targets(0..at.replicas * m)? / at.replicas as f64,
+        normaliser: scored / at.replicas as f64,
         tokens: batch.tokens[mine.clone()].to_vec(),
         masks: batch.masks.map(|masks| masks[mine].to_vec()),
         slices: slice_ranges(cfg)?,
