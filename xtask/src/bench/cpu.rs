@@ -4,13 +4,16 @@
 //! Each configuration runs [`REPS`] times, the repetitions of all configurations interleaved, and
 //! the table gives medians.
 //!
-//! Predicted tokens/s: the first configuration (1F1B at the first length) calibrates one kernel
-//! efficiency `e = achieved ÷ measured matmul peak` (its median); every row is predicted as
-//! `e · peak · u ÷ u_calibration ÷ FLOPs per token` with the utilisation `u` of the cores by the
+//! Predicted tokens/s: 1F1B runs at [`CALIBRATION_LENGTHS`] (64 and 256 tokens) calibrate the
+//! kernels' efficiency `e = achieved ÷ measured matmul peak` (medians) by the tokens one op
+//! processes: small ops run at a different share of peak than large ones (cache, dispatch). A
+//! row whose slices hold `t` tokens takes `e(t)`, interpolated in `log t` between the two and
+//! held beyond them, and is predicted as
+//! `e(t) · peak · u ÷ u_calibration(t) ÷ FLOPs per token` with the utilisation `u` of the cores by the
 //! simulated schedule (`Simulation::core_use`): stage threads share the machine's cores, so its
 //! timeline is stretched wherever more stages compute at once than there are cores, and idle
 //! cores cost throughput only where fewer stages are busy than there are cores. The
-//! calibration row's error is zero by construction and is marked so. Peak memory: the `memory`
+//! calibration rows' errors are zero by construction and are marked so. Peak memory: the `memory`
 //! crate's predicted saved-activation bytes per stage against the executor's measured ones.
 
 use anyhow::Result;
@@ -34,6 +37,10 @@ pub const REPS: usize = 3;
 
 /// Sequence lengths run.
 pub const LENGTHS: &[usize] = &[256, 1024];
+
+/// Lengths of the 1F1B runs that calibrate the efficiency by op size (the first is a run of its
+/// own, the second the table's 1F1B row at 256 tokens).
+pub const CALIBRATION_LENGTHS: [usize; 2] = [64, 256];
 
 /// Optimizer steps per run; the first is a warm-up and is not timed.
 pub const STEPS: u64 = 5;
@@ -102,16 +109,32 @@ pub fn config(
     cfg
 }
 
-/// Every configuration: (schedule, slices, chunks, slicing, tokens per sequence).
+/// Every configuration: (schedule, slices, chunks, slicing, tokens per sequence); the small
+/// calibration run first.
 fn configurations() -> Vec<(&'static str, u32, u32, SlicingMethod, usize)> {
-    LENGTHS
-        .iter()
-        .flat_map(|&len| {
+    let small = ("1f1b", 1, 1, SlicingMethod::Uniform, CALIBRATION_LENGTHS[0]);
+    std::iter::once(small)
+        .chain(LENGTHS.iter().flat_map(|&len| {
             SCHEDULES
                 .iter()
                 .map(move |&(name, n, v, slicing)| (name, n, v, slicing, len))
-        })
+        }))
         .collect()
+}
+
+/// `(tokens per op, efficiency, utilisation)` of the calibration runs, smallest first.
+type Calibration = [(f64, f64, f64); 2];
+
+/// The efficiency and calibration utilisation for ops of `tokens` tokens: interpolated in
+/// `log tokens` between the calibration points, held beyond them.
+fn calibrated(c: &Calibration, tokens: f64) -> (f64, f64) {
+    let [(t0, e0, u0), (t1, e1, u1)] = *c;
+    let w = ((tokens.ln() - t0.ln()) / (t1.ln() - t0.ln())).clamp(0.0, 1.0);
+    (e0 + w * (e1 - e0), u0 + w * (u1 - u0))
+}
+
+fn is_calibration(cfg: &TrainConfig) -> bool {
+    cfg.parallel.schedule == "1f1b" && CALIBRATION_LENGTHS.contains(&cfg.data.seq_len)
 }
 
 /// Runs every configuration [`REPS`] times (interleaved) and returns the measurements. The
@@ -135,16 +158,29 @@ pub fn run_all(mut progress: impl FnMut(&str)) -> Result<Vec<CpuRun>> {
             summaries[i].push(train(cfg, |_| Ok(()))?);
         }
     }
-    let mut runs: Vec<CpuRun> = Vec::new();
-    for (cfg, reps) in cfgs.iter().zip(&summaries) {
-        let mut run = summarise(cfg, reps, peak)?;
-        // (efficiency, utilisation) of the calibration row, the first.
-        let (e, u_ref) = runs
-            .first()
-            .map_or((run.mfu, run.utilisation), |c| (c.mfu, c.utilisation));
-        run.calibration = runs.is_empty();
+    let mut runs: Vec<CpuRun> = cfgs
+        .iter()
+        .zip(&summaries)
+        .map(|(cfg, reps)| summarise(cfg, reps, peak))
+        .collect::<Result<_>>()?;
+    let point = |len: usize| -> Result<(f64, f64, f64)> {
+        let run = cfgs
+            .iter()
+            .zip(&runs)
+            .find(|(cfg, _)| is_calibration(cfg) && cfg.data.seq_len == len)
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow::anyhow!("no 1F1B calibration run at {len} tokens"))?;
+        Ok((len as f64, run.mfu, run.utilisation))
+    };
+    let calibration: Calibration = [
+        point(CALIBRATION_LENGTHS[0])?,
+        point(CALIBRATION_LENGTHS[1])?,
+    ];
+    for (cfg, run) in cfgs.iter().zip(&mut runs) {
+        let tokens = (cfg.data.seq_len / cfg.parallel.slices as usize) as f64;
+        let (e, u_ref) = calibrated(&calibration, tokens);
+        run.calibration = is_calibration(cfg);
         run.predicted_tokens_per_sec = e * peak * run.utilisation / u_ref / flops_per_token(cfg)?;
-        runs.push(run);
     }
     Ok(runs)
 }
@@ -258,6 +294,19 @@ mod tests {
             worst_stage_mem_err: mem.map(|_| 0.05),
             calibration,
         }
+    }
+
+    #[test]
+    fn efficiency_interpolates_in_log_tokens_and_holds_beyond_the_calibration() {
+        let c: Calibration = [(64.0, 0.3, 0.9), (256.0, 0.2, 0.8)];
+        assert_eq!(calibrated(&c, 64.0), (0.3, 0.9));
+        assert_eq!(calibrated(&c, 16.0), (0.3, 0.9));
+        assert_eq!(calibrated(&c, 1024.0), (0.2, 0.8));
+        let (e, u) = calibrated(&c, 128.0);
+        assert!(
+            (e - 0.25).abs() < 1e-12 && (u - 0.85).abs() < 1e-12,
+            "{e} {u}"
+        );
     }
 
     #[test]
