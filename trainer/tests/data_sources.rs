@@ -265,6 +265,12 @@ fn masked_packing_cuts_rows_after_each_end_of_document() {
     let no_eos = DataConfig { eos: None, ..cfg };
     let e = DataSource::open(&no_eos, 16, 0).err().unwrap().to_string();
     assert!(e.contains("needs data.eos"), "{e}");
+    let folder = DataConfig {
+        path: Some(dir.path().to_path_buf()),
+        ..config(DataKind::Tokens, &path, 2)
+    };
+    let e = DataSource::open(&folder, 16, 0).err().unwrap().to_string();
+    assert!(e.contains("is a directory"), "{e}");
 }
 
 #[test]

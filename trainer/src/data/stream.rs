@@ -45,6 +45,13 @@ impl TokenStream {
                 "data.token_bytes = {width}: token files hold u16 (2) or u32 (4) tokens"
             );
         }
+        if path.is_dir() {
+            fail!(
+                Data,
+                "data.path = {} is a directory; give a token file (u16 or u32 tokens)",
+                path.display()
+            );
+        }
         let file =
             File::open(path).with_context(|| format!("opening token file {}", path.display()))?;
         let map = map_read_only(&file).with_context(|| format!("mapping {}", path.display()))?;
